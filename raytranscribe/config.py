@@ -1,0 +1,127 @@
+"""Every setting, with its default, in one place.
+
+Read from ``RAYTRANSCRIBE_*`` environment variables; nested groups use ``__``
+(``RAYTRANSCRIBE_RETRY__MAX_RETRIES=5``). CLI flags override individual fields through
+:meth:`Settings.model_copy`. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RetrySettings(_Group):
+    max_retries: int = Field(3, ge=0, description="Failed attempts allowed before a task is dead")
+    base_delay_s: float = Field(5.0, ge=0, description="Delay before the first retry, before jitter")
+    backoff_factor: float = Field(2.0, ge=1.0, description="Each retry waits this many times longer")
+    max_delay_s: float = Field(900.0, ge=0, description="Cap on a single retry delay")
+
+
+class LeaseSettings(_Group):
+    lease_s: float = Field(120.0, gt=0, description="How long a claim is valid without renewal")
+    heartbeat_s: float = Field(10.0, gt=0, description="How often the driver renews leases, reaps and pings")
+
+
+class StoreSettings(_Group):
+    op_retries: int = Field(5, ge=0, description="Retries of a database operation on a transient error")
+    op_retry_base_s: float = Field(0.2, ge=0, description="First backoff between database retries")
+    pool_size: int = Field(5, ge=1)
+    connect_timeout_s: int = Field(5, ge=1)
+
+
+class S3Settings(_Group):
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); None = AWS")
+    region: str = Field("us-east-1")
+    presign_expiry_s: int = Field(3600, ge=60, description="Presigned URL lifetime; outlives a lease")
+    addressing_style: str = Field("path", description="'path' or 'virtual'")
+
+
+class TransferSettings(_Group):
+    connect_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(60.0, gt=0, description="Longest silence on a socket before giving up")
+    max_download_bytes: int = Field(4 * 1024**3, gt=0, description="Inputs larger than this are refused")
+    chunk_bytes: int = Field(1024 * 1024, gt=0)
+
+
+class EngineSettings(_Group):
+    engine: str = Field("faster-whisper", description="'faster-whisper' or 'openai-whisper'")
+    model: str = Field("tiny.en", description="Model name, local path, or bundled model")
+    device: str = Field("auto", description="'auto', 'cuda' or 'cpu'")
+    compute_type: str = Field("default", description="CTranslate2 compute type; default: float16 on GPU, int8 on CPU")
+    cpu_threads: int = Field(0, ge=0, description="0 lets the engine choose")
+    batch_size: int = Field(0, ge=0, description=">0 uses faster-whisper's batched pipeline")
+
+
+class WorkerSettings(_Group):
+    actors: int = Field(1, ge=1, description="Worker actors per (engine, model) pool")
+    num_gpus: float = Field(1.0, ge=0, description="GPUs each actor reserves")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs each actor reserves")
+    prefetch: int = Field(2, ge=1, description="Tasks queued on an actor at once (one transcribing, the rest moving)")
+
+
+class HealthSettings(_Group):
+    ping_interval_s: float = Field(5.0, gt=0)
+    ping_timeout_s: float = Field(10.0, gt=0)
+    task_deadline_base_s: float = Field(600.0, gt=0, description="Deadline of a task, plus the per-audio-second part")
+    task_deadline_per_audio_s: float = Field(2.0, ge=0)
+    replace_backoff_s: float = Field(2.0, ge=0)
+    max_start_failures: int = Field(3, ge=1, description="Consecutive start-up deaths before giving up replacing")
+
+
+class BreakerSettings(_Group):
+    window: int = Field(20, ge=1, description="Recent transfers considered")
+    failure_ratio: float = Field(0.8, gt=0, le=1, description="Transient-failure share that opens the breaker")
+    min_samples: int = Field(10, ge=1)
+    cooldown_s: float = Field(30.0, ge=0)
+
+
+class AlertSettings(_Group):
+    webhook_url: str | None = None
+    failure_rate_threshold: float = Field(0.5, gt=0, le=1)
+    window_s: float = Field(300.0, gt=0)
+    min_tasks: int = Field(10, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RAYTRANSCRIBE_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    database_url: str | None = Field(None, description="PostgreSQL URL; None starts embedded Postgres in data_dir")
+    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("raytranscribe")))
+    ray_address: str | None = Field(None, description="Ray cluster to join; None starts a local Ray")
+    namespace: str = Field("raytranscribe", description="Ray namespace of the named actors")
+    log_level: str = "INFO"
+
+    retry: RetrySettings = RetrySettings()
+    lease: LeaseSettings = LeaseSettings()
+    store: StoreSettings = StoreSettings()
+    s3: S3Settings = S3Settings()
+    transfer: TransferSettings = TransferSettings()
+    engine: EngineSettings = EngineSettings()
+    worker: WorkerSettings = WorkerSettings()
+    health: HealthSettings = HealthSettings()
+    breaker: BreakerSettings = BreakerSettings()
+    alerts: AlertSettings = AlertSettings()
+
+    def with_(self, **groups: dict) -> Settings:
+        """A copy with some fields of some groups replaced: ``s.with_(retry={"max_retries": 1})``."""
+        update = {}
+        for name, fields in groups.items():
+            current = getattr(self, name)
+            update[name] = current.model_copy(update=fields) if isinstance(current, BaseModel) else fields
+        return self.model_copy(update=update)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,31 @@
+"""One local Ray for the whole session: starting Ray costs seconds, so every test shares it.
+
+Logical GPUs let GPU-reserving actors schedule on a machine with none.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+RAY_NUM_CPUS = 4
+RAY_NUM_GPUS = 4
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=RAY_NUM_CPUS,
+            num_gpus=RAY_NUM_GPUS,
+            namespace="raytranscribe-tests",
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    yield ray
+    ray.shutdown()
