@@ -97,6 +97,21 @@ class LocalS3:
     def create_bucket(self, name: str) -> None:
         self.client().create_bucket(Bucket=name)
 
+    def seed_objects(self, bucket: str, objects: dict[str, bytes]) -> None:
+        """Write many objects straight into moto's store, for arranging big listings in tests and demos.
+
+        moto spends milliseconds on each HTTP PUT (2,500 objects take about ten seconds); its server
+        runs in this process, so its backend can take them directly. Reads still go over HTTP.
+        """
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        if self._server is None:
+            raise ConfigError("LocalS3 is not started")
+        backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+        for key, body in objects.items():
+            backend.put_object(bucket, key, body)
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.stop()
