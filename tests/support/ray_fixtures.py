@@ -1,16 +1,19 @@
 """One local Ray for the whole session: starting Ray costs seconds, so every test shares it.
 
-Logical GPUs let GPU-reserving actors schedule on a machine with none.
+Logical GPUs let GPU-reserving actors schedule on a machine with none. The repository root goes on
+the workers' PYTHONPATH so fault-injection engines under tests/support import inside actors.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 RAY_NUM_CPUS = 4
 RAY_NUM_GPUS = 4
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +29,12 @@ def ray_session():
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
+            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_address(ray_session) -> str:
+    return ray_session.get_runtime_context().gcs_address

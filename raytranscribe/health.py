@@ -1,0 +1,466 @@
+"""Actor health: start-up, pings, deadlines, death, failover and replacement; and circuit breakers.
+
+The monitor owns the actor pools. It never writes to the database: when an actor dies it hands the
+orchestrator the tasks that were in flight on it, each with the :class:`Failure` to record.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+
+from raytranscribe.config import BreakerSettings, HealthSettings, Settings
+from raytranscribe.engines.base import EngineSpec
+from raytranscribe.errors import Failure, Stage
+from raytranscribe.logs import task_extra
+from raytranscribe.worker import PingReply, WorkerConfig, worker_actor_class
+
+log = logging.getLogger(__name__)
+
+
+class ActorState(str, enum.Enum):
+    STARTING = "starting"  # constructor (model load) running; gets no work yet
+    ALIVE = "alive"
+    QUARANTINED = "quarantined"  # unreachable for now: keeps its tasks, gets no new ones
+    DEAD = "dead"
+
+
+@dataclass
+class InFlight:
+    """A task dispatched to an actor and not yet recorded."""
+
+    task: Any  # store.ClaimedTask
+    spec: Any  # contracts.TaskSpec
+    ref: ray.ObjectRef
+    slot: ActorSlot
+    dispatched_at: float
+
+    @property
+    def lease(self) -> tuple[int, int]:
+        return (self.task.id, self.task.attempt)
+
+
+@dataclass(eq=False)
+class ActorSlot:
+    name: str
+    pool: Pool
+    handle: Any
+    state: ActorState = ActorState.STARTING
+    created_at: float = field(default_factory=time.monotonic)
+    ready_ref: ray.ObjectRef | None = None
+    ping_ref: ray.ObjectRef | None = None
+    ping_sent_at: float = 0.0
+    last_pong: PingReply | None = None
+    last_pong_at: float = 0.0
+    quarantined_since: float | None = None
+    inflight: dict[ray.ObjectRef, InFlight] = field(default_factory=dict)
+    death_cause: str | None = None
+
+    @property
+    def node_id(self) -> str | None:
+        return self.last_pong.node_id if self.last_pong else None
+
+
+@dataclass(eq=False)
+class Pool:
+    """The actors serving one (engine, model) pair."""
+
+    spec: EngineSpec
+    size: int
+    slots: list[ActorSlot] = field(default_factory=list)
+    start_failures: int = 0  # consecutive deaths before ever becoming ready
+    next_start_at: float = 0.0
+    gave_up: str | None = None  # why replacement stopped
+    serial: int = 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.spec.engine, self.spec.model)
+
+    def alive(self) -> list[ActorSlot]:
+        return [s for s in self.slots if s.state is ActorState.ALIVE]
+
+    def live_or_starting(self) -> list[ActorSlot]:
+        return [s for s in self.slots if s.state is not ActorState.DEAD]
+
+
+@dataclass(frozen=True)
+class Failover:
+    """A task that lost its actor, and the failure to record for its attempt."""
+
+    inflight: InFlight
+    failure: Failure
+
+
+class CircuitBreaker:
+    """Opens when most recent transfers of one stage fail transiently, so a store or network outage
+    pauses dispatch for a cool-down instead of burning every task's retries. After the cool-down it
+    lets one probe batch through (half-open) and closes on the first success."""
+
+    def __init__(self, stage: str, settings: BreakerSettings, clock: Callable[[], float] = time.monotonic):
+        self.stage = stage
+        self.s = settings
+        self.clock = clock
+        self.window: collections.deque[bool] = collections.deque(maxlen=settings.window)
+        self.opened_at: float | None = None
+        self.half_open = False
+        self.trips = 0
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        if self.clock() - self.opened_at >= self.s.cooldown_s:
+            return "half-open"
+        return "open"
+
+    def allows_dispatch(self) -> bool:
+        return self.state != "open"
+
+    def record(self, ok: bool) -> None:
+        if ok:
+            if self.opened_at is not None:
+                log.info("circuit breaker for %s closed: a transfer succeeded", self.stage, extra={"stage": self.stage})
+            self.opened_at = None
+            self.window.append(True)
+            return
+        self.window.append(False)
+        if self.opened_at is not None and self.state == "half-open":
+            self.opened_at = self.clock()  # the probe failed: another cool-down
+            return
+        failures = self.window.count(False)
+        if (
+            self.opened_at is None
+            and len(self.window) >= self.s.min_samples
+            and failures / len(self.window) >= self.s.failure_ratio
+        ):
+            self.opened_at = self.clock()
+            self.trips += 1
+            self.window.clear()
+            log.warning(
+                "circuit breaker for %s opened: %d of the last transfers failed transiently; pausing dispatch %.0fs",
+                self.stage,
+                failures,
+                self.s.cooldown_s,
+                extra={"stage": self.stage},
+            )
+
+
+@dataclass(frozen=True)
+class ActorView:
+    name: str
+    pool: str
+    state: str
+    node_id: str | None
+    gpu_ids: tuple[str, ...]
+    in_flight: int
+    tasks_done: int
+
+
+class HealthMonitor:
+    """Starts, pings, times out, kills and replaces worker actors."""
+
+    def __init__(self, settings: Settings, owner_tag: str, *, runtime_env: dict | None = None) -> None:
+        self.settings = settings
+        self.h: HealthSettings = settings.health
+        self.owner_tag = owner_tag
+        self.runtime_env = runtime_env
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self._actor_cls = worker_actor_class(settings.worker.prefetch)
+
+    # --- pools ----------------------------------------------------------------------------------
+
+    def ensure_pool(self, spec: EngineSpec) -> Pool:
+        key = (spec.engine, spec.model)
+        if key not in self.pools:
+            self.pools[key] = Pool(spec=spec, size=self.settings.worker.actors)
+            self._top_up(self.pools[key], time.monotonic())
+        return self.pools[key]
+
+    def _start_actor(self, pool: Pool) -> ActorSlot:
+        pool.serial += 1
+        short_model = pool.spec.model.replace("/", "_").replace(".", "-")[-24:]
+        name = f"worker-{pool.serial}.{short_model}.{self.owner_tag}"
+        options: dict[str, Any] = dict(
+            name=name,
+            namespace=self.settings.namespace,
+            num_gpus=self.settings.worker.num_gpus,
+            num_cpus=self.settings.worker.num_cpus,
+        )
+        if self.runtime_env:
+            options["runtime_env"] = self.runtime_env
+        config = WorkerConfig(
+            name=name, engine=pool.spec, transfer=self.settings.transfer, log_level=self.settings.log_level
+        )
+        handle = self._actor_cls.options(**options).remote(config)
+        slot = ActorSlot(name=name, pool=pool, handle=handle)
+        slot.ready_ref = handle.ready.remote()
+        pool.slots.append(slot)
+        log.info("starting actor %s for %s/%s", name, pool.spec.engine, pool.spec.model, extra={"actor": name})
+        return slot
+
+    def _top_up(self, pool: Pool, now: float) -> None:
+        if pool.gave_up or now < pool.next_start_at:
+            return
+        while len(pool.live_or_starting()) < pool.size:
+            self._start_actor(pool)
+
+    # --- what the orchestrator asks -------------------------------------------------------------
+
+    def capacity(self, pool: Pool) -> int:
+        prefetch = self.settings.worker.prefetch
+        return sum(max(0, prefetch - len(s.inflight)) for s in pool.alive())
+
+    def pick(self, pool: Pool) -> ActorSlot | None:
+        prefetch = self.settings.worker.prefetch
+        candidates = [s for s in pool.alive() if len(s.inflight) < prefetch]
+        return min(candidates, key=lambda s: len(s.inflight), default=None)
+
+    def control_refs(self) -> list[ray.ObjectRef]:
+        refs = []
+        for pool in self.pools.values():
+            for s in pool.slots:
+                if s.state is ActorState.STARTING and s.ready_ref is not None:
+                    refs.append(s.ready_ref)
+                if s.ping_ref is not None:
+                    refs.append(s.ping_ref)
+        return refs
+
+    def all_slots(self) -> list[ActorSlot]:
+        return [s for p in self.pools.values() for s in p.slots]
+
+    def views(self) -> list[ActorView]:
+        return [
+            ActorView(
+                name=s.name,
+                pool=f"{p.spec.engine}/{p.spec.model}",
+                state=s.state.value,
+                node_id=s.node_id,
+                gpu_ids=s.last_pong.gpu_ids if s.last_pong else (),
+                in_flight=len(s.inflight),
+                tasks_done=s.last_pong.tasks_done if s.last_pong else 0,
+            )
+            for p in self.pools.values()
+            for s in p.slots
+            if s.state is not ActorState.DEAD
+        ]
+
+    def live_count(self) -> int:
+        return sum(len(p.alive()) for p in self.pools.values())
+
+    def serviceable(self) -> bool:
+        """False once every pool has given up and none has an actor left."""
+        return any(not p.gave_up or p.live_or_starting() for p in self.pools.values()) or not self.pools
+
+    # --- the tick -------------------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> list[Failover]:
+        now = time.monotonic() if now is None else now
+        failovers: list[Failover] = []
+        for pool in self.pools.values():
+            for slot in list(pool.slots):
+                if slot.state is ActorState.DEAD:
+                    continue
+                self._check_start(slot, now)
+                self._check_ping(slot, now)
+                failovers.extend(self._check_deadlines(slot, now))
+                if slot.state is ActorState.DEAD:
+                    failovers.extend(self._failover(slot))
+            pool.slots = [s for s in pool.slots if s.state is not ActorState.DEAD]
+            self._top_up(pool, now)
+        return failovers
+
+    def _check_start(self, slot: ActorSlot, now: float) -> None:
+        if slot.state is not ActorState.STARTING or slot.ready_ref is None:
+            return
+        done, _ = ray.wait([slot.ready_ref], timeout=0)
+        if not done:
+            return
+        try:
+            pong = ray.get(slot.ready_ref)
+        except RayActorError as exc:
+            slot.ready_ref = None
+            self._start_failed(slot, _death_cause(exc), now)
+            return
+        slot.ready_ref = None
+        slot.state = ActorState.ALIVE
+        slot.last_pong, slot.last_pong_at = pong, now
+        slot.pool.start_failures = 0
+        log.info(
+            "actor %s alive on node %s gpus %s (pid %d)",
+            slot.name,
+            pong.node_id[:12],
+            ",".join(pong.gpu_ids) or "-",
+            pong.pid,
+            extra={"actor": slot.name, "node": pong.node_id[:12]},
+        )
+
+    def _start_failed(self, slot: ActorSlot, cause: str, now: float) -> None:
+        pool = slot.pool
+        slot.state = ActorState.DEAD
+        slot.death_cause = cause
+        pool.start_failures += 1
+        delay = self.h.replace_backoff_s * 2 ** (pool.start_failures - 1)
+        pool.next_start_at = now + delay
+        if pool.start_failures >= self.h.max_start_failures:
+            pool.gave_up = (
+                f"{pool.start_failures} actors for {pool.spec.engine}/{pool.spec.model} died during start-up; "
+                f"last cause: {cause}"
+            )
+            log.error("giving up on replacing actors: %s", pool.gave_up, extra={"actor": slot.name})
+        else:
+            log.warning(
+                "actor %s died during start-up (%s); retrying in %.1fs", slot.name, cause, delay, extra={"actor": slot.name}
+            )
+
+    def _check_ping(self, slot: ActorSlot, now: float) -> None:
+        if slot.state not in (ActorState.ALIVE, ActorState.QUARANTINED):
+            return
+        if slot.ping_ref is not None:
+            done, _ = ray.wait([slot.ping_ref], timeout=0)
+            if done:
+                try:
+                    slot.last_pong = ray.get(slot.ping_ref)
+                    slot.last_pong_at = now
+                    if slot.state is ActorState.QUARANTINED:
+                        log.info("actor %s answers again; back in service", slot.name, extra={"actor": slot.name})
+                    slot.state, slot.quarantined_since = ActorState.ALIVE, None
+                except ActorUnavailableError as exc:
+                    self._quarantine(slot, f"unavailable: {exc}", now)
+                except RayActorError as exc:
+                    self.mark_dead(slot, _death_cause(exc))
+                    return
+                slot.ping_ref = None
+            elif now - slot.ping_sent_at > self.h.ping_timeout_s:
+                slot.ping_ref = None
+                state = _ray_actor_state(slot.handle)
+                if state == "DEAD":
+                    self.mark_dead(slot, "Ray reports the actor DEAD (no reply to ping)")
+                    return
+                self._quarantine(slot, f"no reply to ping within {self.h.ping_timeout_s:.0f}s", now)
+        if slot.ping_ref is None and now - slot.ping_sent_at >= self.h.ping_interval_s:
+            try:
+                slot.ping_ref = slot.handle.ping.remote()
+                slot.ping_sent_at = now
+            except RayActorError as exc:
+                self.mark_dead(slot, _death_cause(exc))
+
+    def _quarantine(self, slot: ActorSlot, why: str, now: float) -> None:
+        if slot.state is not ActorState.QUARANTINED:
+            log.warning("actor %s quarantined: %s", slot.name, why, extra={"actor": slot.name})
+            slot.quarantined_since = now
+        slot.state = ActorState.QUARANTINED
+
+    def deadline_for(self, inflight: InFlight) -> float:
+        duration = None
+        pong = inflight.slot.last_pong
+        if pong is not None:
+            for r in pong.running:
+                if (r.task_id, r.attempt) == inflight.lease:
+                    duration = r.audio_duration_s
+        return self.h.task_deadline_base_s + self.h.task_deadline_per_audio_s * (duration or 0.0)
+
+    def _check_deadlines(self, slot: ActorSlot, now: float) -> list[Failover]:
+        if slot.state is ActorState.DEAD:
+            return []
+        for inflight in slot.inflight.values():
+            deadline = self.deadline_for(inflight)
+            if now - inflight.dispatched_at > deadline:
+                cause = (
+                    f"task {inflight.task.id} ran past its deadline of {deadline:.0f}s on actor {slot.name}; "
+                    "the actor was presumed hung and killed"
+                )
+                log.error(cause, extra=task_extra(inflight.task.id, inflight.task.attempt, Stage.TIMEOUT, actor=slot.name))
+                self.kill(slot, cause)
+                hung = Failover(
+                    inflight, Failure(Stage.TIMEOUT, "TaskTimedOut", cause, transient=True)
+                )
+                rest = [f for f in self._failover(slot) if f.inflight is not inflight]
+                return [hung, *rest]
+        return []
+
+    def kill(self, slot: ActorSlot, cause: str) -> None:
+        try:
+            ray.kill(slot.handle, no_restart=True)
+        except Exception:  # already gone
+            pass
+        slot.state = ActorState.DEAD
+        slot.death_cause = cause
+
+    def mark_dead(self, slot: ActorSlot, cause: str) -> None:
+        if slot.state is ActorState.DEAD:
+            return
+        slot.state = ActorState.DEAD
+        slot.death_cause = cause
+        log.error("actor %s died: %s", slot.name, cause, extra={"actor": slot.name, "node": (slot.node_id or "")[:12]})
+
+    def _failover(self, slot: ActorSlot) -> list[Failover]:
+        """Every task in flight on a dead actor: its attempt fails with stage worker-death."""
+        out = []
+        where = f" on node {slot.node_id[:12]}" if slot.node_id else ""
+        for inflight in list(slot.inflight.values()):
+            message = f"actor {slot.name}{where} died while holding the task: {slot.death_cause}"
+            out.append(Failover(inflight, Failure(Stage.WORKER_DEATH, "WorkerDied", message, transient=True)))
+        slot.inflight.clear()
+        if slot in slot.pool.slots:
+            slot.pool.slots.remove(slot)
+        if slot.pool.start_failures == 0:
+            slot.pool.next_start_at = time.monotonic() + self.h.replace_backoff_s
+        return out
+
+    def actor_died(self, slot: ActorSlot, cause: str) -> list[Failover]:
+        """A call on the actor raised RayActorError: declare it dead and fail its tasks over."""
+        was_starting = slot.state is ActorState.STARTING
+        if was_starting:
+            self._start_failed(slot, cause, time.monotonic())
+        else:
+            self.mark_dead(slot, cause)
+        return self._failover(slot)
+
+    def shutdown(self) -> None:
+        for slot in self.all_slots():
+            self.kill(slot, "orchestrator stopped")
+        for pool in self.pools.values():
+            pool.slots.clear()
+
+
+def _death_cause(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    # Ray's messages are long; the first lines carry the cause (e.g. "The actor died unexpectedly...").
+    return " ".join(line.strip() for line in text[:3])[:500] or type(exc).__name__
+
+
+def _ray_actor_state(handle) -> str | None:
+    try:
+        from ray.util.state import get_actor
+
+        info = get_actor(handle._actor_id.hex(), timeout=5)
+        return getattr(info, "state", None) if info else None
+    except Exception:  # the state API is best-effort; a ping timeout alone only quarantines
+        return None
+
+
+def new_owner_tag() -> str:
+    return uuid.uuid4().hex[:6]
+
+
+__all__ = [
+    "ActorSlot",
+    "ActorState",
+    "ActorView",
+    "CircuitBreaker",
+    "Failover",
+    "GetTimeoutError",
+    "HealthMonitor",
+    "InFlight",
+    "Pool",
+]

@@ -1,0 +1,60 @@
+"""Ray metrics (``ray.util.metrics``): exported on each node's metrics endpoint, scraped by the
+Ray dashboard's Prometheus/Grafana setup. Names carry the ``raytranscribe_`` prefix.
+
+Metric objects are created lazily, once per process, because they need a connected Ray.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from ray.util import metrics as m
+
+_STAGE_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900]
+
+
+@dataclass
+class Metrics:
+    tasks_finished: m.Counter
+    stage_seconds: m.Histogram
+    queue_depth: m.Gauge
+    in_flight: m.Gauge
+    live_actors: m.Gauge
+    audio_seconds: m.Counter
+    real_time_factor: m.Gauge
+    breaker_open: m.Gauge
+
+
+_lock = threading.Lock()
+_metrics: Metrics | None = None
+
+
+def get() -> Metrics:
+    global _metrics
+    with _lock:
+        if _metrics is None:
+            _metrics = Metrics(
+                tasks_finished=m.Counter(
+                    "raytranscribe_tasks_finished",
+                    "Task attempts finished, by outcome (completed|retry|dead|fenced) and failing stage",
+                    tag_keys=("outcome", "stage"),
+                ),
+                stage_seconds=m.Histogram(
+                    "raytranscribe_stage_seconds",
+                    "Wall time of each pipeline stage on the workers",
+                    boundaries=_STAGE_BUCKETS,
+                    tag_keys=("stage",),
+                ),
+                queue_depth=m.Gauge("raytranscribe_queue_depth", "Tasks by status", tag_keys=("status",)),
+                in_flight=m.Gauge("raytranscribe_tasks_in_flight", "Tasks dispatched and not yet recorded"),
+                live_actors=m.Gauge("raytranscribe_live_actors", "Worker actors answering pings", tag_keys=("pool",)),
+                audio_seconds=m.Counter("raytranscribe_audio_seconds", "Audio seconds transcribed"),
+                real_time_factor=m.Gauge(
+                    "raytranscribe_real_time_factor", "Audio seconds per wall second over the last interval"
+                ),
+                breaker_open=m.Gauge(
+                    "raytranscribe_circuit_open", "1 while a circuit breaker pauses dispatch", tag_keys=("stage",)
+                ),
+            )
+        return _metrics

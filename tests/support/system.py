@@ -1,0 +1,193 @@
+"""The whole system for end-to-end tests: real Postgres, real S3 over HTTP (moto, or the fault
+server where a test needs S3 to misbehave), real Ray with logical GPUs, and the real tiny.en model.
+
+``System`` uploads speech, submits tasks, runs an orchestrator until drained (in a thread, with a
+watchdog so a bug fails the test instead of hanging it), and checks the invariants every scenario
+must keep.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from raytranscribe.config import (
+    EngineSettings,
+    HealthSettings,
+    LeaseSettings,
+    RetrySettings,
+    S3Settings,
+    Settings,
+    StoreSettings,
+    TransferSettings,
+    WorkerSettings,
+)
+from raytranscribe.engines.base import TranscribeOptions
+from raytranscribe.orchestrator import Orchestrator, RunOptions, RunSummary
+from raytranscribe.storage import S3Storage, output_uri
+from raytranscribe.store import NewTask, Store, TaskStatus
+from raytranscribe import samples
+
+FAULTY_ENGINE = "tests.support.faulty_engine:FaultyEngine"
+
+
+def system_settings(database_url: str, s3: S3Settings, **groups) -> Settings:
+    """Settings scaled for tests: short leases, quick retries, 2 actors on logical GPUs, 1 thread each."""
+    base = Settings(
+        database_url=database_url,
+        s3=s3,
+        retry=RetrySettings(max_retries=2, base_delay_s=0.2, backoff_factor=2.0, max_delay_s=1.0),
+        lease=LeaseSettings(lease_s=20.0, heartbeat_s=0.5),
+        store=StoreSettings(op_retries=4, op_retry_base_s=0.05),
+        transfer=TransferSettings(connect_timeout_s=2.0, read_timeout_s=2.0),
+        engine=EngineSettings(cpu_threads=1),
+        worker=WorkerSettings(actors=2, num_gpus=1, num_cpus=1, prefetch=2),
+        health=HealthSettings(ping_interval_s=0.5, ping_timeout_s=5.0, task_deadline_base_s=60.0),
+        namespace=f"rt-test-{uuid.uuid4().hex[:6]}",
+    )
+    return base.with_(**groups) if groups else base
+
+
+@dataclass
+class System:
+    settings: Settings
+    store: Store
+    bucket: str
+    s3_client: object
+    database_url: str
+    runs: list[RunSummary] = field(default_factory=list)
+
+    @property
+    def storage(self) -> S3Storage:
+        return S3Storage(self.settings.s3)
+
+    def upload_samples(self, names: Sequence[str] | None = None, prefix: str = "in/") -> list[tuple[str, str]]:
+        """Upload speech samples; returns (input URI, expected sentence) pairs."""
+        out = []
+        for path in samples.sample_paths():
+            if names is not None and path.name not in names:
+                continue
+            key = f"{prefix}{path.name}"
+            self.s3_client.upload_file(str(path), self.bucket, key)
+            out.append((f"s3://{self.bucket}/{key}", samples.expected_text(path.name)))
+        return out
+
+    def put(self, key: str, body: bytes) -> str:
+        self.s3_client.put_object(Bucket=self.bucket, Key=key, Body=body)
+        return f"s3://{self.bucket}/{key}"
+
+    def submit(self, uris: Sequence[str], *, engine: str = "faster-whisper", options: TranscribeOptions | None = None,
+               max_retries: int | None = None) -> list[int]:
+        tasks = []
+        for uri in uris:
+            stem = uri.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+            tasks.append(
+                NewTask(
+                    input_uri=uri,
+                    output_uri=f"s3://{self.bucket}/out/{stem}",
+                    engine=engine,
+                    model="tiny.en",
+                    options=options or TranscribeOptions(),
+                    max_retries=max_retries,
+                )
+            )
+        report = self.store.submit(tasks)
+        assert len(report.inserted) == len(tasks), report
+        return list(report.inserted)
+
+    def orchestrator(self, settings: Settings | None = None, options: RunOptions | None = None) -> Orchestrator:
+        return Orchestrator(
+            settings or self.settings,
+            self.store,
+            S3Storage((settings or self.settings).s3),
+            options=options or RunOptions(until_drained=True, idle_poll_s=0.2, grace_s=10),
+        )
+
+    def run(self, settings: Settings | None = None, options: RunOptions | None = None, *, timeout: float = 180,
+            during=None) -> RunSummary:
+        """Run one orchestrator until drained. ``during(orch)`` runs in another thread meanwhile."""
+        orch = self.orchestrator(settings, options)
+        return self.run_orchestrators([orch], timeout=timeout, during=during)[0]
+
+    def run_orchestrators(self, orchs: Sequence[Orchestrator], *, timeout: float = 180, during=None) -> list[RunSummary]:
+        results: list[RunSummary | BaseException | None] = [None] * len(orchs)
+
+        def go(i: int) -> None:
+            try:
+                results[i] = orchs[i].run()
+            except BaseException as exc:  # surfaced below
+                results[i] = exc
+
+        threads = [threading.Thread(target=go, args=(i,), daemon=True) for i in range(len(orchs))]
+        for t in threads:
+            t.start()
+        helper = None
+        if during is not None:
+            helper = threading.Thread(target=during, args=(orchs[0],), daemon=True)
+            helper.start()
+        deadline = time.monotonic() + timeout
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in threads):
+            for o in orchs:
+                o.request_stop()
+            for t in threads:
+                t.join(30)
+            pytest.fail(f"orchestrator did not drain within {timeout}s; statuses: {self.statuses()}")
+        if helper is not None:
+            helper.join(30)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        self.runs.extend(results)  # type: ignore[arg-type]
+        return results  # type: ignore[return-value]
+
+    # --- reading the truth back ------------------------------------------------------------------
+
+    def sql(self, query: str, **params):
+        engine = create_engine(self.database_url.replace("postgresql://", "postgresql+psycopg2://", 1))
+        try:
+            with engine.connect() as conn:
+                return conn.execute(text(query), params).fetchall()
+        finally:
+            engine.dispose()
+
+    def statuses(self) -> dict[int, str]:
+        return {r.id: r.status.value for r in self.store.list_tasks(limit=100_000)}
+
+    def object_text(self, uri: str) -> str:
+        bucket, key = uri[len("s3://"):].split("/", 1)
+        return self.s3_client.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+
+    def check_invariants(self) -> None:
+        """What must hold after every scenario (issue 6)."""
+        tasks = self.store.list_tasks(limit=100_000)
+        assert tasks, "no tasks"
+        for t in tasks:
+            assert t.status in (TaskStatus.COMPLETED, TaskStatus.DEAD, TaskStatus.CANCELLED), (t.id, t.status)
+            assert t.retries <= t.max_retries, (t.id, t.retries, t.max_retries)
+            view = self.store.get(t.id)
+            completed_attempts = [a for a in view.attempts if a.outcome == "completed"]
+            if t.status is TaskStatus.COMPLETED:
+                assert len(completed_attempts) == 1, (t.id, view.attempts)
+                for fmt in t.options.formats:
+                    uri = str(output_uri(t.output_uri, fmt))
+                    assert self.object_text(uri) is not None
+            else:
+                assert not completed_attempts, (t.id, view.attempts)
+            if t.status is TaskStatus.DEAD:
+                assert t.failure_reason, t.id
+                stage = t.failure_reason.split(":", 1)[0]
+                assert stage in {s.stage for s in view.attempts if s.stage}, (t.failure_reason, view.attempts)
+
+
+@pytest.fixture
+def system(database_url, store, s3_settings, s3_client, bucket, ray_session) -> System:
+    settings = system_settings(database_url, s3_settings)
+    return System(settings=settings, store=store, bucket=bucket, s3_client=s3_client, database_url=database_url)
