@@ -1,0 +1,172 @@
+"""Engine registry: ``load_engine(spec)`` builds the engine a spec names, with its model resident.
+
+Engine libraries are imported lazily, inside the engine modules, so this package imports without
+faster-whisper or torch installed; a missing library becomes a ModelLoadError at load time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from raytranscribe.engines.base import ENGINES, SAMPLE_RATE, Engine, EngineSpec, Transcript, TranscribeOptions
+from raytranscribe.errors import ModelLoadError, RayTranscribeError, Stage, TranscriptionError
+
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "EngineSpec",
+    "SILENCE_PEAK",
+    "load_engine",
+    "prepare_audio",
+    "resolve_device",
+    "temperature_schedule",
+]
+
+log = logging.getLogger(__name__)
+
+# Peak amplitude at or below which audio counts as digital silence (about -80 dBFS). Whisper
+# models hallucinate on pure zeros (tiny.en says " You"), so engines answer silence with an
+# empty transcript without running the model.
+SILENCE_PEAK = 1e-4
+
+_INSTALL_HINT = {
+    "faster-whisper": "pip install 'raytranscribe[faster]'",
+    "openai-whisper": "pip install 'raytranscribe[openai]'",
+}
+
+
+def load_engine(spec: EngineSpec) -> Engine:
+    """Build the engine ``spec.engine`` names, loading its model once.
+
+    ``spec.engine`` is ``"faster-whisper"``, ``"openai-whisper"``, or ``"module.path:ClassName"``
+    for an engine class defined elsewhere (built as ``ClassName(spec)``).
+
+    Raises ModelLoadError (permanent, stage model-load) for an unknown engine name, a missing
+    engine library, or a model that cannot be found or loaded; never a bare library exception.
+    """
+    builders: dict[str, Callable[[], type]] = {
+        "faster-whisper": _faster_class,
+        "openai-whisper": _openai_class,
+    }
+    if spec.engine in builders:
+        cls = builders[spec.engine]()
+    elif ":" in spec.engine:
+        cls = _plugin_class(spec.engine)
+    else:
+        raise ModelLoadError(
+            f"unknown engine {spec.engine!r}; choose from {list(ENGINES)} or name a class as 'module.path:ClassName'"
+        )
+    started = time.perf_counter()
+    try:
+        engine = cls(spec)
+    except RayTranscribeError:
+        raise
+    except Exception as exc:  # an engine's own bug at start-up must still read as a load failure
+        raise ModelLoadError(
+            f"{spec.engine} could not load model {spec.model!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    log.info(
+        "loaded %s model %r on %s in %.2f s",
+        spec.engine, spec.model, getattr(engine, "device", spec.device), time.perf_counter() - started,
+        extra={"stage": Stage.MODEL_LOAD.value},
+    )
+    return engine
+
+
+def _plugin_class(ref: str) -> type:
+    """An engine class named ``module.path:ClassName`` (third-party engines, test doubles)."""
+    import importlib
+
+    module_name, _, class_name = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelLoadError(f"engine module {module_name!r} cannot be imported: {exc}") from exc
+    cls = getattr(module, class_name, None)
+    if not isinstance(cls, type):
+        raise ModelLoadError(f"engine module {module_name!r} has no class {class_name!r}")
+    return cls
+
+
+def _faster_class() -> type:
+    from raytranscribe.engines.faster import FasterWhisperEngine
+
+    return FasterWhisperEngine
+
+
+def _openai_class() -> type:
+    from raytranscribe.engines.openai import OpenAIWhisperEngine
+
+    return OpenAIWhisperEngine
+
+
+def resolve_device(device: str, engine: str = "faster-whisper") -> str:
+    """``"auto"`` -> ``"cuda"`` when the engine's library sees a GPU, else ``"cpu"``.
+
+    faster-whisper asks CTranslate2 (``get_cuda_device_count``); openai-whisper asks torch.
+    ``"cpu"`` and ``"cuda"`` pass through; anything else is a ModelLoadError.
+    """
+    if device in ("cpu", "cuda"):
+        return device
+    if device != "auto":
+        raise ModelLoadError(f"unknown device {device!r}; choose 'auto', 'cuda' or 'cpu'")
+    if engine == "openai-whisper":
+        try:
+            import torch
+        except ImportError as exc:
+            raise ModelLoadError(f"openai-whisper needs torch: {_INSTALL_HINT[engine]}") from exc
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        import ctranslate2
+    except ImportError as exc:
+        raise ModelLoadError(f"faster-whisper is not installed: {_INSTALL_HINT['faster-whisper']}") from exc
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+
+
+def install_hint(engine: str) -> str:
+    return _INSTALL_HINT[engine]
+
+
+def temperature_schedule(temperature: float) -> tuple[float, ...]:
+    """Whisper's fallback schedule starting at ``temperature``: 0.0 -> (0.0, 0.2, ..., 1.0).
+
+    A decode that fails the compression-ratio / log-prob checks is retried hotter, which is what
+    stops Whisper looping on a phrase; ``temperature`` is where that ladder starts.
+    """
+    steps = [round(temperature + 0.2 * i, 1) for i in range(6)]
+    return tuple(t for t in steps if t <= 1.0) or (temperature,)
+
+
+def prepare_audio(audio: np.ndarray, engine: str) -> np.ndarray:
+    """The engine contract's input check: 1-D float32 samples at 16 kHz.
+
+    A wrong shape is a caller bug, not a flaky device, so it is a permanent TranscriptionError.
+    """
+    audio = np.asarray(audio)
+    if audio.ndim != 1:
+        raise TranscriptionError(
+            f"{engine} needs 1-D mono audio at {SAMPLE_RATE} Hz, got an array of shape {audio.shape}",
+            transient=False,
+        )
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise TranscriptionError(f"{engine} needs float32 samples in [-1, 1], got {audio.dtype}", transient=False)
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def is_silence(audio: np.ndarray) -> bool:
+    return audio.size == 0 or float(np.max(np.abs(audio))) <= SILENCE_PEAK
+
+
+def empty_transcript(audio: np.ndarray, spec: EngineSpec, options: TranscribeOptions, language: str | None) -> Transcript:
+    return Transcript(
+        segments=(),
+        language=language,
+        duration_s=audio.size / SAMPLE_RATE,
+        engine=spec.engine,
+        model=spec.model,
+        options=options,
+    )

@@ -1,0 +1,107 @@
+"""Write one :class:`Transcript` as json, srt, vtt or txt. Pure: bytes in memory, no I/O.
+
+Rules every subtitle format follows:
+
+* timestamps are whole milliseconds, rounded once from seconds (3.0 never becomes 00:00:02,999),
+  negatives clamp to 0, an end before its start is moved to the start, hours grow past 99
+  (``100:00:00,000``);
+* a cue's text is one line: newlines and blank lines collapse to single spaces (a blank line
+  ends an SRT/VTT cue) and ``-->`` becomes ``->`` (it would read as a timing line);
+* segments with no text are skipped and SRT numbering stays consecutive.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+
+from raytranscribe.engines.base import FORMATS, Segment, Transcript
+from raytranscribe.errors import InvalidInput, Stage
+
+__all__ = ["CONTENT_TYPES", "FORMATS", "render", "render_all", "timestamp"]
+
+CONTENT_TYPES: dict[str, str] = {
+    "json": "application/json; charset=utf-8",
+    "srt": "application/x-subrip; charset=utf-8",
+    "vtt": "text/vtt; charset=utf-8",
+    "txt": "text/plain; charset=utf-8",
+}
+
+
+def render(transcript: Transcript, fmt: str) -> bytes:
+    """``transcript`` in format ``fmt`` (json | srt | vtt | txt), UTF-8 encoded."""
+    try:
+        writer = _WRITERS[fmt]
+    except KeyError:
+        raise InvalidInput(f"unknown output format {fmt!r}; choose from {list(FORMATS)}", stage=Stage.RENDER) from None
+    return writer(transcript).encode("utf-8")
+
+
+def render_all(transcript: Transcript, formats: Sequence[str]) -> dict[str, bytes]:
+    return {fmt: render(transcript, fmt) for fmt in formats}
+
+
+def timestamp(seconds: float, separator: str = ",") -> str:
+    """``HH:MM:SS<sep>mmm`` from seconds; ``separator`` is ``,`` for SRT and ``.`` for VTT."""
+    if not math.isfinite(seconds) or seconds < 0:
+        seconds = 0.0
+    ms = round(seconds * 1000)  # one rounding, on the whole value: no 2.999 for 3.0
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    secs, ms = divmod(ms, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{ms:03d}"
+
+
+def cue_text(text: str) -> str:
+    """Text safe inside one cue: a single line, no timing arrow."""
+    one_line = " ".join(text.split())
+    while "-->" in one_line:  # "--->" would leave "-->" after one pass
+        one_line = one_line.replace("-->", "->")
+    return one_line
+
+
+def _cues(transcript: Transcript) -> list[tuple[Segment, str]]:
+    return [(s, text) for s in transcript.segments if (text := cue_text(s.text))]
+
+
+def _timing(segment: Segment, separator: str) -> str:
+    start = max(segment.start, 0.0) if math.isfinite(segment.start) else 0.0
+    end = segment.end if math.isfinite(segment.end) and segment.end >= start else start
+    return f"{timestamp(start, separator)} --> {timestamp(end, separator)}"
+
+
+def _srt(transcript: Transcript) -> str:
+    return "".join(
+        f"{number}\n{_timing(segment, ',')}\n{text}\n\n"
+        for number, (segment, text) in enumerate(_cues(transcript), start=1)
+    )
+
+
+def _vtt(transcript: Transcript) -> str:
+    return "WEBVTT\n\n" + "".join(f"{_timing(segment, '.')}\n{text}\n\n" for segment, text in _cues(transcript))
+
+
+def _txt(transcript: Transcript) -> str:
+    return "".join(f"{text}\n" for _, text in _cues(transcript))
+
+
+def _json(transcript: Transcript) -> str:
+    # Key order is the dataclass field order: stable, and readable top to bottom.
+    return json.dumps(_finite(transcript.to_dict()), ensure_ascii=False, indent=2, allow_nan=False) + "\n"
+
+
+def _finite(value):
+    """NaN/inf (a -inf log-prob) are not JSON: they become null rather than invalid output."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+_WRITERS: dict[str, Callable[[Transcript], str]] = {"json": _json, "srt": _srt, "vtt": _vtt, "txt": _txt}
+assert set(_WRITERS) == set(FORMATS), "every declared format needs a writer"
+

@@ -1,0 +1,69 @@
+"""Speech fixtures: WER with Whisper-style normalisation, a resident faster-whisper tiny.en, and a
+tiny random-weight openai-whisper checkpoint (real weights cannot be downloaded here)."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from raytranscribe.engines.base import EngineSpec
+
+# Digits spoken as words, so "3 apples" and "three apples" compare equal.
+_DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def normalize(text: str) -> str:
+    """Whisper-style English normalisation: lowercase, no punctuation, digits as words, one space."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = re.sub(r"[\u2019']", "", text)  # don't -> dont on both sides
+    text = re.sub(r"\d", lambda m: f" {_DIGITS[int(m.group())]} ", text)
+    text = re.sub(r"[^\w\s]|_", " ", text)
+    return " ".join(text.split())
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate of ``hypothesis`` against ``reference`` after :func:`normalize`."""
+    import jiwer
+
+    ref, hyp = normalize(reference), normalize(hypothesis)
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    return float(jiwer.wer(ref, hyp if hyp else ""))
+
+
+TINY_SPEC = EngineSpec(engine="faster-whisper", model="tiny.en", device="cpu", compute_type="int8", cpu_threads=2)
+
+
+@pytest.fixture(scope="session")
+def faster_engine():
+    """faster-whisper with the bundled tiny.en on CPU (int8), loaded once for the session."""
+    from raytranscribe.engines import load_engine
+
+    return load_engine(TINY_SPEC)
+
+
+def build_random_whisper_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A 14 MB openai-whisper checkpoint with random weights and English-only vocabulary."""
+    import torch
+    from whisper.model import ModelDimensions, Whisper
+
+    torch.manual_seed(seed)
+    dims = ModelDimensions(
+        n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
+        n_vocab=51864, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1,
+    )
+    model = Whisper(dims)
+    # Whisper leaves the decoder's positional embedding as torch.empty (real checkpoints overwrite
+    # it): uninitialised memory can hold NaN, which makes decoding fail at random.
+    torch.nn.init.normal_(model.decoder.positional_embedding, std=0.02)
+    torch.save({"dims": asdict(dims), "model_state_dict": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_whisper_checkpoint(tmp_path_factory) -> Path:
+    return build_random_whisper_checkpoint(tmp_path_factory.mktemp("whisper") / "tiny-random.pt")
