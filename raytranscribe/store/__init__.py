@@ -1,0 +1,32 @@
+"""The task store: PostgreSQL schema, migrations, and every state transition of a task."""
+
+from raytranscribe.store.models import AttemptOutcome, Task, TaskAttempt, TaskStatus
+from raytranscribe.store.store import (
+    LEASE_EXPIRED,
+    AttemptView,
+    ClaimedTask,
+    NewTask,
+    RecordResult,
+    Store,
+    StoreStats,
+    SubmitReport,
+    TaskView,
+    check_s3_uri,
+)
+
+__all__ = [
+    "LEASE_EXPIRED",
+    "AttemptOutcome",
+    "AttemptView",
+    "ClaimedTask",
+    "NewTask",
+    "RecordResult",
+    "Store",
+    "StoreStats",
+    "SubmitReport",
+    "Task",
+    "TaskAttempt",
+    "TaskStatus",
+    "TaskView",
+    "check_s3_uri",
+]

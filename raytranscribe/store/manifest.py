@@ -1,0 +1,122 @@
+"""JSON-lines manifests: one task a line. A single bad line rejects the whole manifest.
+
+Fields: ``input_uri`` and ``output_uri`` (required); ``engine``, ``model``, ``language``, ``formats``,
+``priority``, ``max_retries``, ``backoff_factor`` (optional; the caller's defaults fill the gaps).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from raytranscribe.engines.base import FORMATS, TranscribeOptions
+from raytranscribe.errors import InvalidInput, ManifestError
+from raytranscribe.store.store import NewTask
+
+REQUIRED_FIELDS = ("input_uri", "output_uri")
+OPTIONAL_FIELDS = ("engine", "model", "language", "formats", "priority", "max_retries", "backoff_factor")
+MANIFEST_FIELDS = REQUIRED_FIELDS + OPTIONAL_FIELDS
+
+
+@dataclass(frozen=True)
+class ManifestDefaults:
+    """What a line that leaves a field out gets (the CLI fills this from its flags)."""
+
+    engine: str = "faster-whisper"
+    model: str = "tiny.en"
+    language: str | None = None
+    formats: tuple[str, ...] = FORMATS
+    priority: int = 0
+    max_retries: int | None = None
+    backoff_factor: float | None = None
+    options: TranscribeOptions = field(default_factory=TranscribeOptions)  # everything else (beam size ...)
+
+
+def parse_formats(value: str | list | tuple) -> tuple[str, ...]:
+    """``"srt,txt"`` or ``["srt", "txt"]`` -> ``("srt", "txt")``; unknown formats are refused."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(f, str) for f in items):
+        raise InvalidInput(f"formats must be a list of strings or a comma-separated string, got {value!r}")
+    out = tuple(f.strip().lower() for f in items if f.strip())
+    if not out:
+        raise InvalidInput("at least one output format is required")
+    unknown = [f for f in out if f not in FORMATS]
+    if unknown:
+        raise InvalidInput(f"unknown output format(s) {unknown}; choose from {list(FORMATS)}")
+    return out
+
+
+def _typed(obj: dict, name: str, types: tuple[type, ...], what: str):
+    value = obj[name]
+    # bool is an int in Python; JSON true is never a count or a factor.
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise InvalidInput(f"{name} must be {what}, got {json.dumps(value)}")
+    return value
+
+
+def parse_line(text: str, defaults: ManifestDefaults, validate_uri: Callable[[str], object] | None = None) -> NewTask:
+    try:
+        obj = json.loads(text.rstrip("\r\n"))
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"bad JSON: {exc.msg} (column {exc.colno})") from exc
+    if not isinstance(obj, dict):
+        raise InvalidInput(f"expected a JSON object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - set(MANIFEST_FIELDS))
+    if unknown:
+        raise InvalidInput(f"unknown field(s) {unknown}; allowed: {list(MANIFEST_FIELDS)}")
+    missing = [f for f in REQUIRED_FIELDS if f not in obj]
+    if missing:
+        raise InvalidInput(f"missing required field(s) {missing}")
+    for name in ("input_uri", "output_uri", "engine", "model"):
+        if name in obj:
+            _typed(obj, name, (str,), "a string")
+    if validate_uri is not None:
+        validate_uri(obj["input_uri"])
+        validate_uri(obj["output_uri"])
+    language = defaults.language
+    if "language" in obj:
+        language = obj["language"] if obj["language"] is None else _typed(obj, "language", (str,), "a string or null")
+    formats = parse_formats(obj["formats"]) if "formats" in obj else defaults.formats
+    try:
+        options = TranscribeOptions(**{**defaults.options.to_dict(), "language": language, "formats": formats})
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
+    return NewTask(
+        input_uri=obj["input_uri"],
+        output_uri=obj["output_uri"],
+        engine=obj.get("engine", defaults.engine),
+        model=obj.get("model", defaults.model),
+        options=options,
+        priority=_typed(obj, "priority", (int,), "an integer") if "priority" in obj else defaults.priority,
+        max_retries=_typed(obj, "max_retries", (int,), "an integer >= 0") if "max_retries" in obj else defaults.max_retries,
+        backoff_factor=(
+            float(_typed(obj, "backoff_factor", (int, float), "a number >= 1"))
+            if "backoff_factor" in obj
+            else defaults.backoff_factor
+        ),
+    )
+
+
+def parse_manifest(
+    lines: Iterable[str],
+    defaults: ManifestDefaults = ManifestDefaults(),
+    *,
+    validate_uri: Callable[[str], object] | None = None,
+) -> list[NewTask]:
+    """Every line a valid task, or :class:`ManifestError` naming the first bad line. Blank lines are skipped.
+
+    ``validate_uri`` (e.g. :func:`raytranscribe.storage.parse_s3_uri`) runs on both URIs of a line
+    before the store's own checks.
+    """
+    tasks: list[NewTask] = []
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            tasks.append(parse_line(text, defaults, validate_uri))
+        except InvalidInput as exc:
+            raise ManifestError(exc.message, line=number) from exc
+    if not tasks:
+        raise ManifestError("the manifest holds no tasks")
+    return tasks

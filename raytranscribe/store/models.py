@@ -1,0 +1,151 @@
+"""SQLAlchemy 2 typed models of the task store, and the Postgres enum ``task_status``.
+
+The migrations in ``migrations/versions`` create exactly this metadata (a test compares them); what
+metadata cannot express (the transition trigger) lives only in the migrations.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class TaskStatus(str, enum.Enum):
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"  # waiting for retry_at
+    DEAD = "dead"  # permanent error or retries exhausted
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class AttemptOutcome(str, enum.Enum):
+    """``task_attempts.outcome``; NULL while the attempt is running."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"  # a retry was scheduled
+    DEAD = "dead"
+    RELEASED = "released"  # handed back by a stopping orchestrator, not charged
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# values_callable: the database stores "in_progress", not the member name "IN_PROGRESS".
+task_status_enum = sa.Enum(
+    TaskStatus,
+    name="task_status",
+    values_callable=lambda e: [m.value for m in e],
+    validate_strings=True,
+)
+
+TZ = sa.DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=True)
+    input_uri: Mapped[str] = mapped_column(sa.Text)
+    output_uri: Mapped[str] = mapped_column(sa.Text)  # output stem; files are f"{output_uri}.{fmt}"
+    engine: Mapped[str] = mapped_column(sa.Text)
+    model: Mapped[str] = mapped_column(sa.Text)
+    options: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
+    priority: Mapped[int] = mapped_column(sa.Integer, server_default=sa.text("0"))
+    status: Mapped[TaskStatus] = mapped_column(task_status_enum, server_default=sa.text("'pending'"))
+    attempt: Mapped[int] = mapped_column(sa.Integer, server_default=sa.text("0"))  # fencing token
+    retries: Mapped[int] = mapped_column(sa.Integer, server_default=sa.text("0"))  # retries granted
+    max_retries: Mapped[int] = mapped_column(sa.Integer)
+    backoff_factor: Mapped[float] = mapped_column(sa.Float)
+    retry_at: Mapped[datetime | None] = mapped_column(TZ)
+    lease_owner: Mapped[str | None] = mapped_column(sa.Text)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(TZ)
+    failure_reason: Mapped[str | None] = mapped_column(sa.Text)
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=sa.func.now())
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=sa.func.now())
+    started_at: Mapped[datetime | None] = mapped_column(TZ)  # start of the latest attempt
+    completed_at: Mapped[datetime | None] = mapped_column(TZ)  # reached completed, dead or cancelled
+    dedupe_key: Mapped[str] = mapped_column(sa.Text)
+    # Result summary (migration 0002).
+    audio_duration_s: Mapped[float | None] = mapped_column(sa.Float)
+    language: Mapped[str | None] = mapped_column(sa.Text)
+    output_uris: Mapped[list[str] | None] = mapped_column(JSONB)
+    text_preview: Mapped[str | None] = mapped_column(sa.Text)
+
+    __table_args__ = (
+        sa.UniqueConstraint("dedupe_key"),
+        sa.CheckConstraint("retries >= 0", name="retries_nonnegative"),
+        sa.CheckConstraint("max_retries >= 0", name="max_retries_nonnegative"),
+        sa.CheckConstraint("retries <= max_retries", name="retries_within_max"),
+        sa.CheckConstraint("backoff_factor >= 1", name="backoff_factor_min"),
+        sa.CheckConstraint("attempt >= 0", name="attempt_nonnegative"),
+        sa.CheckConstraint("status <> 'failed' OR retry_at IS NOT NULL", name="failed_has_retry_at"),
+        sa.CheckConstraint(
+            "status <> 'in_progress' OR (lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL)",
+            name="in_progress_has_lease",
+        ),
+        sa.Index("ix_tasks_input_uri", "input_uri"),
+        # Claim order: highest priority, then oldest, over pending and failed rows, so one ordered
+        # index scan serves claim's whole WHERE (due retries included) (migration 0002).
+        sa.Index(
+            "ix_tasks_claimable",
+            sa.text("priority DESC"),
+            "created_at",
+            "id",
+            postgresql_where=sa.text("status IN ('pending', 'failed')"),
+        ),
+        sa.Index("ix_tasks_retry_due", "retry_at", postgresql_where=sa.text("status = 'failed'")),
+        sa.Index("ix_tasks_lease_expiry", "lease_expires_at", postgresql_where=sa.text("status = 'in_progress'")),
+    )
+
+
+class TaskAttempt(Base):
+    """One row per claim of a task: who ran it, where, how it ended, and at which stage it failed."""
+
+    __tablename__ = "task_attempts"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=True)
+    task_id: Mapped[int] = mapped_column(sa.BigInteger, sa.ForeignKey("tasks.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(sa.Integer)
+    worker: Mapped[str] = mapped_column(sa.Text)  # the lease owner that claimed it
+    actor: Mapped[str | None] = mapped_column(sa.Text)
+    node: Mapped[str | None] = mapped_column(sa.Text)
+    started_at: Mapped[datetime] = mapped_column(TZ, server_default=sa.func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(TZ)
+    outcome: Mapped[str | None] = mapped_column(sa.Text)
+    stage: Mapped[str | None] = mapped_column(sa.Text)
+    error_class: Mapped[str | None] = mapped_column(sa.Text)
+    error_message: Mapped[str | None] = mapped_column(sa.Text)
+    http_status: Mapped[int | None] = mapped_column(sa.Integer)
+    decision: Mapped[str | None] = mapped_column(sa.Text)  # what the retry policy decided, in words
+    timings: Mapped[list[Any] | None] = mapped_column(JSONB)  # [[stage, seconds], ...] in order
+
+    __table_args__ = (
+        sa.UniqueConstraint("task_id", "attempt"),
+        sa.CheckConstraint(
+            "outcome IS NULL OR outcome IN ('completed', 'failed', 'dead', 'released', 'cancelled')",
+            name="outcome_known",
+        ),
+    )

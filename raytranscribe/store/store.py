@@ -1,0 +1,972 @@
+"""The task store: every SQL statement and every state transition of a task.
+
+Each public operation is one transaction. Transient database errors (lost connection, admin
+shutdown, serialization failure, deadlock) re-run the whole transaction up to
+``settings.store.op_retries`` times with exponential backoff, then raise :class:`StoreUnavailable`.
+Re-running is safe: writes about a task are fenced by ``(status = 'in_progress', attempt)``, so a
+repeated ``complete`` or ``fail`` changes nothing, and a repeated ``claim`` simply claims other rows
+(rows claimed by a commit whose answer was lost come back through :meth:`Store.reap`).
+
+Statuses (the database enforces the transitions with a trigger, see migration 0002)::
+
+    pending -> in_progress -> completed
+                           -> failed (retry_at) -> in_progress ...
+                           -> dead (permanent error, or retries exhausted)
+    pending/in_progress/failed -> cancelled;  failed/dead/cancelled -> pending (requeue)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import text
+
+from raytranscribe.config import Settings
+from raytranscribe.contracts import Outcome, TaskResult
+from raytranscribe.engines.base import ENGINES, TranscribeOptions
+from raytranscribe.errors import (
+    ConfigError,
+    Failure,
+    IllegalTransition,
+    InvalidInput,
+    InvalidURI,
+    Stage,
+    StoreError,
+    StoreUnavailable,
+)
+from raytranscribe.retry import RetryPolicy, decide
+from raytranscribe.store.models import AttemptOutcome, TaskStatus
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# pg_advisory_xact_lock key serialising concurrent `db upgrade`s ("rtsc" in ASCII).
+MIGRATION_LOCK_KEY = 0x72747363
+# SQLSTATE raised by the transition trigger (migration 0002).
+ILLEGAL_TRANSITION_SQLSTATE = "RT001"
+# Errors worth re-running a transaction for: the transaction surely rolled back, the data is fine.
+TRANSIENT_SQLSTATES = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "55P03",  # lock_not_available
+        "57P01",  # admin_shutdown (pg_terminate_backend, fast shutdown)
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now (starting up / shutting down)
+        "53300",  # too_many_connections
+    }
+)
+TEXT_PREVIEW_CHARS = 500
+SUBMIT_CHUNK = 5000
+REQUEUEABLE = (TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED)
+CANCELLABLE = (TaskStatus.PENDING, TaskStatus.IN_PROGRESS, TaskStatus.FAILED)
+
+LEASE_EXPIRED = Failure(stage=Stage.LEASE, error_class="LeaseExpired", message="lease expired", transient=True)
+
+T = TypeVar("T")
+
+
+# --- input validation --------------------------------------------------------------------------
+
+_BUCKET_CHARS = re.compile(r"[a-z0-9.\-]+")
+
+
+def check_s3_uri(uri: str, *, what: str = "URI") -> tuple[str, str]:
+    """Validate ``s3://bucket/key`` (an object, not a folder) and return ``(bucket, key)``.
+
+    A deliberately small copy of the bucket rules of :func:`raytranscribe.storage.parse_s3_uri`:
+    the store may not import storage (it pulls boto3 in); the CLI runs the full parser first.
+    """
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
+        raise InvalidURI(f"{what} {uri!r} is not an S3 URI: expected s3://bucket/key")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    problem = None
+    if not 3 <= len(bucket) <= 63:
+        problem = f"bucket name {bucket!r} must be 3 to 63 characters long (got {len(bucket)})"
+    elif not _BUCKET_CHARS.fullmatch(bucket):
+        problem = f"bucket name {bucket!r} may contain only lowercase letters, digits, dots and hyphens"
+    elif not (bucket[0].isalnum() and bucket[-1].isalnum()):
+        problem = f"bucket name {bucket!r} must start and end with a lowercase letter or digit"
+    elif ".." in bucket:
+        problem = f"bucket name {bucket!r} must not contain two adjacent dots"
+    else:
+        try:
+            ipaddress.IPv4Address(bucket)
+            problem = f"bucket name {bucket!r} must not be formatted as an IP address"
+        except ValueError:
+            pass
+    if problem is None and (key == "" or key.endswith("/")):
+        problem = "object key is empty" if key == "" else f"object key {key!r} ends with '/' (a folder, not an object)"
+    if problem is None and len(key.encode("utf-8", errors="surrogatepass")) > 1024:
+        problem = "object key is longer than 1024 bytes"
+    if problem:
+        raise InvalidURI(f"invalid {what} {uri!r}: {problem}")
+    return bucket, key
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A task to submit. ``output_uri`` is the output *stem*: files are ``f"{output_uri}.{fmt}"``."""
+
+    input_uri: str
+    output_uri: str
+    engine: str = "faster-whisper"
+    model: str = "tiny.en"
+    options: TranscribeOptions = field(default_factory=TranscribeOptions)
+    priority: int = 0
+    max_retries: int | None = None  # None: the store's RetryPolicy default, written into the row
+    backoff_factor: float | None = None
+
+    def __post_init__(self) -> None:
+        check_s3_uri(self.input_uri, what="input URI")
+        check_s3_uri(self.output_uri, what="output URI")
+        if self.engine not in ENGINES:
+            raise InvalidInput(f"unknown engine {self.engine!r}; choose from {list(ENGINES)}")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise InvalidInput(f"model must be a non-empty name, got {self.model!r}")
+        if not isinstance(self.options, TranscribeOptions):
+            raise InvalidInput(f"options must be TranscribeOptions, got {type(self.options).__name__}")
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+            raise InvalidInput(f"priority must be an integer, got {self.priority!r}")
+        if self.max_retries is not None and (
+            isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0
+        ):
+            raise InvalidInput(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
+        if self.backoff_factor is not None and (
+            isinstance(self.backoff_factor, bool)
+            or not isinstance(self.backoff_factor, (int, float))
+            or not self.backoff_factor >= 1  # also refuses NaN
+        ):
+            raise InvalidInput(f"backoff_factor must be a number >= 1, got {self.backoff_factor!r}")
+
+    @property
+    def dedupe_key(self) -> str:
+        """Same input, engine, model and options: the same task (the output stem does not count)."""
+        canonical = json.dumps(
+            [self.input_uri, self.engine, self.model, self.options.to_dict()],
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubmitReport:
+    inserted: tuple[int, ...]  # new task ids, in submission order
+    duplicates: tuple[str, ...]  # input URIs whose task already existed (or repeated in the batch)
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    id: int
+    attempt: int
+    input_uri: str
+    output_uri: str
+    engine: str
+    model: str
+    options: TranscribeOptions
+    priority: int
+    retries: int
+    max_retries: int
+    backoff_factor: float
+    lease_expires_at: datetime
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    task_id: int
+    attempt: int
+    applied: bool  # False: fenced out (stale attempt, or task no longer in_progress); nothing changed
+    status: TaskStatus | None  # the new status when applied, else None
+    retry_at: datetime | None  # when the retry is due (status failed)
+    reason: str | None  # failure_reason written, or why the write was fenced out
+
+
+@dataclass(frozen=True)
+class AttemptView:
+    attempt: int
+    worker: str
+    actor: str | None
+    node: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None  # None while running
+    stage: str | None
+    error_class: str | None
+    error_message: str | None
+    http_status: int | None
+    decision: str | None
+    timings: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
+class TaskView:
+    id: int
+    input_uri: str
+    output_uri: str
+    engine: str
+    model: str
+    options: TranscribeOptions
+    priority: int
+    status: TaskStatus
+    attempt: int
+    retries: int
+    max_retries: int
+    backoff_factor: float
+    retry_at: datetime | None
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    failure_reason: str | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    audio_duration_s: float | None
+    language: str | None
+    output_uris: tuple[str, ...]
+    text_preview: str | None
+    attempts: tuple[AttemptView, ...] = ()  # filled by get(); list_tasks() leaves it empty
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    counts: dict[TaskStatus, int]  # every status, zero included
+    oldest_pending_age_s: float | None
+    retries_scheduled: int  # failed tasks waiting for retry_at
+    top_failure_reasons: tuple[tuple[str, int], ...]  # among failed and dead tasks, most frequent first
+    audio_seconds_completed: float
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "counts": {s.value: n for s, n in self.counts.items()},
+            "total": self.total,
+            "oldest_pending_age_s": self.oldest_pending_age_s,
+            "retries_scheduled": self.retries_scheduled,
+            "top_failure_reasons": [{"reason": r, "count": n} for r, n in self.top_failure_reasons],
+            "audio_seconds_completed": self.audio_seconds_completed,
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, TaskStatus):
+        return value.value
+    return value
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+_TASK_COLUMNS = (
+    "id, input_uri, output_uri, engine, model, options, priority, status, attempt, retries, max_retries, "
+    "backoff_factor, retry_at, lease_owner, lease_expires_at, failure_reason, last_error, created_at, "
+    "updated_at, started_at, completed_at, audio_duration_s, language, output_uris, text_preview"
+)
+
+_CLAIM_SQL = """
+WITH c AS (
+    SELECT id FROM tasks
+    -- `status IN (...)` matches the partial index ix_tasks_claimable: one ordered index scan, no sort.
+    WHERE status IN ('pending', 'failed') AND (status = 'pending' OR retry_at <= now()) {pairs}
+    ORDER BY priority DESC, created_at, id
+    LIMIT :n
+    FOR UPDATE SKIP LOCKED
+), u AS (
+    UPDATE tasks t
+    SET status = 'in_progress', attempt = t.attempt + 1, lease_owner = :owner,
+        lease_expires_at = now() + make_interval(secs => CAST(:lease_s AS double precision)),
+        started_at = now(), retry_at = NULL
+    FROM c WHERE t.id = c.id
+    RETURNING t.id, t.attempt, t.input_uri, t.output_uri, t.engine, t.model, t.options, t.priority,
+              t.retries, t.max_retries, t.backoff_factor, t.lease_expires_at, t.created_at
+), a AS (
+    INSERT INTO task_attempts (task_id, attempt, worker, started_at)
+    SELECT id, attempt, :owner, now() FROM u
+)
+SELECT * FROM u ORDER BY priority DESC, created_at, id
+"""
+
+_PAIRS_FILTER = (
+    "AND (engine, model) IN (SELECT * FROM unnest(CAST(:engines AS text[]), CAST(:models AS text[])))"
+)
+
+_SUBMIT_SQL = """
+INSERT INTO tasks (input_uri, output_uri, engine, model, options, priority, max_retries, backoff_factor, dedupe_key)
+SELECT i, o, e, m, CAST(opt AS jsonb), p, mr, bf, k
+FROM unnest(CAST(:i AS text[]), CAST(:o AS text[]), CAST(:e AS text[]), CAST(:m AS text[]), CAST(:opt AS text[]),
+            CAST(:p AS int[]), CAST(:mr AS int[]), CAST(:bf AS float8[]), CAST(:k AS text[]))
+     WITH ORDINALITY AS v(i, o, e, m, opt, p, mr, bf, k, ord)
+WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.dedupe_key = v.k)  -- spares sequence values; races hit ON CONFLICT
+ORDER BY ord
+ON CONFLICT (dedupe_key) DO NOTHING
+RETURNING id, dedupe_key
+"""
+
+_LOCK_FOR_RECORD_SQL = """
+SELECT id, status::text AS status, attempt, retries, max_retries, backoff_factor
+FROM tasks WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR UPDATE
+"""
+
+_LOCK_EXPIRED_SQL = """
+SELECT id, status::text AS status, attempt, retries, max_retries, backoff_factor
+FROM tasks WHERE status = 'in_progress' AND lease_expires_at < now()
+ORDER BY lease_expires_at, id LIMIT :limit FOR UPDATE SKIP LOCKED
+"""
+
+# Tasks and their attempt rows in one statement (one round trip); fencing was checked on the locked rows.
+_APPLY_SQL = """
+WITH v AS (
+    SELECT * FROM unnest(
+        CAST(:ids AS bigint[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]), CAST(:retries AS int[]),
+        CAST(:delays AS float8[]), CAST(:reasons AS text[]), CAST(:errors AS text[]), CAST(:durations AS float8[]),
+        CAST(:languages AS text[]), CAST(:outputs AS text[]), CAST(:previews AS text[]), CAST(:outcomes AS text[]),
+        CAST(:stages AS text[]), CAST(:classes AS text[]), CAST(:messages AS text[]), CAST(:https AS int[]),
+        CAST(:actors AS text[]), CAST(:nodes AS text[]), CAST(:decisions AS text[]), CAST(:timings AS text[]))
+    AS v(id, attempt, status, retries, delay_s, failure_reason, last_error, audio_duration_s, language, output_uris,
+         text_preview, outcome, stage, error_class, error_message, http_status, actor, node, decision, timings)
+), u AS (
+    UPDATE tasks t SET
+        status = CAST(v.status AS task_status),
+        retries = v.retries,
+        retry_at = CASE WHEN v.status = 'failed' THEN now() + make_interval(secs => v.delay_s) END,
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        failure_reason = COALESCE(v.failure_reason, t.failure_reason),
+        last_error = COALESCE(v.last_error, t.last_error),
+        completed_at = CASE WHEN v.status IN ('completed', 'dead') THEN now() END,
+        audio_duration_s = COALESCE(v.audio_duration_s, t.audio_duration_s),
+        language = COALESCE(v.language, t.language),
+        output_uris = COALESCE(CAST(v.output_uris AS jsonb), t.output_uris),
+        text_preview = COALESCE(v.text_preview, t.text_preview)
+    FROM v WHERE t.id = v.id
+    RETURNING t.id, t.retry_at
+), a AS (
+    UPDATE task_attempts a SET
+        finished_at = now(), outcome = v.outcome, stage = v.stage, error_class = v.error_class,
+        error_message = v.error_message, http_status = v.http_status, actor = COALESCE(v.actor, a.actor),
+        node = COALESCE(v.node, a.node), decision = v.decision, timings = CAST(v.timings AS jsonb)
+    FROM v WHERE a.task_id = v.id AND a.attempt = v.attempt
+)
+SELECT id, retry_at FROM u
+"""
+
+_RENEW_SQL = """
+UPDATE tasks t SET lease_expires_at = now() + make_interval(secs => CAST(:lease_s AS double precision))
+FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[])) AS v(id, attempt)
+WHERE t.id = v.id AND t.attempt = v.attempt AND t.status = 'in_progress' AND t.lease_owner = :owner
+RETURNING t.id, t.attempt
+"""
+
+_RELEASE_SQL = """
+WITH u AS (
+    UPDATE tasks t SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[])) AS v(id, attempt)
+    WHERE t.id = v.id AND t.attempt = v.attempt AND t.status = 'in_progress' AND t.lease_owner = :owner
+    RETURNING t.id, t.attempt
+), a AS (
+    UPDATE task_attempts a SET finished_at = now(), outcome = 'released', stage = :stage,
+        decision = 'released by a stopping orchestrator; not charged as a retry'
+    FROM u WHERE a.task_id = u.id AND a.attempt = u.attempt
+)
+SELECT count(*) FROM u
+"""
+
+_CANCEL_SQL = """
+WITH old AS (
+    SELECT id, attempt, status FROM tasks
+    WHERE id = ANY(CAST(:ids AS bigint[])) AND status IN ('pending', 'in_progress', 'failed')
+    ORDER BY id FOR UPDATE
+), u AS (
+    UPDATE tasks t SET status = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, retry_at = NULL,
+        completed_at = now()
+    FROM old WHERE t.id = old.id
+    RETURNING t.id
+), a AS (
+    UPDATE task_attempts a SET finished_at = now(), outcome = 'cancelled', decision = 'cancelled by the user'
+    FROM old WHERE a.task_id = old.id AND a.attempt = old.attempt AND old.status = 'in_progress'
+        AND a.finished_at IS NULL
+)
+SELECT count(*) FROM u
+"""
+
+_STATS_SQL = """
+SELECT {counts},
+    EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE status = 'pending')) AS oldest_pending_age_s,
+    count(*) FILTER (WHERE status = 'failed' AND retry_at IS NOT NULL) AS retries_scheduled,
+    COALESCE(sum(audio_duration_s) FILTER (WHERE status = 'completed'), 0) AS audio_s
+FROM tasks
+"""
+
+_TOP_REASONS_SQL = """
+SELECT failure_reason, count(*) AS n FROM tasks
+WHERE status IN ('failed', 'dead') AND failure_reason IS NOT NULL
+GROUP BY failure_reason ORDER BY n DESC, failure_reason LIMIT :k
+"""
+
+
+@dataclass(frozen=True)
+class _Row:
+    """The locked state of a task that ``_apply`` decides on."""
+
+    id: int
+    status: str
+    attempt: int
+    retries: int
+    max_retries: int
+    backoff_factor: float
+
+
+class Store:
+    """PostgreSQL-backed task queue and history. Thread-safe: share one per process."""
+
+    def __init__(self, url: str, *, settings: Settings | None = None, application_name: str = "raytranscribe"):
+        self.settings = settings if settings is not None else Settings()
+        self.policy = RetryPolicy.from_settings(self.settings.retry)
+        self.url = url
+        self.application_name = application_name
+        # Count of transient database errors survived by re-running a transaction (for tests and metrics).
+        self.transient_errors = 0
+        st = self.settings.store
+        try:
+            self._engine = sa.create_engine(
+                url,
+                pool_pre_ping=True,  # a connection killed while idle is replaced, not handed out
+                pool_size=st.pool_size,
+                max_overflow=st.pool_size,
+                connect_args={"connect_timeout": st.connect_timeout_s, "application_name": application_name},
+            )
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+            raise ConfigError(f"bad database URL {sa.engine.make_url(url)!r}: {exc}") from exc
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        url = settings.database_url
+        if url is None:
+            from raytranscribe.local import embedded_postgres_url
+
+            url = embedded_postgres_url(Path(settings.data_dir))
+        return cls(url, settings=settings)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self._engine.url.render_as_string(hide_password=True)!r})"
+
+    # --- transactions and transient errors -----------------------------------------------------
+
+    def _run(self, op: str, fn: Callable[[sa.Connection], T]) -> T:
+        """Run ``fn`` in one transaction; re-run it on transient errors, then give up clearly."""
+        retries = self.settings.store.op_retries
+        base = self.settings.store.op_retry_base_s
+        last: BaseException | None = None
+        for n in range(retries + 1):
+            try:
+                with self._engine.begin() as conn:
+                    return fn(conn)
+            except sa.exc.DBAPIError as exc:
+                code = getattr(exc.orig, "pgcode", None)
+                if code == ILLEGAL_TRANSITION_SQLSTATE:
+                    raise IllegalTransition(f"{op}: {_pg_message(exc)}") from exc
+                if not _is_transient(exc):
+                    raise StoreError(f"{op} failed: {_pg_message(exc)}") from exc
+                last = exc
+                if exc.connection_invalidated or isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+                    # The server may have restarted: drop every pooled connection, not only this one.
+                    self._engine.dispose()
+            except sa.exc.TimeoutError as exc:  # no pooled connection came free in time
+                last = exc
+            self.transient_errors += 1
+            if n < retries:
+                delay = base * (2**n) * (0.5 + random.random() / 2)
+                log.warning(
+                    "store %s: transient database error (try %d of %d), retrying in %.2fs: %s",
+                    op, n + 1, retries + 1, delay, _pg_message(last),
+                    extra={"stage": Stage.STORE.value},
+                )  # fmt: skip
+                time.sleep(delay)
+        raise StoreUnavailable(
+            f"store {op}: database unavailable after {retries + 1} tries: {_pg_message(last)}"
+        ) from last
+
+    # --- schema --------------------------------------------------------------------------------
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Bring the schema to ``revision`` (default head). Idempotent and safe to run concurrently."""
+        from alembic import command
+        from alembic.config import Config
+
+        def tx(conn: sa.Connection) -> None:
+            # Held to the end of this transaction: a second upgrader waits, then finds nothing to do.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+
+        self._run("upgrade", tx)
+        log.info("database schema at %s", self.current_revision())
+
+    def current_revision(self) -> str | None:
+        def tx(conn: sa.Connection) -> str | None:
+            if not conn.execute(text("SELECT to_regclass('alembic_version') IS NOT NULL")).scalar():
+                return None
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+        return self._run("current_revision", tx)
+
+    # --- submit --------------------------------------------------------------------------------
+
+    def submit(self, tasks: Sequence[NewTask]) -> SubmitReport:
+        """Insert all tasks in one transaction; a task whose dedupe_key exists is reported, not inserted."""
+        tasks = list(tasks)
+        if not tasks:
+            return SubmitReport((), ())
+        policy = self.policy
+        # Repeats inside the batch are duplicates too; only first occurrences go to the database.
+        seen: set[str] = set()
+        unique = [t for t in tasks if not (t.dedupe_key in seen or seen.add(t.dedupe_key))]
+
+        def tx(conn: sa.Connection) -> dict[str, int]:
+            ids: dict[str, int] = {}
+            for start in range(0, len(unique), SUBMIT_CHUNK):
+                chunk = unique[start : start + SUBMIT_CHUNK]
+                params = {
+                    "i": [t.input_uri for t in chunk],
+                    "o": [t.output_uri for t in chunk],
+                    "e": [t.engine for t in chunk],
+                    "m": [t.model for t in chunk],
+                    "opt": [json.dumps(t.options.to_dict()) for t in chunk],
+                    "p": [t.priority for t in chunk],
+                    "mr": [policy.max_retries if t.max_retries is None else t.max_retries for t in chunk],
+                    "bf": [float(policy.backoff_factor if t.backoff_factor is None else t.backoff_factor) for t in chunk],
+                    "k": [t.dedupe_key for t in chunk],
+                }
+                for row in conn.execute(text(_SUBMIT_SQL), params):
+                    ids[row.dedupe_key] = row.id
+            return ids
+
+        ids = self._run("submit", tx)
+        inserted: list[int] = []
+        duplicates: list[str] = []
+        for t in tasks:
+            task_id = ids.pop(t.dedupe_key, None)  # pop: a repeat inside the batch is a duplicate too
+            if task_id is None:
+                duplicates.append(t.input_uri)
+            else:
+                inserted.append(task_id)
+        log.info("submitted %d task(s), %d duplicate(s)", len(inserted), len(duplicates))
+        return SubmitReport(tuple(inserted), tuple(duplicates))
+
+    def submitted_inputs(self, input_uris: Sequence[str]) -> set[str]:
+        """Which of these inputs already have a task, whatever its engine, model or status."""
+        uris = list(dict.fromkeys(input_uris))
+        if not uris:
+            return set()
+        sql = text("SELECT DISTINCT input_uri FROM tasks WHERE input_uri = ANY(CAST(:u AS text[]))")
+        return self._run("submitted_inputs", lambda conn: {r[0] for r in conn.execute(sql, {"u": uris})})
+
+    # --- claim, renew, release -----------------------------------------------------------------
+
+    def claim(
+        self, n: int, owner: str, *, lease_s: float, pairs: Sequence[tuple[str, str]] | None = None
+    ) -> list[ClaimedTask]:
+        """Claim up to ``n`` runnable tasks (highest priority, then oldest) in one statement.
+
+        Runnable: pending, or failed with ``retry_at <= now()``. ``pairs`` restricts to these
+        (engine, model) pools. Each claim bumps ``attempt`` (the fencing token) and opens an attempt row.
+        """
+        if n <= 0 or (pairs is not None and not pairs):
+            return []
+        if lease_s <= 0:
+            raise InvalidInput(f"lease_s must be > 0, got {lease_s}")
+        params: dict[str, Any] = {"n": n, "owner": owner, "lease_s": float(lease_s)}
+        if pairs is not None:
+            params["engines"] = [e for e, _ in pairs]
+            params["models"] = [m for _, m in pairs]
+        sql = text(_CLAIM_SQL.format(pairs=_PAIRS_FILTER if pairs is not None else ""))
+
+        def tx(conn: sa.Connection) -> list[ClaimedTask]:
+            return [
+                ClaimedTask(
+                    id=r.id,
+                    attempt=r.attempt,
+                    input_uri=r.input_uri,
+                    output_uri=r.output_uri,
+                    engine=r.engine,
+                    model=r.model,
+                    options=TranscribeOptions.from_dict(r.options),
+                    priority=r.priority,
+                    retries=r.retries,
+                    max_retries=r.max_retries,
+                    backoff_factor=r.backoff_factor,
+                    lease_expires_at=r.lease_expires_at,
+                )
+                for r in conn.execute(sql, params)
+            ]
+
+        claimed = self._run("claim", tx)
+        for c in claimed:
+            log.debug(
+                "claimed by %s", owner, extra={"task_id": c.id, "attempt": c.attempt, "stage": Stage.FETCH.value}
+            )
+        return claimed
+
+    def renew(self, leases: Sequence[tuple[int, int]], owner: str, *, lease_s: float) -> set[tuple[int, int]]:
+        """Extend many leases in one statement; returns the ``(id, attempt)`` leases that were lost."""
+        wanted = {(int(i), int(a)) for i, a in leases}
+        if not wanted:
+            return set()
+        params = {
+            "ids": [i for i, _ in wanted],
+            "attempts": [a for _, a in wanted],
+            "owner": owner,
+            "lease_s": float(lease_s),
+        }
+        renewed = self._run(
+            "renew", lambda conn: {(r.id, r.attempt) for r in conn.execute(text(_RENEW_SQL), params)}
+        )
+        lost = wanted - renewed
+        for task_id, attempt in sorted(lost):
+            log.warning(
+                "lease lost (task fenced, cancelled or reaped)",
+                extra={"task_id": task_id, "attempt": attempt, "stage": Stage.LEASE.value},
+            )
+        return lost
+
+    def release(self, leases: Sequence[tuple[int, int]], owner: str) -> int:
+        """Hand in-flight tasks back (in_progress -> pending) without charging a retry."""
+        pairs = list({(int(i), int(a)) for i, a in leases})
+        if not pairs:
+            return 0
+        params = {
+            "ids": [i for i, _ in pairs],
+            "attempts": [a for _, a in pairs],
+            "owner": owner,
+            "stage": Stage.SHUTDOWN.value,
+        }
+        count = self._run("release", lambda conn: conn.execute(text(_RELEASE_SQL), params).scalar_one())
+        log.info("released %d of %d task(s) held by %s", count, len(pairs), owner)
+        return count
+
+    # --- outcomes ------------------------------------------------------------------------------
+
+    def complete(
+        self,
+        task_id: int,
+        attempt: int,
+        result: TaskResult,
+        *,
+        actor: str | None = None,
+        node: str | None = None,
+        timings: Sequence[tuple[str, float]] = (),
+    ) -> RecordResult:
+        outcome = Outcome(task_id, attempt, result=result, actor=actor, node_id=node, timings=tuple(timings))
+        return self.record([outcome])[0]
+
+    def fail(
+        self, task_id: int, attempt: int, failure: Failure, *, actor: str | None = None, node: str | None = None
+    ) -> RecordResult:
+        return self.record([Outcome(task_id, attempt, failure=failure, actor=actor, node_id=node)])[0]
+
+    def record(self, outcomes: Sequence[Outcome]) -> list[RecordResult]:
+        """Record many outcomes in one transaction with a constant number of round trips.
+
+        Fenced: an outcome changes its task only while the task is in_progress at the same attempt.
+        Results come back in the order of ``outcomes``.
+        """
+        outcomes = list(outcomes)
+        if not outcomes:
+            return []
+        ids = sorted({o.task_id for o in outcomes})
+
+        def tx(conn: sa.Connection) -> list[RecordResult]:
+            # Lock in id order so two recorders never deadlock on each other.
+            rows = {r.id: _Row(*r) for r in conn.execute(text(_LOCK_FOR_RECORD_SQL), {"ids": ids})}
+            return self._apply(conn, outcomes, rows)
+
+        return self._run("record", tx)
+
+    def reap(self, *, limit: int = 1000) -> list[RecordResult]:
+        """Expired leases go down the failure path (stage ``lease``): a retry is charged, so a file
+        that kills every worker ends dead instead of looping."""
+
+        def tx(conn: sa.Connection) -> list[RecordResult]:
+            rows = {r.id: _Row(*r) for r in conn.execute(text(_LOCK_EXPIRED_SQL), {"limit": limit})}
+            outcomes = [Outcome(r.id, r.attempt, failure=LEASE_EXPIRED) for r in rows.values()]
+            return self._apply(conn, outcomes, rows)
+
+        return self._run("reap", tx)
+
+    def _apply(self, conn: sa.Connection, outcomes: list[Outcome], rows: dict[int, _Row]) -> list[RecordResult]:
+        """Decide each outcome against its locked row, then write tasks and attempts in one statement."""
+        results: list[RecordResult | None] = []
+        tasks: dict[str, list] = {k: [] for k in (
+            "ids", "statuses", "retries", "delays", "reasons", "errors", "durations", "languages", "outputs",
+            "previews")}  # fmt: skip
+        attempts: dict[str, list] = {k: [] for k in (
+            "attempts", "outcomes", "stages", "classes", "messages", "https", "actors", "nodes", "decisions",
+            "timings")}  # fmt: skip
+        applied: list[tuple[int, Outcome, TaskStatus, str | None]] = []  # (result index, outcome, status, reason)
+        taken: set[int] = set()
+        for o in outcomes:
+            row = rows.get(o.task_id)
+            if row is None:
+                results.append(RecordResult(o.task_id, o.attempt, False, None, None, "no such task"))
+                continue
+            if row.status != TaskStatus.IN_PROGRESS.value or row.attempt != o.attempt or o.task_id in taken:
+                why = (
+                    f"fenced: task is {row.status} at attempt {row.attempt}"
+                    if o.task_id not in taken
+                    else "fenced: another outcome for this task in the same batch was recorded first"
+                )
+                log.info(
+                    "outcome ignored (%s)", why, extra={"task_id": o.task_id, "attempt": o.attempt, "stage": "store"}
+                )
+                results.append(RecordResult(o.task_id, o.attempt, False, None, None, why))
+                continue
+            taken.add(o.task_id)
+            f = o.failure
+            if f is None:
+                r = o.result
+                status, new_retries, delay, reason, error = TaskStatus.COMPLETED, row.retries, None, None, None
+                tasks["durations"].append(float(r.audio_duration_s) if r else None)
+                tasks["languages"].append(r.language if r else None)
+                tasks["outputs"].append(json.dumps(list(r.outputs)) if r else None)
+                tasks["previews"].append(r.text_preview[:TEXT_PREVIEW_CHARS] if r and r.text_preview else None)
+                outcome_word, decision_text = AttemptOutcome.COMPLETED, None
+            else:
+                policy = self.policy.for_task(row.max_retries, row.backoff_factor)
+                decision = decide(f, row.retries, policy)
+                error = f"{f.error_class}: {f.message}" + (f" (HTTP {f.http_status})" if f.http_status else "")
+                if decision.dead:
+                    why = "permanent error" if not f.transient else (
+                        f"retries exhausted {row.retries} of {policy.max_retries}")  # fmt: skip
+                    status, new_retries, delay = TaskStatus.DEAD, row.retries, None
+                    reason = f"{f.reason} ({why})"
+                    outcome_word = AttemptOutcome.DEAD
+                else:
+                    status, new_retries, delay = TaskStatus.FAILED, row.retries + 1, decision.delay_s
+                    reason = f.reason
+                    outcome_word = AttemptOutcome.FAILED
+                decision_text = decision.reason
+                for k in ("durations", "languages", "outputs", "previews"):
+                    tasks[k].append(None)
+            tasks["ids"].append(o.task_id)
+            tasks["statuses"].append(status.value)
+            tasks["retries"].append(new_retries)
+            tasks["delays"].append(delay)
+            tasks["reasons"].append(reason)
+            tasks["errors"].append(error)
+            attempts["attempts"].append(o.attempt)
+            attempts["outcomes"].append(outcome_word.value)
+            attempts["stages"].append(f.stage.value if f else None)
+            attempts["classes"].append(f.error_class if f else None)
+            attempts["messages"].append(f.message if f else None)
+            attempts["https"].append(f.http_status if f else None)
+            attempts["actors"].append(o.actor)
+            attempts["nodes"].append(o.node_id)
+            attempts["decisions"].append(decision_text)
+            attempts["timings"].append(json.dumps([[s, float(t)] for s, t in o.timings]) if o.timings else None)
+            applied.append((len(results), o, status, reason))
+            results.append(None)  # filled below, once retry_at is known
+        if applied:
+            retry_at = {r.id: r.retry_at for r in conn.execute(text(_APPLY_SQL), {**tasks, **attempts})}
+            for index, o, status, reason in applied:
+                results[index] = RecordResult(o.task_id, o.attempt, True, status, retry_at.get(o.task_id), reason)
+                extra = {
+                    "task_id": o.task_id,
+                    "attempt": o.attempt,
+                    "stage": o.failure.stage.value if o.failure else "store",
+                }
+                if status is TaskStatus.DEAD:
+                    log.warning("task dead: %s", reason, extra=extra)
+                elif status is TaskStatus.FAILED:
+                    log.info("task failed, retry at %s: %s", retry_at.get(o.task_id), reason, extra=extra)
+                else:
+                    log.debug("task completed", extra=extra)
+        return [r for r in results if r is not None]
+
+    # --- operator actions ----------------------------------------------------------------------
+
+    def requeue(self, ids: Sequence[int] = (), *, status: TaskStatus | None = None) -> int:
+        """failed/dead/cancelled -> pending, retries reset to 0; the attempt history stays."""
+        ids = [int(i) for i in ids]
+        if status is not None:
+            status = TaskStatus(status)
+            if status not in REQUEUEABLE:
+                raise InvalidInput(
+                    f"cannot requeue {status.value} tasks: only {[s.value for s in REQUEUEABLE]} can be requeued"
+                )
+        if not ids and status is None:
+            raise InvalidInput("requeue needs task ids or a status")
+        where = ["status IN ('failed', 'dead', 'cancelled')"]
+        params: dict[str, Any] = {}
+        if ids:
+            where.append("id = ANY(CAST(:ids AS bigint[]))")
+            params["ids"] = ids
+        if status is not None:
+            where.append("status = CAST(:status AS task_status)")
+            params["status"] = status.value
+        sql = text(
+            "UPDATE tasks SET status = 'pending', retries = 0, retry_at = NULL, completed_at = NULL, "
+            "lease_owner = NULL, lease_expires_at = NULL WHERE " + " AND ".join(where)
+        )
+        count = self._run("requeue", lambda conn: conn.execute(sql, params).rowcount)
+        log.info("requeued %d task(s)", count)
+        return count
+
+    def cancel(self, ids: Sequence[int]) -> int:
+        """Cancel pending, in-progress or failed tasks; a worker still running one is fenced out."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return 0
+        count = self._run("cancel", lambda conn: conn.execute(text(_CANCEL_SQL), {"ids": ids}).scalar_one())
+        log.info("cancelled %d of %d task(s)", count, len(ids))
+        return count
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def get(self, task_id: int) -> TaskView | None:
+        def tx(conn: sa.Connection) -> TaskView | None:
+            row = conn.execute(text(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = :id"), {"id": task_id}).first()
+            if row is None:
+                return None
+            attempts = conn.execute(
+                text(
+                    "SELECT attempt, worker, actor, node, started_at, finished_at, outcome, stage, error_class, "
+                    "error_message, http_status, decision, timings FROM task_attempts WHERE task_id = :id "
+                    "ORDER BY attempt"
+                ),
+                {"id": task_id},
+            )
+            views = tuple(
+                AttemptView(
+                    *a[:12], timings=tuple((str(s), float(t)) for s, t in (a.timings or []))
+                )
+                for a in attempts
+            )
+            return _task_view(row, views)
+
+        return self._run("get", tx)
+
+    def list_tasks(self, *, status: TaskStatus | None = None, limit: int = 100) -> list[TaskView]:
+        where = "WHERE status = CAST(:status AS task_status)" if status is not None else ""
+        sql = text(f"SELECT {_TASK_COLUMNS} FROM tasks {where} ORDER BY id LIMIT :limit")
+        params: dict[str, Any] = {"limit": limit}
+        if status is not None:
+            params["status"] = TaskStatus(status).value
+        return self._run("list_tasks", lambda conn: [_task_view(r) for r in conn.execute(sql, params)])
+
+    def stats(self, *, top: int = 5) -> StoreStats:
+        counts_sql = ", ".join(f"count(*) FILTER (WHERE status = '{s.value}') AS {s.value}" for s in TaskStatus)
+
+        def tx(conn: sa.Connection) -> StoreStats:
+            row = conn.execute(text(_STATS_SQL.format(counts=counts_sql))).one()
+            reasons = conn.execute(text(_TOP_REASONS_SQL), {"k": top}).all()
+            age = row.oldest_pending_age_s
+            return StoreStats(
+                counts={s: int(getattr(row, s.value)) for s in TaskStatus},
+                oldest_pending_age_s=float(age) if age is not None else None,
+                retries_scheduled=int(row.retries_scheduled),
+                top_failure_reasons=tuple((r.failure_reason, int(r.n)) for r in reasons),
+                audio_seconds_completed=float(row.audio_s),
+            )
+
+        return self._run("stats", tx)
+
+    def claimable_pairs(self) -> list[tuple[str, str]]:
+        """Distinct (engine, model) with work now or in flight: the worker pools worth keeping."""
+        sql = text(
+            "SELECT DISTINCT engine, model FROM tasks WHERE status IN ('pending', 'in_progress') "
+            "OR (status = 'failed' AND retry_at <= now()) ORDER BY engine, model"
+        )
+        return self._run("claimable_pairs", lambda conn: [(r.engine, r.model) for r in conn.execute(sql)])
+
+    def outstanding(self) -> int:
+        """Tasks not yet settled (pending, in progress, or waiting for a retry); 0 means drained."""
+        sql = text("SELECT count(*) FROM tasks WHERE status IN ('pending', 'in_progress', 'failed')")
+        return self._run("outstanding", lambda conn: conn.execute(sql).scalar_one())
+
+
+def _task_view(r: Any, attempts: tuple[AttemptView, ...] = ()) -> TaskView:
+    return TaskView(
+        id=r.id,
+        input_uri=r.input_uri,
+        output_uri=r.output_uri,
+        engine=r.engine,
+        model=r.model,
+        options=TranscribeOptions.from_dict(r.options),
+        priority=r.priority,
+        status=TaskStatus(r.status),
+        attempt=r.attempt,
+        retries=r.retries,
+        max_retries=r.max_retries,
+        backoff_factor=r.backoff_factor,
+        retry_at=r.retry_at,
+        lease_owner=r.lease_owner,
+        lease_expires_at=r.lease_expires_at,
+        failure_reason=r.failure_reason,
+        last_error=r.last_error,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        started_at=r.started_at,
+        completed_at=r.completed_at,
+        audio_duration_s=r.audio_duration_s,
+        language=r.language,
+        output_uris=tuple(r.output_uris or ()),
+        text_preview=r.text_preview,
+        attempts=attempts,
+    )
+
+
+def _is_transient(exc: sa.exc.DBAPIError) -> bool:
+    if exc.connection_invalidated:
+        return True
+    code = getattr(exc.orig, "pgcode", None)
+    if code in TRANSIENT_SQLSTATES or (code or "").startswith("08"):  # class 08: connection exception
+        return True
+    # Lost sockets arrive without a SQLSTATE, as OperationalError/InterfaceError.
+    return code is None and isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))
+
+
+def _pg_message(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    orig = getattr(exc, "orig", None)
+    msg = str(orig if orig is not None else exc).strip()
+    return msg.splitlines()[0] if msg else type(exc).__name__

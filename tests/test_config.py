@@ -1,0 +1,53 @@
+"""Settings: defaults in one place, RAYTRANSCRIBE_* variables, nested groups, validation."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from raytranscribe.config import Settings
+
+ENV = {
+    "RAYTRANSCRIBE_DATABASE_URL": "postgresql+psycopg2://u@db:5432/rt",
+    "RAYTRANSCRIBE_RETRY__MAX_RETRIES": "7",
+    "RAYTRANSCRIBE_LEASE__LEASE_S": "30.5",
+    "RAYTRANSCRIBE_STORE__OP_RETRIES": "0",
+}
+
+
+def test_defaults():
+    s = Settings(_env_file=None)
+    assert (s.retry.max_retries, s.retry.base_delay_s, s.retry.backoff_factor, s.retry.max_delay_s) == (3, 5.0, 2.0, 900.0)
+    assert (s.lease.lease_s, s.lease.heartbeat_s) == (120.0, 10.0)
+    assert (s.store.op_retries, s.store.op_retry_base_s) == (5, 0.2)
+    assert s.s3.presign_expiry_s > s.lease.lease_s  # a URL outlives the lease it was signed for
+
+
+def test_environment_variables(monkeypatch_env):
+    s = Settings()
+    assert s.database_url == "postgresql+psycopg2://u@db:5432/rt"
+    assert (s.retry.max_retries, s.lease.lease_s, s.store.op_retries) == (7, 30.5, 0)
+
+
+@pytest.fixture
+def monkeypatch_env(monkeypatch):
+    # Environment variables only (no code is patched): the real pydantic-settings reads them.
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+
+
+def test_with_replaces_fields_of_groups_and_keeps_the_rest():
+    s = Settings().with_(retry={"max_retries": 1}, store={"op_retries": 9})
+    assert (s.retry.max_retries, s.retry.base_delay_s, s.store.op_retries, s.store.pool_size) == (1, 5.0, 9, 5)
+    assert Settings().retry.max_retries == 3  # the original is untouched (frozen)
+
+
+def test_validation_rejects_bad_values(monkeypatch):
+    monkeypatch.setenv("RAYTRANSCRIBE_RETRY__BACKOFF_FACTOR", "0.5")
+    with pytest.raises(ValidationError, match="backoff_factor"):
+        Settings()
+
+
+def test_settings_are_frozen():
+    with pytest.raises(ValidationError):
+        Settings().log_level = "DEBUG"  # type: ignore[misc]
