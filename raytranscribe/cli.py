@@ -11,6 +11,7 @@ import contextvars
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -25,7 +26,7 @@ from rich.table import Table
 from raytranscribe.config import Settings
 from raytranscribe.engines.base import ENGINES, FORMATS, TranscribeOptions
 from raytranscribe.errors import InvalidInput, RayTranscribeError, StoreError, StoreUnavailable, TaskNotFound
-from raytranscribe.store import NewTask, Store, TaskStatus, TaskView
+from raytranscribe.store import NewTask, Store, SubmitReport, TaskStatus, TaskView
 from raytranscribe.store.manifest import ManifestDefaults, parse_formats, parse_manifest
 
 log = logging.getLogger("raytranscribe.cli")
@@ -157,25 +158,28 @@ def db_upgrade() -> None:
 # --- submit ------------------------------------------------------------------------------------
 
 
-def _expand_inputs(uris: Sequence[str]) -> list[str]:
-    """Object URIs pass through unchanged. A prefix (ending in ``/``) would need an S3 listing,
-    which this command does not do yet: refuse it clearly instead of guessing."""
-    out: list[str] = []
+def _expand_inputs(uris: Sequence[str], output: str, store: Store) -> list[tuple[str, str]]:
+    """(input URI, output stem) for every input: object URIs as given; a prefix (``s3://b/calls/``)
+    expands to every audio object under it, paginated, skipping inputs already submitted. Outputs
+    keep the inputs' folder layout below the prefix (storage.output_stem is the one place for it)."""
+    from raytranscribe.storage import S3Storage, output_stem, parse_s3_uri
+
+    out_prefix = parse_s3_uri(output, allow_prefix=True)
+    pairs: list[tuple[str, str]] = []
+    storage: S3Storage | None = None
     for uri in uris:
-        if uri.endswith("/"):
-            raise InvalidInput(
-                f"{uri!r} is a prefix: expanding a prefix into its objects needs an S3 listing, which "
-                "`submit` cannot do yet; pass object URIs (s3://bucket/key) or a --manifest"
-            )
-        out.append(uri)
-    return out
-
-
-def _output_stem(prefix: str, input_uri: str) -> str:
-    """``s3://out/run1`` + ``s3://in/a/talk.mp3`` -> ``s3://out/run1/talk`` (outputs: ``talk.json`` ...)."""
-    name = input_uri.rsplit("/", 1)[-1]
-    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
-    return f"{prefix.rstrip('/')}/{stem}"
+        parsed = parse_s3_uri(uri, allow_prefix=True)
+        if not parsed.is_prefix:
+            pairs.append((str(parsed), str(output_stem(parsed, out_prefix))))
+            continue
+        storage = storage or S3Storage(_settings().s3)
+        listed = [str(obj) for obj in storage.list_audio(parsed)]
+        already = store.submitted_inputs(listed)
+        fresh = [u for u in listed if u not in already]
+        typer.echo(f"{uri}: {len(listed)} audio object(s), {len(already)} already submitted", err=True)
+        for obj in fresh:
+            pairs.append((obj, str(output_stem(parse_s3_uri(obj), out_prefix, base_prefix=parsed))))
+    return pairs
 
 
 def _validate_uri(allow_prefix: bool = False) -> Callable[[str], object]:
@@ -187,15 +191,11 @@ def _validate_uri(allow_prefix: bool = False) -> Callable[[str], object]:
     return lambda uri: parse_s3_uri(uri, allow_prefix=allow_prefix)
 
 
-def _tasks_from_uris(uris: Sequence[str], output: str, defaults: ManifestDefaults) -> list[NewTask]:
-    _validate_uri(allow_prefix=True)(output)
-    check = _validate_uri()
+def _tasks_from_uris(uris: Sequence[str], output: str, defaults: ManifestDefaults, store: Store) -> list[NewTask]:
     options = TranscribeOptions(language=defaults.language, formats=defaults.formats)
     tasks: list[NewTask] = []
     written_by: dict[str, str] = {}
-    for uri in _expand_inputs(uris):
-        check(uri)
-        stem = _output_stem(output, uri)
+    for uri, stem in _expand_inputs(uris, output, store):
         if stem in written_by and written_by[stem] != uri:
             raise InvalidInput(
                 f"inputs {written_by[stem]!r} and {uri!r} would both write {stem}.*; "
@@ -263,6 +263,19 @@ def submit(
         max_retries=max_retries,
         backoff_factor=backoff_factor,
     )
+    with _store() as store:
+        report = _submit(store, uris, output, manifest, defaults)
+    if as_json:
+        _echo_json({"inserted": list(report.inserted), "duplicates": list(report.duplicates)})
+        return
+    typer.echo(f"submitted {len(report.inserted)} task(s); {len(report.duplicates)} duplicate(s) skipped")
+    for uri in report.duplicates:
+        typer.echo(f"  duplicate: {uri}")
+
+
+def _submit(
+    store: Store, uris: Sequence[str] | None, output: str | None, manifest: Path | None, defaults: ManifestDefaults
+) -> SubmitReport:
     if manifest is not None:
         if output is not None:
             raise InvalidInput("--output applies to input URIs; a manifest names each output_uri itself")
@@ -270,15 +283,8 @@ def submit(
     else:
         if output is None:
             raise InvalidInput("--output PREFIX is required with input URIs")
-        tasks = _tasks_from_uris(uris or [], output, defaults)
-    with _store() as store:
-        report = store.submit(tasks)
-    if as_json:
-        _echo_json({"inserted": list(report.inserted), "duplicates": list(report.duplicates)})
-        return
-    typer.echo(f"submitted {len(report.inserted)} task(s); {len(report.duplicates)} duplicate(s) skipped")
-    for uri in report.duplicates:
-        typer.echo(f"  duplicate: {uri}")
+        tasks = _tasks_from_uris(uris or [], output, defaults, store)
+    return store.submit(tasks)
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -290,8 +296,9 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     """Counts per status, oldest pending age, retries scheduled, top failure reasons."""
     with _store() as store:
         stats = store.stats()
+        orchestrators = store.orchestrators()
     if as_json:
-        _echo_json(stats.to_dict())
+        _echo_json({**stats.to_dict(), "orchestrators": [o.to_dict() for o in orchestrators]})
         return
     console = _console()
     table = Table(title="tasks")
@@ -311,6 +318,28 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         for reason, n in stats.top_failure_reasons:
             reasons.add_row(str(n), reason)
         console.print(reasons)
+    _print_orchestrators(console, orchestrators)
+
+
+def _print_orchestrators(console: Console, orchestrators) -> None:
+    if not orchestrators:
+        console.print("orchestrators: none running")
+        return
+    for o in orchestrators:
+        breakers = ", ".join(f"{k} {v}" for k, v in (o.state.get("breakers") or {}).items())
+        console.print(
+            f"orchestrator {o.owner}: {o.state.get('in_flight', 0)} in flight, breakers: {breakers or '-'}, "
+            f"last heartbeat {_when(o.heartbeat_at)}"
+        )
+        actors = Table(title="actors")
+        for col in ("name", "pool", "state", "node", "gpus", "in flight", "done"):
+            actors.add_column(col)
+        for a in o.state.get("actors", []):
+            actors.add_row(
+                a["name"], a["pool"], a["state"], (a.get("node_id") or "-")[:12], ",".join(a.get("gpu_ids") or []) or "-",
+                str(a["in_flight"]), str(a["tasks_done"]),
+            )  # fmt: skip
+        console.print(actors)
 
 
 @app.command()
@@ -421,6 +450,110 @@ def cancel(task_ids: list[int] = typer.Argument(..., help="Task ids to cancel.")
     with _store() as store:
         n = store.cancel(task_ids)
     typer.echo(f"cancelled {n} of {len(task_ids)} task(s)")
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+def _run_settings(
+    address: str | None, actors: int | None, gpus_per_actor: float | None, prefetch: int | None
+) -> Settings:
+    settings = _settings()
+    worker = {
+        k: v for k, v in {"actors": actors, "num_gpus": gpus_per_actor, "prefetch": prefetch}.items() if v is not None
+    }
+    settings = settings.with_(worker=worker) if worker else settings
+    return settings.model_copy(update={"ray_address": address}) if address else settings
+
+
+def _pairs(engine: str | None, model: str | None) -> tuple[tuple[str, str], ...] | None:
+    if (engine is None) != (model is None):
+        raise InvalidInput("--engine and --model go together (a pool serves one engine and model)")
+    return ((engine, model),) if engine and model else None
+
+
+def _run(settings: Settings, options, *, local_cpus: int | None, local_gpus: float | None, store: Store | None = None):
+    from raytranscribe import service
+    from raytranscribe.progress import RichProgress, summary_table
+    from raytranscribe.service import LocalRay
+
+    console = Console(stderr=True)
+    with RichProgress(console) as progress:
+        summary = service.run(
+            settings, options, store=store, observer=progress, local=LocalRay(num_cpus=local_cpus, num_gpus=local_gpus)
+        )
+    console.print(summary_table(summary))
+    return summary
+
+
+def _gpu_default(settings: Settings, gpus_per_actor: float | None, local_gpus: float | None) -> Settings:
+    """On a local Ray with no GPU, actors that reserve one would never start: reserve none instead."""
+    if settings.ray_address or os.environ.get("RAY_ADDRESS") or gpus_per_actor is not None or local_gpus:
+        return settings  # a cluster: its GPUs are what the actors are for
+    try:
+        import ctranslate2
+
+        has_gpu = ctranslate2.get_cuda_device_count() > 0
+    except Exception:  # no CTranslate2 or no CUDA runtime: no GPU for us
+        has_gpu = False
+    if not has_gpu and settings.worker.num_gpus > 0:
+        typer.echo("no GPU found: worker actors run on the CPU (reserve 0 GPUs)", err=True)
+        return settings.with_(worker={"num_gpus": 0})
+    return settings
+
+
+@app.command()
+@_handles_errors
+def run(
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address; default: RAY_ADDRESS or a local Ray.", show_default=False),
+    actors: Optional[int] = typer.Option(None, "--actors", min=1, help="Worker actors per (engine, model) pool.", show_default=False),
+    gpus_per_actor: Optional[float] = typer.Option(None, "--gpus-per-actor", min=0, help="GPUs each actor reserves.", show_default=False),
+    prefetch: Optional[int] = typer.Option(None, "--prefetch", min=1, help="Tasks queued on each actor.", show_default=False),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Serve only this engine (with --model).", show_default=False),
+    model: Optional[str] = typer.Option(None, "--model", help="Serve only this model (with --engine).", show_default=False),
+    until_drained: bool = typer.Option(False, "--until-drained", help="Exit 0 once nothing is pending, running or waiting for retry."),
+    grace: float = typer.Option(30.0, "--grace", min=0, help="On SIGTERM/SIGINT: seconds in-flight tasks may finish."),
+    local_cpus: Optional[int] = typer.Option(None, "--local-cpus", help="CPUs of a local Ray (default: all).", show_default=False),
+    local_gpus: Optional[float] = typer.Option(None, "--local-gpus", help="GPUs of a local Ray (logical GPUs allowed).", show_default=False),
+) -> None:
+    """Run the orchestrator: claim tasks, dispatch them to GPU actors, record every outcome."""
+    from raytranscribe.orchestrator import RunOptions
+
+    settings = _gpu_default(_run_settings(address, actors, gpus_per_actor, prefetch), gpus_per_actor, local_gpus)
+    options = RunOptions(until_drained=until_drained, pairs=_pairs(engine, model), grace_s=grace)
+    _run(settings, options, local_cpus=local_cpus, local_gpus=local_gpus)
+
+
+@app.command()
+@_handles_errors
+def backfill(
+    prefix: str = typer.Argument(..., help="Input prefix s3://bucket/prefix/ (or object URIs)."),
+    output: str = typer.Option(..., "--output", "-o", help="Output prefix s3://bucket/prefix/."),
+    engine: str = typer.Option("faster-whisper", "--engine", help=f"One of {', '.join(ENGINES)}."),
+    model: str = typer.Option("tiny.en", "--model", help="Model name or path."),
+    language: Optional[str] = typer.Option(None, "--language", show_default=False),
+    formats: str = typer.Option(",".join(FORMATS), "--formats"),
+    max_retries: Optional[int] = typer.Option(None, "--max-retries", show_default=False),
+    address: Optional[str] = typer.Option(None, "--address", show_default=False),
+    actors: Optional[int] = typer.Option(None, "--actors", min=1, show_default=False),
+    gpus_per_actor: Optional[float] = typer.Option(None, "--gpus-per-actor", min=0, show_default=False),
+) -> None:
+    """Submit everything under a prefix, run until drained, exit 1 if any task ended dead."""
+    from raytranscribe.orchestrator import RunOptions
+
+    settings = _gpu_default(_run_settings(address, actors, gpus_per_actor, None), gpus_per_actor, None)
+    defaults = ManifestDefaults(
+        engine=engine, model=model, language=language, formats=parse_formats(formats), max_retries=max_retries
+    )
+    with Store.from_settings(settings) as store:
+        store.upgrade()
+        report = _submit(store, [prefix], output, None, defaults)
+        typer.echo(f"submitted {len(report.inserted)} task(s); {len(report.duplicates)} duplicate(s) skipped", err=True)
+        summary = _run(settings, RunOptions(until_drained=True), local_cpus=None, local_gpus=None, store=store)
+        dead = store.stats().counts[TaskStatus.DEAD]
+    if summary.dead or dead:
+        typer.echo(f"{dead} task(s) are dead: see `raytranscribe tasks --status dead`", err=True)
+        raise typer.Exit(EXIT_ERROR)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from raytranscribe.cli import _expand_inputs, _output_stem, app
+from raytranscribe.cli import app
 from raytranscribe.contracts import TaskResult
 from raytranscribe.errors import Failure, InvalidInput, Stage
 from raytranscribe.store import TaskStatus
@@ -24,8 +24,9 @@ def cli(store, database_url):
     """Run a command with RAYTRANSCRIBE_DATABASE_URL pointing at the (emptied) test database."""
     runner = CliRunner()
 
-    def run(*args: str):
-        return runner.invoke(app, list(args), env={"RAYTRANSCRIBE_DATABASE_URL": database_url, "RAYTRANSCRIBE_LOG_LEVEL": "WARNING"})
+    def run(*args: str, env: dict[str, str] | None = None):
+        base = {"RAYTRANSCRIBE_DATABASE_URL": database_url, "RAYTRANSCRIBE_LOG_LEVEL": "WARNING"}
+        return runner.invoke(app, list(args), env={**base, **(env or {})})
 
     return run
 
@@ -50,9 +51,9 @@ def test_db_upgrade_via_database_url_option(database_url):
         env = {"RAYTRANSCRIBE_DATABASE_URL": "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"}
         first = runner.invoke(app, ["--database-url", url, "db", "upgrade"], env=env)
         assert first.exit_code == 0, first.output
-        assert "database schema at revision 0002" in first.stdout
+        assert "database schema at revision 0003" in first.stdout
         second = runner.invoke(app, ["--database-url", url, "db", "upgrade"], env=env)
-        assert (second.exit_code, "revision 0002" in second.stdout) == (0, True)
+        assert (second.exit_code, "revision 0003" in second.stdout) == (0, True)
     finally:
         drop_database(url)
 
@@ -92,7 +93,6 @@ def test_submit_uris_with_output_prefix(cli, store):
     [
         (["s3://bkt/a.wav"], "--output PREFIX is required with input URIs"),
         ([], "give input URIs with --output, or --manifest FILE"),
-        (["s3://bkt/folder/", "--output", "s3://out/x"], "is a prefix: expanding a prefix into its objects needs an S3 listing"),
         (["https://bkt/a.wav", "--output", "s3://out/x"], "must start with 's3://'"),
         (["s3://bkt/a.wav", "--output", "s3://Out/x"], "bucket name 'Out' may contain only lowercase"),
         (["s3://bkt/a.wav", "--output", "s3://out/x", "--engine", "whisperx"], "unknown engine 'whisperx'"),
@@ -236,13 +236,27 @@ def test_cancel(cli, store):
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def test_output_stem_and_expand_inputs():
-    assert _output_stem("s3://out/run/", "s3://in/a/b/talk.final.mp3") == "s3://out/run/talk.final"
-    assert _output_stem("s3://out", "s3://in/README") == "s3://out/README"
-    assert _output_stem("s3://out/x", "s3://in/.hidden") == "s3://out/x/.hidden"
-    assert _expand_inputs(["s3://a/b.wav", "s3://a/c.wav"]) == ["s3://a/b.wav", "s3://a/c.wav"]
-    with pytest.raises(InvalidInput, match="needs an S3 listing"):
-        _expand_inputs(["s3://a/dir/"])
+def test_submit_prefix_lists_audio_and_skips_what_is_submitted(cli, store, local_s3, s3_client, bucket):
+    """A prefix expands over real HTTP (moto) into every audio object below it, paginated."""
+    keys = ["in/a.wav", "in/sub dir/b.mp3", "in/ünï/c.flac", "in/notes.txt", "in/deep/er/d.m4a", "other/e.wav"]
+    for key in keys:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=b"x")
+    env = {"RAYTRANSCRIBE_S3__ENDPOINT_URL": local_s3.endpoint_url}
+    first = cli("submit", f"s3://{bucket}/in/a.wav", "--output", f"s3://{bucket}/out", env=env)
+    assert first.exit_code == 0, first.output
+
+    result = cli("submit", f"s3://{bucket}/in/", "--output", f"s3://{bucket}/out/", "--json", env=env)
+
+    assert result.exit_code == 0, result.output
+    assert "4 audio object(s), 1 already submitted" in result.stderr
+    assert len(json.loads(result.stdout)["inserted"]) == 3
+    stems = {t.input_uri: t.output_uri for t in store.list_tasks()}
+    assert stems == {
+        f"s3://{bucket}/in/a.wav": f"s3://{bucket}/out/a",
+        f"s3://{bucket}/in/sub dir/b.mp3": f"s3://{bucket}/out/sub dir/b",
+        f"s3://{bucket}/in/ünï/c.flac": f"s3://{bucket}/out/ünï/c",
+        f"s3://{bucket}/in/deep/er/d.m4a": f"s3://{bucket}/out/deep/er/d",
+    }
 
 
 def test_console_script_entry_point(database_url, store):

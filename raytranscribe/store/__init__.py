@@ -1,11 +1,12 @@
 """The task store: PostgreSQL schema, migrations, and every state transition of a task."""
 
-from raytranscribe.store.models import AttemptOutcome, Task, TaskAttempt, TaskStatus
+from raytranscribe.store.models import AttemptOutcome, OrchestratorState, Task, TaskAttempt, TaskStatus
 from raytranscribe.store.store import (
     LEASE_EXPIRED,
     AttemptView,
     ClaimedTask,
     NewTask,
+    OrchestratorView,
     RecordResult,
     Store,
     StoreStats,
@@ -20,6 +21,8 @@ __all__ = [
     "AttemptView",
     "ClaimedTask",
     "NewTask",
+    "OrchestratorState",
+    "OrchestratorView",
     "RecordResult",
     "Store",
     "StoreStats",

@@ -149,3 +149,18 @@ class TaskAttempt(Base):
             name="outcome_known",
         ),
     )
+
+
+class OrchestratorState(Base):
+    """What each running orchestrator last published: its actors and circuit breakers, for ``status``.
+
+    Rows are upserted on every heartbeat and expire on their own when a driver dies (migration 0003).
+    """
+
+    __tablename__ = "orchestrators"
+
+    owner: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    state: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    started_at: Mapped[datetime] = mapped_column(TZ, server_default=sa.func.now())
+    heartbeat_at: Mapped[datetime] = mapped_column(TZ, server_default=sa.func.now())
+    expires_at: Mapped[datetime] = mapped_column(TZ)

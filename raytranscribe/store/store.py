@@ -116,6 +116,26 @@ def check_s3_uri(uri: str, *, what: str = "URI") -> tuple[str, str]:
     return bucket, key
 
 
+# A third-party engine: any importable class taking an EngineSpec (see raytranscribe.engines.load_engine).
+PLUGIN_ENGINE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+@dataclass(frozen=True)
+class OrchestratorView:
+    owner: str
+    state: dict[str, Any]
+    started_at: datetime
+    heartbeat_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "owner": self.owner,
+            "started_at": self.started_at.isoformat(),
+            "heartbeat_at": self.heartbeat_at.isoformat(),
+            **self.state,
+        }
+
+
 @dataclass(frozen=True)
 class NewTask:
     """A task to submit. ``output_uri`` is the output *stem*: files are ``f"{output_uri}.{fmt}"``."""
@@ -132,8 +152,10 @@ class NewTask:
     def __post_init__(self) -> None:
         check_s3_uri(self.input_uri, what="input URI")
         check_s3_uri(self.output_uri, what="output URI")
-        if self.engine not in ENGINES:
-            raise InvalidInput(f"unknown engine {self.engine!r}; choose from {list(ENGINES)}")
+        if self.engine not in ENGINES and not PLUGIN_ENGINE.fullmatch(self.engine):
+            raise InvalidInput(
+                f"unknown engine {self.engine!r}; choose from {list(ENGINES)} or name a plugin as 'package.module:Class'"
+            )
         if not isinstance(self.model, str) or not self.model.strip():
             raise InvalidInput(f"model must be a non-empty name, got {self.model!r}")
         if not isinstance(self.options, TranscribeOptions):
@@ -916,6 +938,33 @@ class Store:
             "OR (status = 'failed' AND retry_at <= now()) ORDER BY engine, model"
         )
         return self._run("claimable_pairs", lambda conn: [(r.engine, r.model) for r in conn.execute(sql)])
+
+    # --- orchestrator heartbeats ------------------------------------------------------------------
+
+    def publish_orchestrator(self, owner: str, state: dict[str, Any], *, ttl_s: float) -> None:
+        """Upsert what a running orchestrator wants ``status`` to show (actors, breakers, in flight)."""
+        sql = text(
+            "INSERT INTO orchestrators (owner, state, expires_at) "
+            "VALUES (:owner, CAST(:state AS jsonb), now() + make_interval(secs => :ttl)) "
+            "ON CONFLICT (owner) DO UPDATE SET state = EXCLUDED.state, heartbeat_at = now(), "
+            "expires_at = EXCLUDED.expires_at"
+        )
+        params = {"owner": owner, "state": json.dumps(state, default=str), "ttl": ttl_s}
+        self._run("publish_orchestrator", lambda conn: conn.execute(sql, params))
+
+    def retire_orchestrator(self, owner: str) -> None:
+        sql = text("DELETE FROM orchestrators WHERE owner = :owner OR expires_at < now() - interval '1 hour'")
+        self._run("retire_orchestrator", lambda conn: conn.execute(sql, {"owner": owner}))
+
+    def orchestrators(self) -> list[OrchestratorView]:
+        """Orchestrators whose last heartbeat has not expired."""
+        sql = text(
+            "SELECT owner, state, started_at, heartbeat_at FROM orchestrators WHERE expires_at >= now() ORDER BY started_at"
+        )
+        return self._run(
+            "orchestrators",
+            lambda conn: [OrchestratorView(r.owner, r.state, r.started_at, r.heartbeat_at) for r in conn.execute(sql)],
+        )
 
     def outstanding(self) -> int:
         """Tasks not yet settled (pending, in progress, or waiting for a retry); 0 means drained."""

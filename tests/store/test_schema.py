@@ -16,6 +16,8 @@ from raytranscribe.store import NewTask, Store, TaskStatus
 from raytranscribe.store.models import Base
 from tests.support.db import TEST_SETTINGS, create_database, drop_database
 
+HEAD = "0003"  # the newest migration; an older database must be brought exactly here
+
 
 def _diffs(url: str) -> list:
     engine = sa.create_engine(url)
@@ -52,9 +54,9 @@ def test_upgrade_empty_database_is_idempotent(fresh_url):
     try:
         assert store.current_revision() is None
         store.upgrade()
-        assert store.current_revision() == "0002"
+        assert store.current_revision() == HEAD
         store.upgrade()  # second run: nothing to do, no error
-        assert store.current_revision() == "0002"
+        assert store.current_revision() == HEAD
     finally:
         store.close()
     assert _diffs(fresh_url) == []
@@ -67,7 +69,7 @@ def test_upgrade_older_database_keeps_rows_and_adds_the_rest(fresh_url):
         assert store.current_revision() == "0001"
         # At 0001 the schema really is older: result columns and claim indexes are missing.
         diff_kinds = sorted({d[0] for d in _diffs(fresh_url) if isinstance(d, tuple)})
-        assert diff_kinds == ["add_column", "add_index"]
+        assert diff_kinds == ["add_column", "add_index", "add_table"]
         with store._engine.begin() as conn:
             conn.execute(
                 sa.text(
@@ -79,7 +81,7 @@ def test_upgrade_older_database_keeps_rows_and_adds_the_rest(fresh_url):
             conn.execute(sa.text("UPDATE tasks SET status = 'completed'"))
             conn.execute(sa.text("UPDATE tasks SET status = 'pending'"))
         store.upgrade()
-        assert store.current_revision() == "0002"
+        assert store.current_revision() == HEAD
         task = store.get(1)
         assert (task.input_uri, task.status, task.max_retries, task.output_uris) == (
             "s3://old-bucket/a.wav", TaskStatus.PENDING, 2, ()
@@ -114,7 +116,7 @@ def test_concurrent_upgrades_are_serialised(fresh_url):
         t.join(60)
     try:
         assert errors == []
-        assert [s.current_revision() for s in stores] == ["0002"] * 3
+        assert [s.current_revision() for s in stores] == [HEAD] * 3
     finally:
         for s in stores:
             s.close()

@@ -96,7 +96,7 @@ def truncate(url: str) -> None:
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
-            conn.execute(sa.text("TRUNCATE tasks, task_attempts RESTART IDENTITY CASCADE"))
+            conn.execute(sa.text("TRUNCATE tasks, task_attempts, orchestrators RESTART IDENTITY CASCADE"))
     finally:
         engine.dispose()
 

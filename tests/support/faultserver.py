@@ -115,12 +115,15 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._serve("HEAD")
 
+    def do_POST(self) -> None:  # webhooks: stored and recorded like a PUT
+        self._serve("POST")
+
     def _serve(self, method: str) -> None:
         fs = self.server.owner
         parts = urlsplit(self.path)
         path = unquote(parts.path)
         body = b""
-        if method == "PUT":
+        if method in ("PUT", "POST"):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
         fs._record(

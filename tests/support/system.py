@@ -188,6 +188,8 @@ class System:
 
 
 @pytest.fixture
-def system(database_url, store, s3_settings, s3_client, bucket, ray_session) -> System:
+def system(database_url, store, make_store, s3_settings, s3_client, bucket, ray_session) -> System:
+    # `store` empties the tables; the system's own store uses the system's retry policy.
     settings = system_settings(database_url, s3_settings)
-    return System(settings=settings, store=store, bucket=bucket, s3_client=s3_client, database_url=database_url)
+    return System(settings=settings, store=make_store(settings), bucket=bucket, s3_client=s3_client,
+                  database_url=database_url)

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The README's test command: make a virtualenv, install the package with every extra, run pytest.
+# torch goes in first, pinned, so openai-whisper does not pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[all,test]"
+exec .venv/bin/python -m pytest "$@"

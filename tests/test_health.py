@@ -1,0 +1,282 @@
+"""Actor health, failover and outages, proven by fault injection on real processes.
+
+Each scenario checks the invariants (System.check_invariants) in the database and in S3:
+every task completed, dead or cancelled; none stuck in progress; each completed task has all its
+outputs and exactly one completed attempt; retries <= max_retries; every dead task's reason names
+its stage.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import ray
+
+from raytranscribe.config import BreakerSettings
+from raytranscribe.engines.base import TranscribeOptions
+from raytranscribe.health import ActorState, CircuitBreaker
+from raytranscribe.orchestrator import NoWorkers, RunOptions
+from raytranscribe.store import TaskStatus
+from tests.support.faultserver import Fault
+from tests.support.system import FAULTY_ENGINE
+
+# --- circuit breaker (pure) ---------------------------------------------------------------------
+
+
+def test_breaker_opens_on_mostly_failing_transfers_and_closes_after_a_good_probe():
+    now = [0.0]
+    b = CircuitBreaker("download", BreakerSettings(window=10, failure_ratio=0.8, min_samples=5, cooldown_s=30),
+                       clock=lambda: now[0])
+    for _ in range(4):
+        b.record(False)
+    assert b.state == "closed"  # too few samples to judge
+    b.record(False)
+    assert b.state == "open" and not b.allows_dispatch() and b.trips == 1
+    now[0] = 31.0
+    assert b.state == "half-open" and b.allows_dispatch()
+    b.record(False)  # the probe failed: another cool-down
+    assert b.state == "open"
+    now[0] = 62.0
+    b.record(True)
+    assert b.state == "closed"
+
+
+def test_breaker_ignores_a_few_failures_among_successes():
+    b = CircuitBreaker("upload", BreakerSettings(window=10, failure_ratio=0.8, min_samples=5, cooldown_s=30))
+    for ok in [True, False, True, False, True, False, True, False, True, False]:
+        b.record(ok)
+    assert b.state == "closed"
+
+
+# --- failure scenarios on real actors -----------------------------------------------------------
+
+
+def _wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _busy_slot(orch):
+    """An actor that is transcribing a task right now (its ping says so)."""
+    for slot in orch.monitor.all_slots():
+        pong = slot.last_pong
+        if slot.state is ActorState.ALIVE and slot.inflight and pong and any(r.stage == "transcribe" for r in pong.running):
+            return slot
+    return None
+
+
+def _slow_tasks(system, n: int, seconds: float = 2.0) -> list[int]:
+    inputs = system.upload_samples()
+    uris = [u for u, _ in inputs][:n]
+    return system.submit(uris, engine=FAULTY_ENGINE, options=TranscribeOptions(initial_prompt=f"fault:slow:{seconds}"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ray.kill", "SIGKILL"])
+def test_actor_killed_mid_transcription_fails_over(system, how):
+    ids = _slow_tasks(system, 4)
+    killed = {}
+
+    def kill(orch):
+        slot = _wait_for(lambda: _busy_slot(orch), what="an actor mid-transcription")
+        killed["name"] = slot.name
+        if how == "ray.kill":
+            ray.kill(slot.handle, no_restart=True)
+        else:
+            os.kill(slot.last_pong.pid, signal.SIGKILL)
+
+    system.run(during=kill)
+
+    system.check_invariants()
+    assert all(system.store.get(i).status is TaskStatus.COMPLETED for i in ids)
+    deaths = [a for i in ids for a in system.store.get(i).attempts if a.stage == "worker-death"]
+    assert deaths, "no attempt recorded the worker's death"
+    assert all(killed["name"] in a.error_message for a in deaths)
+    assert all(a.error_class == "WorkerDied" for a in deaths)
+
+
+@pytest.mark.slow
+def test_hung_transcription_is_killed_at_its_deadline(system):
+    good = system.submit([system.upload_samples(["fox.wav"])[0][0]], engine=FAULTY_ENGINE)
+    hung = system.submit(
+        [system.put("in/hang.wav", open(__import__("raytranscribe.samples", fromlist=["x"]).sample_path("fox.wav"), "rb").read())],
+        engine=FAULTY_ENGINE,
+        options=TranscribeOptions(initial_prompt="fault:hang"),
+        max_retries=1,
+    )
+    settings = system.settings.with_(health={"task_deadline_base_s": 4.0, "task_deadline_per_audio_s": 0.0})
+
+    system.run(settings)
+
+    system.check_invariants()
+    assert system.store.get(good[0]).status is TaskStatus.COMPLETED
+    view = system.store.get(hung[0])
+    assert view.status is TaskStatus.DEAD
+    assert [a.stage for a in view.attempts] == ["timeout", "timeout"]
+    assert "deadline" in view.failure_reason and view.failure_reason.startswith("timeout:")
+
+
+@pytest.mark.slow
+def test_poison_file_that_kills_the_worker_ends_dead(system):
+    good = system.submit([u for u, _ in system.upload_samples(["fox.wav", "doctor.flac"])], engine=FAULTY_ENGINE)
+    poison = system.submit(
+        [system.put("in/poison.wav", __import__("raytranscribe.samples", fromlist=["x"]).sample_path("fox.wav").read_bytes())],
+        engine=FAULTY_ENGINE,
+        options=TranscribeOptions(initial_prompt="fault:crash"),
+    )
+    settings = system.settings.with_(worker={"prefetch": 1})  # keep innocent tasks off the doomed actor
+
+    system.run(settings)
+
+    system.check_invariants()
+    assert all(system.store.get(i).status is TaskStatus.COMPLETED for i in good)
+    view = system.store.get(poison[0])
+    assert view.status is TaskStatus.DEAD
+    assert view.retries == view.max_retries
+    assert {a.stage for a in view.attempts} == {"worker-death"}
+    assert "retries exhausted" in view.failure_reason
+
+
+@pytest.mark.slow
+def test_model_that_cannot_load_stops_replacing_and_says_why(system):
+    (uri, _), = system.upload_samples(["fox.wav"])
+    report = system.store.submit(
+        [__import__("raytranscribe.store", fromlist=["NewTask"]).NewTask(
+            input_uri=uri, output_uri=f"s3://{system.bucket}/out/x", model="/nonexistent/model-dir")]
+    )
+    settings = system.settings.with_(health={"max_start_failures": 2, "replace_backoff_s": 0.1})
+    orch = system.orchestrator(settings)
+    with pytest.raises(NoWorkers, match="/nonexistent/model-dir"):
+        orch.run()
+    # Nothing was charged to the task: it waits, pending, for a model that loads.
+    view = system.store.get(report.inserted[0])
+    assert view.status is TaskStatus.PENDING and view.attempts == []
+
+
+@pytest.mark.slow
+def test_s3_burst_of_503s_and_timeouts_opens_the_breaker_and_recovers(system, fault_server):
+    from raytranscribe import samples
+
+    settings = system.settings.with_(
+        s3={"endpoint_url": fault_server.url("/").rstrip("/")},
+        breaker={"window": 6, "min_samples": 4, "failure_ratio": 0.75, "cooldown_s": 1.0},
+        retry={"max_retries": 6, "base_delay_s": 0.1, "max_delay_s": 0.3},
+        transfer={"read_timeout_s": 0.5},
+    )
+    audio = samples.sample_path("fox.wav").read_bytes()
+    uris = []
+    for n in range(8):
+        path = f"/{system.bucket}/in/{n}.wav"
+        fault_server.put_object(path, audio)
+        bad = Fault(503) if n % 2 else Fault(200, stall_after_bytes=100, stall_s=2.0)
+        fault_server.script(path, bad, bad, Fault(), method="GET")
+        uris.append(f"s3://{system.bucket}{path}")
+    ids = system.submit(uris)
+    orch = system.orchestrator(settings)
+
+    system.run_orchestrators([orch], timeout=180)
+
+    system.check_invariants()
+    assert all(system.store.get(i).status is TaskStatus.COMPLETED for i in ids)
+    assert orch.breakers["download"].trips >= 1
+    stages = [(a.error_class, a.http_status) for i in ids for a in system.store.get(i).attempts if a.outcome != "completed"]
+    assert ("ServerError", 503) in stages and any(c == "TransferTimeout" for c, _ in stages)
+
+
+@pytest.mark.slow
+def test_database_outage_buffers_outcomes_and_loses_nothing(system):
+    """Connections to the test database are refused and every backend terminated, twice, mid-run."""
+    inputs = system.upload_samples()
+    ids = system.submit([u for u, _ in inputs])
+    dbname = system.sql("SELECT current_database()")[0][0]
+    admin_url = system.database_url.rsplit("/", 1)[0] + "/postgres"
+    outages = []
+
+    def outage(orch):
+        from sqlalchemy import create_engine, text
+
+        admin = create_engine(admin_url.replace("postgresql://", "postgresql+psycopg2://", 1), isolation_level="AUTOCOMMIT")
+        for _ in range(2):
+            _wait_for(lambda: orch.in_flight > 0 or orch.summary.completed > 0, what="work in flight")
+            with admin.connect() as c:
+                c.execute(text(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false'))
+                c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"), {"d": dbname})
+            time.sleep(2.5)
+            outages.append(not orch.db_available)
+            with admin.connect() as c:
+                c.execute(text(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true'))
+            time.sleep(1.0)
+        admin.dispose()
+
+    system.run(during=outage, timeout=240)
+
+    system.check_invariants()
+    assert all(system.store.get(i).status is TaskStatus.COMPLETED for i in ids)
+    assert any(outages), "the orchestrator never noticed the outage"
+
+
+@pytest.mark.slow
+def test_orchestrator_killed_mid_run_next_one_finishes_via_lease_expiry(system, ray_address):
+    inputs = system.upload_samples()
+    ids = system.submit([u for u, _ in inputs], engine=FAULTY_ENGINE, options=TranscribeOptions(initial_prompt="fault:slow:3"))
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray_address,
+        "RAYTRANSCRIBE_DATABASE_URL": system.database_url,
+        "RAYTRANSCRIBE_S3__ENDPOINT_URL": system.settings.s3.endpoint_url,
+        "RAYTRANSCRIBE_ENGINE__CPU_THREADS": "1",
+        "RAYTRANSCRIBE_LEASE__LEASE_S": "4",
+        "RAYTRANSCRIBE_LEASE__HEARTBEAT_S": "0.5",
+        "RAYTRANSCRIBE_NAMESPACE": system.settings.namespace + "-doomed",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "raytranscribe.cli", "run", "--actors", "2"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: "in_progress" in system.statuses().values(), timeout=90, what="a claimed task")
+    finally:
+        proc.kill()  # SIGKILL: no cleanup, no release; its actors die with it
+        proc.wait(30)
+    stuck = [i for i, s in system.statuses().items() if s == "in_progress"]
+    assert stuck
+
+    system.run(system.settings.with_(lease={"lease_s": 4.0, "heartbeat_s": 0.5}))
+
+    system.check_invariants()
+    assert all(system.store.get(i).status is TaskStatus.COMPLETED for i in ids)
+    for i in stuck:
+        stages = [a.stage for a in system.store.get(i).attempts]
+        assert stages[0] == "lease" and stages[-1] is None or stages[0] == "lease", stages
+
+
+@pytest.mark.slow
+def test_node_loss_fails_tasks_over_to_surviving_nodes(system, tmp_path):
+    """A separate multi-node Ray (ray.cluster_utils.Cluster) in a subprocess; one GPU node is removed mid-run."""
+    inputs = system.upload_samples()
+    ids = system.submit([u for u, _ in inputs], engine=FAULTY_ENGINE, options=TranscribeOptions(initial_prompt="fault:slow:2"))
+    env = {
+        **os.environ,
+        "RAYTRANSCRIBE_DATABASE_URL": system.database_url,
+        "RAYTRANSCRIBE_S3__ENDPOINT_URL": system.settings.s3.endpoint_url,
+    }
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.support.node_loss"], env=env, capture_output=True, text=True, timeout=300,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "REMOVED_NODE" in out.stdout, out.stdout[-2000:]
+    system.check_invariants()
+    assert all(system.store.get(i).status is TaskStatus.COMPLETED for i in ids)
+    deaths = [a for i in ids for a in system.store.get(i).attempts if a.stage == "worker-death"]
+    assert deaths and all("died" in a.error_message for a in deaths)

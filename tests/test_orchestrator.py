@@ -1,0 +1,188 @@
+"""The orchestrator end to end: real Postgres, S3 over HTTP, Ray actors on logical GPUs, tiny.en."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from raytranscribe.config import S3Settings
+from raytranscribe.orchestrator import RunOptions
+from raytranscribe.store import TaskStatus
+from tests.support.faultserver import Fault
+from tests.support.speech import wer
+
+pytestmark = pytest.mark.slow
+
+
+def test_end_to_end_real_speech(system):
+    inputs = system.upload_samples()
+    assert len(inputs) >= 4
+    ids = system.submit([uri for uri, _ in inputs])
+
+    summary = system.run()
+
+    assert summary.completed == len(ids)
+    assert summary.dead == 0
+    system.check_invariants()
+    for (uri, sentence), task_id in zip(inputs, ids):
+        view = system.store.get(task_id)
+        assert view.status is TaskStatus.COMPLETED
+        assert view.attempt == 1 and view.retries == 0
+        assert [a.outcome for a in view.attempts] == ["completed"]
+        assert view.attempts[0].actor and view.attempts[0].actor.startswith("worker-")
+        stem = view.output_uri
+        txt = system.object_text(f"{stem}.txt")
+        assert wer(sentence, txt) <= 0.25, (sentence, txt)
+        doc = json.loads(system.object_text(f"{stem}.json"))
+        assert doc["engine"] == "faster-whisper" and doc["model"] == "tiny.en"
+        assert doc["duration_s"] == pytest.approx(view.audio_duration_s, abs=0.01)
+        assert system.object_text(f"{stem}.srt").startswith("1\n00:00:")
+        assert system.object_text(f"{stem}.vtt").startswith("WEBVTT")
+        assert view.audio_duration_s > 1.0
+    # Both actors took work: dispatch spreads over the pool.
+    actors = {a.actor for t in ids for a in system.store.get(t).attempts}
+    assert len(actors) == 2, actors
+
+
+def _fault_settings(system, fault_server):
+    """S3 presigned against the fault server: the same signing code, a store that misbehaves on cue."""
+    return system.settings.with_(s3={"endpoint_url": fault_server.url("/").rstrip("/")})
+
+
+def test_transient_503_is_retried_and_completes(system, fault_server):
+    settings = _fault_settings(system, fault_server)
+    (path,) = [p for p in __import__("raytranscribe.samples", fromlist=["x"]).sample_paths() if p.suffix == ".wav"][:1]
+    fault_server.put_object(f"/{system.bucket}/in/a.wav", path.read_bytes())
+    fault_server.script(f"/{system.bucket}/in/a.wav", Fault(503), Fault(), method="GET")
+    (task_id,) = system.submit([f"s3://{system.bucket}/in/a.wav"])
+
+    summary = system.run(settings)
+
+    view = system.store.get(task_id)
+    assert view.status is TaskStatus.COMPLETED
+    assert view.retries == 1
+    assert [a.outcome for a in view.attempts] == ["failed", "completed"]
+    first = view.attempts[0]
+    assert first.stage == "download" and first.http_status == 503 and first.error_class == "ServerError"
+    assert summary.retried == 1 and summary.completed == 1
+    # The retry waited for its backoff (retry_at in the future when it failed).
+    assert view.attempts[1].started_at > first.finished_at
+    assert fault_server.get_object(f"/{system.bucket}/out/a.txt")
+
+
+def test_permanent_failures_are_dead_at_once(system):
+    corrupt = system.put("in/corrupt.wav", b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 10)
+    missing = f"s3://{system.bucket}/in/does-not-exist.wav"
+    ids = system.submit([corrupt, missing])
+
+    summary = system.run()
+
+    assert summary.dead == 2 and summary.retried == 0
+    corrupt_view, missing_view = (system.store.get(i) for i in ids)
+    assert corrupt_view.status is TaskStatus.DEAD and corrupt_view.retries == 0
+    assert corrupt_view.failure_reason.startswith("decode:")
+    assert corrupt_view.attempts[0].error_class == "AudioDecodeError"
+    assert missing_view.status is TaskStatus.DEAD and missing_view.retries == 0
+    assert missing_view.failure_reason.startswith("download:")
+    assert "404" in missing_view.failure_reason
+    assert missing_view.attempts[0].http_status == 404
+    system.check_invariants()
+
+
+def test_exhausted_retries_end_dead(system, fault_server):
+    settings = _fault_settings(system, fault_server)
+    fault_server.script(f"/{system.bucket}/in/b.wav", Fault(500), method="GET")
+    (task_id,) = system.submit([f"s3://{system.bucket}/in/b.wav"])
+
+    system.run(settings)
+
+    view = system.store.get(task_id)
+    assert view.status is TaskStatus.DEAD
+    assert view.retries == view.max_retries == 2
+    assert len(view.attempts) == 3
+    assert all(a.http_status == 500 for a in view.attempts)
+    assert "retries exhausted" in view.failure_reason
+    system.check_invariants()
+
+
+def test_two_orchestrators_complete_each_task_exactly_once(system):
+    inputs = system.upload_samples()
+    uris = [uri for uri, _ in inputs]
+    # More tasks than samples: the same audio under several keys.
+    for i in range(2):
+        for uri, _ in inputs:
+            key = uri.split("/", 3)[3]
+            system.s3_client.copy_object(
+                Bucket=system.bucket, Key=f"copy{i}/{key}", CopySource={"Bucket": system.bucket, "Key": key}
+            )
+            uris.append(f"s3://{system.bucket}/copy{i}/{key}")
+    tasks = []
+    for uri in uris:
+        tasks.append(uri)
+    from raytranscribe.store import NewTask
+
+    report = system.store.submit(
+        [NewTask(input_uri=u, output_uri=f"s3://{system.bucket}/out/{n}") for n, u in enumerate(uris)]
+    )
+    settings = system.settings.with_(worker={"actors": 1})
+    a, b = system.orchestrator(settings), system.orchestrator(settings)
+
+    summaries = system.run_orchestrators([a, b], timeout=240)
+
+    assert sum(s.completed for s in summaries) == len(report.inserted)
+    assert all(s.completed > 0 for s in summaries), [s.completed for s in summaries]
+    rows = system.sql(
+        "SELECT task_id, count(*) FROM task_attempts WHERE outcome = 'completed' GROUP BY task_id"
+    )
+    assert len(rows) == len(report.inserted) and all(c == 1 for _, c in rows)
+    system.check_invariants()
+
+
+def test_sigterm_releases_or_finishes_in_flight_work(system, ray_address, tmp_path):
+    """`raytranscribe run` in a subprocess, SIGTERM mid-run: nothing stays in progress."""
+    inputs = system.upload_samples()
+    ids = system.submit([u for u, _ in inputs] * 1, options=None)
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray_address,
+        "RAYTRANSCRIBE_DATABASE_URL": system.database_url,
+        "RAYTRANSCRIBE_S3__ENDPOINT_URL": system.settings.s3.endpoint_url,
+        "RAYTRANSCRIBE_ENGINE__CPU_THREADS": "1",
+        "RAYTRANSCRIBE_WORKER__NUM_GPUS": "1",
+        "RAYTRANSCRIBE_LEASE__HEARTBEAT_S": "0.5",
+        "RAYTRANSCRIBE_NAMESPACE": system.settings.namespace + "-sub",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "raytranscribe.cli", "run", "--actors", "1", "--grace", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    # Wait until something is in progress, then ask it to stop.
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if any(s in ("in_progress", "completed") for s in system.statuses().values()):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    statuses = system.statuses()
+    assert "in_progress" not in statuses.values(), statuses
+    assert set(statuses.values()) <= {"completed", "pending"}, statuses
+    released = system.sql("SELECT count(*) FROM task_attempts WHERE outcome = 'released'")[0][0]
+    completed = sum(1 for s in statuses.values() if s == "completed")
+    # Every attempt that was opened either finished or was handed back without charging a retry.
+    opened = system.sql("SELECT count(*) FROM task_attempts")[0][0]
+    assert opened == released + completed, (opened, released, completed, out)
+    assert all(system.store.get(i).retries == 0 for i in ids)
+    # What was released is picked up by the next run.
+    system.run()
+    system.check_invariants()
