@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import enum
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from raytranscribe.config import BreakerSettings, HealthSettings, Settings
 from raytranscribe.engines.base import EngineSpec
 from raytranscribe.errors import Failure, Stage
 from raytranscribe.logs import task_extra
-from raytranscribe.worker import PingReply, WorkerConfig, worker_actor_class
+from raytranscribe.worker import QUEUED, PingReply, WorkerConfig, worker_actor_class
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ class HealthMonitor:
             pong = ray.get(slot.ready_ref)
         except RayActorError as exc:
             slot.ready_ref = None
-            self._start_failed(slot, _death_cause(exc), now)
+            self._start_failed(slot, death_cause(exc), now)
             return
         slot.ready_ref = None
         slot.state = ActorState.ALIVE
@@ -337,7 +338,7 @@ class HealthMonitor:
                 except ActorUnavailableError as exc:
                     self._quarantine(slot, f"unavailable: {exc}", now)
                 except RayActorError as exc:
-                    self.mark_dead(slot, _death_cause(exc))
+                    self.mark_dead(slot, death_cause(exc))
                     return
                 slot.ping_ref = None
             elif now - slot.ping_sent_at > self.h.ping_timeout_s:
@@ -352,7 +353,7 @@ class HealthMonitor:
                 slot.ping_ref = slot.handle.ping.remote()
                 slot.ping_sent_at = now
             except RayActorError as exc:
-                self.mark_dead(slot, _death_cause(exc))
+                self.mark_dead(slot, death_cause(exc))
 
     def _quarantine(self, slot: ActorSlot, why: str, now: float) -> None:
         if slot.state is not ActorState.QUARANTINED:
@@ -360,21 +361,34 @@ class HealthMonitor:
             slot.quarantined_since = now
         slot.state = ActorState.QUARANTINED
 
-    def deadline_for(self, inflight: InFlight) -> float:
-        duration = None
-        pong = inflight.slot.last_pong
-        if pong is not None:
-            for r in pong.running:
-                if (r.task_id, r.attempt) == inflight.lease:
-                    duration = r.audio_duration_s
-        return self.h.task_deadline_base_s + self.h.task_deadline_per_audio_s * (duration or 0.0)
+    def overdue(self, inflight: InFlight, now: float) -> float | None:
+        """The deadline a task has run past, or None.
+
+        A task the worker reports as working is judged by the time in its current stage (transcription
+        gets ``base + per_audio_s x duration``). A task waiting behind another for the device is not
+        judged (the one in front is). A task the worker does not report (still in Ray's queue, or the
+        actor stopped answering pings) is judged from dispatch, with room for the tasks ahead of it.
+        """
+        slot = inflight.slot
+        pong = slot.last_pong
+        run = next((r for r in pong.running if (r.task_id, r.attempt) == inflight.lease), None) if pong else None
+        base, per_audio = self.h.task_deadline_base_s, self.h.task_deadline_per_audio_s
+        if run is not None:
+            if run.stage == QUEUED:
+                return None
+            deadline = base + per_audio * (run.audio_duration_s or 0.0)
+            elapsed = run.stage_s + (now - slot.last_pong_at)
+        else:
+            deadline = base * (self.settings.worker.prefetch + 1)
+            elapsed = now - inflight.dispatched_at
+        return deadline if elapsed > deadline else None
 
     def _check_deadlines(self, slot: ActorSlot, now: float) -> list[Failover]:
         if slot.state is ActorState.DEAD:
             return []
         for inflight in slot.inflight.values():
-            deadline = self.deadline_for(inflight)
-            if now - inflight.dispatched_at > deadline:
+            deadline = self.overdue(inflight, now)
+            if deadline is not None:
                 cause = (
                     f"task {inflight.task.id} ran past its deadline of {deadline:.0f}s on actor {slot.name}; "
                     "the actor was presumed hung and killed"
@@ -433,10 +447,21 @@ class HealthMonitor:
             pool.slots.clear()
 
 
-def _death_cause(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    # Ray's messages are long; the first lines carry the cause (e.g. "The actor died unexpectedly...").
-    return " ".join(line.strip() for line in text[:3])[:500] or type(exc).__name__
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit)[\w]*): (.*)$")
+
+
+def death_cause(exc: BaseException) -> str:
+    """One readable line from Ray's death report: for a constructor that raised, the exception it
+    raised (``ModelLoadError: model path ... does not exist``), else Ray's first sentence."""
+    lines = [_ANSI.sub("", line).rstrip() for line in str(exc).strip().splitlines()]
+    if lines and "creation task" in lines[0]:
+        for line in reversed(lines):
+            m = _EXC_LINE.match(line.strip())
+            if m:
+                return f"start-up failed: {m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"[:500]
+    first = lines[0] if lines else ""
+    return first[:500] or type(exc).__name__
 
 
 def _ray_actor_state(handle) -> str | None:

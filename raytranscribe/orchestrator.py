@@ -31,7 +31,7 @@ from raytranscribe.config import Settings
 from raytranscribe.contracts import Outcome, TaskSpec
 from raytranscribe.engines.base import EngineSpec
 from raytranscribe.errors import Failure, PresignError, RayTranscribeError, Stage, StoreUnavailable
-from raytranscribe.health import CircuitBreaker, Failover, HealthMonitor, InFlight, Pool, new_owner_tag
+from raytranscribe.health import CircuitBreaker, Failover, HealthMonitor, InFlight, Pool, death_cause, new_owner_tag
 from raytranscribe.logs import task_extra
 from raytranscribe.storage import S3Storage
 from raytranscribe.store import ClaimedTask, RecordResult, Store, TaskStatus
@@ -289,9 +289,9 @@ class Orchestrator:
         try:
             ref = slot.handle.process.remote(spec)
         except RayActorError as exc:
-            self._handle_failovers(self.monitor.actor_died(slot, str(exc)))
+            self._handle_failovers(self.monitor.actor_died(slot, death_cause(exc)))
             self._buffer.append(
-                Outcome(task.id, task.attempt, failure=Failure(Stage.DISPATCH, "WorkerDied", str(exc), True))
+                Outcome(task.id, task.attempt, failure=Failure(Stage.DISPATCH, "WorkerDied", death_cause(exc), True))
             )
             return
         inflight = InFlight(task=task, spec=spec, ref=ref, slot=slot, dispatched_at=now)
@@ -323,7 +323,7 @@ class Orchestrator:
             try:
                 outcome: Outcome = ray.get(ref)
             except RayActorError as exc:
-                self._handle_failovers(self.monitor.actor_died(inflight.slot, str(exc).splitlines()[0]))
+                self._handle_failovers(self.monitor.actor_died(inflight.slot, death_cause(exc)))
                 continue
             except RayError as exc:  # process() itself raised: the actor is broken for this task
                 failure = Failure(Stage.TRANSCRIBE, type(exc).__name__, str(exc).splitlines()[0][:500], True)

@@ -45,12 +45,16 @@ class WorkerConfig:
     log_level: str = "INFO"
 
 
+QUEUED = "queued"  # waiting for the compute lock behind another task: not hung, just patient
+
+
 @dataclass(frozen=True)
 class RunningTask:
     task_id: int
     attempt: int
-    stage: str
-    running_s: float
+    stage: str  # a Stage value, or QUEUED
+    running_s: float  # since process() began
+    stage_s: float  # in the current stage
     audio_duration_s: float | None
 
 
@@ -73,8 +77,12 @@ class _Progress:
     task_id: int
     attempt: int
     started: float
-    stage: Stage = Stage.DOWNLOAD
+    stage: str = Stage.DOWNLOAD.value
+    stage_started: float = 0.0
     audio_duration_s: float | None = None
+
+    def enter(self, stage: str) -> None:
+        self.stage, self.stage_started = stage, time.monotonic()
 
 
 class TranscriptionWorker:
@@ -121,7 +129,7 @@ class TranscriptionWorker:
         now = time.monotonic()
         with self._state:
             running = tuple(
-                RunningTask(p.task_id, p.attempt, p.stage.value, now - p.started, p.audio_duration_s)
+                RunningTask(p.task_id, p.attempt, p.stage, now - p.started, now - p.stage_started, p.audio_duration_s)
                 for p in self._running.values()
             )
             done = self._done
@@ -142,7 +150,7 @@ class TranscriptionWorker:
 
     def process(self, spec: TaskSpec) -> Outcome:
         key = (spec.task_id, spec.attempt)
-        progress = _Progress(spec.task_id, spec.attempt, time.monotonic())
+        progress = _Progress(spec.task_id, spec.attempt, time.monotonic(), stage_started=time.monotonic())
         with self._state:
             self._running[key] = progress
         timings: list[tuple[str, float]] = []
@@ -150,7 +158,7 @@ class TranscriptionWorker:
 
         @contextmanager
         def stage(s: Stage):
-            progress.stage = s
+            progress.enter(s.value)
             t = time.monotonic()
             try:
                 yield
@@ -171,8 +179,9 @@ class TranscriptionWorker:
                 decoded = audio.decode(downloaded.path)
                 downloaded.path.unlink(missing_ok=True)  # free scratch space before the long part
                 progress.audio_duration_s = decoded.duration_s
-            with stage(Stage.TRANSCRIBE):
-                with self._compute:  # one transcription at a time owns the device
+            progress.enter(QUEUED)
+            with self._compute:  # one transcription at a time owns the device
+                with stage(Stage.TRANSCRIBE):
                     try:
                         transcript = self.engine.transcribe(decoded.samples, spec.options)
                     except RayTranscribeError:
@@ -198,7 +207,7 @@ class TranscriptionWorker:
             )
             return Outcome(spec.task_id, spec.attempt, result=result, timings=tuple(timings), **ident)
         except Exception as exc:
-            failure = Failure.from_exception(exc, progress.stage)
+            failure = Failure.from_exception(exc, Stage(progress.stage) if progress.stage != QUEUED else Stage.TRANSCRIBE)
             log.warning(
                 "task failed: %s",
                 failure.message,

@@ -157,19 +157,19 @@ def test_model_that_cannot_load_stops_replacing_and_says_why(system):
     )
     settings = system.settings.with_(health={"max_start_failures": 2, "replace_backoff_s": 0.1})
     orch = system.orchestrator(settings)
-    with pytest.raises(NoWorkers, match="/nonexistent/model-dir"):
+    with pytest.raises(NoWorkers, match="ModelLoadError: model path /nonexistent/model-dir does not exist"):
         orch.run()
     # Nothing was charged to the task: it waits, pending, for a model that loads.
     view = system.store.get(report.inserted[0])
-    assert view.status is TaskStatus.PENDING and view.attempts == []
+    assert view.status is TaskStatus.PENDING and view.attempts == ()
 
 
 @pytest.mark.slow
 def test_s3_burst_of_503s_and_timeouts_opens_the_breaker_and_recovers(system, fault_server):
     from raytranscribe import samples
 
-    settings = system.settings.with_(
-        s3={"endpoint_url": fault_server.url("/").rstrip("/")},
+    settings = system.use_fault_server(
+        fault_server,
         breaker={"window": 6, "min_samples": 4, "failure_ratio": 0.75, "cooldown_s": 1.0},
         retry={"max_retries": 6, "base_delay_s": 0.1, "max_delay_s": 0.3},
         transfer={"read_timeout_s": 0.5},
@@ -181,7 +181,7 @@ def test_s3_burst_of_503s_and_timeouts_opens_the_breaker_and_recovers(system, fa
         fault_server.put_object(path, audio)
         bad = Fault(503) if n % 2 else Fault(200, stall_after_bytes=100, stall_s=2.0)
         fault_server.script(path, bad, bad, Fault(), method="GET")
-        uris.append(f"s3://{system.bucket}{path}")
+        uris.append(f"s3:/{path}")
     ids = system.submit(uris)
     orch = system.orchestrator(settings)
 

@@ -52,7 +52,7 @@ def test_end_to_end_real_speech(system):
 
 def _fault_settings(system, fault_server):
     """S3 presigned against the fault server: the same signing code, a store that misbehaves on cue."""
-    return system.settings.with_(s3={"endpoint_url": fault_server.url("/").rstrip("/")})
+    return system.use_fault_server(fault_server)
 
 
 def test_transient_503_is_retried_and_completes(system, fault_server):

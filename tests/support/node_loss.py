@@ -47,9 +47,9 @@ def main() -> int:
                 pong = slot.last_pong
                 if slot.state is ActorState.ALIVE and pong and any(r.stage == "transcribe" for r in pong.running):
                     for node in nodes:
-                        if node.unique_id == pong.node_id:
+                        if node.node_id == pong.node_id:
                             cluster.remove_node(node, allow_graceful=False)
-                            print("REMOVED_NODE", node.unique_id[:12], "holding", slot.name, flush=True)
+                            print("REMOVED_NODE", node.node_id[:12], "holding", slot.name, flush=True)
                             return
             time.sleep(0.05)
         print("NO_NODE_REMOVED", flush=True)

@@ -62,6 +62,12 @@ class System:
     s3_client: object
     database_url: str
     runs: list[RunSummary] = field(default_factory=list)
+    fault_server: object | None = None  # when set, S3 is the fault server, not moto
+
+    def use_fault_server(self, fault_server, **groups) -> Settings:
+        """Settings whose presigned URLs point at the fault server, which then holds inputs and outputs."""
+        self.fault_server = fault_server
+        return self.settings.with_(s3={"endpoint_url": fault_server.url("/").rstrip("/")}, **groups)
 
     @property
     def storage(self) -> S3Storage:
@@ -163,6 +169,10 @@ class System:
 
     def object_text(self, uri: str) -> str:
         bucket, key = uri[len("s3://"):].split("/", 1)
+        if self.fault_server is not None:
+            stored = self.fault_server.get_object(f"/{bucket}/{key}")
+            assert stored is not None, f"{uri} was never uploaded"
+            return stored.body.decode("utf-8")
         return self.s3_client.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
 
     def check_invariants(self) -> None:
