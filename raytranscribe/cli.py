@@ -326,7 +326,7 @@ def _print_orchestrators(console: Console, orchestrators) -> None:
         console.print("orchestrators: none running")
         return
     for o in orchestrators:
-        breakers = ", ".join(f"{k} {v}" for k, v in (o.state.get("breakers") or {}).items())
+        breakers = ", ".join(f"{k} {v}" for k, v in sorted((o.state.get("breakers") or {}).items()))
         console.print(
             f"orchestrator {o.owner}: {o.state.get('in_flight', 0)} in flight, breakers: {breakers or '-'}, "
             f"last heartbeat {_when(o.heartbeat_at)}"
@@ -553,6 +553,43 @@ def backfill(
         dead = store.stats().counts[TaskStatus.DEAD]
     if summary.dead or dead:
         typer.echo(f"{dead} task(s) are dead: see `raytranscribe tasks --status dead`", err=True)
+        raise typer.Exit(EXIT_ERROR)
+
+
+@app.command()
+@_handles_errors
+def demo(
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Where the embedded database and the copied outputs live (default: RAYTRANSCRIBE_DATA_DIR).",
+        show_default=False,
+    ),  # fmt: skip
+    timeout: float = typer.Option(600.0, "--timeout", min=10, help="Stop the run after this many seconds."),
+    stop_database: bool = typer.Option(
+        False, "--stop-database", help="Only stop the embedded PostgreSQL server the demo left running, then exit."
+    ),
+) -> None:
+    """See it all work on this machine: embedded Postgres, local S3, one CPU worker, the bundled tiny.en.
+
+    Transcribes the shipped speech samples, shows a corrupt file ending dead with its reason and a
+    failed download retried until it completes, then prints the transcripts, the outputs and `status`.
+    """
+    from raytranscribe import demo as demo_module
+
+    settings = _settings()
+    if data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": data_dir})
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160)
+    if stop_database:
+        stopped = demo_module.stop_embedded_database(settings.data_dir)
+        typer.echo(f"stopped the embedded PostgreSQL server in {settings.data_dir}" if stopped
+                   else f"no embedded PostgreSQL server running in {settings.data_dir}")  # fmt: skip
+        return
+    report = demo_module.run_demo(settings, demo_module.DemoOptions(timeout_s=timeout), console)
+    console.rule("raytranscribe status")
+    _SETTINGS.set(settings)  # `status` reads the same database (--data-dir included)
+    status(as_json=False)
+    demo_module.print_verdict(report, console, embedded_database=settings.database_url is None)
+    if not report.ok:
         raise typer.Exit(EXIT_ERROR)
 
 

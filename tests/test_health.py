@@ -280,3 +280,66 @@ def test_node_loss_fails_tasks_over_to_surviving_nodes(system, tmp_path):
     assert all(system.store.get(i).status is TaskStatus.COMPLETED for i in ids)
     deaths = [a for i in ids for a in system.store.get(i).attempts if a.stage == "worker-death"]
     assert deaths and all("died" in a.error_message for a in deaths)
+
+
+@pytest.mark.slow
+def test_frozen_actor_is_quarantined_then_killed_and_replaced(system):
+    """SIGSTOP freezes a worker process (as a swapping or wedged host would): its pings go unanswered,
+    it is quarantined (no new work), its task passes the deadline, the actor is killed and replaced."""
+    ids = _slow_tasks(system, 4, seconds=1.0)
+    settings = system.settings.with_(
+        health={"ping_timeout_s": 1.0, "ping_interval_s": 0.3, "task_deadline_base_s": 5.0, "replace_backoff_s": 0.1}
+    )
+    seen: dict[str, object] = {}
+
+    def freeze(orch):
+        slot = _wait_for(lambda: _busy_slot(orch), what="an actor mid-transcription")
+        seen["name"] = slot.name
+        os.kill(slot.last_pong.pid, signal.SIGSTOP)
+        _wait_for(lambda: slot.state is ActorState.QUARANTINED, timeout=20, what="quarantine")
+        seen["quarantined_with"] = len(slot.inflight)
+        _wait_for(lambda: slot.state is ActorState.DEAD, timeout=30, what="the frozen actor's death")
+        (pool,) = orch.monitor.pools.values()
+        _wait_for(lambda: pool.serial >= 3 and len(pool.alive()) == 2, timeout=30, what="a live replacement")
+        seen["replaced"] = True
+
+    system.run(settings, during=freeze)
+
+    system.check_invariants()
+    assert all(system.store.get(i).status is TaskStatus.COMPLETED for i in ids)
+    assert seen["quarantined_with"] >= 1
+    assert seen.get("replaced"), "the dead actor was not replaced"
+    stages = {a.stage for i in ids for a in system.store.get(i).attempts if a.outcome != "completed"}
+    assert stages <= {"timeout", "worker-death"} and "timeout" in stages
+
+
+@pytest.mark.slow
+def test_status_shows_live_actors_and_breakers_during_a_run(system):
+    ids = _slow_tasks(system, 3, seconds=1.0)
+
+    def cli(*args: str) -> str:
+        # A real process, as an operator would run it next to a live orchestrator.
+        proc = subprocess.run([sys.executable, "-m", "raytranscribe.cli", "--database-url", system.database_url, *args],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    shown: dict[str, object] = {}
+
+    def look(orch):
+        _wait_for(lambda: orch.monitor.live_count() == 2 and orch.in_flight > 0, what="two live actors at work")
+        time.sleep(1.5)  # one heartbeat publishes the state
+        shown["doc"] = __import__("json").loads(cli("status", "--json"))
+        shown["text"] = cli("status")
+
+    system.run(during=look)
+
+    (orch_doc,) = shown["doc"]["orchestrators"]
+    assert len(orch_doc["actors"]) == 2
+    assert {a["state"] for a in orch_doc["actors"]} == {"alive"}
+    assert all(a["name"].startswith("worker-") and a["gpu_ids"] for a in orch_doc["actors"])
+    assert orch_doc["breakers"] == {"download": "closed", "upload": "closed"}
+    assert "actors" in shown["text"] and "breakers: download closed" in shown["text"], shown["text"]
+    # After the run the orchestrator retired its row.
+    assert system.store.orchestrators() == []
+    assert all(system.store.get(i).status is TaskStatus.COMPLETED for i in ids)
