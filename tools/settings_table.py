@@ -21,7 +21,7 @@ from raytranscribe.config import Settings  # noqa: E402
 PREFIX = "RAYTRANSCRIBE_"
 # Defaults computed on the user's machine: described, not evaluated here.
 FACTORY_DEFAULTS = {
-    "data_dir": '`platformdirs.user_data_dir("raytranscribe")` (Linux: `~/.local/share/raytranscribe`)',
+    "data_dir": '`~/.local/share/raytranscribe` (`platformdirs.user_data_dir`); as root `/var/lib/raytranscribe`',
 }
 
 # The meaning of settings whose Field has no description (a description in config.py wins).

@@ -30,6 +30,8 @@ def ray_session():
             log_to_driver=False,
             configure_logging=False,
             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+            # Export metrics every second (default 10 s) so a test can read them back promptly.
+            _system_config={"metrics_report_interval_ms": 1000},
         )
     yield ray
     ray.shutdown()
