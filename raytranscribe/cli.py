@@ -238,8 +238,12 @@ def submit(
     manifest: Optional[Path] = typer.Option(
         None, "--manifest", "-m", help="JSON-lines file, one task a line.", show_default=False
     ),
-    engine: str = typer.Option("faster-whisper", "--engine", help=f"One of {', '.join(ENGINES)}."),
-    model: str = typer.Option("tiny.en", "--model", help="Model name or path."),
+    engine: Optional[str] = typer.Option(
+        None, "--engine", help=f"One of {', '.join(ENGINES)} (default: RAYTRANSCRIBE_ENGINE__ENGINE).", show_default=False
+    ),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="Model name or path (default: RAYTRANSCRIBE_ENGINE__MODEL).", show_default=False
+    ),
     language: Optional[str] = typer.Option(None, "--language", help="Language code; default: detect.", show_default=False),
     formats: str = typer.Option(",".join(FORMATS), "--formats", help="Comma-separated output formats."),
     priority: int = typer.Option(0, "--priority", help="Higher runs first."),
@@ -255,8 +259,8 @@ def submit(
     if bool(uris) == (manifest is not None):
         raise InvalidInput("give input URIs with --output, or --manifest FILE (not both, not neither)")
     defaults = ManifestDefaults(
-        engine=engine,
-        model=model,
+        engine=engine or _settings().engine.engine,
+        model=model or _settings().engine.model,
         language=language,
         formats=parse_formats(formats),
         priority=priority,
@@ -529,8 +533,12 @@ def run(
 def backfill(
     prefix: str = typer.Argument(..., help="Input prefix s3://bucket/prefix/ (or object URIs)."),
     output: str = typer.Option(..., "--output", "-o", help="Output prefix s3://bucket/prefix/."),
-    engine: str = typer.Option("faster-whisper", "--engine", help=f"One of {', '.join(ENGINES)}."),
-    model: str = typer.Option("tiny.en", "--model", help="Model name or path."),
+    engine: Optional[str] = typer.Option(
+        None, "--engine", help=f"One of {', '.join(ENGINES)} (default: RAYTRANSCRIBE_ENGINE__ENGINE).", show_default=False
+    ),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="Model name or path (default: RAYTRANSCRIBE_ENGINE__MODEL).", show_default=False
+    ),
     language: Optional[str] = typer.Option(None, "--language", show_default=False),
     formats: str = typer.Option(",".join(FORMATS), "--formats"),
     max_retries: Optional[int] = typer.Option(None, "--max-retries", show_default=False),
@@ -543,7 +551,11 @@ def backfill(
 
     settings = _gpu_default(_run_settings(address, actors, gpus_per_actor, None), gpus_per_actor, None)
     defaults = ManifestDefaults(
-        engine=engine, model=model, language=language, formats=parse_formats(formats), max_retries=max_retries
+        engine=engine or settings.engine.engine,
+        model=model or settings.engine.model,
+        language=language,
+        formats=parse_formats(formats),
+        max_retries=max_retries,
     )
     with Store.from_settings(settings) as store:
         store.upgrade()

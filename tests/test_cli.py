@@ -267,3 +267,11 @@ def test_console_script_entry_point(database_url, store):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["total"] == 0
+
+
+def test_submit_takes_engine_and_model_defaults_from_settings(cli, store):
+    result = cli("submit", "s3://bkt/in/a.wav", "--output", "s3://bkt/out",
+                 env={"RAYTRANSCRIBE_ENGINE__ENGINE": "openai-whisper", "RAYTRANSCRIBE_ENGINE__MODEL": "base.en"})
+    assert result.exit_code == 0, result.output
+    (task,) = store.list_tasks()
+    assert (task.engine, task.model) == ("openai-whisper", "base.en")

@@ -76,12 +76,14 @@ def test_transient_503_is_retried_and_completes(system, fault_server):
     assert fault_server.get_object(f"/{system.bucket}/out/a.txt")
 
 
-def test_permanent_failures_are_dead_at_once(system):
+def test_permanent_failures_are_dead_at_once(system, fault_server):
     corrupt = system.put("in/corrupt.wav", b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 10)
     missing = f"s3://{system.bucket}/in/does-not-exist.wav"
     ids = system.submit([corrupt, missing])
+    # The alert webhook is a real HTTP endpoint (the fault server records what it receives).
+    settings = system.settings.with_(alerts={"webhook_url": fault_server.url("/hooks/alerts")})
 
-    summary = system.run()
+    summary = system.run(settings)
 
     assert summary.dead == 2 and summary.retried == 0
     corrupt_view, missing_view = (system.store.get(i) for i in ids)
@@ -93,6 +95,11 @@ def test_permanent_failures_are_dead_at_once(system):
     assert "404" in missing_view.failure_reason
     assert missing_view.attempts[0].http_status == 404
     system.check_invariants()
+    posts = fault_server.wait_for_requests(2)
+    hooks = [r for r in posts if r.path == "/hooks/alerts" and r.method == "POST"]
+    assert len(hooks) == 2 and all(r.headers["content-type"] == "application/json" for r in hooks)
+    last = json.loads(fault_server.get_object("/hooks/alerts").body)
+    assert last["event"] == "task_dead" and last["task_id"] in ids and last["reason"].split(":")[0] in ("decode", "download")
 
 
 def test_exhausted_retries_end_dead(system, fault_server):

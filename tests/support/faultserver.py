@@ -143,7 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _respond(self, fs: FaultServer, method: str, path: str, body: bytes, fault: Fault | None) -> None:
         if fault is None:
-            fault = Fault(status=404 if method != "PUT" and fs.get_object(path) is None else 200)
+            fault = Fault(status=404 if method not in ("PUT", "POST") and fs.get_object(path) is None else 200)
             if fault.status == 404:
                 fault = Fault(404, body=s3_error("NoSuchKey", "The specified key does not exist."))
         if fault.delay_s:
@@ -155,7 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers: dict[str, str] = {}
         payload = fault.body if fault.body is not None else b""
         ok = 200 <= fault.status < 300
-        if method == "PUT" and ok and fault.body is None:
+        if method in ("PUT", "POST") and ok and fault.body is None:  # a POST (webhook) keeps its last body
             fs.put_object(path, body, self.headers.get("Content-Type"))
             headers["ETag"] = f'"{fault.etag if fault.etag is not None else hashlib.md5(body).hexdigest()}"'
         elif method == "PUT" and fault.etag is not None:
