@@ -180,7 +180,10 @@ class TranscriptionWorker:
                 downloaded.path.unlink(missing_ok=True)  # free scratch space before the long part
                 progress.audio_duration_s = decoded.duration_s
             progress.enter(QUEUED)
+            queued_at = time.monotonic()
             with self._compute:  # one transcription at a time owns the device
+                # Time spent waiting for the device: the pipelining at work, not overhead.
+                timings.append((QUEUED, round(time.monotonic() - queued_at, 4)))
                 with stage(Stage.TRANSCRIBE):
                     try:
                         transcript = self.engine.transcribe(decoded.samples, spec.options)
