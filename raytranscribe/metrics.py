@@ -51,7 +51,7 @@ def get() -> Metrics:
                 live_actors=m.Gauge("raytranscribe_live_actors", "Worker actors answering pings", tag_keys=("pool",)),
                 audio_seconds=m.Counter("raytranscribe_audio_seconds", "Audio seconds transcribed"),
                 real_time_factor=m.Gauge(
-                    "raytranscribe_real_time_factor", "Audio seconds per wall second over the last interval"
+                    "raytranscribe_real_time_factor", "Audio seconds per wall second since the run started"
                 ),
                 breaker_open=m.Gauge(
                     "raytranscribe_circuit_open", "1 while a circuit breaker pauses dispatch", tag_keys=("stage",)

@@ -116,6 +116,7 @@ class Orchestrator:
         self._buffer: list[Outcome] = []  # outcomes waiting to be written
         self._stop = threading.Event()
         self._next_heartbeat = 0.0
+        self._next_depth = 0.0
         self._next_claim: dict[tuple[str, str], float] = {}
         self._db_down_until = 0.0
         self._db_failures = 0
@@ -198,6 +199,11 @@ class Orchestrator:
             if self.options.pairs is None:
                 self._pairs = sorted(set(self._pairs) | set(self.store.claimable_pairs()))
             self._outstanding = self.store.outstanding()
+            if now >= self._next_depth:
+                # Queue depth for the dashboard: a count per status, at most every few seconds.
+                self._next_depth = now + max(5.0, self.settings.lease.heartbeat_s)
+                for status, n in self.store.stats(top=0).counts.items():
+                    metrics.get().queue_depth.set(n, tags={"status": status.value})
             self._db_ok()
         except StoreUnavailable as exc:
             self._db_down(exc)

@@ -43,9 +43,11 @@ def test_a_run_exports_outcome_stage_and_audio_metrics(system):
         "raytranscribe_audio_seconds",
         "raytranscribe_live_actors",
         "raytranscribe_tasks_in_flight",
+        "raytranscribe_queue_depth",
     }, ready=lambda f: _audio_total(f) >= expected_audio - 0.01)
     finished = found["raytranscribe_tasks_finished"]
     assert any('outcome="completed"' in line for line in finished)
     assert any('outcome="dead"' in line and 'stage="decode"' in line for line in finished)
     assert any('stage="transcribe"' in line for line in found["raytranscribe_stage_seconds"])
+    assert any('status="pending"' in line for line in found["raytranscribe_queue_depth"])
     assert expected_audio > 5.0 and _audio_total(found) == pytest.approx(expected_audio, abs=0.01)
