@@ -76,6 +76,7 @@ class HealthSettings(_Group):
     task_deadline_per_audio_s: float = Field(2.0, ge=0)
     replace_backoff_s: float = Field(2.0, ge=0)
     max_start_failures: int = Field(3, ge=1, description="Consecutive start-up deaths before giving up replacing")
+    pool_idle_s: float = Field(120.0, ge=0, description="A pool whose engine/model has no work left stops after this long")
 
 
 class BreakerSettings(_Group):

@@ -82,6 +82,7 @@ class Pool:
     next_start_at: float = 0.0
     gave_up: str | None = None  # why replacement stopped
     serial: int = 0
+    idle_since: float | None = None  # since when its pair had no work and it had nothing in flight
 
     @property
     def key(self) -> tuple[str, str]:
@@ -176,6 +177,7 @@ class HealthMonitor:
         self.owner_tag = owner_tag
         self.runtime_env = runtime_env
         self.pools: dict[tuple[str, str], Pool] = {}
+        self._serial = 0
         self._actor_cls = worker_actor_class(settings.worker.prefetch)
 
     # --- pools ----------------------------------------------------------------------------------
@@ -189,8 +191,9 @@ class HealthMonitor:
 
     def _start_actor(self, pool: Pool) -> ActorSlot:
         pool.serial += 1
+        self._serial += 1  # numbered across pools: two pools may serve the same model name
         short_model = pool.spec.model.replace("/", "_").replace(".", "-")[-24:]
-        name = f"worker-{pool.serial}.{short_model}.{self.owner_tag}"
+        name = f"worker-{self._serial}.{short_model}.{self.owner_tag}"
         options: dict[str, Any] = dict(
             name=name,
             namespace=self.settings.namespace,
@@ -439,6 +442,24 @@ class HealthMonitor:
         else:
             self.mark_dead(slot, cause)
         return self._failover(slot)
+
+    def retire_idle(self, wanted: set[tuple[str, str]], now: float, idle_s: float) -> list[tuple[str, str]]:
+        """Stop the pools no longer wanted once they have had nothing in flight for ``idle_s``."""
+        retired = []
+        for key, pool in list(self.pools.items()):
+            busy = any(s.inflight for s in pool.slots)
+            if key in wanted or busy:
+                pool.idle_since = None
+                continue
+            if pool.idle_since is None:
+                pool.idle_since = now
+            elif now - pool.idle_since >= idle_s:
+                for slot in pool.slots:
+                    self.kill(slot, "pool retired: no work left for its engine and model")
+                del self.pools[key]
+                retired.append(key)
+                log.info("retired the idle pool for %s/%s, freeing its GPUs", *key)
+        return retired
 
     def shutdown(self) -> None:
         for slot in self.all_slots():

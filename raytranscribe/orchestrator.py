@@ -197,7 +197,7 @@ class Orchestrator:
                 )
                 self._count(r)
             if self.options.pairs is None:
-                self._pairs = sorted(set(self._pairs) | set(self.store.claimable_pairs()))
+                self._pairs = self.store.claimable_pairs()
             self._outstanding = self.store.outstanding()
             if now >= self._next_depth:
                 # Queue depth for the dashboard: a count per status, at most every few seconds.
@@ -209,6 +209,9 @@ class Orchestrator:
             self._db_down(exc)
         for pair in self._pairs:
             self.monitor.ensure_pool(self._engine_spec(pair))
+        if self.db_available:
+            # A pool whose (engine, model) has no work left gives its GPUs back after a while.
+            self.monitor.retire_idle(set(self._pairs), now, self.settings.health.pool_idle_s)
         m = metrics.get()
         m.in_flight.set(len(self._inflight))
         for pool in self.monitor.pools.values():

@@ -343,3 +343,27 @@ def test_status_shows_live_actors_and_breakers_during_a_run(system):
     # After the run the orchestrator retired its row.
     assert system.store.orchestrators() == []
     assert all(system.store.get(i).status is TaskStatus.COMPLETED for i in ids)
+
+
+@pytest.mark.slow
+def test_a_pool_with_no_work_left_gives_its_gpus_back(system):
+    """Two (engine, model) pools; the one whose tasks are done retires while the other still works."""
+    (fast_uri, _), = system.upload_samples(["fox.wav"])
+    fast = system.submit([fast_uri])
+    slow = _slow_tasks(system, 3, seconds=2.0)
+    settings = system.settings.with_(health={"pool_idle_s": 0.5}, worker={"actors": 1})
+    seen: dict[str, object] = {}
+
+    def watch(orch):
+        key = ("faster-whisper", "tiny.en")
+        _wait_for(lambda: key in orch.monitor.pools, what="the faster-whisper pool")
+        _wait_for(lambda: system.store.get(fast[0]).status is TaskStatus.COMPLETED, what="the quick task")
+        _wait_for(lambda: key not in orch.monitor.pools, timeout=30, what="the idle pool to retire")
+        seen["slow_in_flight"] = orch.in_flight
+        seen["pools"] = sorted(orch.monitor.pools)
+
+    system.run(settings, during=watch)
+
+    assert seen["pools"] == [(FAULTY_ENGINE, "tiny.en")]
+    assert seen["slow_in_flight"] >= 1  # the other pool was still at work when this one retired
+    assert all(system.store.get(i).status is TaskStatus.COMPLETED for i in fast + slow)
