@@ -1,9 +1,16 @@
 """Queue throughput: claim + complete cycles per second, raytranscribe's Store vs pgqueuer.
 
 Both queues live in the same fresh database on the same server and do the same no-op work: claim
-(dequeue) a batch, then mark every job of it done, one consumer, one connection at a time. A
-"cycle" is one task claimed and completed. Our store also writes a task_attempts row per claim and
-closes it on completion (the failure history); pgqueuer moves each job to its log table.
+(dequeue) a batch, then mark every job of it done, one consumer, one connection at a time, two
+round trips and two durable commits per batch on each side (synchronous_commit as the server has
+it; both sides' tables are logged). A "cycle" is one task claimed and completed. Per task:
+
+* raytranscribe: the claim updates the task row (status, attempt fencing token, lease) under the
+  transition trigger and check constraints, and inserts its task_attempts row (the failure
+  history); the completion is fenced by (status, attempt), updates the task row with the result
+  summary and closes the attempt row. The task and both history rows stay in the database.
+* pgqueuer: the dequeue updates the job row (status picked, heartbeat, queue manager); the
+  completion deletes the job row and inserts a row into its log table.
 
     .venv/bin/python bench/queue_throughput.py [--database-url URL] [--tasks-per-batch-size N]
 
@@ -154,7 +161,7 @@ def main() -> int:
     parser.add_argument("--database-url", help="admin URL of the server to create the benchmark database on")
     parser.add_argument("--tasks", type=int, nargs=3, default=(1500, 6000, 20000), metavar=("B1", "B10", "B100"),
                         help="tasks per run at batch sizes 1, 10, 100")  # fmt: skip
-    parser.add_argument("--repeats", type=int, default=2, help="runs per queue and batch size (median kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per queue and batch size (median kept)")
     args = parser.parse_args()
     try:
         import pgqueuer  # noqa: F401
@@ -193,6 +200,8 @@ def main() -> int:
     version = getattr(pgq, "__version__", "?")
     print()
     print(f"claim + complete cycles per second (one consumer, no-op work; median of {args.repeats})")
+    print("  raytranscribe per task: fenced claim + attempt row insert, fenced completion + attempt row close")
+    print("  pgqueuer per task:      dequeue update, delete + log row insert")
     print(f"{'batch':>5} | {'tasks':>6} | {'raytranscribe':>13} | {'pgqueuer ' + version:>16} | {'ratio':>6}")
     print(f"{'-' * 5}-+-{'-' * 6}-+-{'-' * 13}-+-{'-' * 16}-+-{'-' * 6}")
     for batch, n, ours, peer in rows:

@@ -51,9 +51,9 @@ def test_db_upgrade_via_database_url_option(database_url):
         env = {"RAYTRANSCRIBE_DATABASE_URL": "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"}
         first = runner.invoke(app, ["--database-url", url, "db", "upgrade"], env=env)
         assert first.exit_code == 0, first.output
-        assert "database schema at revision 0003" in first.stdout
+        assert "database schema at revision 0004" in first.stdout
         second = runner.invoke(app, ["--database-url", url, "db", "upgrade"], env=env)
-        assert (second.exit_code, "revision 0003" in second.stdout) == (0, True)
+        assert (second.exit_code, "revision 0004" in second.stdout) == (0, True)
     finally:
         drop_database(url)
 

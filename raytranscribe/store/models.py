@@ -87,7 +87,8 @@ class Task(Base):
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=sa.func.now())
     started_at: Mapped[datetime | None] = mapped_column(TZ)  # start of the latest attempt
     completed_at: Mapped[datetime | None] = mapped_column(TZ)  # reached completed, dead or cancelled
-    dedupe_key: Mapped[str] = mapped_column(sa.Text)
+    # A sha256 hex digest: bytewise collation keeps its unique-index upkeep cheap (migration 0004).
+    dedupe_key: Mapped[str] = mapped_column(sa.Text(collation="C"))
     # Result summary (migration 0002).
     audio_duration_s: Mapped[float | None] = mapped_column(sa.Float)
     language: Mapped[str | None] = mapped_column(sa.Text)
@@ -106,7 +107,8 @@ class Task(Base):
             "status <> 'in_progress' OR (lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL)",
             name="in_progress_has_lease",
         ),
-        sa.Index("ix_tasks_input_uri", "input_uri"),
+        # Equality look-ups only (submitted_inputs): a hash index is cheaper to keep up (migration 0004).
+        sa.Index("ix_tasks_input_uri", "input_uri", postgresql_using="hash"),
         # Claim order: highest priority, then oldest, over pending and failed rows, so one ordered
         # index scan serves claim's whole WHERE (due retries included) (migration 0002).
         sa.Index(

@@ -7,7 +7,7 @@ Re-running is safe: writes about a task are fenced by ``(status = 'in_progress',
 repeated ``complete`` or ``fail`` changes nothing, and a repeated ``claim`` simply claims other rows
 (rows claimed by a commit whose answer was lost come back through :meth:`Store.reap`).
 
-Statuses (the database enforces the transitions with a trigger, see migration 0002)::
+Statuses (the database enforces the transitions with a trigger, see migrations 0002 and 0004)::
 
     pending -> in_progress -> completed
                            -> failed (retry_at) -> in_progress ...
@@ -17,6 +17,7 @@ Statuses (the database enforces the transitions with a trigger, see migration 00
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # pg_advisory_xact_lock key serialising concurrent `db upgrade`s ("rtsc" in ASCII).
 MIGRATION_LOCK_KEY = 0x72747363
-# SQLSTATE raised by the transition trigger (migration 0002).
+# SQLSTATE raised by the transition trigger (migrations 0002 and 0004).
 ILLEGAL_TRANSITION_SQLSTATE = "RT001"
 # Errors worth re-running a transaction for: the transaction surely rolled back, the data is fine.
 TRANSIENT_SQLSTATES = frozenset(
@@ -313,32 +314,62 @@ _TASK_COLUMNS = (
     "updated_at, started_at, completed_at, audio_duration_s, language, output_uris, text_preview"
 )
 
-_CLAIM_SQL = """
+# Claim and the all-completions record run as PREPAREd statements (see _Prepared): no parse or
+# plan per call, which is most of a small batch's cost on the server.
+_CLAIM_BODY = """
 WITH c AS (
     SELECT id FROM tasks
     -- `status IN (...)` matches the partial index ix_tasks_claimable: one ordered index scan, no sort.
     WHERE status IN ('pending', 'failed') AND (status = 'pending' OR retry_at <= now()) {pairs}
     ORDER BY priority DESC, created_at, id
-    LIMIT :n
+    LIMIT $1
     FOR UPDATE SKIP LOCKED
 ), u AS (
     UPDATE tasks t
-    SET status = 'in_progress', attempt = t.attempt + 1, lease_owner = :owner,
-        lease_expires_at = now() + make_interval(secs => CAST(:lease_s AS double precision)),
-        started_at = now(), retry_at = NULL
+    SET status = 'in_progress', attempt = t.attempt + 1, lease_owner = $2,
+        lease_expires_at = now() + make_interval(secs => $3),
+        started_at = now(), retry_at = NULL, updated_at = now()  -- set here: the stamp trigger stays idle
     FROM c WHERE t.id = c.id
     RETURNING t.id, t.attempt, t.input_uri, t.output_uri, t.engine, t.model, t.options, t.priority,
               t.retries, t.max_retries, t.backoff_factor, t.lease_expires_at, t.created_at
 ), a AS (
     INSERT INTO task_attempts (task_id, attempt, worker, started_at)
-    SELECT id, attempt, :owner, now() FROM u
+    SELECT id, attempt, $2, now() FROM u
 )
-SELECT * FROM u ORDER BY priority DESC, created_at, id
+-- options as text: one parse per distinct options document (_options), not one per row.
+SELECT id, attempt, input_uri, output_uri, engine, model, CAST(options AS text) AS options, priority, retries,
+       max_retries, backoff_factor, lease_expires_at
+FROM u ORDER BY priority DESC, created_at, id
 """
 
-_PAIRS_FILTER = (
-    "AND (engine, model) IN (SELECT * FROM unnest(CAST(:engines AS text[]), CAST(:models AS text[])))"
+_PAIRS_FILTER = "AND (engine, model) IN (SELECT * FROM unnest($4, $5))"
+
+# Every outcome of the batch is a completion: no retry decision needs the row, so the fenced UPDATE
+# (status = 'in_progress' AND attempt = v.attempt, re-checked on the locked row) is the whole
+# transaction: one statement, no lock-then-write round trip. Rows come sorted by id (lock order).
+_COMPLETE_BODY = """
+WITH v AS (
+    SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    AS v(id, attempt, audio_duration_s, language, output_uris, text_preview, actor, node, timings)
+), u AS (
+    UPDATE tasks t SET
+        status = 'completed', lease_owner = NULL, lease_expires_at = NULL, retry_at = NULL, completed_at = now(),
+        updated_at = now(),
+        audio_duration_s = COALESCE(v.audio_duration_s, t.audio_duration_s),
+        language = COALESCE(v.language, t.language),
+        output_uris = COALESCE(CAST(v.output_uris AS jsonb), t.output_uris),
+        text_preview = COALESCE(v.text_preview, t.text_preview)
+    FROM v WHERE t.id = v.id AND t.status = 'in_progress' AND t.attempt = v.attempt
+    RETURNING t.id, t.attempt
+), a AS (
+    UPDATE task_attempts a SET
+        finished_at = now(), outcome = 'completed', stage = NULL, error_class = NULL, error_message = NULL,
+        http_status = NULL, actor = COALESCE(v.actor, a.actor), node = COALESCE(v.node, a.node), decision = NULL,
+        timings = CAST(v.timings AS jsonb)
+    FROM u JOIN v ON v.id = u.id WHERE a.task_id = u.id AND a.attempt = u.attempt
 )
+SELECT id FROM u
+"""
 
 _SUBMIT_SQL = """
 INSERT INTO tasks (input_uri, output_uri, engine, model, options, priority, max_retries, backoff_factor, dedupe_key)
@@ -350,6 +381,10 @@ WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.dedupe_key = v.k)  -- spares seq
 ORDER BY ord
 ON CONFLICT (dedupe_key) DO NOTHING
 RETURNING id, dedupe_key
+"""
+
+_FENCED_SQL = """
+SELECT id, status::text AS status, attempt FROM tasks WHERE id = ANY(CAST(:ids AS bigint[]))
 """
 
 _LOCK_FOR_RECORD_SQL = """
@@ -377,6 +412,7 @@ WITH v AS (
 ), u AS (
     UPDATE tasks t SET
         status = CAST(v.status AS task_status),
+        updated_at = now(),
         retries = v.retries,
         retry_at = CASE WHEN v.status = 'failed' THEN now() + make_interval(secs => v.delay_s) END,
         lease_owner = NULL,
@@ -401,7 +437,8 @@ SELECT id, retry_at FROM u
 """
 
 _RENEW_SQL = """
-UPDATE tasks t SET lease_expires_at = now() + make_interval(secs => CAST(:lease_s AS double precision))
+UPDATE tasks t SET lease_expires_at = now() + make_interval(secs => CAST(:lease_s AS double precision)),
+    updated_at = now()
 FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS int[])) AS v(id, attempt)
 WHERE t.id = v.id AND t.attempt = v.attempt AND t.status = 'in_progress' AND t.lease_owner = :owner
 RETURNING t.id, t.attempt
@@ -455,6 +492,61 @@ GROUP BY failure_reason ORDER BY n DESC, failure_reason LIMIT :k
 
 
 @dataclass(frozen=True)
+class _Prepared:
+    """A statement PREPAREd once per pooled connection, then EXECUTEd: no parse or plan per call.
+
+    psycopg2 has no protocol-level prepared statements, so this is SQL-level PREPARE/EXECUTE. The
+    names prepared on a connection live in its SQLAlchemy ``info`` dict, which is cleared when the
+    connection is replaced (after a disconnect), exactly when the server forgot them too. Only for
+    autocommit operations: a failed EXECUTE there aborts nothing else.
+    """
+
+    name: str
+    types: tuple[str, ...]  # SQL types of $1..$n
+    body: str
+
+    def execute(self, conn: sa.Connection, *args: Any) -> sa.CursorResult:
+        prepared: set[str] = conn.info.setdefault("raytranscribe_prepared", set())
+        if self.name not in prepared:
+            self._prepare(conn)
+            prepared.add(self.name)
+        # Explicit casts: psycopg2 sends values as literals (an all-NULL list is ARRAY[NULL] of text).
+        call = f"EXECUTE {self.name} ({', '.join(f'CAST(%s AS {t})' for t in self.types)})"
+        try:
+            return conn.exec_driver_sql(call, tuple(args))
+        except sa.exc.DBAPIError as exc:
+            if getattr(exc.orig, "pgcode", None) != "26000":  # invalid_sql_statement_name
+                raise
+            # Someone ran DEALLOCATE/DISCARD on this session: prepare again, once.
+            self._prepare(conn)
+            return conn.exec_driver_sql(call, tuple(args))
+
+    def _prepare(self, conn: sa.Connection) -> None:
+        try:
+            conn.exec_driver_sql(f"PREPARE {self.name} ({', '.join(self.types)}) AS {self.body}")
+        except sa.exc.DBAPIError as exc:
+            if getattr(exc.orig, "pgcode", None) != "42P05":  # duplicate_prepared_statement: already there
+                raise
+
+
+_CLAIM = _Prepared("raytranscribe_claim", ("int", "text", "float8"), _CLAIM_BODY.format(pairs=""))
+_CLAIM_PAIRS = _Prepared(
+    "raytranscribe_claim_pairs", ("int", "text", "float8", "text[]", "text[]"), _CLAIM_BODY.format(pairs=_PAIRS_FILTER)
+)
+_COMPLETE = _Prepared(
+    "raytranscribe_complete",
+    ("bigint[]", "int[]", "float8[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]"),
+    _COMPLETE_BODY,
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _options(raw: str) -> TranscribeOptions:
+    """Options of claimed tasks; a batch mostly shares one document, and the result is frozen."""
+    return TranscribeOptions.from_dict(json.loads(raw))
+
+
+@dataclass(frozen=True)
 class _Row:
     """The locked state of a task that ``_apply`` decides on."""
 
@@ -478,13 +570,18 @@ class Store:
         self.transient_errors = 0
         st = self.settings.store
         try:
-            self._engine = sa.create_engine(
-                url,
-                pool_pre_ping=True,  # a connection killed while idle is replaced, not handed out
-                pool_size=st.pool_size,
-                max_overflow=st.pool_size,
-                connect_args={"connect_timeout": st.connect_timeout_s, "application_name": application_name},
-            )
+            # No pool_pre_ping: it costs a round trip per operation. A pooled connection killed while
+            # idle fails its first statement instead, and _run re-runs the operation on a fresh pool.
+            pool = {
+                "pool_size": st.pool_size,
+                "max_overflow": st.pool_size,
+                "connect_args": {"connect_timeout": st.connect_timeout_s, "application_name": application_name},
+            }
+            self._engine = sa.create_engine(url, **pool)
+            # Single-statement operations (claim, completions) run on their own autocommit pool:
+            # the statement is its own transaction, with no BEGIN/COMMIT round trips. A pool of its
+            # own, because switching a pooled connection's mode per checkout breaks on a dead one.
+            self._autocommit = sa.create_engine(url, isolation_level="AUTOCOMMIT", **pool)
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
             raise ConfigError(f"bad database URL {sa.engine.make_url(url)!r}: {exc}") from exc
 
@@ -499,6 +596,7 @@ class Store:
 
     def close(self) -> None:
         self._engine.dispose()
+        self._autocommit.dispose()
 
     def __enter__(self) -> Store:
         return self
@@ -511,13 +609,20 @@ class Store:
 
     # --- transactions and transient errors -----------------------------------------------------
 
-    def _run(self, op: str, fn: Callable[[sa.Connection], T]) -> T:
-        """Run ``fn`` in one transaction; re-run it on transient errors, then give up clearly."""
+    def _run(self, op: str, fn: Callable[[sa.Connection], T], *, single: bool = False) -> T:
+        """Run ``fn`` in one transaction; re-run it on transient errors, then give up clearly.
+
+        ``single``: ``fn`` issues exactly one statement, which is then its own transaction
+        (autocommit): no BEGIN and COMMIT round trips around it.
+        """
         retries = self.settings.store.op_retries
         base = self.settings.store.op_retry_base_s
         last: BaseException | None = None
         for n in range(retries + 1):
             try:
+                if single:
+                    with self._autocommit.connect() as conn:
+                        return fn(conn)
                 with self._engine.begin() as conn:
                     return fn(conn)
             except sa.exc.DBAPIError as exc:
@@ -530,6 +635,7 @@ class Store:
                 if exc.connection_invalidated or isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
                     # The server may have restarted: drop every pooled connection, not only this one.
                     self._engine.dispose()
+                    self._autocommit.dispose()
             except sa.exc.TimeoutError as exc:  # no pooled connection came free in time
                 last = exc
             self.transient_errors += 1
@@ -636,36 +742,36 @@ class Store:
             return []
         if lease_s <= 0:
             raise InvalidInput(f"lease_s must be > 0, got {lease_s}")
-        params: dict[str, Any] = {"n": n, "owner": owner, "lease_s": float(lease_s)}
-        if pairs is not None:
-            params["engines"] = [e for e, _ in pairs]
-            params["models"] = [m for _, m in pairs]
-        sql = text(_CLAIM_SQL.format(pairs=_PAIRS_FILTER if pairs is not None else ""))
+        if pairs is None:
+            stmt, args = _CLAIM, (n, owner, float(lease_s))
+        else:
+            stmt, args = _CLAIM_PAIRS, (n, owner, float(lease_s), [e for e, _ in pairs], [m for _, m in pairs])
 
         def tx(conn: sa.Connection) -> list[ClaimedTask]:
             return [
                 ClaimedTask(
-                    id=r.id,
-                    attempt=r.attempt,
-                    input_uri=r.input_uri,
-                    output_uri=r.output_uri,
-                    engine=r.engine,
-                    model=r.model,
-                    options=TranscribeOptions.from_dict(r.options),
-                    priority=r.priority,
-                    retries=r.retries,
-                    max_retries=r.max_retries,
-                    backoff_factor=r.backoff_factor,
-                    lease_expires_at=r.lease_expires_at,
+                    id=r[0],
+                    attempt=r[1],
+                    input_uri=r[2],
+                    output_uri=r[3],
+                    engine=r[4],
+                    model=r[5],
+                    options=_options(r[6]),
+                    priority=r[7],
+                    retries=r[8],
+                    max_retries=r[9],
+                    backoff_factor=r[10],
+                    lease_expires_at=r[11],
                 )
-                for r in conn.execute(sql, params)
+                for r in stmt.execute(conn, *args)
             ]
 
-        claimed = self._run("claim", tx)
-        for c in claimed:
-            log.debug(
-                "claimed by %s", owner, extra={"task_id": c.id, "attempt": c.attempt, "stage": Stage.FETCH.value}
-            )
+        claimed = self._run("claim", tx, single=True)
+        if log.isEnabledFor(logging.DEBUG):
+            for c in claimed:
+                log.debug(
+                    "claimed by %s", owner, extra={"task_id": c.id, "attempt": c.attempt, "stage": Stage.FETCH.value}
+                )
         return claimed
 
     def renew(self, leases: Sequence[tuple[int, int]], owner: str, *, lease_s: float) -> set[tuple[int, int]]:
@@ -735,6 +841,8 @@ class Store:
         if not outcomes:
             return []
         ids = sorted({o.task_id for o in outcomes})
+        if len(ids) == len(outcomes) and all(o.failure is None for o in outcomes):
+            return self._record_completions(outcomes)
 
         def tx(conn: sa.Connection) -> list[RecordResult]:
             # Lock in id order so two recorders never deadlock on each other.
@@ -742,6 +850,54 @@ class Store:
             return self._apply(conn, outcomes, rows)
 
         return self._run("record", tx)
+
+    def _record_completions(self, outcomes: list[Outcome]) -> list[RecordResult]:
+        """Completions of distinct tasks: one fenced statement (no retry decision needs the rows)."""
+        ordered = sorted(outcomes, key=lambda o: o.task_id)  # lock order, as in record()
+        args = (
+            [o.task_id for o in ordered],
+            [o.attempt for o in ordered],
+            [float(o.result.audio_duration_s) if o.result else None for o in ordered],
+            [o.result.language if o.result else None for o in ordered],
+            [json.dumps(list(o.result.outputs)) if o.result else None for o in ordered],
+            [
+                o.result.text_preview[:TEXT_PREVIEW_CHARS] if o.result and o.result.text_preview else None
+                for o in ordered
+            ],
+            [o.actor for o in ordered],
+            [o.node_id for o in ordered],
+            [json.dumps([[st, float(t)] for st, t in o.timings]) if o.timings else None for o in ordered],
+        )
+
+        def tx(conn: sa.Connection) -> set[int]:
+            return {r[0] for r in _COMPLETE.execute(conn, *args)}
+
+        applied = self._run("record", tx, single=True)
+        fenced: dict[int, tuple[str, int]] = {}
+        missed = [o.task_id for o in outcomes if o.task_id not in applied]
+        if missed:
+            # Rare (stale worker, reaped or cancelled task): read why, for the result and the log.
+            fenced = self._run(
+                "record",
+                lambda conn: {r.id: (r.status, r.attempt) for r in conn.execute(text(_FENCED_SQL), {"ids": missed})},
+                single=True,
+            )
+        results = []
+        debug = log.isEnabledFor(logging.DEBUG)
+        for o in outcomes:
+            if o.task_id in applied:
+                results.append(RecordResult(o.task_id, o.attempt, True, TaskStatus.COMPLETED, None, None))
+                if debug:
+                    log.debug("task completed", extra={"task_id": o.task_id, "attempt": o.attempt, "stage": "store"})
+                continue
+            row = fenced.get(o.task_id)
+            why = "no such task" if row is None else f"fenced: task is {row[0]} at attempt {row[1]}"
+            if row is not None:
+                log.info(
+                    "outcome ignored (%s)", why, extra={"task_id": o.task_id, "attempt": o.attempt, "stage": "store"}
+                )
+            results.append(RecordResult(o.task_id, o.attempt, False, None, None, why))
+        return results
 
     def reap(self, *, limit: int = 1000) -> list[RecordResult]:
         """Expired leases go down the failure path (stage ``lease``): a retry is charged, so a file

@@ -1,0 +1,174 @@
+"""The claim/complete hot path: one statement each, prepared once per connection, no pre-ping.
+
+Also the schema facts of migration 0004 that the SQLAlchemy metadata cannot express (collation,
+index method, fillfactor, trigger WHEN clauses), so the migrations-vs-metadata test cannot see them.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import sqlalchemy as sa
+
+from raytranscribe.contracts import Outcome, TaskResult
+from raytranscribe.store import NewTask, TaskStatus
+from tests.support.db import TEST_SETTINGS
+
+RESULT = TaskResult(3.5, "en", ("s3://bkt/out/a.json",), "hi")
+
+
+def new(i: int) -> NewTask:
+    return NewTask(f"s3://bkt/hot/{i:05d}.wav", f"s3://bkt/out/{i:05d}")
+
+
+def _count_statements(engine: sa.Engine) -> tuple[list[str], object]:
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        # "PREPARE name (...) AS ..." and "EXECUTE name (...)" are both recorded as "name".
+        is_prepared = statement.startswith(("EXECUTE", "PREPARE"))
+        statements.append(statement.split(None, 2)[1] if is_prepared else statement)
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    return statements, count
+
+
+def test_claim_and_complete_are_one_prepared_statement_each(store, make_store):
+    # On the empty tables the `store` fixture left; one connection per pool, to count PREPAREs.
+    store = make_store(TEST_SETTINGS.with_(store={"pool_size": 1}))
+    store.submit([new(i) for i in range(30)])
+    statements, count = _count_statements(store._autocommit)
+    tx_statements, tx_count = _count_statements(store._engine)
+    try:
+        first = store.claim(10, "o", lease_s=60)
+        assert statements == ["raytranscribe_claim", "raytranscribe_claim"]  # PREPARE, then EXECUTE
+        statements.clear()
+        second = store.claim(10, "o", lease_s=60)
+        results = store.record([Outcome(c.id, c.attempt, result=RESULT) for c in first + second])
+        assert statements == ["raytranscribe_claim", "raytranscribe_complete", "raytranscribe_complete"]
+        statements.clear()
+        store.record([Outcome(c.id, c.attempt, result=RESULT) for c in store.claim(10, "o", lease_s=60)])
+        assert statements == ["raytranscribe_claim", "raytranscribe_complete"]  # prepared once per connection
+    finally:
+        sa.event.remove(store._autocommit, "before_cursor_execute", count)
+        sa.event.remove(store._engine, "before_cursor_execute", tx_count)
+    assert tx_statements == []  # no BEGIN/lock/COMMIT transaction on the hot path
+    assert [r.task_id for r in results] == [c.id for c in first + second]
+    assert {(r.applied, r.status, r.retry_at, r.reason) for r in results} == {
+        (True, TaskStatus.COMPLETED, None, None)
+    }
+    assert store.stats().counts[TaskStatus.COMPLETED] == 30
+    with store._engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT count(*), count(*) FILTER (WHERE outcome = 'completed' AND finished_at IS NOT NULL) FROM task_attempts"
+        )).one()  # fmt: skip
+    assert tuple(rows) == (30, 30)
+
+
+def test_completion_batch_fences_each_outcome_and_keeps_order(store):
+    store.submit([new(i) for i in range(4)])
+    claimed = store.claim(4, "o", lease_s=60)
+    a, b, c, d = claimed
+    store.cancel([c.id])
+    outcomes = [
+        Outcome(d.id, d.attempt, result=RESULT),
+        Outcome(b.id, b.attempt + 1, result=RESULT),  # wrong attempt
+        Outcome(999, 1, result=RESULT),  # no such task
+        Outcome(c.id, c.attempt, result=RESULT),  # cancelled meanwhile
+        Outcome(a.id, a.attempt, result=RESULT),
+    ]
+    before_b = store.get(b.id)
+    results = store.record(outcomes)
+    assert [(r.task_id, r.applied, r.status, r.reason) for r in results] == [
+        (d.id, True, TaskStatus.COMPLETED, None),
+        (b.id, False, None, "fenced: task is in_progress at attempt 1"),
+        (999, False, None, "no such task"),
+        (c.id, False, None, "fenced: task is cancelled at attempt 1"),
+        (a.id, True, TaskStatus.COMPLETED, None),
+    ]
+    assert store.get(b.id) == before_b  # a fenced outcome changes nothing, updated_at included
+    assert [(x.outcome, x.finished_at is None) for x in store.get(b.id).attempts] == [(None, True)]
+    assert [x.outcome for x in store.get(c.id).attempts] == ["cancelled"]
+    assert [(x.outcome, x.actor) for x in store.get(a.id).attempts] == [("completed", None)]
+
+
+def test_stale_pooled_connection_is_replaced_without_pre_ping(store, make_store, database_url):
+    app = f"rt-stale-{uuid.uuid4().hex[:8]}"
+    store = make_store(TEST_SETTINGS.with_(store={"pool_size": 1, "op_retry_base_s": 0.01}), application_name=app)
+    store.submit([new(i) for i in range(4)])
+    (first,) = store.claim(1, "o", lease_s=60)  # leaves an idle, prepared connection in each pool
+    assert store.complete(first.id, first.attempt, RESULT).applied
+    killer = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        with killer.connect() as conn:
+            killed = conn.execute(
+                sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = :a"),
+                {"a": app},
+            ).scalar_one()
+    finally:
+        killer.dispose()
+    assert killed == 2  # the transactional pool's connection (submit) and the autocommit pool's
+    (second,) = store.claim(1, "o", lease_s=60)  # dead connection found, pool replaced, re-run
+    assert (second.id, second.attempt) == (2, 1)
+    assert store.transient_errors == 1
+    assert store.complete(second.id, second.attempt, RESULT).applied  # re-prepared on the new connection
+    assert store.stats().counts[TaskStatus.COMPLETED] == 2
+
+
+def test_prepared_statements_come_back_after_deallocate(store, make_store):
+    store = make_store(TEST_SETTINGS.with_(store={"pool_size": 1}))
+    store.submit([new(i) for i in range(3)])
+    (a,) = store.claim(1, "o", lease_s=60)
+    with store._autocommit.connect() as conn:  # the pool's only connection: the one that prepared
+        assert conn.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements").scalar_one() == 1
+        conn.exec_driver_sql("DEALLOCATE ALL")
+    (b,) = store.claim(1, "o", lease_s=60)
+    results = store.record([Outcome(x.id, x.attempt, result=RESULT) for x in (a, b)])
+    assert [(r.task_id, r.applied) for r in results] == [(1, True), (2, True)]
+    assert store.transient_errors == 0
+    with store._autocommit.connect() as conn:
+        names = conn.exec_driver_sql("SELECT name FROM pg_prepared_statements ORDER BY name").scalars().all()
+    assert names == ["raytranscribe_claim", "raytranscribe_complete"]
+
+
+def test_claim_with_pairs_uses_its_own_prepared_statement(store):
+    store.submit([new(1), NewTask("s3://bkt/hot/x.wav", "s3://bkt/out/x", engine="openai-whisper", model="base")])
+    got = store.claim(5, "o", lease_s=60, pairs=[("openai-whisper", "base")])
+    assert [(c.engine, c.model, c.input_uri) for c in got] == [("openai-whisper", "base", "s3://bkt/hot/x.wav")]
+    got = store.claim(5, "o", lease_s=60, pairs=[("faster-whisper", "tiny.en"), ("openai-whisper", "base")])
+    assert [(c.engine, c.model, c.input_uri) for c in got] == [("faster-whisper", "tiny.en", "s3://bkt/hot/00001.wav")]
+
+
+# --- schema facts of migration 0004 ------------------------------------------------------------
+
+
+def test_index_methods_collation_and_fillfactor(store):
+    with store._engine.connect() as conn:
+        collation = conn.execute(sa.text(
+            "SELECT collation_name FROM information_schema.columns WHERE table_name = 'tasks' AND column_name = :c"
+        ), {"c": "dedupe_key"}).scalar_one()  # fmt: skip
+        method = conn.execute(sa.text(
+            "SELECT am.amname FROM pg_class i JOIN pg_am am ON am.oid = i.relam WHERE i.relname = 'ix_tasks_input_uri'"
+        )).scalar_one()  # fmt: skip
+        options = conn.execute(sa.text("SELECT reloptions FROM pg_class WHERE relname = 'task_attempts'")).scalar_one()
+        triggers = conn.execute(sa.text(
+            "SELECT tgname, pg_get_triggerdef(oid) LIKE '%WHEN (%' FROM pg_trigger "
+            "WHERE tgrelid = 'tasks'::regclass AND NOT tgisinternal ORDER BY tgname"
+        )).all()  # fmt: skip
+    assert (collation, method, options) == ("C", "hash", ["fillfactor=60"])
+    assert [tuple(t) for t in triggers] == [("tasks_guard_transition", True), ("tasks_stamp_updated_at", True)]
+
+
+def test_updated_at_is_stamped_unless_the_update_sets_it(store):
+    store.submit([new(1)])
+    with store._engine.begin() as conn:
+        conn.execute(sa.text("UPDATE tasks SET updated_at = '2001-01-01T00:00:00Z'"))
+    with store._engine.begin() as conn:
+        conn.execute(sa.text("UPDATE tasks SET priority = 7"))  # an ad-hoc update: the trigger stamps it
+        stamped, now = conn.execute(sa.text("SELECT updated_at, now() FROM tasks")).one()
+    assert stamped == now
+    (c,) = store.claim(1, "o", lease_s=60)
+    with store._engine.connect() as conn:
+        claimed_at, started = conn.execute(sa.text("SELECT updated_at, started_at FROM tasks")).one()
+    assert claimed_at == started  # set by the claim statement itself, in its own transaction
+    assert claimed_at > stamped
