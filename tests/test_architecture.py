@@ -1,0 +1,33 @@
+"""The walls of ../shared/ARCHITECTURE.md, checked on the real import graph (each in a fresh interpreter)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+FORBIDDEN = {
+    # module: what importing it must not drag in
+    "raytranscribe.worker": ("sqlalchemy", "psycopg2", "boto3", "botocore", "raytranscribe.store", "raytranscribe.storage"),
+    "raytranscribe.engines.faster": ("ray", "sqlalchemy", "boto3", "requests"),
+    "raytranscribe.engines.openai": ("ray", "sqlalchemy", "boto3", "requests"),
+    "raytranscribe.audio": ("ray", "sqlalchemy", "boto3", "requests"),
+    "raytranscribe.formats": ("ray", "sqlalchemy", "boto3", "requests"),
+    "raytranscribe.transfer": ("ray", "sqlalchemy", "boto3", "raytranscribe.store"),
+    "raytranscribe.store": ("ray", "boto3", "requests"),
+    "raytranscribe.storage": ("ray", "raytranscribe.store", "requests"),
+    "raytranscribe.retry": ("ray", "sqlalchemy", "boto3", "requests"),
+    "raytranscribe.health": ("sqlalchemy", "raytranscribe.store", "boto3"),
+}
+
+
+@pytest.mark.parametrize("module", sorted(FORBIDDEN))
+def test_module_stays_inside_its_walls(module):
+    code = (
+        f"import sys, {module}; "
+        f"print(','.join(m for m in {FORBIDDEN[module]!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"{module} imports {out.stdout.strip()}"
