@@ -47,13 +47,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record, not at configuration time
+    (test runners and CLI harnesses swap it, and a closed one must not swallow later logs)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure(level: str = "INFO", *, json_logs: bool = False, stream=None) -> None:
     """Idempotent: replaces the handler this function installed before, leaves others alone."""
     root = logging.getLogger("raytranscribe")
     for h in list(root.handlers):
         if getattr(h, "_raytranscribe", False):
             root.removeHandler(h)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderr()
     handler._raytranscribe = True  # type: ignore[attr-defined]
     handler.setFormatter(JsonFormatter() if json_logs else KeyValueFormatter())
     root.addHandler(handler)
