@@ -21,7 +21,7 @@ class _Group(BaseModel):
 
 
 class RetrySettings(_Group):
-    max_retries: int = Field(3, ge=0, description="Failed attempts allowed before a task is dead")
+    max_retries: int = Field(3, ge=0, description="Retries granted; the failure after the last one makes the task dead")
     base_delay_s: float = Field(5.0, ge=0, description="Delay before the first retry, before jitter")
     backoff_factor: float = Field(2.0, ge=1.0, description="Each retry waits this many times longer")
     max_delay_s: float = Field(900.0, ge=0, description="Cap on a single retry delay")

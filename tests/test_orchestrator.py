@@ -193,3 +193,22 @@ def test_sigterm_releases_or_finishes_in_flight_work(system, ray_address, tmp_pa
     # What was released is picked up by the next run.
     system.run()
     system.check_invariants()
+
+
+def test_engine_crash_is_transient_and_bounded(system):
+    """An unexpected exception inside the engine (an OOM, say) is retried, then buried with its cause."""
+    from raytranscribe.engines.base import TranscribeOptions
+    from tests.support.system import FAULTY_ENGINE
+
+    (uri, _), = system.upload_samples(["fox.wav"])
+    (task_id,) = system.submit([uri], engine=FAULTY_ENGINE, options=TranscribeOptions(initial_prompt="fault:raise"))
+
+    system.run()
+
+    view = system.store.get(task_id)
+    assert view.status is TaskStatus.DEAD
+    assert view.retries == view.max_retries == 2 and len(view.attempts) == 3
+    assert {(a.stage, a.error_class) for a in view.attempts} == {("transcribe", "TranscriptionError")}
+    assert "RuntimeError: CUDA error: out of memory (injected)" in view.attempts[0].error_message
+    assert view.failure_reason.startswith("transcribe: RuntimeError: CUDA error")
+    system.check_invariants()

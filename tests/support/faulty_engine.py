@@ -5,6 +5,7 @@ that does not ask for a fault is transcribed by the real engine with the real mo
 - ``"fault:crash"``: the worker process dies at once (as on a segfault or the OOM killer).
 - ``"fault:hang"``: the transcription never returns (a wedged GPU kernel).
 - ``"fault:slow:<seconds>"``: transcribe, but first sleep (to catch a task mid-flight).
+- ``"fault:raise"``: the engine raises an unexpected exception (as a CUDA out-of-memory would).
 
 Used as ``engine="tests.support.faulty_engine:FaultyEngine"``.
 """
@@ -33,6 +34,8 @@ class FaultyEngine:
         if prompt == "fault:hang":
             while True:
                 time.sleep(3600)
+        if prompt == "fault:raise":
+            raise RuntimeError("CUDA error: out of memory (injected)")
         if prompt.startswith("fault:slow:"):
             time.sleep(float(prompt.rsplit(":", 1)[1]))
         clean = TranscribeOptions(**{**options.__dict__, "initial_prompt": None})
