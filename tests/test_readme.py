@@ -39,7 +39,7 @@ def test_every_setting_is_in_the_table_with_its_variable_and_a_meaning():
         assert tool.meaning(path, info), f"{path} has no description: add one in config.py or MEANINGS"
     rows = {line.split("|")[1].strip(): line for line in tool.rows()[2:]}
     assert rows["`retry.max_retries`"] == (
-        "| `retry.max_retries` | `RAYTRANSCRIBE_RETRY__MAX_RETRIES` | `3` | Failed attempts allowed before a task is dead |"
+        "| `retry.max_retries` | `RAYTRANSCRIBE_RETRY__MAX_RETRIES` | `3` | Retries granted; the failure after the last one makes the task dead |"
     )
     assert RetrySettings().max_retries == 3
     assert "| `database_url` | `RAYTRANSCRIBE_DATABASE_URL` | unset |" in rows["`database_url`"]
