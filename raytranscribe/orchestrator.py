@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import ray
@@ -137,6 +137,11 @@ class Orchestrator:
         return len(self._inflight)
 
     @property
+    def outstanding(self) -> int | None:
+        """Tasks not yet settled, as of the last heartbeat (None before the first)."""
+        return self._outstanding
+
+    @property
     def db_available(self) -> bool:
         return time.monotonic() >= self._db_down_until
 
@@ -226,7 +231,7 @@ class Orchestrator:
             return
         state = {
             "owner": self.owner,
-            "actors": [a.__dict__ for a in self.monitor.views()],
+            "actors": [asdict(a) for a in self.monitor.views()],
             "breakers": self.breaker_states(),
             "in_flight": len(self._inflight),
             "buffered": len(self._buffer),

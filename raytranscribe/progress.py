@@ -44,8 +44,8 @@ class RichProgress:
     def heartbeat(self, orch: Orchestrator) -> None:
         s = orch.summary
         total = None
-        if orch._outstanding is not None:
-            total = self.done + orch._outstanding
+        if orch.outstanding is not None:
+            total = self.done + orch.outstanding
         breakers = ",".join(f"{k}:{v}" for k, v in orch.breaker_states().items() if v != "closed") or "ok"
         detail = (
             f"ok {s.completed} retry {s.retried} dead {s.dead} | audio {s.audio_s / 3600:.2f} h "

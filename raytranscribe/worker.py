@@ -12,6 +12,7 @@ files move. ``ping`` has its own group, so it answers while every pipeline threa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -96,7 +97,7 @@ class TranscriptionWorker:
         spec = config.engine
         if spec.device == "auto" and not ray.get_gpu_ids():
             # No GPU reserved for this actor: never grab one that belongs to a neighbour.
-            spec = EngineSpec(**{**spec.__dict__, "device": "cpu"})
+            spec = dataclasses.replace(spec, device="cpu")
         self.spec = spec
         t0 = time.monotonic()
         # Raises ModelLoadError (permanent) when the model cannot load: the actor dies at start-up

@@ -7,7 +7,6 @@ import random
 import re
 import struct
 from fractions import Fraction
-from pathlib import Path
 
 import av
 import numpy as np

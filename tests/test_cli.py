@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from raytranscribe.cli import app
 from raytranscribe.contracts import TaskResult
-from raytranscribe.errors import Failure, InvalidInput, Stage
+from raytranscribe.errors import Failure, Stage
 from raytranscribe.store import TaskStatus
 from tests.support.db import create_database, drop_database
 
@@ -150,7 +150,7 @@ def test_bad_manifest_line_rejects_everything(cli, store, tmp_path, line, reason
     path = write_manifest(tmp_path, GOOD, {"input_uri": "s3://bkt/in/c.wav", "output_uri": "s3://bkt/out/c"}, line)
     result = cli("submit", "--manifest", path)
     assert result.exit_code == 2, result.output
-    assert result.stderr.startswith(f"error: line 3: ")
+    assert result.stderr.startswith("error: line 3: ")
     assert reason in result.stderr
     assert store.stats().total == 0  # the two good lines were not inserted either
 

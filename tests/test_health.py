@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -21,7 +20,7 @@ import ray
 from raytranscribe.config import BreakerSettings
 from raytranscribe.engines.base import TranscribeOptions
 from raytranscribe.health import ActorState, CircuitBreaker
-from raytranscribe.orchestrator import NoWorkers, RunOptions
+from raytranscribe.orchestrator import NoWorkers
 from raytranscribe.store import TaskStatus
 from tests.support.faultserver import Fault
 from tests.support.system import FAULTY_ENGINE

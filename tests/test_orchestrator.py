@@ -11,8 +11,6 @@ import time
 
 import pytest
 
-from raytranscribe.config import S3Settings
-from raytranscribe.orchestrator import RunOptions
 from raytranscribe.store import TaskStatus
 from tests.support.faultserver import Fault
 from tests.support.speech import wer
