@@ -46,7 +46,6 @@ import os
 import re
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -65,9 +64,10 @@ from raytranscribe.contracts import Outcome  # noqa: E402
 from raytranscribe.engines import temperature_schedule  # noqa: E402
 from raytranscribe.engines.base import TranscribeOptions  # noqa: E402
 from raytranscribe.engines.models import resolve_faster_whisper_model  # noqa: E402
-from raytranscribe.local import LocalS3, embedded_postgres_url, server_answers  # noqa: E402
+from raytranscribe.local import LocalS3  # noqa: E402
 from raytranscribe.samples import expected_text, sample_paths  # noqa: E402
 from raytranscribe.store import AttemptView, ClaimedTask, NewTask, RecordResult, Store, TaskStatus  # noqa: E402
+from raytranscribe.store.admin import create_database, drop_database, scratch_server_url  # noqa: E402
 
 log = logging.getLogger("bench.end_to_end")
 
@@ -179,36 +179,6 @@ def bench_files(n: int) -> list[Path]:
     """The shipped samples repeated (cyclically) to ``n`` files."""
     paths = list(sample_paths())
     return [paths[i % len(paths)] for i in range(n)]
-
-
-def server_url(explicit: str | None) -> str:
-    """The admin URL of the PostgreSQL server the bench database is created on."""
-    url = explicit or os.environ.get("RAYTRANSCRIBE_DATABASE_URL")
-    if url:
-        return url.replace("postgresql://", "postgresql+psycopg2://", 1)
-    if server_answers("127.0.0.1", 5432):
-        return "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-    return embedded_postgres_url(Path(tempfile.mkdtemp(prefix="rt-bench-pg-")))
-
-
-def create_database(admin_url: str) -> str:
-    name = f"rt_bench_{uuid.uuid4().hex[:10]}"
-    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    finally:
-        engine.dispose()
-    return sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_database(admin_url: str, url: str) -> None:
-    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{sa.engine.make_url(url).database}" WITH (FORCE)'))
-    finally:
-        engine.dispose()
 
 
 # --- (a) the plain loop --------------------------------------------------------------------------
@@ -359,8 +329,8 @@ class Infra:
 
 
 def start_infra(opts: BenchOptions) -> Infra:
-    admin = server_url(opts.database_url)
-    url = create_database(admin)
+    admin = scratch_server_url(opts.database_url or os.environ.get("RAYTRANSCRIBE_DATABASE_URL"))
+    url = create_database(admin, prefix="rt_bench")
     s3 = LocalS3().start()
     bucket = f"rt-bench-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(bucket)
@@ -658,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         if ray.is_initialized():
             ray.shutdown()
         infra.s3.stop()
-        drop_database(infra.admin_url, infra.database_url)
+        drop_database(infra.database_url)
     print_report(opts, rounds, extra, ray_start_s)
     if opts.timeline:
         for s in [s for _, s in rounds] + extra:

@@ -29,7 +29,6 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -42,8 +41,8 @@ import sqlalchemy as sa  # noqa: E402
 
 from raytranscribe.config import Settings  # noqa: E402
 from raytranscribe.contracts import Outcome, TaskResult  # noqa: E402
-from raytranscribe.local import embedded_postgres_url, server_answers  # noqa: E402
 from raytranscribe.store import NewTask, Store  # noqa: E402
+from raytranscribe.store.admin import create_database, drop_database, scratch_server_url  # noqa: E402
 
 BATCH_SIZES = (1, 10, 100)
 RESULT = TaskResult(1.0, "en", ())
@@ -108,34 +107,6 @@ class Monitor:
 
 
 STORE_APP = "rt-bench-store"
-
-
-def server_url(explicit: str | None) -> str:
-    import os
-
-    if explicit:
-        return explicit
-    if os.environ.get("RAYTRANSCRIBE_TEST_DATABASE_URL"):
-        return os.environ["RAYTRANSCRIBE_TEST_DATABASE_URL"]
-    if server_answers("127.0.0.1", 5432):
-        return "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-    return embedded_postgres_url(Path(tempfile.mkdtemp(prefix="rt-bench-")))
-
-
-def create_db(admin_url: str) -> str:
-    name = f"rt_bench_{uuid.uuid4().hex[:10]}"
-    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_db(admin_url: str, url: str) -> None:
-    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{sa.engine.make_url(url).database}" WITH (FORCE)'))
-    engine.dispose()
 
 
 # --- ours --------------------------------------------------------------------------------------
@@ -236,8 +207,8 @@ def main() -> int:
         print("the peer queue is missing: pip install pgqueuer asyncpg", file=sys.stderr)
         return 2
 
-    admin = server_url(args.database_url)
-    url = create_db(admin)
+    admin = scratch_server_url(args.database_url or os.environ.get("RAYTRANSCRIBE_TEST_DATABASE_URL"))
+    url = create_database(admin, prefix="rt_bench")
     print(f"database: {sa.engine.make_url(url).render_as_string(hide_password=True)}")
     settings = Settings().with_(store={"pool_size": 1})
     store = Store(url, settings=settings, application_name=STORE_APP)
@@ -265,7 +236,7 @@ def main() -> int:
     finally:
         monitor.close()
         store.close()
-        drop_db(admin, url)
+        drop_database(url)
 
     import pgqueuer as pgq
 

@@ -9,7 +9,6 @@ empty tables.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,55 +18,15 @@ import sqlalchemy as sa
 from raytranscribe.config import Settings
 from raytranscribe.local import embedded_postgres_url, server_answers
 from raytranscribe.store import Store
+from raytranscribe.store.admin import LOCAL_SERVER, create_database, drop_database, local_server_url
 
-LOCAL_SERVER = ("127.0.0.1", 5432)
+__all__ = ["TEST_SETTINGS", "create_database", "drop_database", "local_server_url"]
 
 # Short delays so retry scheduling is observable within a test.
 TEST_SETTINGS = Settings(database_url=None).with_(
     retry={"base_delay_s": 0.05, "max_delay_s": 0.2},
     store={"op_retry_base_s": 0.05},
 )
-
-
-def _admin_engine(url: str) -> sa.Engine:
-    return sa.create_engine(url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
-
-
-def create_database(server_url: str, prefix: str = "rt_test") -> str:
-    """Create a uniquely named database on the server at ``server_url``; return its URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    engine = _admin_engine(server_url)
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    finally:
-        engine.dispose()
-    return sa.engine.make_url(server_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_database(url: str) -> None:
-    parsed = sa.engine.make_url(url)
-    engine = _admin_engine(parsed.set(database="postgres").render_as_string(hide_password=False))
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-    finally:
-        engine.dispose()
-
-
-def local_server_url() -> str:
-    """The admin URL of the 127.0.0.1:5432 server (database ``test`` if it exists, else ``postgres``)."""
-    for db in ("test", "postgres"):
-        url = f"postgresql+psycopg2://postgres@{LOCAL_SERVER[0]}:{LOCAL_SERVER[1]}/{db}"
-        engine = _admin_engine(url)
-        try:
-            with engine.connect():
-                return url
-        except sa.exc.OperationalError:
-            continue
-        finally:
-            engine.dispose()
-    raise RuntimeError(f"PostgreSQL on {LOCAL_SERVER[0]}:{LOCAL_SERVER[1]} answers but accepts neither db test nor postgres")
 
 
 @pytest.fixture(scope="session")
@@ -78,10 +37,10 @@ def database_url(tmp_path_factory) -> Iterator[str]:
     if explicit:
         url = explicit
     elif server_answers(*LOCAL_SERVER):
-        url = created = create_database(local_server_url())
+        url = created = create_database(local_server_url(), prefix="rt_test")
     else:
         server = embedded_postgres_url(Path(tmp_path_factory.mktemp("pg")))
-        url = created = create_database(server)
+        url = created = create_database(server, prefix="rt_test")
     store = Store(url, settings=TEST_SETTINGS)
     try:
         store.upgrade()
