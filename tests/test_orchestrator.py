@@ -210,3 +210,23 @@ def test_engine_crash_is_transient_and_bounded(system):
     assert "RuntimeError: CUDA error: out of memory (injected)" in view.attempts[0].error_message
     assert view.failure_reason.startswith("transcribe: RuntimeError: CUDA error")
     system.check_invariants()
+
+
+def test_presign_failure_is_recorded_on_the_task(system):
+    """Credentials vanish on the driver: every attempt fails at presign, transiently, then the task is dead."""
+    from raytranscribe.orchestrator import Orchestrator, RunOptions
+    from raytranscribe.storage import S3Storage
+    from tests.test_storage import no_credentials_client
+
+    (uri, _), = system.upload_samples(["fox.wav"])
+    (task_id,) = system.submit([uri])
+    storage = S3Storage(system.settings.s3, client=no_credentials_client(system.settings.s3.endpoint_url))
+    orch = Orchestrator(system.settings, system.store, storage, options=RunOptions(until_drained=True, idle_poll_s=0.2))
+
+    system.run_orchestrators([orch])
+
+    view = system.store.get(task_id)
+    assert view.status is TaskStatus.DEAD and view.retries == view.max_retries
+    assert {(a.stage, a.error_class) for a in view.attempts} == {("presign", "PresignError")}
+    assert all(a.actor is None for a in view.attempts)  # never reached a worker
+    assert "AWS credentials unavailable" in view.failure_reason and view.failure_reason.startswith("presign:")
