@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from raytranscribe.engines.base import EngineSpec, TranscribeOptions
-from raytranscribe.errors import Failure, Stage
+from raytranscribe.errors import Failure
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,3 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.failure is None
-
-    @classmethod
-    def failed(cls, task_id: int, attempt: int, exc: BaseException, stage: Stage, **kw) -> Outcome:
-        return cls(task_id=task_id, attempt=attempt, failure=Failure.from_exception(exc, stage), **kw)

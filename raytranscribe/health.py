@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from raytranscribe.config import BreakerSettings, HealthSettings, Settings
 from raytranscribe.engines.base import EngineSpec
@@ -505,7 +505,6 @@ __all__ = [
     "ActorView",
     "CircuitBreaker",
     "Failover",
-    "GetTimeoutError",
     "HealthMonitor",
     "InFlight",
     "Pool",

@@ -379,13 +379,16 @@ class Orchestrator:
     def _flush(self) -> None:
         if not self._buffer or not self.db_available:
             return
-        batch = list(self._buffer)
         try:
-            results = self.store.record(batch)
+            self._write_buffer()
             self._db_ok()
-        except StoreUnavailable as exc:
+        except StoreUnavailable as exc:  # keep the outcomes; stop claiming until the database is back
             self._db_down(exc)
-            return
+
+    def _write_buffer(self) -> None:
+        """Record every buffered outcome in one fenced batch; raises StoreUnavailable, keeping them."""
+        batch = list(self._buffer)
+        results = self.store.record(batch)
         del self._buffer[: len(batch)]
         for outcome, result in zip(batch, results):
             self._count(result, outcome)
@@ -455,7 +458,7 @@ class Orchestrator:
         while (self._buffer or leftovers) and time.monotonic() < deadline:
             try:
                 if self._buffer:
-                    self._flush_strict()
+                    self._write_buffer()
                 if leftovers:
                     n = self.store.release(leftovers, self.owner)
                     self.summary.released += n
@@ -477,11 +480,3 @@ class Orchestrator:
         except StoreUnavailable:
             pass
         log.info("orchestrator %s stopped", self.owner, extra={"owner": self.owner})
-
-    def _flush_strict(self) -> None:
-        batch = list(self._buffer)
-        results = self.store.record(batch)
-        del self._buffer[: len(batch)]
-        for outcome, result in zip(batch, results):
-            self._count(result, outcome)
-            self.observer.recorded(outcome, result)
