@@ -81,6 +81,13 @@ def decode_bytes(data: bytes, name_hint: str = "input") -> DecodedAudio:
     return _decode(io.BytesIO(data), label=name_hint, head=data[:_HEAD_BYTES])
 
 
+def _reason(exc: BaseException) -> str:
+    """FFmpeg's own words without the errno and the (temporary) file name PyAV appends."""
+    if isinstance(exc, av.FFmpegError) and getattr(exc, "strerror", None):
+        return str(exc.strerror)
+    return str(exc)
+
+
 def _decode(source: str | BinaryIO, label: str, head: bytes) -> DecodedAudio:
     try:
         container = av.open(source, mode="r")
@@ -89,9 +96,9 @@ def _decode(source: str | BinaryIO, label: str, head: bytes) -> DecodedAudio:
         if kind is not None:
             # A known container signature FFmpeg cannot parse: a cut or damaged file, not a stranger.
             raise AudioDecodeError(
-                f"corrupt or truncated audio: {kind} header could not be read: {exc}"
+                f"corrupt or truncated audio: {kind} header could not be read: {_reason(exc)}"
             ) from exc
-        raise AudioDecodeError(f"not an audio file: {exc}") from exc
+        raise AudioDecodeError(f"not an audio file: {_reason(exc)}") from exc
 
     with container:
         fmt = container.format.name
@@ -118,7 +125,7 @@ def _decode(source: str | BinaryIO, label: str, head: bytes) -> DecodedAudio:
                 decoded += _append_mono(chunks, out)
         except (av.FFmpegError, ValueError) as exc:  # ValueError: PyAV on a mid-stream layout change
             raise AudioDecodeError(
-                f"corrupt or truncated audio: {exc} after {decoded / SAMPLE_RATE:.2f} s decoded"
+                f"corrupt or truncated audio: {_reason(exc)} after {decoded / SAMPLE_RATE:.2f} s decoded"
             ) from exc
 
     if decoded == 0:

