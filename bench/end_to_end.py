@@ -61,7 +61,7 @@ import sqlalchemy as sa  # noqa: E402
 from raytranscribe import audio  # noqa: E402
 from raytranscribe.config import EngineSettings, S3Settings, Settings, WorkerSettings  # noqa: E402
 from raytranscribe.contracts import Outcome  # noqa: E402
-from raytranscribe.engines import temperature_schedule  # noqa: E402
+from raytranscribe.engines.faster import transcribe_kwargs  # noqa: E402
 from raytranscribe.engines.base import TranscribeOptions  # noqa: E402
 from raytranscribe.engines.models import resolve_faster_whisper_model  # noqa: E402
 from raytranscribe.local import LocalS3  # noqa: E402
@@ -205,17 +205,8 @@ def run_plain(opts: BenchOptions, files: Sequence[Path], transcribe: TranscribeO
         t = time.perf_counter()
         decoded = audio.decode(path)
         t_dec = time.perf_counter()
-        # The engine's decoding parameters (FasterWhisperEngine.transcribe), so both sides do the same work.
-        segments, _info = model.transcribe(
-            decoded.samples,
-            language=transcribe.language,
-            task=transcribe.task,
-            beam_size=transcribe.beam_size,
-            vad_filter=transcribe.vad_filter,
-            word_timestamps=transcribe.word_timestamps,
-            initial_prompt=transcribe.initial_prompt,
-            temperature=list(temperature_schedule(transcribe.temperature)),
-        )
+        # The engine's decoding parameters, so both sides do the same work.
+        segments, _info = model.transcribe(decoded.samples, **transcribe_kwargs(transcribe))
         text = " ".join(s.text.strip() for s in segments)  # the generator does the work
         t_end = time.perf_counter()
         decode_s += t_dec - t

@@ -30,6 +30,19 @@ def default_compute_type(device: str) -> str:
     return "float16" if device == "cuda" else "int8"
 
 
+
+def transcribe_kwargs(options: TranscribeOptions) -> dict:
+    """``WhisperModel.transcribe`` keyword arguments for these options (benchmarks reuse them)."""
+    return dict(
+        language=options.language,
+        task=options.task,
+        beam_size=options.beam_size,
+        vad_filter=options.vad_filter,
+        word_timestamps=options.word_timestamps,
+        initial_prompt=options.initial_prompt,
+        temperature=list(temperature_schedule(options.temperature)),
+    )
+
 class FasterWhisperEngine:
     # How many WhisperModels this process has built: lets tests prove a model stays resident.
     loads: ClassVar[int] = 0
@@ -76,15 +89,7 @@ class FasterWhisperEngine:
         default_language = None if self.multilingual else "en"
         if is_silence(audio):
             return empty_transcript(audio, self.spec, options, options.language or default_language)
-        kwargs = dict(
-            language=options.language,
-            task=options.task,
-            beam_size=options.beam_size,
-            vad_filter=options.vad_filter,
-            word_timestamps=options.word_timestamps,
-            initial_prompt=options.initial_prompt,
-            temperature=list(temperature_schedule(options.temperature)),
-        )
+        kwargs = transcribe_kwargs(options)
         try:
             if self.pipeline is not None:
                 segments_iter, info = self.pipeline.transcribe(audio, batch_size=self.spec.batch_size, **kwargs)
