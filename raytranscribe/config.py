@@ -42,7 +42,9 @@ class StoreSettings(_Group):
 class S3Settings(_Group):
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); None = AWS")
     region: str = Field("us-east-1")
-    presign_expiry_s: int = Field(3600, ge=60, description="Presigned URL lifetime; outlives a lease")
+    presign_expiry_s: int = Field(
+        21600, ge=60, description="Presigned URL lifetime: outputs are uploaded after transcription, so it must outlive long tasks"
+    )
     addressing_style: str = Field("path", description="'path' or 'virtual'")
 
 
@@ -77,6 +79,9 @@ class HealthSettings(_Group):
     replace_backoff_s: float = Field(2.0, ge=0)
     max_start_failures: int = Field(3, ge=1, description="Consecutive start-up deaths before giving up replacing")
     pool_idle_s: float = Field(120.0, ge=0, description="A pool whose engine/model has no work left stops after this long")
+    start_timeout_s: float = Field(900.0, gt=0, description="An actor not started by then is killed and counted as a start failure")
+    quarantine_timeout_s: float = Field(120.0, gt=0, description="An actor unreachable this long is killed and replaced")
+    max_consecutive_failures: int = Field(3, ge=1, description="Transcriptions failing in a row on one actor before it is replaced")
 
 
 class BreakerSettings(_Group):

@@ -65,6 +65,7 @@ class ActorSlot:
     quarantined_since: float | None = None
     inflight: dict[ray.ObjectRef, InFlight] = field(default_factory=dict)
     death_cause: str | None = None
+    consecutive_failures: int = 0  # transcriptions in a row that failed here (a sick GPU shows up so)
 
     @property
     def node_id(self) -> str | None:
@@ -97,10 +98,12 @@ class Pool:
 
 @dataclass(frozen=True)
 class Failover:
-    """A task that lost its actor, and the failure to record for its attempt."""
+    """A task that lost its actor, and the failure to record for its attempt; or, when the task had
+    finished before the actor died, its real ``outcome``."""
 
     inflight: InFlight
     failure: Failure
+    outcome: Any = None  # contracts.Outcome
 
 
 class CircuitBreaker:
@@ -288,6 +291,15 @@ class HealthMonitor:
             return
         done, _ = ray.wait([slot.ready_ref], timeout=0)
         if not done:
+            if now - slot.created_at > self.h.start_timeout_s:
+                # Never placed (no free GPU, autoscaler at its limit) or stuck loading: say so, retry.
+                cause = (
+                    f"did not start within {self.h.start_timeout_s:.0f}s "
+                    "(no free GPU or CPU for it in the cluster, or the model load hangs)"
+                )
+                self.kill(slot, cause)
+                slot.ready_ref = None
+                self._start_failed(slot, cause, now)
             return
         try:
             pong = ray.get(slot.ready_ref)
@@ -329,6 +341,14 @@ class HealthMonitor:
     def _check_ping(self, slot: ActorSlot, now: float) -> None:
         if slot.state not in (ActorState.ALIVE, ActorState.QUARANTINED):
             return
+        if (
+            slot.state is ActorState.QUARANTINED
+            and slot.quarantined_since is not None
+            and now - slot.quarantined_since > self.h.quarantine_timeout_s
+        ):
+            self.kill(slot, f"unreachable for {self.h.quarantine_timeout_s:.0f}s (quarantined, never answered again)")
+            log.error("actor %s killed: %s", slot.name, slot.death_cause, extra={"actor": slot.name})
+            return
         if slot.ping_ref is not None:
             done, _ = ray.wait([slot.ping_ref], timeout=0)
             if done:
@@ -339,7 +359,7 @@ class HealthMonitor:
                         log.info("actor %s answers again; back in service", slot.name, extra={"actor": slot.name})
                     slot.state, slot.quarantined_since = ActorState.ALIVE, None
                 except ActorUnavailableError as exc:
-                    self._quarantine(slot, f"unavailable: {exc}", now)
+                    self.quarantine(slot, f"unavailable: {death_cause(exc)}", now)
                 except RayActorError as exc:
                     self.mark_dead(slot, death_cause(exc))
                     return
@@ -350,7 +370,7 @@ class HealthMonitor:
                 if state == "DEAD":
                     self.mark_dead(slot, "Ray reports the actor DEAD (no reply to ping)")
                     return
-                self._quarantine(slot, f"no reply to ping within {self.h.ping_timeout_s:.0f}s", now)
+                self.quarantine(slot, f"no reply to ping within {self.h.ping_timeout_s:.0f}s", now)
         if slot.ping_ref is None and now - slot.ping_sent_at >= self.h.ping_interval_s:
             try:
                 slot.ping_ref = slot.handle.ping.remote()
@@ -358,7 +378,9 @@ class HealthMonitor:
             except RayActorError as exc:
                 self.mark_dead(slot, death_cause(exc))
 
-    def _quarantine(self, slot: ActorSlot, why: str, now: float) -> None:
+    def quarantine(self, slot: ActorSlot, why: str, now: float | None = None) -> None:
+        """No new work for this actor until a ping answers (or it is declared dead)."""
+        now = time.monotonic() if now is None else now
         if slot.state is not ActorState.QUARANTINED:
             log.warning("actor %s quarantined: %s", slot.name, why, extra={"actor": slot.name})
             slot.quarantined_since = now
@@ -420,13 +442,26 @@ class HealthMonitor:
         slot.death_cause = cause
         log.error("actor %s died: %s", slot.name, cause, extra={"actor": slot.name, "node": (slot.node_id or "")[:12]})
 
+    def failover(self, slot: ActorSlot) -> list[Failover]:
+        """Every task in flight on a dead actor: its attempt fails with stage worker-death, unless it
+        had already finished (its result is kept)."""
+        return self._failover(slot)
+
     def _failover(self, slot: ActorSlot) -> list[Failover]:
-        """Every task in flight on a dead actor: its attempt fails with stage worker-death."""
         out = []
         where = f" on node {slot.node_id[:12]}" if slot.node_id else ""
-        for inflight in list(slot.inflight.values()):
+        finished = {}
+        if slot.inflight:
+            ready, _ = ray.wait(list(slot.inflight), num_returns=len(slot.inflight), timeout=0)
+            for ref in ready:
+                try:
+                    finished[ref] = ray.get(ref, timeout=0)
+                except Exception:  # it died with the actor: fail it over like the rest
+                    pass
+        for ref, inflight in list(slot.inflight.items()):
             message = f"actor {slot.name}{where} died while holding the task: {slot.death_cause}"
-            out.append(Failover(inflight, Failure(Stage.WORKER_DEATH, "WorkerDied", message, transient=True)))
+            failure = Failure(Stage.WORKER_DEATH, "WorkerDied", message, transient=True)
+            out.append(Failover(inflight, failure, outcome=finished.get(ref)))
         slot.inflight.clear()
         if slot in slot.pool.slots:
             slot.pool.slots.remove(slot)
@@ -441,6 +476,10 @@ class HealthMonitor:
             self._start_failed(slot, cause, time.monotonic())
         else:
             self.mark_dead(slot, cause)
+        try:  # make sure: an actor that is only unreachable must not keep its GPU as a zombie
+            ray.kill(slot.handle, no_restart=True)
+        except Exception:
+            pass
         return self._failover(slot)
 
     def retire_idle(self, wanted: set[tuple[str, str]], now: float, idle_s: float) -> list[tuple[str, str]]:

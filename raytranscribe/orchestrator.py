@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import ray
-from ray.exceptions import RayActorError, RayError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 
 from raytranscribe import metrics
 from raytranscribe.alerts import Alerter
@@ -38,7 +38,8 @@ from raytranscribe.store import ClaimedTask, RecordResult, Store, TaskStatus
 
 log = logging.getLogger(__name__)
 
-BREAKER_STAGES = (Stage.DOWNLOAD.value, Stage.UPLOAD.value)
+# Presign is here too: credentials that vanish on the driver must pause dispatch, not burn retries.
+BREAKER_STAGES = (Stage.PRESIGN.value, Stage.DOWNLOAD.value, Stage.UPLOAD.value)
 
 
 class NoWorkers(RayTranscribeError):
@@ -113,6 +114,10 @@ class Orchestrator:
         self.alerter = Alerter(settings.alerts)
         self.summary = RunSummary()
         self._inflight: dict[ray.ObjectRef, InFlight] = {}
+        # Attempts whose lease was lost (cancelled, reaped): still running on an actor, so they keep
+        # their slot until they finish; their outcomes are ignored.
+        self._abandoned: dict[ray.ObjectRef, InFlight] = {}
+        self._probe: ray.ObjectRef | None = None  # the one task a half-open breaker lets through
         self._buffer: list[Outcome] = []  # outcomes waiting to be written
         self._stop = threading.Event()
         self._next_heartbeat = 0.0
@@ -158,6 +163,7 @@ class Orchestrator:
                     stop_deadline = now + self.options.grace_s
                 if stop_deadline is not None and (not self._inflight or now >= stop_deadline):
                     break
+                self._flush()  # before the heartbeat, so the reaper never sees our own finished work
                 if now >= self._next_heartbeat:
                     self._heartbeat(now)
                 self._handle_failovers(self.monitor.tick(now))
@@ -185,7 +191,8 @@ class Orchestrator:
         if not self.db_available:
             return
         try:
-            leases = [f.lease for f in self._inflight.values()]
+            # Finished but unwritten outcomes keep their leases too (a long database outage).
+            leases = [f.lease for f in self._inflight.values()] + [(o.task_id, o.attempt) for o in self._buffer]
             if leases:
                 lost = self.store.renew(leases, self.owner, lease_s=self.settings.lease.lease_s)
                 for ref, f in list(self._inflight.items()):
@@ -195,15 +202,15 @@ class Orchestrator:
                             "lease lost; dropping the attempt",
                             extra=task_extra(f.task.id, f.task.attempt, Stage.LEASE, actor=f.slot.name),
                         )
-                        self._forget(ref)
-            for r in self.store.reap():
+                        self._abandon(ref)
+            for r in ([] if self._buffer else self.store.reap()):
                 log.warning(
                     "lease expired (holder vanished): %s", r.reason, extra=task_extra(r.task_id, r.attempt, Stage.LEASE)
                 )
                 self._count(r)
             if self.options.pairs is None:
                 self._pairs = self.store.claimable_pairs()
-            self._outstanding = self.store.outstanding()
+            self._outstanding = self.store.outstanding(self.options.pairs)
             if now >= self._next_depth:
                 # Queue depth for the dashboard: a count per status, at most every few seconds.
                 self._next_depth = now + max(5.0, self.settings.lease.heartbeat_s)
@@ -257,13 +264,18 @@ class Orchestrator:
     def _fill(self, now: float) -> None:
         if not self.db_available or self._buffer:
             return  # write what we owe before taking more
-        if not all(b.allows_dispatch() for b in self.breakers.values()):
+        if not self._breakers_allow():
             return
+        half_open = any(b.state == "half-open" for b in self.breakers.values())
+        if not half_open:
+            self._probe = None
+        elif self._probe is not None and self._probe in self._inflight:
+            return  # one probe at a time: wait for its outcome
         for pool in list(self.monitor.pools.values()):
             cap = self.monitor.capacity(pool)
             if cap <= 0 or now < self._next_claim.get(pool.key, 0.0):
                 continue
-            if any(b.state == "half-open" for b in self.breakers.values()):
+            if half_open:
                 cap = 1  # probe with one task before opening the taps
             try:
                 claimed = self.store.claim(cap, self.owner, lease_s=self.settings.lease.lease_s, pairs=[pool.key])
@@ -273,11 +285,22 @@ class Orchestrator:
                 return
             if len(claimed) < cap:
                 self._next_claim[pool.key] = now + self.options.idle_poll_s
-            for task in claimed:
-                self._dispatch(pool, task, now)
+            for n, task in enumerate(claimed):
+                if not self._breakers_allow():
+                    # A breaker opened mid-batch (presign failing): hand the rest back uncharged.
+                    self._release([(t.id, t.attempt) for t in claimed[n:]])
+                    return
+                ref = self._dispatch(pool, task, now)
+                if half_open:
+                    self._probe = ref
+                    return
 
-    def _dispatch(self, pool: Pool, task: ClaimedTask, now: float) -> None:
+    def _breakers_allow(self) -> bool:
+        return all(b.allows_dispatch() for b in self.breakers.values())
+
+    def _dispatch(self, pool: Pool, task: ClaimedTask, now: float) -> ray.ObjectRef | None:
         extra = task_extra(task.id, task.attempt, Stage.PRESIGN)
+        presign = self.breakers[Stage.PRESIGN.value]
         try:
             input_url, outputs = self.storage.presign_task(task.input_uri, task.output_uri, task.options.formats)
         except Exception as exc:
@@ -285,8 +308,11 @@ class Orchestrator:
             if err is not exc:
                 err.__cause__ = exc
             log.error("presign failed: %s", err, extra=extra)
+            if err.transient:
+                presign.record(False)
             self._buffer.append(Outcome(task.id, task.attempt, failure=Failure.from_exception(err, Stage.PRESIGN)))
-            return
+            return None
+        presign.record(True)
         spec = TaskSpec(
             task_id=task.id,
             attempt=task.attempt,
@@ -299,7 +325,7 @@ class Orchestrator:
         slot = self.monitor.pick(pool)
         if slot is None:  # capacity vanished between claim and dispatch (an actor died): not the task's fault
             self._release([(task.id, task.attempt)])
-            return
+            return None
         try:
             ref = slot.handle.process.remote(spec)
         except RayActorError as exc:
@@ -307,11 +333,12 @@ class Orchestrator:
             self._buffer.append(
                 Outcome(task.id, task.attempt, failure=Failure(Stage.DISPATCH, "WorkerDied", death_cause(exc), True))
             )
-            return
+            return None
         inflight = InFlight(task=task, spec=spec, ref=ref, slot=slot, dispatched_at=now)
         slot.inflight[ref] = inflight
         self._inflight[ref] = inflight
         log.debug("dispatched", extra=task_extra(task.id, task.attempt, Stage.DISPATCH, actor=slot.name))
+        return ref
 
     def _release(self, leases: list[tuple[int, int]]) -> None:
         try:
@@ -322,7 +349,7 @@ class Orchestrator:
     # --- results --------------------------------------------------------------------------------
 
     def _wait(self, timeout: float) -> None:
-        refs = list(self._inflight) + self.monitor.control_refs()
+        refs = list(self._inflight) + list(self._abandoned) + self.monitor.control_refs()
         if not refs:
             time.sleep(timeout)
             return
@@ -331,11 +358,22 @@ class Orchestrator:
             return
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         for ref in ready:
+            abandoned = self._abandoned.pop(ref, None)
+            if abandoned is not None:  # finished at last; its lease went elsewhere, so its slot frees up
+                abandoned.slot.inflight.pop(ref, None)
+                continue
             inflight = self._inflight.get(ref)
             if inflight is None:
                 continue  # a control ref; the monitor reads it on its tick
             try:
                 outcome: Outcome = ray.get(ref)
+            except ActorUnavailableError as exc:
+                # The actor may come back (a network blip) but this call's fate is unknown: retry the
+                # task elsewhere and keep the actor out of rotation until it answers a ping.
+                self.monitor.quarantine(inflight.slot, f"call failed: {death_cause(exc)}")
+                message = f"actor {inflight.slot.name} became unreachable while holding the task: {death_cause(exc)}"
+                failure = Failure(Stage.WORKER_DEATH, "ActorUnavailable", message, True)
+                outcome = Outcome(inflight.task.id, inflight.task.attempt, failure=failure, actor=inflight.slot.name)
             except RayActorError as exc:
                 self._handle_failovers(self.monitor.actor_died(inflight.slot, death_cause(exc)))
                 continue
@@ -344,6 +382,7 @@ class Orchestrator:
                 outcome = Outcome(inflight.task.id, inflight.task.attempt, failure=failure, actor=inflight.slot.name)
             self._forget(ref)
             self._observe_transfer(outcome)
+            self._observe_actor(inflight.slot, outcome)
             for stage, seconds in outcome.timings:
                 metrics.get().stage_seconds.observe(seconds, tags={"stage": stage})
             self._buffer.append(outcome)
@@ -353,9 +392,39 @@ class Orchestrator:
         if inflight is not None:
             inflight.slot.inflight.pop(ref, None)
 
+    def _abandon(self, ref: ray.ObjectRef) -> None:
+        """Stop caring about an attempt that lost its lease; it keeps its actor slot until it ends."""
+        inflight = self._inflight.pop(ref, None)
+        if inflight is None:
+            return
+        self._abandoned[ref] = inflight
+        try:
+            ray.cancel(ref)  # frees the slot at once if it is still queued on the actor
+        except Exception:  # already running or finished: it ends on its own
+            pass
+
+    def _observe_actor(self, slot, outcome: Outcome) -> None:
+        """An actor whose transcriptions keep failing (a sick GPU) is replaced, not fed more work."""
+        f = outcome.failure
+        if f is None or f.stage is not Stage.TRANSCRIBE:
+            slot.consecutive_failures = 0
+            return
+        slot.consecutive_failures += 1
+        limit = self.settings.health.max_consecutive_failures
+        if slot.consecutive_failures >= limit:
+            cause = f"{slot.consecutive_failures} transcriptions in a row failed on this actor (last: {f.message})"
+            self.monitor.kill(slot, cause)
+            log.error("replacing actor %s: %s", slot.name, cause, extra={"actor": slot.name})
+            self._handle_failovers(self.monitor.failover(slot))
+
     def _handle_failovers(self, failovers: Sequence[Failover]) -> None:
         for fo in failovers:
             self._inflight.pop(fo.inflight.ref, None)
+            if self._abandoned.pop(fo.inflight.ref, None) is not None:
+                continue  # its lease is gone already: nothing to record
+            if fo.outcome is not None:  # it finished before its actor died: keep the real outcome
+                self._buffer.append(fo.outcome)
+                continue
             t = fo.inflight.task
             log.warning(
                 "failing over: %s",
@@ -445,7 +514,7 @@ class Orchestrator:
         if self._inflight or self._buffer or not self.db_available:
             return False
         try:
-            self._outstanding = self.store.outstanding()
+            self._outstanding = self.store.outstanding(self.options.pairs)
         except StoreUnavailable as exc:
             self._db_down(exc)
             return False

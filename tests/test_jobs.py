@@ -48,6 +48,10 @@ def test_backfill_exits_nonzero_when_a_task_is_dead(system, ray_address):
     system.put("batch/broken.wav", b"this is not audio" * 40)
     proc = _backfill(system, ray_address, f"s3://{system.bucket}/batch/")
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "1 task(s) are dead" in proc.stderr
+    assert "1 task(s) of this backfill are dead" in proc.stderr
     statuses = sorted((t.input_uri.rsplit("/", 1)[1], t.status.value) for t in system.store.list_tasks())
     assert statuses == [("broken.wav", "dead"), ("fox.wav", "completed")]
+    # A later backfill of a clean prefix succeeds although the earlier dead task is still there.
+    system.upload_samples(["river.mp3"], prefix="clean/")
+    again = _backfill(system, ray_address, f"s3://{system.bucket}/clean/")
+    assert again.returncode == 0, again.stderr[-3000:]

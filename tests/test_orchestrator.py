@@ -230,3 +230,50 @@ def test_presign_failure_is_recorded_on_the_task(system):
     assert {(a.stage, a.error_class) for a in view.attempts} == {("presign", "PresignError")}
     assert all(a.actor is None for a in view.attempts)  # never reached a worker
     assert "AWS credentials unavailable" in view.failure_reason and view.failure_reason.startswith("presign:")
+
+
+def test_presign_outage_opens_the_breaker_instead_of_burning_retries(system):
+    """Credentials gone on the driver with many tasks queued: a few attempts fail, the presign breaker
+    opens, the rest of the claimed batch goes back uncharged, and no task is buried."""
+    import threading
+
+    from raytranscribe.orchestrator import Orchestrator, RunOptions
+    from raytranscribe.storage import S3Storage
+    from tests.test_storage import no_credentials_client
+
+    (uri, _), = system.upload_samples(["fox.wav"])
+    uris = [uri] + [system.put(f"in/copy-{n}.wav", b"x") for n in range(15)]
+    ids = system.submit(uris)
+    settings = system.settings.with_(
+        breaker={"window": 4, "min_samples": 4, "failure_ratio": 0.75, "cooldown_s": 60.0},
+        retry={"max_retries": 5},
+    )
+    storage = S3Storage(settings.s3, client=no_credentials_client(settings.s3.endpoint_url))
+    orch = Orchestrator(settings, system.store, storage, options=RunOptions(idle_poll_s=0.1, grace_s=2))
+    stopper = threading.Timer(4.0, orch.request_stop)
+    stopper.start()
+
+    system.run_orchestrators([orch], timeout=60)
+
+    assert orch.breakers["presign"].trips == 1 and orch.breakers["presign"].state == "open"
+    attempts = system.sql("SELECT count(*) FROM task_attempts WHERE stage = 'presign'")[0][0]
+    assert 4 <= attempts <= 6, attempts  # the window, not the whole queue
+    statuses = {system.store.get(i).status for i in ids}
+    assert TaskStatus.DEAD not in statuses and statuses <= {TaskStatus.PENDING, TaskStatus.FAILED}
+    released = system.sql("SELECT count(*) FROM task_attempts WHERE outcome = 'released'")[0][0]
+    assert released >= 1
+
+
+def test_until_drained_with_engine_and_model_ignores_other_pools(system):
+    from raytranscribe.orchestrator import RunOptions
+    from raytranscribe.store import NewTask
+
+    (uri, _), = system.upload_samples(["fox.wav"])
+    mine = system.submit([uri])
+    other = system.store.submit([NewTask(uri, f"s3://{system.bucket}/out/other", model="large-v3")]).inserted
+
+    summary = system.run(options=RunOptions(until_drained=True, pairs=(("faster-whisper", "tiny.en"),), idle_poll_s=0.2))
+
+    assert summary.completed == 1
+    assert system.store.get(mine[0]).status is TaskStatus.COMPLETED
+    assert system.store.get(other[0]).status is TaskStatus.PENDING  # not its pool: untouched, and no wait for it

@@ -1122,10 +1122,24 @@ class Store:
             lambda conn: [OrchestratorView(r.owner, r.state, r.started_at, r.heartbeat_at) for r in conn.execute(sql)],
         )
 
-    def outstanding(self) -> int:
-        """Tasks not yet settled (pending, in progress, or waiting for a retry); 0 means drained."""
-        sql = text("SELECT count(*) FROM tasks WHERE status IN ('pending', 'in_progress', 'failed')")
-        return self._run("outstanding", lambda conn: conn.execute(sql).scalar_one())
+    def outstanding(self, pairs: Sequence[tuple[str, str]] | None = None) -> int:
+        """Tasks not yet settled (pending, in progress, or waiting for a retry); 0 means drained.
+        ``pairs`` counts only those (engine, model) pools, as ``claim`` does."""
+        where = "status IN ('pending', 'in_progress', 'failed')"
+        params: dict[str, Any] = {}
+        if pairs is not None:
+            where += " AND (engine, model) IN (SELECT * FROM unnest(CAST(:e AS text[]), CAST(:m AS text[])))"
+            params = {"e": [e for e, _ in pairs], "m": [m for _, m in pairs]}
+        sql = text(f"SELECT count(*) FROM tasks WHERE {where}")
+        return self._run("outstanding", lambda conn: conn.execute(sql, params).scalar_one())
+
+    def count_by_status(self, ids: Sequence[int]) -> dict[TaskStatus, int]:
+        """How many of these tasks are in each status (every status present, zero included)."""
+        sql = text("SELECT status, count(*) AS n FROM tasks WHERE id = ANY(CAST(:ids AS bigint[])) GROUP BY status")
+        rows = self._run("count_by_status", lambda conn: conn.execute(sql, {"ids": list(ids)}).all())
+        counts = {s: 0 for s in TaskStatus}
+        counts.update({TaskStatus(r.status): int(r.n) for r in rows})
+        return counts
 
 
 def _task_view(r: Any, attempts: tuple[AttemptView, ...] = ()) -> TaskView:

@@ -438,3 +438,19 @@ def test_empty_stats(store):
     assert (s.total, s.oldest_pending_age_s, s.retries_scheduled, s.top_failure_reasons, s.audio_seconds_completed) == (
         0, None, 0, (), 0.0)  # fmt: skip
     assert set(s.counts) == set(TaskStatus)
+
+
+def test_outstanding_and_status_counts_by_pool(store):
+    from raytranscribe.store import NewTask
+
+    report = store.submit([
+        NewTask("s3://bkt/in/a.wav", "s3://bkt/out/a"),
+        NewTask("s3://bkt/in/b.wav", "s3://bkt/out/b", model="large-v3"),
+        NewTask("s3://bkt/in/c.wav", "s3://bkt/out/c", model="large-v3"),
+    ])
+    assert store.outstanding() == 3
+    assert store.outstanding(pairs=[("faster-whisper", "tiny.en")]) == 1
+    assert store.outstanding(pairs=[("faster-whisper", "large-v3"), ("openai-whisper", "x")]) == 2
+    store.cancel([report.inserted[1]])
+    counts = store.count_by_status(report.inserted)
+    assert counts[TaskStatus.PENDING] == 2 and counts[TaskStatus.CANCELLED] == 1 and counts[TaskStatus.DEAD] == 0
