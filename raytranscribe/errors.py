@@ -222,6 +222,10 @@ class WorkerDied(TransientError):
     stage = Stage.WORKER_DEATH
 
 
+class ActorUnavailable(WorkerDied):
+    """The actor stopped answering mid-call; the call may or may not have run."""
+
+
 class TaskTimedOut(TransientError):
     """The task ran past its deadline; the actor was presumed hung and killed."""
 

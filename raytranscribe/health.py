@@ -21,7 +21,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 
 from raytranscribe.config import BreakerSettings, HealthSettings, Settings
 from raytranscribe.engines.base import EngineSpec
-from raytranscribe.errors import Failure, Stage
+from raytranscribe.errors import Failure, Stage, TaskTimedOut, WorkerDied
 from raytranscribe.logs import task_extra
 from raytranscribe.worker import QUEUED, PingReply, WorkerConfig, worker_actor_class
 
@@ -421,7 +421,7 @@ class HealthMonitor:
                 log.error(cause, extra=task_extra(inflight.task.id, inflight.task.attempt, Stage.TIMEOUT, actor=slot.name))
                 self.kill(slot, cause)
                 hung = Failover(
-                    inflight, Failure(Stage.TIMEOUT, "TaskTimedOut", cause, transient=True)
+                    inflight, Failure.from_exception(TaskTimedOut(cause))
                 )
                 rest = [f for f in self._failover(slot) if f.inflight is not inflight]
                 return [hung, *rest]
@@ -460,7 +460,7 @@ class HealthMonitor:
                     pass
         for ref, inflight in list(slot.inflight.items()):
             message = f"actor {slot.name}{where} died while holding the task: {slot.death_cause}"
-            failure = Failure(Stage.WORKER_DEATH, "WorkerDied", message, transient=True)
+            failure = Failure.from_exception(WorkerDied(message))
             out.append(Failover(inflight, failure, outcome=finished.get(ref)))
         slot.inflight.clear()
         if slot in slot.pool.slots:

@@ -30,7 +30,15 @@ from raytranscribe.alerts import Alerter
 from raytranscribe.config import Settings
 from raytranscribe.contracts import Outcome, TaskSpec
 from raytranscribe.engines.base import EngineSpec
-from raytranscribe.errors import Failure, PresignError, RayTranscribeError, Stage, StoreUnavailable
+from raytranscribe.errors import (
+    ActorUnavailable,
+    Failure,
+    PresignError,
+    RayTranscribeError,
+    Stage,
+    StoreUnavailable,
+    WorkerDied,
+)
 from raytranscribe.health import CircuitBreaker, Failover, HealthMonitor, InFlight, Pool, death_cause, new_owner_tag
 from raytranscribe.logs import task_extra
 from raytranscribe.storage import S3Storage
@@ -331,7 +339,7 @@ class Orchestrator:
         except RayActorError as exc:
             self._handle_failovers(self.monitor.actor_died(slot, death_cause(exc)))
             self._buffer.append(
-                Outcome(task.id, task.attempt, failure=Failure(Stage.DISPATCH, "WorkerDied", death_cause(exc), True))
+                Outcome(task.id, task.attempt, failure=Failure.from_exception(WorkerDied(death_cause(exc), stage=Stage.DISPATCH)))
             )
             return None
         inflight = InFlight(task=task, spec=spec, ref=ref, slot=slot, dispatched_at=now)
@@ -372,7 +380,7 @@ class Orchestrator:
                 # task elsewhere and keep the actor out of rotation until it answers a ping.
                 self.monitor.quarantine(inflight.slot, f"call failed: {death_cause(exc)}")
                 message = f"actor {inflight.slot.name} became unreachable while holding the task: {death_cause(exc)}"
-                failure = Failure(Stage.WORKER_DEATH, "ActorUnavailable", message, True)
+                failure = Failure.from_exception(ActorUnavailable(message))
                 outcome = Outcome(inflight.task.id, inflight.task.attempt, failure=failure, actor=inflight.slot.name)
             except RayActorError as exc:
                 self._handle_failovers(self.monitor.actor_died(inflight.slot, death_cause(exc)))

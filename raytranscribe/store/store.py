@@ -43,6 +43,7 @@ from raytranscribe.errors import (
     IllegalTransition,
     InvalidInput,
     InvalidURI,
+    LeaseExpired,
     Stage,
     StoreError,
     StoreUnavailable,
@@ -74,7 +75,7 @@ SUBMIT_CHUNK = 5000
 REQUEUEABLE = (TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED)
 CANCELLABLE = (TaskStatus.PENDING, TaskStatus.IN_PROGRESS, TaskStatus.FAILED)
 
-LEASE_EXPIRED = Failure(stage=Stage.LEASE, error_class="LeaseExpired", message="lease expired", transient=True)
+LEASE_EXPIRED = Failure.from_exception(LeaseExpired("lease expired"))
 
 T = TypeVar("T")
 
