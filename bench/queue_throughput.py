@@ -5,10 +5,12 @@ Both queues live in the same fresh database on the same server and do the same n
 round trips and two durable commits per batch on each side (synchronous_commit as the server has
 it; both sides' tables are logged). A "cycle" is one task claimed and completed. Per task:
 
-* raytranscribe: the claim updates the task row (status, attempt fencing token, lease) under the
-  transition trigger and check constraints, and inserts its task_attempts row (the failure
-  history); the completion is fenced by (status, attempt), updates the task row with the result
-  summary and closes the attempt row. The task and both history rows stay in the database.
+* raytranscribe: the claim takes the task's row out of task_queue (locked, SKIP LOCKED), updates
+  the task row (status, attempt fencing token, lease) under the transition guard and check
+  constraints, inserts its task_attempts row (the failure history), and the side-table trigger adds
+  its lease row; the completion is fenced by (status, attempt), updates the task row with the
+  result summary, closes the attempt row, and the trigger drops the lease. The task and its history
+  stay in the database.
 * pgqueuer: the dequeue updates the job row (status picked, heartbeat, queue manager); the
   completion deletes the job row and inserts a row into its log table.
 
@@ -199,7 +201,7 @@ def main() -> int:
     parser.add_argument("--database-url", help="admin URL of the server to create the benchmark database on")
     parser.add_argument("--tasks", type=int, nargs=3, default=(1500, 6000, 20000), metavar=("B1", "B10", "B100"),
                         help="tasks per run at batch sizes 1, 10, 100")  # fmt: skip
-    parser.add_argument("--repeats", type=int, default=3, help="runs per queue and batch size (median kept)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per queue and batch size (median kept)")
     args = parser.parse_args()
     try:
         import pgqueuer  # noqa: F401
@@ -243,7 +245,7 @@ def main() -> int:
     version = getattr(pgq, "__version__", "?")
     print()
     print(f"claim + complete cycles per second (one consumer, no-op work; median of {args.repeats})")
-    print("  raytranscribe per task: fenced claim + attempt row insert, fenced completion + attempt row close")
+    print("  raytranscribe per task: fenced claim + attempt row insert + lease, fenced completion + attempt row close")
     print("  pgqueuer per task:      dequeue update, delete + log row insert")
     print("  cpu: server backend CPU per task (us); wal: WAL bytes per task (server-wide)")
     peer_name = "pgqueuer " + version

@@ -37,6 +37,11 @@ class StoreSettings(_Group):
     op_retry_base_s: float = Field(0.2, ge=0, description="First backoff between database retries")
     pool_size: int = Field(5, ge=1)
     connect_timeout_s: int = Field(5, ge=1)
+    queue_vacuum_every: int = Field(
+        5000, ge=0,
+        description="Vacuum the queue after this many claimed tasks (0: leave it to autovacuum); "
+        "claims step over the dead entries until then",
+    )  # fmt: skip
 
 
 class S3Settings(_Group):

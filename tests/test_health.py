@@ -316,7 +316,8 @@ def test_frozen_actor_is_quarantined_then_killed_and_replaced(system):
 
 @pytest.mark.slow
 def test_status_shows_live_actors_and_breakers_during_a_run(system):
-    ids = _slow_tasks(system, 3, seconds=1.0)
+    # Long enough that the run outlasts both CLI processes (each a Python start-up) on a busy host.
+    ids = _slow_tasks(system, 3, seconds=4.0)
 
     def cli(*args: str) -> str:
         # A real process, as an operator would run it next to a live orchestrator.

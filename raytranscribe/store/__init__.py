@@ -1,6 +1,14 @@
 """The task store: PostgreSQL schema, migrations, and every state transition of a task."""
 
-from raytranscribe.store.models import AttemptOutcome, OrchestratorState, Task, TaskAttempt, TaskStatus
+from raytranscribe.store.models import (
+    AttemptOutcome,
+    OrchestratorState,
+    Task,
+    TaskAttempt,
+    TaskLease,
+    TaskQueue,
+    TaskStatus,
+)
 from raytranscribe.store.store import (
     LEASE_EXPIRED,
     AttemptView,
@@ -29,6 +37,8 @@ __all__ = [
     "SubmitReport",
     "Task",
     "TaskAttempt",
+    "TaskLease",
+    "TaskQueue",
     "TaskStatus",
     "TaskView",
     "check_s3_uri",

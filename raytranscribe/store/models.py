@@ -1,7 +1,8 @@
 """SQLAlchemy 2 typed models of the task store, and the Postgres enum ``task_status``.
 
 The migrations in ``migrations/versions`` create exactly this metadata (a test compares them); what
-metadata cannot express (the transition trigger) lives only in the migrations.
+metadata cannot express (the transition guard, the triggers that keep ``task_queue`` and
+``task_leases`` in step with ``tasks``, storage parameters) lives only in the migrations.
 """
 
 from __future__ import annotations
@@ -108,19 +109,50 @@ class Task(Base):
             name="in_progress_has_lease",
         ),
         # Equality look-ups only (submitted_inputs): a hash index is cheaper to keep up (migration 0004).
+        # No index names a column that claim, completion or renewal changes (status, attempt, lease,
+        # retry_at, timestamps, results), so those updates stay HOT and write no index entry; claim
+        # order and lease expiry are served by task_queue and task_leases (migration 0005).
         sa.Index("ix_tasks_input_uri", "input_uri", postgresql_using="hash"),
-        # Claim order: highest priority, then oldest, over pending and failed rows, so one ordered
-        # index scan serves claim's whole WHERE (due retries included) (migration 0002).
-        sa.Index(
-            "ix_tasks_claimable",
-            sa.text("priority DESC"),
-            "created_at",
-            "id",
-            postgresql_where=sa.text("status IN ('pending', 'failed')"),
-        ),
-        sa.Index("ix_tasks_retry_due", "retry_at", postgresql_where=sa.text("status = 'failed'")),
-        sa.Index("ix_tasks_lease_expiry", "lease_expires_at", postgresql_where=sa.text("status = 'in_progress'")),
     )
+
+
+class TaskQueue(Base):
+    """One row per claimable task: pending, or failed and waiting for ``ready_at`` (its retry_at).
+
+    Kept by the database: statement triggers on ``tasks`` insert, update and delete these rows from
+    the rows each statement changed (migration 0005); the application never writes here.
+    ``engine``, ``model``, ``priority`` and ``created_at`` are copies, so the claim's ordered scan
+    and its pool filter read only this narrow table.
+    """
+
+    __tablename__ = "task_queue"
+
+    task_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    engine: Mapped[str] = mapped_column(sa.Text)
+    model: Mapped[str] = mapped_column(sa.Text)
+    priority: Mapped[int] = mapped_column(sa.Integer)
+    created_at: Mapped[datetime] = mapped_column(TZ)
+    ready_at: Mapped[datetime] = mapped_column(TZ)  # created_at when pending, retry_at when failed
+
+    __table_args__ = (
+        # Claim order: highest priority, then oldest; ready_at is checked on the row.
+        sa.Index("ix_task_queue_claim_order", sa.text("priority DESC"), "created_at", "task_id"),
+    )
+
+
+class TaskLease(Base):
+    """One row per in_progress task: the lease the reaper checks. Kept by the database like TaskQueue.
+
+    Deliberately no index on ``expires_at``: the table holds only in-flight tasks (bounded by the
+    workers, not by the backlog), so the reaper's scan is short and a renewal stays a HOT update.
+    """
+
+    __tablename__ = "task_leases"
+
+    task_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    attempt: Mapped[int] = mapped_column(sa.Integer)
+    owner: Mapped[str] = mapped_column(sa.Text)
+    expires_at: Mapped[datetime] = mapped_column(TZ)
 
 
 class TaskAttempt(Base):
@@ -128,9 +160,11 @@ class TaskAttempt(Base):
 
     __tablename__ = "task_attempts"
 
-    id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=True)
-    task_id: Mapped[int] = mapped_column(sa.BigInteger, sa.ForeignKey("tasks.id", ondelete="CASCADE"))
-    attempt: Mapped[int] = mapped_column(sa.Integer)
+    # (task_id, attempt) is the key (migration 0005): one index, no sequence, per claim.
+    task_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    attempt: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
     worker: Mapped[str] = mapped_column(sa.Text)  # the lease owner that claimed it
     actor: Mapped[str | None] = mapped_column(sa.Text)
     node: Mapped[str | None] = mapped_column(sa.Text)
@@ -145,7 +179,6 @@ class TaskAttempt(Base):
     timings: Mapped[list[Any] | None] = mapped_column(JSONB)  # [[stage, seconds], ...] in order
 
     __table_args__ = (
-        sa.UniqueConstraint("task_id", "attempt"),
         sa.CheckConstraint(
             "outcome IS NULL OR outcome IN ('completed', 'failed', 'dead', 'released', 'cancelled')",
             name="outcome_known",

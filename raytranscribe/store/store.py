@@ -7,6 +7,9 @@ Re-running is safe: writes about a task are fenced by ``(status = 'in_progress',
 repeated ``complete`` or ``fail`` changes nothing, and a repeated ``claim`` simply claims other rows
 (rows claimed by a commit whose answer was lost come back through :meth:`Store.reap`).
 
+Claim order and lease expiry are read from ``task_queue`` and ``task_leases``, which triggers on
+``tasks`` keep exact (migration 0005); no statement here writes them.
+
 Statuses (the database enforces the transitions with a trigger, see migrations 0002 and 0004)::
 
     pending -> in_progress -> completed
@@ -22,8 +25,10 @@ import hashlib
 import ipaddress
 import json
 import logging
+import math
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -71,6 +76,8 @@ TRANSIENT_SQLSTATES = frozenset(
     }
 )
 TEXT_PREVIEW_CHARS = 500
+# Session settings of the hot-path (autocommit) connections; see Store.__init__.
+HOT_PATH_OPTIONS = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off"
 SUBMIT_CHUNK = 5000
 REQUEUEABLE = (TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED)
 CANCELLABLE = (TaskStatus.PENDING, TaskStatus.IN_PROGRESS, TaskStatus.FAILED)
@@ -318,19 +325,25 @@ _TASK_COLUMNS = (
 # Claim and the all-completions record run as PREPAREd statements (see _Prepared): no parse or
 # plan per call, which is most of a small batch's cost on the server.
 _CLAIM_BODY = """
-WITH c AS (
-    SELECT id FROM tasks
-    -- `status IN (...)` matches the partial index ix_tasks_claimable: one ordered index scan, no sort.
-    WHERE status IN ('pending', 'failed') AND (status = 'pending' OR retry_at <= now()) {pairs}
-    ORDER BY priority DESC, created_at, id
+WITH q AS (
+    -- task_queue in claim order: one ordered scan of ix_task_queue_claim_order, no sort. Locking
+    -- the queue rows (SKIP LOCKED) spreads concurrent claimers over different tasks; every other
+    -- writer of a queued task locks its queue row before the task (_LOCK_QUEUED_SQL), so this lock
+    -- order (queue row, then task) never deadlocks with the store's own statements.
+    SELECT task_id FROM task_queue
+    WHERE ready_at <= now() {pairs}
+    ORDER BY priority DESC, created_at, task_id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 ), u AS (
+    -- No indexed column changes: a HOT update. The status is re-checked on the current row
+    -- version; the side-table trigger then drops the queue rows and adds the leases.
     UPDATE tasks t
     SET status = 'in_progress', attempt = t.attempt + 1, lease_owner = $2,
         lease_expires_at = now() + make_interval(secs => $3),
         started_at = now(), retry_at = NULL, updated_at = now()  -- set here: the stamp trigger stays idle
-    FROM c WHERE t.id = c.id
+    WHERE t.id = ANY(ARRAY(SELECT task_id FROM q))
+      AND t.status IN ('pending', 'failed') AND (t.status = 'pending' OR t.retry_at <= now())
     RETURNING t.id, t.attempt, t.input_uri, t.output_uri, t.engine, t.model, t.options, t.priority,
               t.retries, t.max_retries, t.backoff_factor, t.lease_expires_at, t.created_at
 ), a AS (
@@ -349,10 +362,7 @@ _PAIRS_FILTER = "AND (engine, model) IN (SELECT * FROM unnest($4, $5))"
 # (status = 'in_progress' AND attempt = v.attempt, re-checked on the locked row) is the whole
 # transaction: one statement, no lock-then-write round trip. Rows come sorted by id (lock order).
 _COMPLETE_BODY = """
-WITH v AS (
-    SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9)
-    AS v(id, attempt, audio_duration_s, language, output_uris, text_preview, actor, node, timings)
-), u AS (
+WITH u AS (
     UPDATE tasks t SET
         status = 'completed', lease_owner = NULL, lease_expires_at = NULL, retry_at = NULL, completed_at = now(),
         updated_at = now(),
@@ -360,14 +370,17 @@ WITH v AS (
         language = COALESCE(v.language, t.language),
         output_uris = COALESCE(CAST(v.output_uris AS jsonb), t.output_uris),
         text_preview = COALESCE(v.text_preview, t.text_preview)
-    FROM v WHERE t.id = v.id AND t.status = 'in_progress' AND t.attempt = v.attempt
-    RETURNING t.id, t.attempt
+    FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         AS v(id, attempt, audio_duration_s, language, output_uris, text_preview, actor, node, timings)
+    WHERE t.id = v.id AND t.status = 'in_progress' AND t.attempt = v.attempt
+    -- The attempt row's fields ride along, so closing it needs no second pass over the arrays.
+    RETURNING t.id, t.attempt, v.actor, v.node, v.timings
 ), a AS (
     UPDATE task_attempts a SET
         finished_at = now(), outcome = 'completed', stage = NULL, error_class = NULL, error_message = NULL,
-        http_status = NULL, actor = COALESCE(v.actor, a.actor), node = COALESCE(v.node, a.node), decision = NULL,
-        timings = CAST(v.timings AS jsonb)
-    FROM u JOIN v ON v.id = u.id WHERE a.task_id = u.id AND a.attempt = u.attempt
+        http_status = NULL, actor = COALESCE(u.actor, a.actor), node = COALESCE(u.node, a.node), decision = NULL,
+        timings = CAST(u.timings AS jsonb)
+    FROM u WHERE a.task_id = u.id AND a.attempt = u.attempt
 )
 SELECT id FROM u
 """
@@ -394,9 +407,10 @@ FROM tasks WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR UPDATE
 """
 
 _LOCK_EXPIRED_SQL = """
-SELECT id, status::text AS status, attempt, retries, max_retries, backoff_factor
-FROM tasks WHERE status = 'in_progress' AND lease_expires_at < now()
-ORDER BY lease_expires_at, id LIMIT :limit FOR UPDATE SKIP LOCKED
+SELECT t.id, t.status::text AS status, t.attempt, t.retries, t.max_retries, t.backoff_factor
+FROM task_leases l JOIN tasks t ON t.id = l.task_id
+WHERE l.expires_at < now() AND t.status = 'in_progress' AND t.lease_expires_at < now()
+ORDER BY l.expires_at, t.id LIMIT :limit FOR UPDATE OF t SKIP LOCKED
 """
 
 # Tasks and their attempt rows in one statement (one round trip); fencing was checked on the locked rows.
@@ -492,41 +506,78 @@ GROUP BY failure_reason ORDER BY n DESC, failure_reason LIMIT :k
 """
 
 
+def _pg_array_element(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "NULL"  # a NaN or infinite measurement is no measurement
+    if isinstance(value, str):
+        # Inside double quotes a backslash escapes the next character; nothing else is special.
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value) if isinstance(value, float) else str(int(value))
+
+
+def _pg_array(values: Sequence[Any]) -> str:
+    """One PostgreSQL array literal (``{1,2,NULL}``, ``{"a\\"b",NULL}``) for a list of ints, floats,
+    strings or None.
+
+    psycopg2 sends a Python list as ``ARRAY[v1, v2, ...]``, which the server parses and coerces
+    element by element: for the nine arrays of a completion batch that cost more server time than
+    the UPDATE. One quoted literal is one call of the array type's input function instead.
+    """
+    if all(v is None for v in values):  # common: no actor, no timings, ...
+        return "{" + ",".join(["NULL"] * len(values)) + "}"
+    if all(type(v) is int for v in values):  # ids, attempts
+        return "{" + ",".join(map(str, values)) + "}"
+    return "{" + ",".join(map(_pg_array_element, values)) + "}"
+
+
 @dataclass(frozen=True)
 class _Prepared:
     """A statement PREPAREd once per pooled connection, then EXECUTEd: no parse or plan per call.
 
     psycopg2 has no protocol-level prepared statements, so this is SQL-level PREPARE/EXECUTE. The
-    names prepared on a connection live in its SQLAlchemy ``info`` dict, which is cleared when the
-    connection is replaced (after a disconnect), exactly when the server forgot them too. Only for
-    autocommit operations: a failed EXECUTE there aborts nothing else.
+    names prepared on a connection live in the pool's ``info`` dict for that connection, which is
+    cleared when the connection is replaced (after a disconnect), exactly when the server forgot
+    them too. Only for autocommit operations: a failed EXECUTE there aborts nothing else.
+
+    It runs on the pooled DBAPI connection's own cursor (:meth:`Store._run` with ``raw=True``), not
+    through SQLAlchemy's statement layer: on the claim/complete hot path that layer cost more client
+    time per call than the server spent on a batch of ten (bench/queue_throughput.py).
     """
 
     name: str
     types: tuple[str, ...]  # SQL types of $1..$n
     body: str
+    # Explicit casts: psycopg2 sends values as literals (an all-NULL list is ARRAY[NULL] of text).
+    call: str = field(init=False)
 
-    def execute(self, conn: sa.Connection, *args: Any) -> sa.CursorResult:
-        prepared: set[str] = conn.info.setdefault("raytranscribe_prepared", set())
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "call", f"EXECUTE {self.name} ({', '.join(f'CAST(%s AS {t})' for t in self.types)})")
+
+    def execute(self, raw: Any, *args: Any) -> list[tuple]:
+        """EXECUTE on ``raw`` (a pooled DBAPI connection), preparing first where needed; all rows."""
+        info = raw.info
+        prepared: set[str] = info.setdefault("raytranscribe_prepared", set())
+        cursor = info.get("raytranscribe_cursor")
+        if cursor is None or cursor.closed:
+            cursor = info["raytranscribe_cursor"] = raw.cursor()  # one per connection, reused
         if self.name not in prepared:
-            self._prepare(conn)
+            self._prepare(cursor)
             prepared.add(self.name)
-        # Explicit casts: psycopg2 sends values as literals (an all-NULL list is ARRAY[NULL] of text).
-        call = f"EXECUTE {self.name} ({', '.join(f'CAST(%s AS {t})' for t in self.types)})"
         try:
-            return conn.exec_driver_sql(call, tuple(args))
-        except sa.exc.DBAPIError as exc:
-            if getattr(exc.orig, "pgcode", None) != "26000":  # invalid_sql_statement_name
+            cursor.execute(self.call, args)
+        except Exception as exc:
+            if getattr(exc, "pgcode", None) != "26000":  # invalid_sql_statement_name
                 raise
             # Someone ran DEALLOCATE/DISCARD on this session: prepare again, once.
-            self._prepare(conn)
-            return conn.exec_driver_sql(call, tuple(args))
+            self._prepare(cursor)
+            cursor.execute(self.call, args)
+        return cursor.fetchall()
 
-    def _prepare(self, conn: sa.Connection) -> None:
+    def _prepare(self, cursor: Any) -> None:
         try:
-            conn.exec_driver_sql(f"PREPARE {self.name} ({', '.join(self.types)}) AS {self.body}")
-        except sa.exc.DBAPIError as exc:
-            if getattr(exc.orig, "pgcode", None) != "42P05":  # duplicate_prepared_statement: already there
+            cursor.execute(f"PREPARE {self.name} ({', '.join(self.types)}) AS {self.body}")
+        except Exception as exc:
+            if getattr(exc, "pgcode", None) != "42P05":  # duplicate_prepared_statement: already there
                 raise
 
 
@@ -569,6 +620,11 @@ class Store:
         self.application_name = application_name
         # Count of transient database errors survived by re-running a transaction (for tests and metrics).
         self.transient_errors = 0
+        self._claimed_since_vacuum = 0
+        self.queue_vacuums = 0  # vacuums of the queue this store started (for tests and metrics)
+        self._vacuum_lock = threading.Lock()  # also guards _held
+        self._hot = threading.local()
+        self._held: list[Any] = []  # every thread's hot-path connection, for close()
         st = self.settings.store
         try:
             # No pool_pre_ping: it costs a round trip per operation. A pooled connection killed while
@@ -582,7 +638,13 @@ class Store:
             # Single-statement operations (claim, completions) run on their own autocommit pool:
             # the statement is its own transaction, with no BEGIN/COMMIT round trips. A pool of its
             # own, because switching a pooled connection's mode per checkout breaks on a dead one.
-            self._autocommit = sa.create_engine(url, isolation_level="AUTOCOMMIT", **pool)
+            # Its statements are planned once per connection (the best plan of claim and complete
+            # does not depend on their arguments; a custom plan per call cost a third of a batch of
+            # ten's server time), and without sequential scans, so a plan made while the queue
+            # was empty stays an index scan when it holds millions.
+            hot = {**pool, "connect_args": {**pool["connect_args"], "options": HOT_PATH_OPTIONS}}
+            self._autocommit = sa.create_engine(url, isolation_level="AUTOCOMMIT", **hot)
+            self._dbapi_error = self._autocommit.dialect.loaded_dbapi.Error
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
             raise ConfigError(f"bad database URL {sa.engine.make_url(url)!r}: {exc}") from exc
 
@@ -596,6 +658,13 @@ class Store:
         return cls(url, settings=settings)
 
     def close(self) -> None:
+        with self._vacuum_lock:
+            held, self._held = self._held, []
+        for raw in held:  # hot-path connections still held by threads: back to the pool, then closed
+            try:
+                raw.close()
+            except Exception:  # a connection that died on its own is closed already
+                log.debug("closing a held connection failed", exc_info=True)
         self._engine.dispose()
         self._autocommit.dispose()
 
@@ -610,17 +679,20 @@ class Store:
 
     # --- transactions and transient errors -----------------------------------------------------
 
-    def _run(self, op: str, fn: Callable[[sa.Connection], T], *, single: bool = False) -> T:
+    def _run(self, op: str, fn: Callable[[Any], T], *, single: bool = False, raw: bool = False) -> T:
         """Run ``fn`` in one transaction; re-run it on transient errors, then give up clearly.
 
         ``single``: ``fn`` issues exactly one statement, which is then its own transaction
-        (autocommit): no BEGIN and COMMIT round trips around it.
+        (autocommit): no BEGIN and COMMIT round trips around it. ``raw``: the same, but ``fn`` gets
+        the pooled DBAPI connection itself (see :class:`_Prepared`).
         """
         retries = self.settings.store.op_retries
         base = self.settings.store.op_retry_base_s
         last: BaseException | None = None
         for n in range(retries + 1):
             try:
+                if raw:
+                    return self._run_raw(fn)
                 if single:
                     with self._autocommit.connect() as conn:
                         return fn(conn)
@@ -635,6 +707,7 @@ class Store:
                 last = exc
                 if exc.connection_invalidated or isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
                     # The server may have restarted: drop every pooled connection, not only this one.
+                    self._drop_hot_connection()
                     self._engine.dispose()
                     self._autocommit.dispose()
             except sa.exc.TimeoutError as exc:  # no pooled connection came free in time
@@ -651,6 +724,52 @@ class Store:
         raise StoreUnavailable(
             f"store {op}: database unavailable after {retries + 1} tries: {_pg_message(last)}"
         ) from last
+
+    def _run_raw(self, fn: Callable[[Any], T]) -> T:
+        """``fn`` on this thread's hot-path connection; its errors come out as SQLAlchemy's."""
+        try:
+            raw = self._hot_connection()
+        except self._dbapi_error as exc:  # could not connect at all
+            raise sa.exc.DBAPIError.instance(
+                None, None, exc, self._dbapi_error, connection_invalidated=True, dialect=self._autocommit.dialect
+            ) from exc
+        try:
+            return fn(raw)
+        except self._dbapi_error as exc:
+            gone = self._autocommit.dialect.is_disconnect(exc, raw.dbapi_connection, None)
+            if gone:
+                self._drop_hot_connection(exc)  # the next call opens a new one
+            raise sa.exc.DBAPIError.instance(
+                None, None, exc, self._dbapi_error, connection_invalidated=gone, dialect=self._autocommit.dialect
+            ) from exc
+
+    def _hot_connection(self) -> Any:
+        """The autocommit pool connection this thread keeps for the hot path, checked out once.
+
+        Checking a connection out of the pool and back in for every claim and every completion
+        cost more client time than building the batch; a thread holds one instead (the
+        orchestrator's loop is one thread), and gives it back when it is found dead or at close().
+        """
+        raw = getattr(self._hot, "raw", None)
+        if raw is None:
+            raw = self._autocommit.raw_connection()
+            self._hot.raw = raw
+            with self._vacuum_lock:
+                self._held.append(raw)
+        return raw
+
+    def _drop_hot_connection(self, exc: BaseException | None = None) -> None:
+        raw = getattr(self._hot, "raw", None)
+        if raw is None:
+            return
+        self._hot.raw = None
+        with self._vacuum_lock:
+            if raw in self._held:
+                self._held.remove(raw)
+        try:
+            raw.invalidate(exc)
+        finally:
+            raw.close()
 
     # --- schema --------------------------------------------------------------------------------
 
@@ -748,7 +867,7 @@ class Store:
         else:
             stmt, args = _CLAIM_PAIRS, (n, owner, float(lease_s), [e for e, _ in pairs], [m for _, m in pairs])
 
-        def tx(conn: sa.Connection) -> list[ClaimedTask]:
+        def tx(raw: Any) -> list[ClaimedTask]:
             return [
                 ClaimedTask(
                     id=r[0],
@@ -764,16 +883,53 @@ class Store:
                     backoff_factor=r[10],
                     lease_expires_at=r[11],
                 )
-                for r in stmt.execute(conn, *args)
+                for r in stmt.execute(raw, *args)
             ]
 
-        claimed = self._run("claim", tx, single=True)
+        claimed = self._run("claim", tx, raw=True)
+        if claimed and self.settings.store.queue_vacuum_every:
+            with self._vacuum_lock:
+                self._claimed_since_vacuum += len(claimed)
+                due = self._claimed_since_vacuum >= self.settings.store.queue_vacuum_every
+                if due:
+                    self._claimed_since_vacuum = 0
+            if due:
+                self.vacuum_queue()
         if log.isEnabledFor(logging.DEBUG):
             for c in claimed:
                 log.debug(
                     "claimed by %s", owner, extra={"task_id": c.id, "attempt": c.attempt, "stage": Stage.FETCH.value}
                 )
         return claimed
+
+    def vacuum_queue(self) -> bool:
+        """Vacuum task_queue and task_leases now; False when it could not (busy, or not their owner).
+
+        Every claim deletes queue rows, and each claim's ordered index scan steps over the dead
+        entries left by earlier ones until a vacuum removes them: at thousands of tasks a second
+        that is thousands of entries per claim within autovacuum's one-minute rounds. ``claim``
+        calls this every ``store.queue_vacuum_every`` claimed tasks. SKIP_LOCKED: never wait for
+        an autovacuum already at it; INDEX_CLEANUP ON: the dead index entries are the point, even
+        when they are few next to a long queue.
+        """
+
+        def vacuum(raw: Any) -> bool:
+            notices = raw.dbapi_connection.notices
+            seen = len(notices)
+            with raw.cursor() as cursor:
+                cursor.execute("VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) task_queue, task_leases")
+            # A table it could not lock, or may not vacuum, is skipped with a WARNING, not an error.
+            return not any("skipping" in n for n in notices[seen:])
+
+        self.queue_vacuums += 1
+        try:
+            done = self._run("vacuum_queue", vacuum, raw=True)
+        except StoreError as exc:  # maintenance only: the queue works without it
+            log.warning("queue vacuum failed: %s", exc, extra={"stage": Stage.STORE.value})
+            return False
+        if not done:
+            log.debug("queue vacuum skipped a table (busy, or not its owner)", extra={"stage": Stage.STORE.value})
+        return done
 
     def renew(self, leases: Sequence[tuple[int, int]], owner: str, *, lease_s: float) -> set[tuple[int, int]]:
         """Extend many leases in one statement; returns the ``(id, attempt)`` leases that were lost."""
@@ -855,25 +1011,22 @@ class Store:
     def _record_completions(self, outcomes: list[Outcome]) -> list[RecordResult]:
         """Completions of distinct tasks: one fenced statement (no retry decision needs the rows)."""
         ordered = sorted(outcomes, key=lambda o: o.task_id)  # lock order, as in record()
-        args = (
-            [o.task_id for o in ordered],
-            [o.attempt for o in ordered],
-            [float(o.result.audio_duration_s) if o.result else None for o in ordered],
-            [o.result.language if o.result else None for o in ordered],
-            [json.dumps(list(o.result.outputs)) if o.result else None for o in ordered],
-            [
-                o.result.text_preview[:TEXT_PREVIEW_CHARS] if o.result and o.result.text_preview else None
-                for o in ordered
-            ],
-            [o.actor for o in ordered],
-            [o.node_id for o in ordered],
-            [json.dumps([[st, float(t)] for st, t in o.timings]) if o.timings else None for o in ordered],
-        )
+        columns: tuple[list[Any], ...] = tuple([] for _ in range(9))
+        ids, attempts, durations, languages, outputs, previews, actors, nodes, timings = columns
+        for o in ordered:  # one pass: this runs for every batch on the hot path
+            r = o.result
+            ids.append(o.task_id)
+            attempts.append(o.attempt)
+            durations.append(float(r.audio_duration_s) if r else None)
+            languages.append(r.language if r else None)
+            outputs.append((json.dumps(r.outputs) if r.outputs else "[]") if r else None)  # a tuple encodes as a list
+            previews.append(r.text_preview[:TEXT_PREVIEW_CHARS] if r and r.text_preview else None)
+            actors.append(o.actor)
+            nodes.append(o.node_id)
+            timings.append(json.dumps([[st, float(t)] for st, t in o.timings]) if o.timings else None)
+        args = tuple(map(_pg_array, columns))
 
-        def tx(conn: sa.Connection) -> set[int]:
-            return {r[0] for r in _COMPLETE.execute(conn, *args)}
-
-        applied = self._run("record", tx, single=True)
+        applied = self._run("record", lambda raw: {r[0] for r in _COMPLETE.execute(raw, *args)}, raw=True)
         fenced: dict[int, tuple[str, int]] = {}
         missed = [o.task_id for o in outcomes if o.task_id not in applied]
         if missed:
@@ -1090,9 +1243,11 @@ class Store:
 
     def claimable_pairs(self) -> list[tuple[str, str]]:
         """Distinct (engine, model) with work now or in flight: the worker pools worth keeping."""
+        # The side tables hold exactly the claimable and the in-flight tasks: no scan of tasks.
         sql = text(
-            "SELECT DISTINCT engine, model FROM tasks WHERE status IN ('pending', 'in_progress') "
-            "OR (status = 'failed' AND retry_at <= now()) ORDER BY engine, model"
+            "SELECT engine, model FROM task_queue WHERE ready_at <= now() "
+            "UNION SELECT t.engine, t.model FROM task_leases l JOIN tasks t ON t.id = l.task_id "
+            "ORDER BY engine, model"
         )
         return self._run("claimable_pairs", lambda conn: [(r.engine, r.model) for r in conn.execute(sql)])
 
@@ -1126,12 +1281,16 @@ class Store:
     def outstanding(self, pairs: Sequence[tuple[str, str]] | None = None) -> int:
         """Tasks not yet settled (pending, in progress, or waiting for a retry); 0 means drained.
         ``pairs`` counts only those (engine, model) pools, as ``claim`` does."""
-        where = "status IN ('pending', 'in_progress', 'failed')"
+        # Queued (pending or waiting for a retry) plus leased (in progress): the side tables, not tasks.
         params: dict[str, Any] = {}
+        queued = "SELECT count(*) FROM task_queue q"
+        leased = "SELECT count(*) FROM task_leases l JOIN tasks t ON t.id = l.task_id"
         if pairs is not None:
-            where += " AND (engine, model) IN (SELECT * FROM unnest(CAST(:e AS text[]), CAST(:m AS text[])))"
+            pool = "IN (SELECT * FROM unnest(CAST(:e AS text[]), CAST(:m AS text[])))"
+            queued += f" WHERE (q.engine, q.model) {pool}"
+            leased += f" WHERE (t.engine, t.model) {pool}"
             params = {"e": [e for e, _ in pairs], "m": [m for _, m in pairs]}
-        sql = text(f"SELECT count(*) FROM tasks WHERE {where}")
+        sql = text(f"SELECT ({queued}) + ({leased})")
         return self._run("outstanding", lambda conn: conn.execute(sql, params).scalar_one())
 
     def count_by_status(self, ids: Sequence[int]) -> dict[TaskStatus, int]:

@@ -16,7 +16,7 @@ from raytranscribe.contracts import Outcome, TaskResult
 from raytranscribe.errors import Stage, StoreUnavailable
 from raytranscribe.store import NewTask, Store, TaskStatus
 from tests.store.claimers import claim_until_empty, process_main
-from tests.support.db import TEST_SETTINGS
+from tests.support.db import TEST_SETTINGS, side_table_violations
 
 N_TASKS = 2000
 
@@ -61,6 +61,7 @@ def test_threads_and_processes_claim_each_task_exactly_once(store, database_url)
     assert tuple(rows) == (N_TASKS, N_TASKS, N_TASKS)
     assert owners == {k: len(v) for k, v in per_owner.items()}
     assert store.stats().counts[TaskStatus.COMPLETED] == N_TASKS
+    assert side_table_violations(store) == []
 
 
 def test_backends_terminated_during_claim_loop_lose_nothing(store, database_url, make_store):
@@ -113,6 +114,7 @@ def test_backends_terminated_during_claim_loop_lose_nothing(store, database_url,
         open_attempts = conn.execute(sa.text("SELECT count(*) FROM task_attempts WHERE finished_at IS NULL")).scalar_one()
     assert Counter(per_task) == {1: n}  # each task completed exactly once
     assert open_attempts == 0  # nothing stuck in progress
+    assert side_table_violations(store) == []  # killed mid-statement: the side tables never drifted
 
 
 def _closed_port() -> int:

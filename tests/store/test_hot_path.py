@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from raytranscribe.contracts import Outcome, TaskResult
 from raytranscribe.store import NewTask, TaskStatus
-from tests.support.db import TEST_SETTINGS
+from tests.support.db import TEST_SETTINGS, hot_sql
 
 RESULT = TaskResult(3.5, "en", ("s3://bkt/out/a.json",), "hi")
 
@@ -21,36 +21,38 @@ def new(i: int) -> NewTask:
     return NewTask(f"s3://bkt/hot/{i:05d}.wav", f"s3://bkt/out/{i:05d}")
 
 
-def _count_statements(engine: sa.Engine) -> tuple[list[str], object]:
+def _count_transactional_statements(engine: sa.Engine) -> tuple[list[str], object]:
     statements: list[str] = []
 
     def count(conn, cursor, statement, *args):
-        # "PREPARE name (...) AS ..." and "EXECUTE name (...)" are both recorded as "name".
-        is_prepared = statement.startswith(("EXECUTE", "PREPARE"))
-        statements.append(statement.split(None, 2)[1] if is_prepared else statement)
+        statements.append(statement)
 
     sa.event.listen(engine, "before_cursor_execute", count)
     return statements, count
 
 
+def _executions(store) -> dict[str, int]:
+    """Per prepared statement of the hot-path connection: how often the server ran it."""
+    rows = hot_sql(store, "SELECT name, generic_plans + custom_plans, generic_plans FROM pg_prepared_statements")
+    assert all(total == generic for _, total, generic in rows)  # planned once, then reused
+    return {name: total for name, total, _ in rows}
+
+
 def test_claim_and_complete_are_one_prepared_statement_each(store, make_store):
-    # On the empty tables the `store` fixture left; one connection per pool, to count PREPAREs.
+    # On the empty tables the `store` fixture left. This thread's claims and completions share one
+    # connection, so the server's own count of executions per prepared statement covers every call.
     store = make_store(TEST_SETTINGS.with_(store={"pool_size": 1}))
     store.submit([new(i) for i in range(30)])
-    statements, count = _count_statements(store._autocommit)
-    tx_statements, tx_count = _count_statements(store._engine)
+    tx_statements, tx_count = _count_transactional_statements(store._engine)
     try:
         first = store.claim(10, "o", lease_s=60)
-        assert statements == ["raytranscribe_claim", "raytranscribe_claim"]  # PREPARE, then EXECUTE
-        statements.clear()
+        assert _executions(store) == {"raytranscribe_claim": 1}
         second = store.claim(10, "o", lease_s=60)
         results = store.record([Outcome(c.id, c.attempt, result=RESULT) for c in first + second])
-        assert statements == ["raytranscribe_claim", "raytranscribe_complete", "raytranscribe_complete"]
-        statements.clear()
+        assert _executions(store) == {"raytranscribe_claim": 2, "raytranscribe_complete": 1}
         store.record([Outcome(c.id, c.attempt, result=RESULT) for c in store.claim(10, "o", lease_s=60)])
-        assert statements == ["raytranscribe_claim", "raytranscribe_complete"]  # prepared once per connection
+        assert _executions(store) == {"raytranscribe_claim": 3, "raytranscribe_complete": 2}
     finally:
-        sa.event.remove(store._autocommit, "before_cursor_execute", count)
         sa.event.remove(store._engine, "before_cursor_execute", tx_count)
     assert tx_statements == []  # no BEGIN/lock/COMMIT transaction on the hot path
     assert [r.task_id for r in results] == [c.id for c in first + second]
@@ -63,6 +65,26 @@ def test_claim_and_complete_are_one_prepared_statement_each(store, make_store):
             "SELECT count(*), count(*) FILTER (WHERE outcome = 'completed' AND finished_at IS NOT NULL) FROM task_attempts"
         )).one()  # fmt: skip
     assert tuple(rows) == (30, 30)
+
+
+def test_completion_arrays_travel_as_array_literals(store):
+    """Results with quotes, backslashes, braces and NULLs survive the one-literal-per-array encoding."""
+    nasty = ('a "quoted" \\ path', "{braces,commas}", "NULL", "", "é\n\t'single'")
+    store.submit([new(i) for i in range(len(nasty) + 1)])
+    claimed = store.claim(10, "o", lease_s=60)
+    outcomes = [
+        Outcome(c.id, c.attempt, result=TaskResult(float(i) + 0.25, text, (f"s3://bkt/out/{text}.json",), text),
+                actor=text, node_id=None, timings=(("transcribe", 1.5),))
+        for i, (c, text) in enumerate(zip(claimed, nasty))
+    ] + [Outcome(claimed[-1].id, claimed[-1].attempt, result=TaskResult(float("nan"), None, (), None))]  # fmt: skip
+    assert all(r.applied for r in store.record(outcomes))
+    for i, (c, text) in enumerate(zip(claimed, nasty)):
+        t = store.get(c.id)
+        assert (t.audio_duration_s, t.language, t.output_uris, t.text_preview) == (
+            float(i) + 0.25, text, (f"s3://bkt/out/{text}.json",), text or None)  # fmt: skip
+        assert (t.attempts[0].actor, t.attempts[0].timings) == (text, (("transcribe", 1.5),))
+    last = store.get(claimed[-1].id)
+    assert (last.status, last.audio_duration_s, last.language) == (TaskStatus.COMPLETED, None, None)
 
 
 def test_completion_batch_fences_each_outcome_and_keeps_order(store):
@@ -119,15 +141,13 @@ def test_prepared_statements_come_back_after_deallocate(store, make_store):
     store = make_store(TEST_SETTINGS.with_(store={"pool_size": 1}))
     store.submit([new(i) for i in range(3)])
     (a,) = store.claim(1, "o", lease_s=60)
-    with store._autocommit.connect() as conn:  # the pool's only connection: the one that prepared
-        assert conn.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements").scalar_one() == 1
-        conn.exec_driver_sql("DEALLOCATE ALL")
+    assert hot_sql(store, "SELECT count(*) FROM pg_prepared_statements") == [(1,)]  # the connection that prepared
+    hot_sql(store, "DEALLOCATE ALL")
     (b,) = store.claim(1, "o", lease_s=60)
     results = store.record([Outcome(x.id, x.attempt, result=RESULT) for x in (a, b)])
     assert [(r.task_id, r.applied) for r in results] == [(1, True), (2, True)]
     assert store.transient_errors == 0
-    with store._autocommit.connect() as conn:
-        names = conn.exec_driver_sql("SELECT name FROM pg_prepared_statements ORDER BY name").scalars().all()
+    names = [r[0] for r in hot_sql(store, "SELECT name FROM pg_prepared_statements ORDER BY name")]
     assert names == ["raytranscribe_claim", "raytranscribe_complete"]
 
 
@@ -150,13 +170,35 @@ def test_index_methods_collation_and_fillfactor(store):
         method = conn.execute(sa.text(
             "SELECT am.amname FROM pg_class i JOIN pg_am am ON am.oid = i.relam WHERE i.relname = 'ix_tasks_input_uri'"
         )).scalar_one()  # fmt: skip
-        options = conn.execute(sa.text("SELECT reloptions FROM pg_class WHERE relname = 'task_attempts'")).scalar_one()
+        options = dict(conn.execute(sa.text(
+            "SELECT relname, reloptions FROM pg_class WHERE relname IN ('tasks', 'task_attempts', 'task_leases', "
+            "'task_queue')"
+        )).all())  # fmt: skip
         triggers = conn.execute(sa.text(
-            "SELECT tgname, pg_get_triggerdef(oid) LIKE '%WHEN (%' FROM pg_trigger "
+            "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger "
             "WHERE tgrelid = 'tasks'::regclass AND NOT tgisinternal ORDER BY tgname"
         )).all()  # fmt: skip
-    assert (collation, method, options) == ("C", "hash", ["fillfactor=60"])
-    assert [tuple(t) for t in triggers] == [("tasks_guard_transition", True), ("tasks_stamp_updated_at", True)]
+        sync_config = conn.execute(sa.text(
+            "SELECT proconfig FROM pg_proc WHERE proname = 'tasks_sync_side_tables'"
+        )).scalar_one()  # fmt: skip
+    assert (collation, method) == ("C", "hash")
+    churn = [
+        "autovacuum_vacuum_scale_factor=0.0", "autovacuum_vacuum_threshold=1000",
+        "autovacuum_analyze_scale_factor=0.02", "autovacuum_vacuum_cost_delay=0",
+    ]  # fmt: skip
+    assert options == {
+        "tasks": ["fillfactor=45"], "task_attempts": ["fillfactor=60"],
+        "task_leases": ["fillfactor=70", *churn], "task_queue": churn,
+    }  # fmt: skip
+    assert [name for name, _ in triggers] == [
+        "tasks_guard_transition", "tasks_stamp_updated_at",  # row triggers, with WHEN: idle unless needed
+        "tasks_sync_deleted", "tasks_sync_inserted", "tasks_sync_truncated", "tasks_sync_updated",
+    ]  # fmt: skip
+    definitions = dict(triggers)
+    assert "WHEN (" in definitions["tasks_guard_transition"] and "WHEN (" in definitions["tasks_stamp_updated_at"]
+    for name in ("tasks_sync_inserted", "tasks_sync_updated", "tasks_sync_deleted"):
+        assert "FOR EACH STATEMENT" in definitions[name] and "REFERENCING" in definitions[name]
+    assert sync_config == ["enable_seqscan=off"]  # its plans, made once per session, stay index probes
 
 
 def test_updated_at_is_stamped_unless_the_update_sets_it(store):

@@ -20,7 +20,7 @@ from raytranscribe.local import embedded_postgres_url, server_answers
 from raytranscribe.store import Store
 from raytranscribe.store.admin import LOCAL_SERVER, create_database, drop_database, local_server_url
 
-__all__ = ["TEST_SETTINGS", "create_database", "drop_database", "local_server_url"]
+__all__ = ["TEST_SETTINGS", "create_database", "drop_database", "hot_sql", "local_server_url", "side_table_violations"]
 
 # Short delays so retry scheduling is observable within a test.
 TEST_SETTINGS = Settings(database_url=None).with_(
@@ -82,3 +82,44 @@ def store(database_url) -> Iterator[Store]:
     s = Store(database_url, settings=TEST_SETTINGS)
     yield s
     s.close()
+
+
+# Differences between the side tables and what tasks say they must hold (migration 0005): a queue
+# row for exactly the claimable tasks (ready at created_at, or at retry_at when failed) and a lease
+# row for exactly the in-progress ones, with the task's own attempt, owner and expiry.
+_SIDE_TABLE_VIOLATIONS = """
+WITH want_q AS (
+    SELECT id AS task_id, engine, model, priority, created_at,
+           CASE WHEN status = 'failed' THEN retry_at ELSE created_at END AS ready_at
+    FROM tasks WHERE status IN ('pending', 'failed')
+), want_l AS (
+    SELECT id AS task_id, attempt, lease_owner AS owner, lease_expires_at AS expires_at
+    FROM tasks WHERE status = 'in_progress'
+)
+(SELECT 'queue row missing', task_id FROM (SELECT * FROM want_q EXCEPT SELECT * FROM task_queue) m)
+UNION ALL
+(SELECT 'stray queue row', task_id FROM (SELECT * FROM task_queue EXCEPT SELECT * FROM want_q) s)
+UNION ALL
+(SELECT 'lease row missing', task_id FROM (SELECT * FROM want_l EXCEPT SELECT * FROM task_leases) m)
+UNION ALL
+(SELECT 'stray lease row', task_id FROM (SELECT * FROM task_leases EXCEPT SELECT * FROM want_l) s)
+ORDER BY 2, 1
+"""
+
+
+def side_table_violations(store: Store) -> list[tuple[str, int]]:
+    """Every way task_queue and task_leases disagree with tasks; [] when they are exact mirrors."""
+    with store._engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(_SIDE_TABLE_VIOLATIONS))]
+
+
+def hot_sql(store: Store, statement: str) -> list[tuple]:
+    """Run ``statement`` on the connection this thread's claims and completions use (the one that
+    PREPAREd them and carries the hot-path session settings); its rows, if any."""
+
+    def run(raw) -> list[tuple]:
+        with raw.cursor() as cursor:
+            cursor.execute(statement)
+            return cursor.fetchall() if cursor.description else []
+
+    return store._run_raw(run)
