@@ -473,6 +473,15 @@ WITH u AS (
 SELECT count(*) FROM u
 """
 
+# Writers of queued tasks (cancel, requeue) lock the tasks' queue rows first, in id order: claim
+# holds a queue row while it updates the task, and the side-table trigger of a writer holding the
+# task would then wait for that queue row. Same order everywhere, no deadlock. {where} names the
+# tasks (alias t).
+_LOCK_QUEUED_SQL = """
+SELECT q.task_id FROM task_queue q JOIN tasks t ON t.id = q.task_id WHERE {where}
+ORDER BY q.task_id FOR UPDATE OF q
+"""
+
 _CANCEL_SQL = """
 WITH old AS (
     SELECT id, attempt, status FROM tasks
@@ -1166,19 +1175,26 @@ class Store:
                 )
         if not ids and status is None:
             raise InvalidInput("requeue needs task ids or a status")
-        where = ["status IN ('failed', 'dead', 'cancelled')"]
+        where = ["t.status IN ('failed', 'dead', 'cancelled')"]
         params: dict[str, Any] = {}
         if ids:
-            where.append("id = ANY(CAST(:ids AS bigint[]))")
+            where.append("t.id = ANY(CAST(:ids AS bigint[]))")
             params["ids"] = ids
         if status is not None:
-            where.append("status = CAST(:status AS task_status)")
+            where.append("t.status = CAST(:status AS task_status)")
             params["status"] = status.value
+        cond = " AND ".join(where)
+        lock = text(_LOCK_QUEUED_SQL.format(where=cond))
         sql = text(
-            "UPDATE tasks SET status = 'pending', retries = 0, retry_at = NULL, completed_at = NULL, "
-            "lease_owner = NULL, lease_expires_at = NULL WHERE " + " AND ".join(where)
+            "UPDATE tasks t SET status = 'pending', retries = 0, retry_at = NULL, completed_at = NULL, "
+            "lease_owner = NULL, lease_expires_at = NULL WHERE " + cond
         )
-        count = self._run("requeue", lambda conn: conn.execute(sql, params).rowcount)
+
+        def tx(conn: sa.Connection) -> int:
+            conn.execute(lock, params)
+            return conn.execute(sql, params).rowcount
+
+        count = self._run("requeue", tx)
         log.info("requeued %d task(s)", count)
         return count
 
@@ -1187,7 +1203,13 @@ class Store:
         ids = [int(i) for i in ids]
         if not ids:
             return 0
-        count = self._run("cancel", lambda conn: conn.execute(text(_CANCEL_SQL), {"ids": ids}).scalar_one())
+        lock = text(_LOCK_QUEUED_SQL.format(where="t.id = ANY(CAST(:ids AS bigint[]))"))
+
+        def tx(conn: sa.Connection) -> int:
+            conn.execute(lock, {"ids": ids})
+            return conn.execute(text(_CANCEL_SQL), {"ids": ids}).scalar_one()
+
+        count = self._run("cancel", tx)
         log.info("cancelled %d of %d task(s)", count, len(ids))
         return count
 

@@ -222,3 +222,34 @@ def test_the_store_vacuums_the_queue_every_so_many_claimed_tasks(store, make_sto
     last = sql(store, "SELECT relname, last_vacuum IS NOT NULL FROM pg_stat_user_tables "
                       "WHERE relname IN ('task_queue', 'task_leases') ORDER BY relname")  # fmt: skip
     assert last == [("task_leases", True), ("task_queue", True)]
+
+
+def test_cancel_waits_for_a_claim_holding_the_queue_row_instead_of_deadlocking(store, database_url):
+    """A claim locks a queue row, then updates its task; cancel takes the same order (queue row first)."""
+    store.submit([new(1)])
+    claimer = sa.create_engine(database_url)
+    try:
+        with claimer.connect() as conn:
+            tx = conn.begin()
+            # The claim's first step, in a transaction held open: the queue row of task 1 is ours.
+            assert conn.execute(sa.text(
+                "SELECT task_id FROM task_queue WHERE task_id = 1 FOR UPDATE SKIP LOCKED")).all() == [(1,)]  # fmt: skip
+            result: list[object] = []
+            canceller = threading.Thread(target=lambda: result.append(store.cancel([1])))
+            canceller.start()
+            time.sleep(0.5)  # cancel is now waiting; before the fix it held the task and waited for the queue row
+            assert canceller.is_alive()
+            # The claim's second step: update the task. It must not wait for cancel (deadlock_timeout is 1 s).
+            started = time.monotonic()
+            conn.execute(sa.text(
+                "UPDATE tasks SET status = 'in_progress', attempt = 1, lease_owner = 'orch', "
+                "lease_expires_at = now() + interval '1 minute' WHERE id = 1"))  # fmt: skip
+            assert time.monotonic() - started < 0.5
+            tx.commit()
+            canceller.join(10)
+    finally:
+        claimer.dispose()
+    assert result == [1]  # then cancelled, as an in-progress task
+    assert store.transient_errors == 0  # no deadlock was detected and retried
+    assert store.get(1).status is TaskStatus.CANCELLED
+    assert side_table_violations(store) == []
