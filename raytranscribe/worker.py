@@ -142,7 +142,7 @@ class TranscriptionWorker:
             gpu_ids=tuple(str(g) for g in ray.get_gpu_ids()),
             engine=self.spec.engine,
             model=self.spec.model,
-            device=self.spec.device,
+            device=getattr(self.engine, "device", self.spec.device),  # what "auto" resolved to
             tasks_done=done,
             running=running,
         )
