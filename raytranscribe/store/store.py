@@ -633,7 +633,7 @@ class Store:
         self.queue_vacuums = 0  # vacuums of the queue this store started (for tests and metrics)
         self._vacuum_lock = threading.Lock()  # also guards _held
         self._hot = threading.local()
-        self._held: list[Any] = []  # every thread's hot-path connection, for close()
+        self._held: dict[threading.Thread, Any] = {}  # each thread's hot-path connection
         st = self.settings.store
         try:
             # No pool_pre_ping: it costs a round trip per operation. A pooled connection killed while
@@ -668,7 +668,7 @@ class Store:
 
     def close(self) -> None:
         with self._vacuum_lock:
-            held, self._held = self._held, []
+            held, self._held = list(self._held.values()), {}
         for raw in held:  # hot-path connections still held by threads: back to the pool, then closed
             try:
                 raw.close()
@@ -757,14 +757,20 @@ class Store:
 
         Checking a connection out of the pool and back in for every claim and every completion
         cost more client time than building the batch; a thread holds one instead (the
-        orchestrator's loop is one thread), and gives it back when it is found dead or at close().
+        orchestrator's loop is one thread), and gives it back when it is found dead, when its
+        thread has ended (swept at the next checkout), or at close().
         """
         raw = getattr(self._hot, "raw", None)
         if raw is None:
+            with self._vacuum_lock:
+                ended = [t for t in self._held if not t.is_alive()]
+                gone = [self._held.pop(t) for t in ended]
+            for old in gone:  # connections of threads that have ended go back to the pool
+                old.close()
             raw = self._autocommit.raw_connection()
             self._hot.raw = raw
             with self._vacuum_lock:
-                self._held.append(raw)
+                self._held[threading.current_thread()] = raw
         return raw
 
     def _drop_hot_connection(self, exc: BaseException | None = None) -> None:
@@ -773,8 +779,7 @@ class Store:
             return
         self._hot.raw = None
         with self._vacuum_lock:
-            if raw in self._held:
-                self._held.remove(raw)
+            self._held.pop(threading.current_thread(), None)
         try:
             raw.invalidate(exc)
         finally:

@@ -214,3 +214,23 @@ def test_updated_at_is_stamped_unless_the_update_sets_it(store):
         claimed_at, started = conn.execute(sa.text("SELECT updated_at, started_at FROM tasks")).one()
     assert claimed_at == started  # set by the claim statement itself, in its own transaction
     assert claimed_at > stamped
+
+
+def test_threads_that_end_give_their_hot_path_connection_back(store, make_store):
+    """Each thread holds one hot-path connection; one that ended returns it, so the pool never runs dry."""
+    import threading
+
+    store = make_store(TEST_SETTINGS.with_(store={"pool_size": 1}))  # two autocommit connections at most
+    store.submit([new(i) for i in range(12)])
+    got: list[int] = []
+
+    def claim_once() -> None:
+        got.extend(c.id for c in store.claim(1, "o", lease_s=60))
+
+    for _ in range(12):  # one after another: each new thread finds the last one's connection free
+        t = threading.Thread(target=claim_once)
+        t.start()
+        t.join(30)
+        assert not t.is_alive(), "a claim waited for a connection that an ended thread still held"
+    assert sorted(got) == list(range(1, 13))
+    assert len(store._held) == 1  # only the last thread's, until the next checkout sweeps it
