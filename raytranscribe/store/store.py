@@ -631,7 +631,7 @@ class Store:
         self.transient_errors = 0
         self._claimed_since_vacuum = 0
         self.queue_vacuums = 0  # vacuums of the queue this store started (for tests and metrics)
-        self._vacuum_lock = threading.Lock()  # also guards _held
+        self._lock = threading.Lock()  # guards _claimed_since_vacuum and _held
         self._hot = threading.local()
         self._held: dict[threading.Thread, Any] = {}  # each thread's hot-path connection
         st = self.settings.store
@@ -667,7 +667,7 @@ class Store:
         return cls(url, settings=settings)
 
     def close(self) -> None:
-        with self._vacuum_lock:
+        with self._lock:
             held, self._held = list(self._held.values()), {}
         for raw in held:  # hot-path connections still held by threads: back to the pool, then closed
             try:
@@ -762,14 +762,14 @@ class Store:
         """
         raw = getattr(self._hot, "raw", None)
         if raw is None:
-            with self._vacuum_lock:
+            with self._lock:
                 ended = [t for t in self._held if not t.is_alive()]
                 gone = [self._held.pop(t) for t in ended]
             for old in gone:  # connections of threads that have ended go back to the pool
                 old.close()
             raw = self._autocommit.raw_connection()
             self._hot.raw = raw
-            with self._vacuum_lock:
+            with self._lock:
                 self._held[threading.current_thread()] = raw
         return raw
 
@@ -778,7 +778,7 @@ class Store:
         if raw is None:
             return
         self._hot.raw = None
-        with self._vacuum_lock:
+        with self._lock:
             self._held.pop(threading.current_thread(), None)
         try:
             raw.invalidate(exc)
@@ -902,7 +902,7 @@ class Store:
 
         claimed = self._run("claim", tx, raw=True)
         if claimed and self.settings.store.queue_vacuum_every:
-            with self._vacuum_lock:
+            with self._lock:
                 self._claimed_since_vacuum += len(claimed)
                 due = self._claimed_since_vacuum >= self.settings.store.queue_vacuum_every
                 if due:
@@ -1189,17 +1189,11 @@ class Store:
             where.append("t.status = CAST(:status AS task_status)")
             params["status"] = status.value
         cond = " AND ".join(where)
-        lock = text(_LOCK_QUEUED_SQL.format(where=cond))
         sql = text(
             "UPDATE tasks t SET status = 'pending', retries = 0, retry_at = NULL, completed_at = NULL, "
             "lease_owner = NULL, lease_expires_at = NULL WHERE " + cond
         )
-
-        def tx(conn: sa.Connection) -> int:
-            conn.execute(lock, params)
-            return conn.execute(sql, params).rowcount
-
-        count = self._run("requeue", tx)
+        count = self._write_queued("requeue", cond, params, lambda conn: conn.execute(sql, params).rowcount)
         log.info("requeued %d task(s)", count)
         return count
 
@@ -1208,15 +1202,27 @@ class Store:
         ids = [int(i) for i in ids]
         if not ids:
             return 0
-        lock = text(_LOCK_QUEUED_SQL.format(where="t.id = ANY(CAST(:ids AS bigint[]))"))
-
-        def tx(conn: sa.Connection) -> int:
-            conn.execute(lock, {"ids": ids})
-            return conn.execute(text(_CANCEL_SQL), {"ids": ids}).scalar_one()
-
-        count = self._run("cancel", tx)
+        params = {"ids": ids}
+        count = self._write_queued(
+            "cancel", "t.id = ANY(CAST(:ids AS bigint[]))", params,
+            lambda conn: conn.execute(text(_CANCEL_SQL), params).scalar_one(),
+        )  # fmt: skip
         log.info("cancelled %d of %d task(s)", count, len(ids))
         return count
+
+    def _write_queued(self, op: str, where: str, params: dict[str, Any], write: Callable[[sa.Connection], T]) -> T:
+        """One transaction: lock the queue rows of the tasks ``where`` names (alias t), then ``write``.
+
+        The lock order claims take (queue row, then task; see _LOCK_QUEUED_SQL), for every writer
+        that may change a queued task.
+        """
+        lock = text(_LOCK_QUEUED_SQL.format(where=where))
+
+        def tx(conn: sa.Connection) -> T:
+            conn.execute(lock, params)
+            return write(conn)
+
+        return self._run(op, tx)
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -1311,11 +1317,11 @@ class Store:
         # Queued (pending or waiting for a retry) plus leased (in progress): the side tables, not tasks.
         params: dict[str, Any] = {}
         queued = "SELECT count(*) FROM task_queue q"
-        leased = "SELECT count(*) FROM task_leases l JOIN tasks t ON t.id = l.task_id"
+        leased = "SELECT count(*) FROM task_leases l"
         if pairs is not None:
             pool = "IN (SELECT * FROM unnest(CAST(:e AS text[]), CAST(:m AS text[])))"
             queued += f" WHERE (q.engine, q.model) {pool}"
-            leased += f" WHERE (t.engine, t.model) {pool}"
+            leased += f" JOIN tasks t ON t.id = l.task_id WHERE (t.engine, t.model) {pool}"  # leases name no pool
             params = {"e": [e for e, _ in pairs], "m": [m for _, m in pairs]}
         sql = text(f"SELECT ({queued}) + ({leased})")
         return self._run("outstanding", lambda conn: conn.execute(sql, params).scalar_one())
