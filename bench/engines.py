@@ -1,9 +1,25 @@
-"""Engine benchmark: audio seconds per wall second, cold model load vs resident model.
+"""Engine benchmark: cross-file batching, and cold model load vs resident model.
 
-    .venv/bin/python bench/engines.py                 # CPU: faster-whisper tiny.en int8
-    .venv/bin/python bench/engines.py --device cuda   # on a GPU machine
+    .venv/bin/python bench/engines.py                     # CPU: batching, faster-whisper tiny.en int8
+    .venv/bin/python bench/engines.py --quick             # the same, small, to check it runs
+    .venv/bin/python bench/engines.py --device cuda       # GPU: tiny.en and base at batch 1/8/16/32
+    .venv/bin/python bench/engines.py --load              # cold load vs resident model
 
-For each engine and each committed speech sample it measures
+Batching (the default) runs three ways over the same audio, side by side, in one run:
+
+* sequential: ``engine.transcribe`` one file at a time (``engine.batch_size = 1``);
+* per-file batched: faster-whisper's ``BatchedInferencePipeline`` on each file (VAD chunks of one
+  file batched together), the best a plain loop gets from faster-whisper;
+* cross-file: :func:`raytranscribe.batching.transcribe_batch`, windows of all files packed into
+  batches of ``--batch-size`` slots, what a worker actor does;
+
+on (a) 48 short clips of 2-12 s of espeak-ng speech and (b) one 10-minute file of the same speech
+concatenated, and prints audio seconds per wall second, the ratio to sequential and WER, ending with
+the headline lines ``ratio cross-file/sequential short``, ``ratio cross-file/per-file-batched short``
+and ``ratio cross-file/sequential long``. Without espeak-ng on the PATH the clips are built from
+the committed samples instead (the report says which).
+
+``--load`` measures, for each engine and each committed speech sample,
 
 * cold: build the engine (load the model) and transcribe, per file: what a worker that loaded
   the model per task would pay;
@@ -109,6 +125,149 @@ def print_table(rows: list[Row], skipped: list[tuple[str, str]], files: int, rep
         print(f"{label:38s} {why}")
 
 
+# --- batching ---------------------------------------------------------------------------------------
+
+# Sentences the short clips and the long file are spoken from (the samples' and a few more).
+_SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Please call the doctor before noon tomorrow.",
+    "We walked along the river and watched the boats.",
+    "The children played in the park after school.",
+    "The library opens early on Monday morning.",
+    "Turn off the lights when you leave the room.",
+    "The train leaves the station at seven in the evening.",
+    "My grandmother grows tomatoes and roses in her garden.",
+    "The meeting was moved to Thursday afternoon.",
+    "She bought a new bicycle for her daughter.",
+    "Heavy rain is expected over the weekend.",
+    "Remember to water the plants every morning.",
+]
+SR = 16000
+
+
+def _voice_clips() -> tuple[list, str]:
+    """(text, samples) per sentence: espeak-ng when installed, else the committed samples."""
+    import shutil
+
+    if shutil.which("espeak-ng"):
+        from tests.support.tts import speak
+
+        return [(t, speak(t)) for t in _SENTENCES], "espeak-ng"
+    from raytranscribe.samples import sample_names, sample_path
+
+    return [(expected_text(n), decode(sample_path(n)).samples) for n in sample_names()], "the committed samples"
+
+
+def build_sets(n_short: int, long_s: float, seed: int = 0):
+    """(short clips, one long file, where the speech came from): lists of (reference text, samples)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    voices, source = _voice_clips()
+    short = []
+    while len(short) < n_short:
+        target = rng.uniform(2.0, 12.0)
+        texts, pieces, length = [], [], 0.0
+        while True:
+            text, audio = voices[int(rng.integers(len(voices)))]
+            if pieces and length + audio.size / SR > target:
+                break
+            texts.append(text)
+            pieces += [audio, np.zeros(int(rng.uniform(0.2, 0.8) * SR), np.float32)]
+            length += audio.size / SR + 0.5
+            if length >= target:
+                break
+        short.append((" ".join(texts), np.concatenate(pieces[:-1])))
+    texts, pieces, length = [], [], 0.0
+    while length < long_s:
+        text, audio = voices[int(rng.integers(len(voices)))]
+        gap = np.zeros(int(rng.uniform(0.3, 1.5) * SR), np.float32)
+        texts.append(text)
+        pieces += [audio, gap]
+        length += (audio.size + gap.size) / SR
+    return short, [(" ".join(texts), np.concatenate(pieces))], source
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def _mean_wer(refs: list[str], texts: list[str]) -> float:
+    return statistics.mean(_wer(r, t) for r, t in zip(refs, texts, strict=True))
+
+
+def bench_batching(spec: EngineSpec, options: TranscribeOptions, batch_size: int, sets: dict) -> dict:
+    """Figures for sequential, per-file batched and cross-file on each set, in one process."""
+    from faster_whisper import BatchedInferencePipeline
+
+    from raytranscribe.batching import transcribe_batch
+    from raytranscribe.engines.faster import transcribe_kwargs
+
+    engine = load_engine(spec)
+    pipeline = BatchedInferencePipeline(engine.model)
+    warm = next(iter(sets.values()))[0][1]
+    engine.transcribe(warm, options)  # warm-up: allocator and kernel set-up
+    kwargs = transcribe_kwargs(options) | {"vad_filter": True}  # the pipeline needs VAD beyond 30 s
+    figures = {}
+    for name, clips in sets.items():
+        refs = [r for r, _ in clips]
+        audios = [a for _, a in clips]
+        audio_s = sum(a.size for a in audios) / SR
+        seq, seq_s = _timed(lambda: [engine.transcribe(a, options).text for a in audios])
+
+        def per_file():
+            out = []
+            for a in audios:
+                segments, _ = pipeline.transcribe(a, batch_size=batch_size, **kwargs)
+                out.append(" ".join(s.text.strip() for s in segments))
+            return out
+
+        pfb, pfb_s = _timed(per_file)
+        cross, cross_s = _timed(lambda: [t.text for t in transcribe_batch(engine, audios, options, batch_size)])
+        figures[name] = {
+            "audio_s": audio_s, "files": len(audios),
+            "sequential": (seq_s, _mean_wer(refs, seq)),
+            "per-file batched": (pfb_s, _mean_wer(refs, pfb)),
+            "cross-file": (cross_s, _mean_wer(refs, cross)),
+        }
+    return figures
+
+
+def print_batching(figures: dict, label: str, source: str) -> None:
+    print(f"{label}; speech from {source}; x RT = audio seconds per wall second")
+    head = f"{'set':24s} {'way':18s} {'wall s':>8s} {'x RT':>7s} {'vs seq':>7s} {'WER':>6s}"
+    print(head)
+    print("-" * len(head))
+    for name, f in figures.items():
+        seq_s = f["sequential"][0]
+        for way in ("sequential", "per-file batched", "cross-file"):
+            wall, err = f[way]
+            print(f"{name:24s} {way:18s} {wall:8.2f} {f['audio_s'] / wall:7.1f} {seq_s / wall:6.2f}x {err:6.3f}")
+
+
+def bench_gpu_sweep(device: str, models: list[str], sizes: list[int], sets: dict, options: TranscribeOptions) -> None:
+    """RTFx at each batch size (1 is the sequential path) and its ratio to batch 1, per model and set."""
+    from raytranscribe.batching import transcribe_batch
+
+    head = f"{'model':10s} {'set':24s} {'batch':>5s} {'wall s':>8s} {'RTFx':>8s} {'vs 1':>6s} {'WER':>6s}"
+    print(head)
+    print("-" * len(head))
+    for model in models:
+        engine = load_engine(EngineSpec(model=model, device=device))
+        engine.transcribe(next(iter(sets.values()))[0][1], options)
+        for name, clips in sets.items():
+            refs, audios = [r for r, _ in clips], [a for _, a in clips]
+            audio_s = sum(a.size for a in audios) / SR
+            base = None
+            for size in sizes:
+                out, wall = _timed(lambda: transcribe_batch(engine, audios, options, size))
+                base = base or wall
+                err = _mean_wer(refs, [t.text for t in out])
+                print(f"{model:10s} {name:24s} {size:5d} {wall:8.2f} {audio_s / wall:8.1f} {base / wall:5.2f}x {err:6.3f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
@@ -119,7 +278,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--download-root", default=None)
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--load", action="store_true", help="cold load vs resident model instead of batching")
+    parser.add_argument("--batch-size", type=int, default=8, help="slots per batch for the batched ways (CPU)")
+    parser.add_argument("--quick", action="store_true", help="12 clips and a 2-minute file: checks that it runs")
+    parser.add_argument("--sizes", default="1,8,16,32", help="GPU sweep batch sizes")
+    parser.add_argument("--gpu-models", default="tiny.en,base", help="GPU sweep models")
     args = parser.parse_args(argv)
+    if not args.load:
+        short, long, source = build_sets(12 if args.quick else 48, 120.0 if args.quick else 600.0)
+        sets = {f"short {len(short)} clips": short, f"long {long[0][1].size / SR / 60:.0f} min": long}
+        options = TranscribeOptions(beam_size=args.beam_size, vad_filter=True)
+        if args.device == "cuda":
+            bench_gpu_sweep("cuda", args.gpu_models.split(","), [int(x) for x in args.sizes.split(",")], sets, options)
+            return
+        spec = EngineSpec(engine="faster-whisper", model=args.model, device=args.device,
+                          compute_type=args.compute_type, cpu_threads=args.threads, download_root=args.download_root)
+        figures = bench_batching(spec, options, args.batch_size, sets)
+        print_batching(figures, f"faster-whisper {args.model} {args.device}, beam {args.beam_size}, "
+                                f"VAD on, batch {args.batch_size}", source)
+        short_f, long_f = figures[next(iter(figures))], figures[list(figures)[1]]
+        print(f"ratio cross-file/sequential short: {short_f['sequential'][0] / short_f['cross-file'][0]:.2f}")
+        print(f"ratio cross-file/per-file-batched short: "
+              f"{short_f['per-file batched'][0] / short_f['cross-file'][0]:.2f}")
+        print(f"ratio cross-file/sequential long: {long_f['sequential'][0] / long_f['cross-file'][0]:.2f}")
+        return
 
     options = TranscribeOptions(beam_size=args.beam_size)
     rows: list[Row] = []

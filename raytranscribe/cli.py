@@ -1,8 +1,11 @@
 """``raytranscribe``: the command line, the project's only face.
 
 Every command builds its :class:`Settings` from ``RAYTRANSCRIBE_*`` variables and the root options,
-talks to the store, and prints a rich table (or JSON with ``--json``). Exit codes: 0 ok, 1 not
-found / other error, 2 invalid input (bad URI, manifest, option), 3 database unavailable.
+talks to the store, and prints a rich table (or JSON with ``--json``). Exit codes: 0 ok; 1 not
+found, nothing changed (``retry``/``cancel`` of ids none of which allowed it), other error; 2 invalid
+input or configuration (bad URI, manifest, option, setting, database URL, a database that refuses
+the role or its options, a schema that needs ``raytranscribe db upgrade``); 3 database unreachable
+after the store's retries.
 """
 
 from __future__ import annotations
@@ -25,9 +28,19 @@ from rich.table import Table
 
 from raytranscribe.config import Settings
 from raytranscribe.engines.base import ENGINES, FORMATS, TranscribeOptions
-from raytranscribe.errors import InvalidInput, RayTranscribeError, StoreError, StoreUnavailable, TaskNotFound
-from raytranscribe.store import NewTask, Store, SubmitReport, TaskStatus, TaskView
+from raytranscribe.errors import (
+    ConfigError,
+    InvalidInput,
+    RayTranscribeError,
+    StoreError,
+    StoreMisconfigured,
+    StoreUnavailable,
+    TaskNotFound,
+)
+from raytranscribe.isolation import resolve_database_url
+from raytranscribe.store import NewTask, StatusChange, Store, SubmitReport, TaskStatus, TaskView
 from raytranscribe.store.manifest import ManifestDefaults, parse_formats, parse_manifest
+from raytranscribe.store.store import CANCELLABLE, REQUEUEABLE
 
 log = logging.getLogger("raytranscribe.cli")
 
@@ -44,6 +57,7 @@ app.add_typer(db_app, name="db")
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_ERROR, EXIT_INVALID, EXIT_UNAVAILABLE = 1, 2, 3
+DUPLICATES_SHOWN = 10  # submit's text output names this many duplicates, then counts
 
 # The settings of the running invocation, set by the root callback (root options applied).
 _SETTINGS: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("raytranscribe_settings", default=None)
@@ -56,23 +70,44 @@ _SETTINGS: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("ray
 def main(
     ctx: typer.Context,
     database_url: Optional[str] = typer.Option(
-        None, "--database-url", help="PostgreSQL URL (overrides RAYTRANSCRIBE_DATABASE_URL).", show_default=False
+        None, "--database-url", show_default=False,
+        help="PostgreSQL URL (overrides RAYTRANSCRIBE_DATABASE_URL, which overrides RAYTRANSCRIBE_DATABASE_URL_FILE).",
     ),
     log_level: Optional[str] = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING ...", show_default=False),
 ) -> None:
     try:
         settings = Settings()
     except ValidationError as exc:
-        _fail(f"invalid settings: {exc}", EXIT_INVALID)
+        _fail(_settings_problem(exc), EXIT_INVALID)
     update: dict[str, Any] = {}
     if database_url:
         update["database_url"] = database_url
-    if log_level:
-        update["log_level"] = log_level.upper()
+    level = (log_level or settings.log_level).upper()
+    if level not in logging.getLevelNamesMapping():
+        where = "--log-level" if log_level else "RAYTRANSCRIBE_LOG_LEVEL"
+        _fail(f"invalid {where} {level!r}: choose from {', '.join(LOG_LEVELS)}", EXIT_INVALID)
+    if level != settings.log_level:
+        update["log_level"] = level
     settings = settings.model_copy(update=update) if update else settings
+    try:  # the URL file is read here, once: a missing or unreadable one is the user's input
+        settings = resolve_database_url(settings)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_INVALID)
     ctx.obj = settings
     _SETTINGS.set(settings)
     _configure_logging(settings.log_level)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _settings_problem(exc: ValidationError) -> str:
+    """One line for bad RAYTRANSCRIBE_* variables: which variable, what is wrong (never its value: it
+    may be a secret)."""
+    problems = [
+        f"RAYTRANSCRIBE_{'__'.join(str(part) for part in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+    ]
+    return "invalid setting " + "; ".join(problems)
 
 
 def _configure_logging(level: str) -> None:
@@ -87,7 +122,7 @@ def _configure_logging(level: str) -> None:
 def _settings() -> Settings:
     """This invocation's settings; outside a command (a job calling in), the environment's."""
     settings = _SETTINGS.get()
-    return settings if settings is not None else Settings()
+    return settings if settings is not None else resolve_database_url(Settings())
 
 
 def _store() -> Store:
@@ -107,7 +142,7 @@ def _handles_errors(fn: F) -> F:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except InvalidInput as exc:
+        except (InvalidInput, ConfigError, StoreMisconfigured) as exc:  # fixed by the user, not by waiting
             _fail(str(exc), EXIT_INVALID)
         except TaskNotFound as exc:
             _fail(str(exc), EXIT_ERROR)
@@ -161,19 +196,31 @@ def db_upgrade() -> None:
 def _expand_inputs(uris: Sequence[str], output: str, store: Store) -> list[tuple[str, str]]:
     """(input URI, output stem) for every input: object URIs as given; a prefix (``s3://b/calls/``)
     expands to every audio object under it, paginated, skipping inputs already submitted. Outputs
-    keep the inputs' folder layout below the prefix (storage.output_stem is the one place for it)."""
-    from raytranscribe.storage import S3Storage, output_stem, parse_s3_uri
+    keep the inputs' folder layout below the prefix (uris.output_stem is the one place for it).
 
-    out_prefix = parse_s3_uri(output, allow_prefix=True)
+    A listed key with a ``.``, ``..`` or empty segment refuses the whole submission, naming it: its
+    transfers would reach another object, and skipping it quietly would lose an input."""
+    from raytranscribe.storage import S3Storage
+    from raytranscribe.uris import abbrev, key_problem, output_stem, parse_s3_uri
+
+    out_prefix = parse_s3_uri(output, allow_prefix=True, what="--output")
     pairs: list[tuple[str, str]] = []
     storage: S3Storage | None = None
     for uri in uris:
-        parsed = parse_s3_uri(uri, allow_prefix=True)
+        parsed = parse_s3_uri(uri, allow_prefix=True, what="input URI")
         if not parsed.is_prefix:
             pairs.append((str(parsed), str(output_stem(parsed, out_prefix))))
             continue
         storage = storage or S3Storage(_settings().s3)
-        listed = [str(obj) for obj in storage.list_audio(parsed)]
+        listed: list[str] = []
+        for obj in storage.list_audio(parsed):
+            problem = key_problem(obj.key)
+            if problem:
+                raise InvalidInput(
+                    f"{uri} lists {abbrev(str(obj))}: {problem}; nothing was submitted "
+                    "(rename or move that object, or submit the others by URI)"
+                )
+            listed.append(str(obj))
         already = store.submitted_inputs(listed)
         fresh = [u for u in listed if u not in already]
         typer.echo(f"{uri}: {len(listed)} audio object(s), {len(already)} already submitted", err=True)
@@ -182,45 +229,28 @@ def _expand_inputs(uris: Sequence[str], output: str, store: Store) -> list[tuple
     return pairs
 
 
-def _validate_uri(allow_prefix: bool = False) -> Callable[[str], object]:
-    """The full S3 URI parser of storage.py (it imports boto3, so only the CLI side calls it)."""
-    try:
-        from raytranscribe.storage import parse_s3_uri
-    except ImportError:  # pragma: no cover - storage ships with the package
-        return lambda uri: None
-    return lambda uri: parse_s3_uri(uri, allow_prefix=allow_prefix)
-
-
 def _tasks_from_uris(uris: Sequence[str], output: str, defaults: ManifestDefaults, store: Store) -> list[NewTask]:
+    """One task per input; the store refuses inputs whose output stems collide."""
     options = TranscribeOptions(language=defaults.language, formats=defaults.formats)
-    tasks: list[NewTask] = []
-    written_by: dict[str, str] = {}
-    for uri, stem in _expand_inputs(uris, output, store):
-        if stem in written_by and written_by[stem] != uri:
-            raise InvalidInput(
-                f"inputs {written_by[stem]!r} and {uri!r} would both write {stem}.*; "
-                "submit them with different --output prefixes or a manifest"
-            )
-        written_by[stem] = uri
-        tasks.append(
-            NewTask(
-                input_uri=uri,
-                output_uri=stem,
-                engine=defaults.engine,
-                model=defaults.model,
-                options=options,
-                priority=defaults.priority,
-                max_retries=defaults.max_retries,
-                backoff_factor=defaults.backoff_factor,
-            )
+    return [
+        NewTask(
+            input_uri=uri,
+            output_uri=stem,
+            engine=defaults.engine,
+            model=defaults.model,
+            options=options,
+            priority=defaults.priority,
+            max_retries=defaults.max_retries,
+            backoff_factor=defaults.backoff_factor,
         )
-    return tasks
+        for uri, stem in _expand_inputs(uris, output, store)
+    ]
 
 
 def _read_manifest(path: Path, defaults: ManifestDefaults) -> list[NewTask]:
     try:
         with path.open(encoding="utf-8") as fh:
-            return parse_manifest(fh, defaults, validate_uri=_validate_uri())
+            return parse_manifest(fh, defaults)
     except OSError as exc:
         raise InvalidInput(f"cannot read manifest {str(path)!r}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
@@ -242,7 +272,9 @@ def submit(
         None, "--engine", help=f"One of {', '.join(ENGINES)} (default: RAYTRANSCRIBE_ENGINE__ENGINE).", show_default=False
     ),
     model: Optional[str] = typer.Option(
-        None, "--model", help="Model name or path (default: RAYTRANSCRIBE_ENGINE__MODEL).", show_default=False
+        None, "--model", show_default=False,
+        help="Model name, local path, Hugging Face id, or s3://bucket/prefix/ (a CTranslate2 folder or one .pt; "
+        "checked at submit) (default: RAYTRANSCRIBE_ENGINE__MODEL).",
     ),
     language: Optional[str] = typer.Option(None, "--language", help="Language code; default: detect.", show_default=False),
     formats: str = typer.Option(",".join(FORMATS), "--formats", help="Comma-separated output formats."),
@@ -273,8 +305,11 @@ def submit(
         _echo_json({"inserted": list(report.inserted), "duplicates": list(report.duplicates)})
         return
     typer.echo(f"submitted {len(report.inserted)} task(s); {len(report.duplicates)} duplicate(s) skipped")
-    for uri in report.duplicates:
+    # A re-run of a big submission is all duplicates: name a few, count the rest.
+    for uri in report.duplicates[:DUPLICATES_SHOWN]:
         typer.echo(f"  duplicate: {uri}")
+    if len(report.duplicates) > DUPLICATES_SHOWN:
+        typer.echo(f"  ... and {len(report.duplicates) - DUPLICATES_SHOWN} more (--json lists them all)")
 
 
 def _submit(
@@ -288,7 +323,27 @@ def _submit(
         if output is None:
             raise InvalidInput("--output PREFIX is required with input URIs")
         tasks = _tasks_from_uris(uris or [], output, defaults, store)
-    return store.submit(tasks)
+    return store.submit(_check_s3_models(tasks))
+
+
+def _check_s3_models(tasks: Sequence[NewTask]) -> list[NewTask]:
+    """Refuse a model URI whose prefix holds no loadable model (ModelNotFound names the missing file,
+    exit 2) before anything is written, and spell each one as the folder it is (``.../tiny-en`` and
+    ``.../tiny-en/`` are one model, one pool)."""
+    import dataclasses
+
+    from raytranscribe.contracts import ModelLayout
+    from raytranscribe.storage import S3Storage
+    from raytranscribe.uris import SCHEME
+
+    storage: S3Storage | None = None
+    canonical: dict[tuple[str, str], str] = {}
+    for task in tasks:
+        pair = (task.engine, task.model)
+        if task.model.startswith(SCHEME) and pair not in canonical:
+            storage = storage or S3Storage(_settings().s3)
+            canonical[pair] = storage.model_files(task.model, layout=ModelLayout.for_engine(task.engine)).uri
+    return [dataclasses.replace(t, model=canonical.get((t.engine, t.model), t.model)) for t in tasks]
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -340,7 +395,8 @@ def _print_orchestrators(console: Console, orchestrators) -> None:
             actors.add_column(col)
         for a in o.state.get("actors", []):
             actors.add_row(
-                a["name"], a["pool"], a["state"], (a.get("node_id") or "-")[:12], ",".join(a.get("gpu_ids") or []) or "-",
+                a["name"], a["pool"], f"{a['state']}: {a['loading']}" if a.get("loading") else a["state"],
+                (a.get("node_id") or "-")[:12], ",".join(a.get("gpu_ids") or []) or "-",
                 str(a["in_flight"]), str(a["tasks_done"]),
             )  # fmt: skip
         console.print(actors)
@@ -443,8 +499,11 @@ def retry(
     if not task_ids and status_filter is None:
         raise InvalidInput("give task ids or --status")
     with _store() as store:
-        n = store.requeue(task_ids or (), status=status_filter)
-    typer.echo(f"requeued {n} task(s)")
+        report = store.requeue(task_ids or (), status=status_filter)
+    typer.echo(f"requeued {report.count} task(s)")
+    _left_alone(report, "requeued", (status_filter,) if status_filter is not None else REQUEUEABLE)
+    if task_ids and not report.changed:
+        raise typer.Exit(EXIT_ERROR)
 
 
 @app.command()
@@ -452,8 +511,31 @@ def retry(
 def cancel(task_ids: list[int] = typer.Argument(..., help="Task ids to cancel.")) -> None:
     """Cancel pending, in-progress or failed tasks."""
     with _store() as store:
-        n = store.cancel(task_ids)
-    typer.echo(f"cancelled {n} of {len(task_ids)} task(s)")
+        report = store.cancel(task_ids)
+    typer.echo(f"cancelled {report.count} of {len(set(task_ids))} task(s)")
+    _left_alone(report, "cancelled", CANCELLABLE)
+    if not report.changed:
+        raise typer.Exit(EXIT_ERROR)
+
+
+IDS_SHOWN = 20  # ids named per line of a retry/cancel report, then a count
+
+
+def _ids(ids: Sequence[int]) -> str:
+    shown = ", ".join(map(str, ids[:IDS_SHOWN]))
+    return shown + (f" and {len(ids) - IDS_SHOWN} more" if len(ids) > IDS_SHOWN else "")
+
+
+def _left_alone(report: StatusChange, verb: str, allowed: Sequence[TaskStatus]) -> None:
+    """On stderr: the named tasks a retry/cancel did not change, by status, and the ids of no task."""
+    by_status: dict[TaskStatus, list[int]] = {}
+    for task_id, task_status in report.refused:
+        by_status.setdefault(task_status, []).append(task_id)
+    rule = ", ".join(s.value for s in allowed)
+    for task_status, ids in by_status.items():
+        typer.echo(f"not {verb}: {_ids(ids)}: {task_status.value} (only {rule} tasks can be {verb})", err=True)
+    if report.missing:
+        typer.echo(f"not {verb}: {_ids(report.missing)}: no such task", err=True)
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -464,7 +546,7 @@ def _run_settings(
 ) -> Settings:
     settings = _settings()
     worker = {
-        k: v for k, v in {"actors": actors, "num_gpus": gpus_per_actor, "prefetch": prefetch}.items() if v is not None
+        k: v for k, v in {"max_actors": actors, "num_gpus": gpus_per_actor, "prefetch": prefetch}.items() if v is not None
     }
     settings = settings.with_(worker=worker) if worker else settings
     return settings.model_copy(update={"ray_address": address}) if address else settings
@@ -510,7 +592,7 @@ def _gpu_default(settings: Settings, gpus_per_actor: float | None, local_gpus: f
 @_handles_errors
 def run(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address; default: RAY_ADDRESS or a local Ray.", show_default=False),
-    actors: Optional[int] = typer.Option(None, "--actors", min=1, help="Worker actors per (engine, model) pool.", show_default=False),
+    actors: Optional[int] = typer.Option(None, "--actors", min=1, help="Most worker actors per (engine, model) pool; it grows to this while work waits.", show_default=False),
     gpus_per_actor: Optional[float] = typer.Option(None, "--gpus-per-actor", min=0, help="GPUs each actor reserves.", show_default=False),
     prefetch: Optional[int] = typer.Option(None, "--prefetch", min=1, help="Tasks queued on each actor.", show_default=False),
     engine: Optional[str] = typer.Option(None, "--engine", help="Serve only this engine (with --model).", show_default=False),
@@ -537,7 +619,9 @@ def backfill(
         None, "--engine", help=f"One of {', '.join(ENGINES)} (default: RAYTRANSCRIBE_ENGINE__ENGINE).", show_default=False
     ),
     model: Optional[str] = typer.Option(
-        None, "--model", help="Model name or path (default: RAYTRANSCRIBE_ENGINE__MODEL).", show_default=False
+        None, "--model", show_default=False,
+        help="Model name, local path, Hugging Face id, or s3://bucket/prefix/ (a CTranslate2 folder or one .pt; "
+        "checked at submit) (default: RAYTRANSCRIBE_ENGINE__MODEL).",
     ),
     language: Optional[str] = typer.Option(None, "--language", show_default=False),
     formats: str = typer.Option(",".join(FORMATS), "--formats"),

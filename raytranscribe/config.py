@@ -62,18 +62,58 @@ class TransferSettings(_Group):
 
 class EngineSettings(_Group):
     engine: str = Field("faster-whisper", description="'faster-whisper' or 'openai-whisper'")
-    model: str = Field("tiny.en", description="Model name, local path, or bundled model")
+    model: str = Field(
+        "tiny.en",
+        description="Model name, local path, bundled model, Hugging Face id, or s3://bucket/prefix/ (a CTranslate2 "
+        "folder, or one openai-whisper .pt: workers fetch it through presigned URLs into engine.model_cache_dir)",
+    )
     device: str = Field("auto", description="'auto', 'cuda' or 'cpu'")
     compute_type: str = Field("default", description="CTranslate2 compute type; default: float16 on GPU, int8 on CPU")
     cpu_threads: int = Field(0, ge=0, description="0 lets the engine choose")
-    batch_size: int = Field(0, ge=0, description=">0 uses faster-whisper's batched pipeline")
+    batch_size: int = Field(
+        0, ge=0,
+        description="30 s windows decoded per batch, across files; 0: the device's default "
+        "(cpu_batch_size or cuda_batch_size); 1: one file at a time, sequentially",
+    )  # fmt: skip
+    cpu_batch_size: int = Field(8, ge=1, description="Batch size when batch_size is 0 and the engine runs on CPU")
+    cuda_batch_size: int = Field(16, ge=1, description="Batch size when batch_size is 0 and the engine runs on a GPU")
+    batch_wait_ms: float = Field(
+        100.0, ge=0,
+        description="How long an actor's batcher waits for more windows before running a partial batch, "
+        "counted from the last file that arrived",
+    )  # fmt: skip
+    model_cache_dir: str | None = Field(
+        None,
+        description="Node-local folder where workers keep models fetched from S3 or the Hugging Face Hub, "
+        "one copy per node (an NVMe path on GPU nodes); None: raytranscribe-models in the node's temp dir",
+    )
 
 
 class WorkerSettings(_Group):
-    actors: int = Field(1, ge=1, description="Worker actors per (engine, model) pool")
+    min_actors: int = Field(1, ge=1, description="Worker actors a pool keeps while its (engine, model) has work")
+    max_actors: int = Field(
+        1, ge=1,
+        description="Most worker actors per (engine, model) pool: it grows toward this while claimed work keeps "
+        "every live actor full; above what the cluster holds, the extra actors wait pending (autoscaler demand)",
+    )  # fmt: skip
     num_gpus: float = Field(1.0, ge=0, description="GPUs each actor reserves")
     num_cpus: float = Field(1.0, ge=0, description="CPUs each actor reserves")
-    prefetch: int = Field(2, ge=1, description="Tasks queued on an actor at once (one transcribing, the rest moving)")
+    prefetch: int = Field(
+        64, ge=1,
+        description="Most tasks the driver keeps in flight on one actor (fewer when its ping wants fewer): "
+        "enough for the batcher to fill batches while others download, decode and upload",
+    )  # fmt: skip
+    max_tasks_in_hand: int = Field(
+        64, ge=1,
+        description="Most tasks an actor works on at once (its pipeline threads), the cap on what it asks for: "
+        "more than one batch takes (a CPU batch of 8 slots packs up to about 40 short clips), so the next "
+        "batch is ready while one decodes; raise it (and prefetch) for short clips on GPUs",
+    )  # fmt: skip
+    max_buffered_audio_s: float = Field(
+        3600.0, gt=0,
+        description="Decoded audio an actor holds at most (seconds; 1 h is about 230 MB of float32): "
+        "past it, downloaded files wait to be decoded and the actor asks for no more tasks",
+    )  # fmt: skip
 
 
 class HealthSettings(_Group):
@@ -83,8 +123,18 @@ class HealthSettings(_Group):
     task_deadline_per_audio_s: float = Field(2.0, ge=0)
     replace_backoff_s: float = Field(2.0, ge=0)
     max_start_failures: int = Field(3, ge=1, description="Consecutive start-up deaths before giving up replacing")
-    pool_idle_s: float = Field(120.0, ge=0, description="A pool whose engine/model has no work left stops after this long")
-    start_timeout_s: float = Field(900.0, gt=0, description="An actor not started by then is killed and counted as a start failure")
+    pool_idle_s: float = Field(
+        120.0, ge=0,
+        description="A pool whose engine/model has no work left stops after this long; a pool without waiting "
+        "work sheds idle actors down to worker.min_actors after this long",
+    )  # fmt: skip
+    start_timeout_s: float = Field(
+        900.0, gt=0,
+        description="A placed actor that has not started by then, whose model download makes no progress (bytes "
+        "stop advancing) this long, or whose model has not loaded this long after the download ended, is killed "
+        "and counted as a start failure; an actor still waiting for resources (pending) is never timed out, only "
+        "warned about",
+    )  # fmt: skip
     quarantine_timeout_s: float = Field(120.0, gt=0, description="An actor unreachable this long is killed and replaced")
     max_consecutive_failures: int = Field(3, ge=1, description="Transcriptions failing in a row on one actor before it is replaced")
 
@@ -118,6 +168,11 @@ class Settings(BaseSettings):
     )
 
     database_url: str | None = Field(None, description="PostgreSQL URL; None starts embedded Postgres in data_dir")
+    database_url_file: Path | None = Field(
+        None,
+        description="File on the driver's node whose content (stripped) is the PostgreSQL URL, used when "
+        "database_url is unset: the URL then never sits in an environment a worker could inherit",
+    )
     data_dir: Path = Field(default_factory=default_data_dir)
     ray_address: str | None = Field(None, description="Ray cluster to join; None starts a local Ray")
     namespace: str = Field("raytranscribe", description="Ray namespace of the named actors")
@@ -135,11 +190,19 @@ class Settings(BaseSettings):
     alerts: AlertSettings = AlertSettings()
 
     def with_(self, **groups: dict) -> Settings:
-        """A copy with some fields of some groups replaced: ``s.with_(retry={"max_retries": 1})``."""
+        """A copy with some fields of some groups replaced: ``s.with_(retry={"max_retries": 1})``.
+
+        Validated like any other input (``model_copy`` alone is not): an unknown group or field, or a
+        value out of range, raises pydantic's ValidationError."""
         update = {}
         for name, fields in groups.items():
+            if name not in type(self).model_fields:
+                raise ValueError(f"Settings has no group or field {name!r}")
             current = getattr(self, name)
-            update[name] = current.model_copy(update=fields) if isinstance(current, BaseModel) else fields
+            if isinstance(current, BaseModel):
+                update[name] = type(current).model_validate({**current.model_dump(), **fields})
+            else:
+                update[name] = fields
         return self.model_copy(update=update)
 
 

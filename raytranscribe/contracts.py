@@ -5,10 +5,12 @@ A worker sees only presigned URLs: no task row, no credentials.
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from raytranscribe.engines.base import EngineSpec, TranscribeOptions
-from raytranscribe.errors import Failure
+from raytranscribe.errors import Failure, ModelNotFound
 
 
 @dataclass(frozen=True)
@@ -51,3 +53,104 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.failure is None
+
+
+# --- models from S3 (the driver lists and presigns, the worker downloads into its node's cache) -----
+
+
+class ModelLayout(str, enum.Enum):
+    """How a model's files look, which decides the files it needs."""
+
+    CTRANSLATE2 = "ctranslate2"  # a folder: model.bin, config.json, tokenizer.json, vocabulary.*
+    CHECKPOINT = "checkpoint"  # one openai-whisper .pt file
+
+    @classmethod
+    def for_engine(cls, engine: str) -> ModelLayout | None:
+        """The layout a built-in engine loads; None (detect from the files) for a plugin engine."""
+        return {"faster-whisper": cls.CTRANSLATE2, "openai-whisper": cls.CHECKPOINT}.get(engine)
+
+
+# tokenizer.json is required although faster-whisper can fetch one from the Hub: workers may have no
+# internet, and a model that silently needs it would fail on the cluster only.
+CT2_REQUIRED: tuple[str, ...] = ("model.bin", "config.json", "tokenizer.json")
+CT2_VOCABULARY: tuple[str, ...] = ("vocabulary.json", "vocabulary.txt")  # one of them
+CT2_OPTIONAL: tuple[str, ...] = ("preprocessor_config.json",)  # large-v3 and later need it when present
+
+
+def pick_model_files(
+    names: Iterable[str], layout: ModelLayout | None, where: str
+) -> tuple[ModelLayout, tuple[str, ...]]:
+    """The layout and the file names (among ``names``, a folder's direct children) a model needs.
+
+    Pure, so the driver's listing and the worker's cache agree on it. Raises :class:`ModelNotFound`
+    naming the first missing file, or the ambiguity.
+    """
+    present = set(names)
+    if layout is None:
+        if "model.bin" in present:
+            layout = ModelLayout.CTRANSLATE2
+        elif any(n.endswith(".pt") for n in present):
+            layout = ModelLayout.CHECKPOINT
+        else:
+            raise ModelNotFound(
+                f"model {where} holds no model: neither model.bin (CTranslate2) nor a .pt checkpoint (openai-whisper)"
+            )
+    if layout is ModelLayout.CHECKPOINT:
+        checkpoints = sorted(n for n in present if n.endswith(".pt"))
+        if not checkpoints:
+            raise ModelNotFound(f"model {where} has no .pt checkpoint (openai-whisper needs exactly one)")
+        if len(checkpoints) > 1:
+            raise ModelNotFound(
+                f"model {where} holds {len(checkpoints)} .pt checkpoints ({', '.join(checkpoints)}): "
+                "name one of them as the model"
+            )
+        return layout, (checkpoints[0],)
+    for name in CT2_REQUIRED:
+        if name not in present:
+            raise ModelNotFound(
+                f"model {where} has no {name} (a CTranslate2 model needs {', '.join(CT2_REQUIRED)} "
+                f"and {' or '.join(CT2_VOCABULARY)})"
+            )
+    vocabulary = [n for n in CT2_VOCABULARY if n in present]
+    if not vocabulary:
+        raise ModelNotFound(f"model {where} has no {' or '.join(CT2_VOCABULARY)} (CTranslate2 needs its vocabulary)")
+    optional = [n for n in CT2_OPTIONAL if n in present]
+    return layout, (*CT2_REQUIRED, *vocabulary, *optional)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    name: str  # file name inside the model folder
+    url: str  # presigned GET
+    size: int  # bytes, as listed
+    etag: str  # S3's ETag, unquoted: part of the cache key, so a changed object is a new cache entry
+    md5: str | None = None  # hex MD5 of the content when the ETag is one (single-part, not SSE-KMS/SSE-C)
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """A model stored in S3, as a worker may fetch it: presigned URLs, sizes and ETags, no credentials."""
+
+    uri: str  # s3://bucket/prefix/ (or s3://bucket/key.pt), for names, logs and the cache key
+    layout: ModelLayout
+    files: tuple[ModelFile, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def load_name(self) -> str | None:
+        """The file the engine opens inside the folder (a checkpoint), or None: the folder itself."""
+        return self.files[0].name if self.layout is ModelLayout.CHECKPOINT else None
+
+
+@dataclass(frozen=True)
+class ModelLoadState:
+    """How far an actor's model download is, as its ping reports it (``modelcache.LoadProgress.snapshot``)."""
+
+    phase: str  # waiting | downloading | verifying | ready; "" before the download starts
+    bytes_done: int
+    total_bytes: int
+    cache_hit: bool | None = None  # known once ready
+    seconds: float = 0.0  # since the load began, or how long it took once ready

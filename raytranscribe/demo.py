@@ -332,7 +332,7 @@ def demo_settings(settings: Settings) -> Settings:
         # Seconds, not minutes, so the retry is visible while you watch; at least one retry allowed.
         retry={"base_delay_s": 1.0, "max_delay_s": 5.0, "max_retries": max(1, settings.retry.max_retries)},
         lease={"heartbeat_s": 1.0},  # the progress bar and `status` refresh every second
-        worker={"actors": 1, "num_gpus": 0, "num_cpus": 1, "prefetch": 2},
+        worker={"max_actors": 1, "num_gpus": 0, "num_cpus": 1, "prefetch": 2},
         engine={"engine": "faster-whisper", "model": "tiny.en", "device": "cpu", "cpu_threads": threads},
     ).model_copy(update={"ray_address": None})
 
@@ -515,7 +515,7 @@ def _inputs() -> list[tuple[str, str, str | None, bytes]]:
 
 
 def _upload_and_submit(store: Store, client, bucket: str, run_prefix: str, inputs) -> list[int]:
-    from raytranscribe.storage import output_stem, parse_s3_uri
+    from raytranscribe.uris import output_stem, parse_s3_uri
 
     out_prefix = parse_s3_uri(f"s3://{bucket}/{run_prefix}/out/", allow_prefix=True)
     tasks = []

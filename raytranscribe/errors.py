@@ -113,6 +113,17 @@ class StoreUnavailable(StoreError):
     transient = True
 
 
+class StoreMisconfigured(StoreError):
+    """The database refused us for a reason no retry changes: bad credentials, an unknown role or
+    database, a bad connection option (``sslmode``), a missing privilege. Permanent."""
+
+    transient = False
+
+
+class SchemaOutOfDate(StoreMisconfigured):
+    """The database has no raytranscribe schema, or an older one: ``raytranscribe db upgrade``."""
+
+
 class IllegalTransition(StoreError):
     """The database refused a status change (the trigger said no)."""
 
@@ -207,10 +218,25 @@ class ModelLoadError(EngineError):
     stage = Stage.MODEL_LOAD
 
 
+class ModelNotFound(ModelLoadError, InvalidInput):
+    """A model URI names no loadable model (no such bucket, a required file missing): the user's typo,
+    refused at submit time (exit 2) and a permanent start-up failure if it gets that far."""
+
+
+class ModelDownloadError(ModelLoadError):
+    """A model's files could not be fetched or failed verification on the node (HTTP status, size or
+    MD5 mismatch). Permanent for this actor: its start-up fails with the cause; the pool's replacement
+    (bounded by ``health.max_start_failures``) is the retry."""
+
+
 class TranscriptionError(EngineError):
     """The engine crashed on this input. Transient (OOM, a flaky device), but bounded by max_retries."""
 
     transient = True
+
+
+class EngineOutOfMemory(TranscriptionError):
+    """The device ran out of memory on a batch: the batch was too big, not its inputs bad. Transient."""
 
 
 # --- the cluster -------------------------------------------------------------------------------

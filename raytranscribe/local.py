@@ -55,11 +55,9 @@ def embedded_postgres_url(data_dir: Path, database: str = "postgres") -> str:
 
 
 def _as_sqlalchemy_url(uri: str) -> str:
-    if uri.startswith("postgresql://"):
-        return "postgresql+psycopg2://" + uri[len("postgresql://") :]
-    if uri.startswith("postgres://"):
-        return "postgresql+psycopg2://" + uri[len("postgres://") :]
-    return uri
+    from raytranscribe.store.url import sqlalchemy_url  # the one place URLs get their driver
+
+    return sqlalchemy_url(uri)
 
 
 @dataclass

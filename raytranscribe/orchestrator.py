@@ -1,14 +1,15 @@
-"""The driver: claim -> presign -> dispatch -> record, with leases, the reaper, failover and drain.
+"""The driver: claim -> presign -> pool.submit; outcomes -> buffer -> store.record. Leases, reaper, drain.
 
-It is the only writer to the database. Each loop turn it
+It is the only writer to the database; the actor pools (:mod:`raytranscribe.pool`) own the actors
+and every attempt in flight on them, and hand back :class:`Outcome` s, failovers included. Each turn:
 1. on the heartbeat: renews the leases of everything in flight, reaps expired leases, refreshes
    which (engine, model) pairs it serves, and publishes its state;
-2. lets the health monitor start, ping, time out and replace actors, and records failovers;
+2. ``pools.tick``: start-up, pings, deadlines, deaths and pool sizes, as outcomes;
 3. writes buffered outcomes (batched, fenced); while the database is unreachable outcomes stay in
    memory and claiming stops, so nothing is lost;
-4. claims up to free capacity (actors x prefetch) unless a circuit breaker is open, presigns and
-   dispatches each task to the least-loaded live actor;
-5. waits on results with ``ray.wait``.
+4. claims what each pool's actors want (unless a circuit breaker is open), presigns, submits, and
+   sends them to the actors;
+5. waits on results with ``ray.wait`` and collects their outcomes.
 """
 
 from __future__ import annotations
@@ -23,24 +24,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 
 from raytranscribe import metrics
 from raytranscribe.alerts import Alerter
+from raytranscribe.breakers import BreakerState, CircuitBreaker
 from raytranscribe.config import Settings
 from raytranscribe.contracts import Outcome, TaskSpec
 from raytranscribe.engines.base import EngineSpec
-from raytranscribe.errors import (
-    ActorUnavailable,
-    Failure,
-    PresignError,
-    RayTranscribeError,
-    Stage,
-    StoreUnavailable,
-    WorkerDied,
-)
-from raytranscribe.health import CircuitBreaker, Failover, HealthMonitor, InFlight, Pool, death_cause, new_owner_tag
+from raytranscribe.errors import Failure, PresignError, RayTranscribeError, Stage, StoreUnavailable
 from raytranscribe.logs import task_extra
+from raytranscribe.pool import ActorPool, ActorPools, Lease, new_owner_tag
 from raytranscribe.storage import S3Storage
 from raytranscribe.store import ClaimedTask, RecordResult, Store, TaskStatus
 
@@ -117,15 +110,12 @@ class Orchestrator:
         self.observer = observer or _NullObserver()
         tag = new_owner_tag()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{tag}"
-        self.monitor = HealthMonitor(settings, tag, runtime_env=runtime_env)
+        # An s3:// model reaches each new actor as presigned URLs listed here (the pool imports no storage).
+        self.pools = ActorPools(settings, tag, runtime_env=runtime_env, model_source=storage.model_for_actor)
         self.breakers = {s: CircuitBreaker(s, settings.breaker) for s in BREAKER_STAGES}
         self.alerter = Alerter(settings.alerts)
         self.summary = RunSummary()
-        self._inflight: dict[ray.ObjectRef, InFlight] = {}
-        # Attempts whose lease was lost (cancelled, reaped): still running on an actor, so they keep
-        # their slot until they finish; their outcomes are ignored.
-        self._abandoned: dict[ray.ObjectRef, InFlight] = {}
-        self._probe: ray.ObjectRef | None = None  # the one task a half-open breaker lets through
+        self._probe: Lease | None = None  # the one task a half-open breaker lets through
         self._buffer: list[Outcome] = []  # outcomes waiting to be written
         self._stop = threading.Event()
         self._next_heartbeat = 0.0
@@ -135,19 +125,18 @@ class Orchestrator:
         self._db_failures = 0
         self._pairs: list[tuple[str, str]] = list(options.pairs or [])
         self._outstanding: int | None = None
-        self._audio_window: list[tuple[float, float]] = []
 
     # --- public ---------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
         """Stop claiming; let in-flight work finish within the grace period; release the rest."""
         if not self._stop.is_set():
-            log.info("stop requested: no new claims; %d task(s) in flight", len(self._inflight))
+            log.info("stop requested: no new claims; %d task(s) in flight", self.pools.in_flight)
         self._stop.set()
 
     @property
     def in_flight(self) -> int:
-        return len(self._inflight)
+        return self.pools.in_flight
 
     @property
     def outstanding(self) -> int | None:
@@ -159,7 +148,7 @@ class Orchestrator:
         return time.monotonic() >= self._db_down_until
 
     def breaker_states(self) -> dict[str, str]:
-        return {s: b.state for s, b in self.breakers.items()}
+        return {s: b.state.value for s, b in self.breakers.items()}
 
     def run(self) -> RunSummary:
         log.info("orchestrator %s starting", self.owner, extra={"owner": self.owner})
@@ -169,24 +158,21 @@ class Orchestrator:
                 now = time.monotonic()
                 if self._stop.is_set() and stop_deadline is None:
                     stop_deadline = now + self.options.grace_s
-                if stop_deadline is not None and (not self._inflight or now >= stop_deadline):
+                if stop_deadline is not None and (not self.pools.in_flight or now >= stop_deadline):
                     break
                 self._flush()  # before the heartbeat, so the reaper never sees our own finished work
                 if now >= self._next_heartbeat:
                     self._heartbeat(now)
-                self._handle_failovers(self.monitor.tick(now))
+                self._take(self.pools.tick(now))
                 self._flush()
                 if stop_deadline is None:
                     self._fill(now)
                 if self.options.until_drained and self._drained():
                     log.info("drained: nothing pending, in progress or waiting for retry")
                     break
-                if not self.monitor.serviceable():
-                    raise NoWorkers(
-                        "no worker actors can run: "
-                        + "; ".join(p.gave_up for p in self.monitor.pools.values() if p.gave_up)
-                    )
-                self._wait(self.options.tick_s)
+                if not self.pools.serviceable():
+                    raise NoWorkers("no worker actors can run: " + "; ".join(self.pools.gave_up().values()))
+                self._take(self.pools.collect(self._wait(self.options.tick_s)))
         finally:
             self._shutdown()
         self.summary.finished = time.monotonic()
@@ -200,17 +186,11 @@ class Orchestrator:
             return
         try:
             # Finished but unwritten outcomes keep their leases too (a long database outage).
-            leases = [f.lease for f in self._inflight.values()] + [(o.task_id, o.attempt) for o in self._buffer]
+            leases = self.pools.leases() + [(o.task_id, o.attempt) for o in self._buffer]
             if leases:
                 lost = self.store.renew(leases, self.owner, lease_s=self.settings.lease.lease_s)
-                for ref, f in list(self._inflight.items()):
-                    if f.lease in lost:
-                        # Cancelled or taken over: its outcome would be fenced out anyway.
-                        log.warning(
-                            "lease lost; dropping the attempt",
-                            extra=task_extra(f.task.id, f.task.attempt, Stage.LEASE, actor=f.slot.name),
-                        )
-                        self._abandon(ref)
+                for lease in lost:  # cancelled or taken over: its outcome would be fenced out anyway
+                    self.pools.abandon(lease)
             for r in ([] if self._buffer else self.store.reap()):
                 log.warning(
                     "lease expired (holder vanished): %s", r.reason, extra=task_extra(r.task_id, r.attempt, Stage.LEASE)
@@ -228,16 +208,16 @@ class Orchestrator:
         except StoreUnavailable as exc:
             self._db_down(exc)
         for pair in self._pairs:
-            self.monitor.ensure_pool(self._engine_spec(pair))
+            self.pools.ensure(self._engine_spec(pair))
         if self.db_available:
             # A pool whose (engine, model) has no work left gives its GPUs back after a while.
-            self.monitor.retire_idle(set(self._pairs), now, self.settings.health.pool_idle_s)
+            self.pools.retire_idle(set(self._pairs), now)
         m = metrics.get()
-        m.in_flight.set(len(self._inflight))
-        for pool in self.monitor.pools.values():
-            m.live_actors.set(len(pool.alive()), tags={"pool": f"{pool.key[0]}/{pool.key[1]}"})
+        m.in_flight.set(self.pools.in_flight)
+        for pool in self.pools.pools.values():
+            m.live_actors.set(len(pool.alive()), tags={"pool": pool.label})
         for stage, b in self.breakers.items():
-            m.breaker_open.set(1 if b.state == "open" else 0, tags={"stage": stage})
+            m.breaker_open.set(1 if b.state is BreakerState.OPEN else 0, tags={"stage": stage})
         self._publish_state()
         self.observer.heartbeat(self)
 
@@ -246,9 +226,9 @@ class Orchestrator:
             return
         state = {
             "owner": self.owner,
-            "actors": [asdict(a) for a in self.monitor.views()],
+            "actors": [asdict(a) for a in self.pools.views()],
             "breakers": self.breaker_states(),
-            "in_flight": len(self._inflight),
+            "in_flight": self.pools.in_flight,
             "buffered": len(self._buffer),
         }
         try:
@@ -265,49 +245,67 @@ class Orchestrator:
             compute_type=e.compute_type,
             cpu_threads=e.cpu_threads,
             batch_size=e.batch_size,
+            cpu_batch_size=e.cpu_batch_size,
+            cuda_batch_size=e.cuda_batch_size,
         )
 
-    # --- claim, presign, dispatch ---------------------------------------------------------------
+    # --- claim, presign, submit ----------------------------------------------------------------
 
     def _fill(self, now: float) -> None:
         if not self.db_available or self._buffer:
             return  # write what we owe before taking more
         if not self._breakers_allow():
             return
-        half_open = any(b.state == "half-open" for b in self.breakers.values())
+        half_open = any(b.state is BreakerState.HALF_OPEN for b in self.breakers.values())
         if not half_open:
             self._probe = None
-        elif self._probe is not None and self._probe in self._inflight:
+        elif self._probe is not None and self.pools.holds(self._probe):
             return  # one probe at a time: wait for its outcome
-        for pool in list(self.monitor.pools.values()):
-            cap = self.monitor.capacity(pool)
-            if cap <= 0 or now < self._next_claim.get(pool.key, 0.0):
+        try:
+            for pool in list(self.pools.pools.values()):
+                if not self._fill_pool(pool, now, half_open):
+                    return
+        finally:
+            self.pools.send()  # the Ray calls for what the actors were given this turn
+
+    def _fill_pool(self, pool: ActorPool, now: float, half_open: bool) -> bool:
+        """Claim what the pool's actors want, presign, submit. False: stop filling this turn."""
+        cap = pool.capacity()
+        if cap <= 0 or now < self._next_claim.get(pool.key, 0.0):
+            return True
+        if half_open:
+            cap = 1  # probe with one task before opening the taps
+        try:
+            claimed = self.store.claim(cap, self.owner, lease_s=self.settings.lease.lease_s, pairs=[pool.key])
+            self._db_ok()
+        except StoreUnavailable as exc:
+            self._db_down(exc)
+            return False
+        pool.note_claim(cap, len(claimed), now)
+        if len(claimed) < cap:
+            self._next_claim[pool.key] = now + self.options.idle_poll_s
+        for n, task in enumerate(claimed):
+            if not self._breakers_allow():
+                # A breaker opened mid-batch (presign failing): hand the rest back uncharged.
+                self._release([(t.id, t.attempt) for t in claimed[n:]])
+                return False
+            spec = self._presign(pool, task)
+            if spec is None:
+                continue
+            if not pool.submit(spec, now):  # capacity vanished (an actor died): not the task's fault
+                self._release([(task.id, task.attempt)])
                 continue
             if half_open:
-                cap = 1  # probe with one task before opening the taps
-            try:
-                claimed = self.store.claim(cap, self.owner, lease_s=self.settings.lease.lease_s, pairs=[pool.key])
-                self._db_ok()
-            except StoreUnavailable as exc:
-                self._db_down(exc)
-                return
-            if len(claimed) < cap:
-                self._next_claim[pool.key] = now + self.options.idle_poll_s
-            for n, task in enumerate(claimed):
-                if not self._breakers_allow():
-                    # A breaker opened mid-batch (presign failing): hand the rest back uncharged.
-                    self._release([(t.id, t.attempt) for t in claimed[n:]])
-                    return
-                ref = self._dispatch(pool, task, now)
-                if half_open:
-                    self._probe = ref
-                    return
+                self._probe = (task.id, task.attempt)
+                self._release([(t.id, t.attempt) for t in claimed[n + 1 :]])
+                return False
+        return True
 
     def _breakers_allow(self) -> bool:
         return all(b.allows_dispatch() for b in self.breakers.values())
 
-    def _dispatch(self, pool: Pool, task: ClaimedTask, now: float) -> ray.ObjectRef | None:
-        extra = task_extra(task.id, task.attempt, Stage.PRESIGN)
+    def _presign(self, pool: ActorPool, task: ClaimedTask) -> TaskSpec | None:
+        """The task as a worker sees it (presigned URLs only); None when presigning failed (recorded)."""
         presign = self.breakers[Stage.PRESIGN.value]
         try:
             input_url, outputs = self.storage.presign_task(task.input_uri, task.output_uri, task.options.formats)
@@ -315,13 +313,13 @@ class Orchestrator:
             err = exc if isinstance(exc, RayTranscribeError) else PresignError(f"{type(exc).__name__}: {exc}", transient=True)
             if err is not exc:
                 err.__cause__ = exc
-            log.error("presign failed: %s", err, extra=extra)
+            log.error("presign failed: %s", err, extra=task_extra(task.id, task.attempt, Stage.PRESIGN))
             if err.transient:
                 presign.record(False)
             self._buffer.append(Outcome(task.id, task.attempt, failure=Failure.from_exception(err, Stage.PRESIGN)))
             return None
         presign.record(True)
-        spec = TaskSpec(
+        return TaskSpec(
             task_id=task.id,
             attempt=task.attempt,
             input_url=input_url,
@@ -330,25 +328,10 @@ class Orchestrator:
             engine=pool.spec,
             options=task.options,
         )
-        slot = self.monitor.pick(pool)
-        if slot is None:  # capacity vanished between claim and dispatch (an actor died): not the task's fault
-            self._release([(task.id, task.attempt)])
-            return None
-        try:
-            ref = slot.handle.process.remote(spec)
-        except RayActorError as exc:
-            self._handle_failovers(self.monitor.actor_died(slot, death_cause(exc)))
-            self._buffer.append(
-                Outcome(task.id, task.attempt, failure=Failure.from_exception(WorkerDied(death_cause(exc), stage=Stage.DISPATCH)))
-            )
-            return None
-        inflight = InFlight(task=task, spec=spec, ref=ref, slot=slot, dispatched_at=now)
-        slot.inflight[ref] = inflight
-        self._inflight[ref] = inflight
-        log.debug("dispatched", extra=task_extra(task.id, task.attempt, Stage.DISPATCH, actor=slot.name))
-        return ref
 
     def _release(self, leases: list[tuple[int, int]]) -> None:
+        if not leases:
+            return
         try:
             self.summary.released += self.store.release(leases, self.owner)
         except StoreUnavailable as exc:  # the lease will expire and the reaper will bring it back
@@ -356,92 +339,30 @@ class Orchestrator:
 
     # --- results --------------------------------------------------------------------------------
 
-    def _wait(self, timeout: float) -> None:
-        refs = list(self._inflight) + list(self._abandoned) + self.monitor.control_refs()
+    def _wait(self, timeout: float) -> list[ray.ObjectRef]:
+        """Every ref that is ready, waiting up to ``timeout`` for one when none is."""
+        refs = self.pools.refs()
         if not refs:
             time.sleep(timeout)
-            return
+            return []
+        # Under load something is ready every turn: one pass over the refs, not two.
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        if ready:
+            return ready
         ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
         if not ready:
-            return
+            return []
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-        for ref in ready:
-            abandoned = self._abandoned.pop(ref, None)
-            if abandoned is not None:  # finished at last; its lease went elsewhere, so its slot frees up
-                abandoned.slot.inflight.pop(ref, None)
-                continue
-            inflight = self._inflight.get(ref)
-            if inflight is None:
-                continue  # a control ref; the monitor reads it on its tick
-            try:
-                outcome: Outcome = ray.get(ref)
-            except ActorUnavailableError as exc:
-                # The actor may come back (a network blip) but this call's fate is unknown: retry the
-                # task elsewhere and keep the actor out of rotation until it answers a ping.
-                self.monitor.quarantine(inflight.slot, f"call failed: {death_cause(exc)}")
-                message = f"actor {inflight.slot.name} became unreachable while holding the task: {death_cause(exc)}"
-                failure = Failure.from_exception(ActorUnavailable(message))
-                outcome = Outcome(inflight.task.id, inflight.task.attempt, failure=failure, actor=inflight.slot.name)
-            except RayActorError as exc:
-                self._handle_failovers(self.monitor.actor_died(inflight.slot, death_cause(exc)))
-                continue
-            except RayError as exc:  # process() itself raised: the actor is broken for this task
-                failure = Failure(Stage.TRANSCRIBE, type(exc).__name__, str(exc).splitlines()[0][:500], True)
-                outcome = Outcome(inflight.task.id, inflight.task.attempt, failure=failure, actor=inflight.slot.name)
-            self._forget(ref)
+        return ready
+
+    def _take(self, outcomes: Sequence[Outcome]) -> None:
+        """Outcomes from the pools (results, failovers, deadline kills) into the write buffer."""
+        m = metrics.get()
+        for outcome in outcomes:
             self._observe_transfer(outcome)
-            self._observe_actor(inflight.slot, outcome)
             for stage, seconds in outcome.timings:
-                metrics.get().stage_seconds.observe(seconds, tags={"stage": stage})
+                m.stage_seconds.observe(seconds, tags={"stage": stage})
             self._buffer.append(outcome)
-
-    def _forget(self, ref: ray.ObjectRef) -> None:
-        inflight = self._inflight.pop(ref, None)
-        if inflight is not None:
-            inflight.slot.inflight.pop(ref, None)
-
-    def _abandon(self, ref: ray.ObjectRef) -> None:
-        """Stop caring about an attempt that lost its lease; it keeps its actor slot until it ends."""
-        inflight = self._inflight.pop(ref, None)
-        if inflight is None:
-            return
-        self._abandoned[ref] = inflight
-        try:
-            ray.cancel(ref)  # frees the slot at once if it is still queued on the actor
-        except Exception:  # already running or finished: it ends on its own
-            pass
-
-    def _observe_actor(self, slot, outcome: Outcome) -> None:
-        """An actor whose transcriptions keep failing (a sick GPU) is replaced, not fed more work."""
-        f = outcome.failure
-        if f is None or f.stage is not Stage.TRANSCRIBE:
-            slot.consecutive_failures = 0
-            return
-        slot.consecutive_failures += 1
-        limit = self.settings.health.max_consecutive_failures
-        if slot.consecutive_failures >= limit:
-            cause = f"{slot.consecutive_failures} transcriptions in a row failed on this actor (last: {f.message})"
-            self.monitor.kill(slot, cause)
-            log.error("replacing actor %s: %s", slot.name, cause, extra={"actor": slot.name})
-            self._handle_failovers(self.monitor.failover(slot))
-
-    def _handle_failovers(self, failovers: Sequence[Failover]) -> None:
-        for fo in failovers:
-            self._inflight.pop(fo.inflight.ref, None)
-            if self._abandoned.pop(fo.inflight.ref, None) is not None:
-                continue  # its lease is gone already: nothing to record
-            if fo.outcome is not None:  # it finished before its actor died: keep the real outcome
-                self._buffer.append(fo.outcome)
-                continue
-            t = fo.inflight.task
-            log.warning(
-                "failing over: %s",
-                fo.failure.message,
-                extra=task_extra(t.id, t.attempt, fo.failure.stage, actor=fo.inflight.slot.name),
-            )
-            self._buffer.append(
-                Outcome(t.id, t.attempt, failure=fo.failure, actor=fo.inflight.slot.name, node_id=fo.inflight.slot.node_id)
-            )
 
     def _observe_transfer(self, outcome: Outcome) -> None:
         f = outcome.failure
@@ -519,18 +440,28 @@ class Orchestrator:
     # --- drain and shutdown ---------------------------------------------------------------------
 
     def _drained(self) -> bool:
-        if self._inflight or self._buffer or not self.db_available:
+        if self.pools.in_flight or self._buffer or not self.db_available:
             return False
         try:
             self._outstanding = self.store.outstanding(self.options.pairs)
+            stuck = self.pools.gave_up()
+            if self._outstanding and stuck:
+                waiting = self.store.outstanding(list(stuck))
+                if waiting == self._outstanding:
+                    # All that is left waits for models that cannot load: say so now rather than
+                    # idling until the good pools retire.
+                    raise NoWorkers(
+                        f"nothing left that can run: {waiting} task(s) wait for "
+                        + "; ".join(f"{e}/{m} ({why})" for (e, m), why in stuck.items())
+                    )
         except StoreUnavailable as exc:
             self._db_down(exc)
             return False
         return self._outstanding == 0
 
     def _shutdown(self) -> None:
-        leftovers = [f.lease for f in self._inflight.values()]
-        self.monitor.shutdown()
+        leftovers = self.pools.leases()
+        self.pools.shutdown()
         deadline = time.monotonic() + max(5.0, self.options.grace_s)
         while (self._buffer or leftovers) and time.monotonic() < deadline:
             try:
@@ -551,7 +482,6 @@ class Orchestrator:
                 len(self._buffer),
                 len(leftovers),
             )
-        self._inflight.clear()
         try:
             self.store.retire_orchestrator(self.owner)
         except StoreUnavailable:

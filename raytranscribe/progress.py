@@ -49,7 +49,7 @@ class RichProgress:
         breakers = ",".join(f"{k}:{v}" for k, v in orch.breaker_states().items() if v != "closed") or "ok"
         detail = (
             f"ok {s.completed} retry {s.retried} dead {s.dead} | audio {s.audio_s / 3600:.2f} h "
-            f"| {s.real_time_factor:.1f}x real time | actors {orch.monitor.live_count()} | breakers {breakers}"
+            f"| {s.real_time_factor:.1f}x real time | actors {orch.pools.live_count()} | breakers {breakers}"
             + ("" if orch.db_available else " | [red]database unreachable[/red]")
         )
         self.progress.update(self.task, total=total, detail=detail)

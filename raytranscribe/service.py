@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from raytranscribe.config import Settings
+from raytranscribe.isolation import resolve_database_url, scrubbed_environ
 from raytranscribe.orchestrator import Observer, Orchestrator, RunOptions, RunSummary
 from raytranscribe.storage import S3Storage
 from raytranscribe.store import Store
@@ -39,15 +40,20 @@ def connect_ray(settings: Settings, local: LocalRay = LocalRay()) -> bool:
         ray.init(address=address, namespace=settings.namespace, log_to_driver=True)
         log.info("joined Ray cluster at %s", address)
     else:
-        ray.init(
-            namespace=settings.namespace,
-            num_cpus=local.num_cpus,
-            num_gpus=local.num_gpus,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+        # The raylet inherits this process's environment and hands it to every worker it spawns:
+        # start it without the driver's secrets (they come back for the driver's own use after).
+        with scrubbed_environ() as withheld:
+            ray.init(
+                namespace=settings.namespace,
+                num_cpus=local.num_cpus,
+                num_gpus=local.num_gpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
         log.info("started a local Ray: %s", ray.cluster_resources())
+        if withheld:
+            log.info("withheld from the local Ray's workers: %s", ", ".join(withheld))
     return True
 
 
@@ -87,7 +93,14 @@ def run(
 ) -> RunSummary:
     """Connect Ray, run one orchestrator until drained or stopped, and return its summary."""
     own_store = store is None
+    settings = resolve_database_url(settings)  # RAYTRANSCRIBE_DATABASE_URL_FILE, noted as a secret
     store = store or Store.from_settings(settings)
+    try:  # a database we cannot use fails the run here, before Ray starts (not "claiming paused" forever)
+        store.check_ready()
+    except Exception:
+        if own_store:
+            store.close()
+        raise
     storage = storage or S3Storage(settings.s3)
     started_ray = connect_ray(settings, local)
     orchestrator = Orchestrator(settings, store, storage, options=options, observer=observer)

@@ -1,4 +1,4 @@
-"""S3 on the driver side: URIs, the output layout, presigned URLs and listing.
+"""S3 on the driver side: presigned URLs and listing (URI rules and the output layout: :mod:`raytranscribe.uris`).
 
 This is the only module that holds AWS credentials. Workers get presigned URLs and nothing else
 (see :mod:`raytranscribe.transfer`). Imports boto3; never ray, the store or requests.
@@ -6,35 +6,35 @@ This is the only module that holds AWS credentials. Workers get presigned URLs a
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from urllib.parse import parse_qsl
 
 import boto3
 import botocore.exceptions as bex
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.utils import percent_encode
 
 from raytranscribe.config import S3Settings
-from raytranscribe.contracts import OutputTarget
-from raytranscribe.errors import ConfigError, InvalidURI, PresignError, StorageError
+from raytranscribe.contracts import ModelFile, ModelLayout, ModelManifest, OutputTarget, pick_model_files
+from raytranscribe.errors import ConfigError, InvalidURI, ModelNotFound, PresignError, StorageError
+from raytranscribe.uris import S3Uri, is_audio_key, output_uri, parse_s3_uri
+from raytranscribe.uris import SCHEME
+# Under the names the presign methods use.
+from raytranscribe.uris import abbrev as _abbrev
+from raytranscribe.uris import bucket_problem as _bucket_problem
+from raytranscribe.uris import key_problem as _key_problem
 
 log = logging.getLogger(__name__)
 
-SCHEME = "s3://"
-MAX_KEY_BYTES = 1024
+# How long model_for_actor hands the same signed manifest to new actors.
+MODEL_MANIFEST_REUSE_S = 60.0
 # SigV4 presigned URLs are valid for at most seven days.
 MAX_PRESIGN_EXPIRY_S = 7 * 24 * 3600
-
-AUDIO_EXTENSIONS: frozenset[str] = frozenset(
-    {
-        "wav", "wave", "flac", "mp3", "m4a", "m4b", "aac", "ogg", "oga", "opus", "webm", "weba",
-        "mp4", "m4v", "mov", "mkv", "mka", "wma", "wmv", "aif", "aiff", "aifc", "amr", "3gp", "ac3",
-        "caf", "au", "snd", "spx", "mpga", "mpeg", "avi",
-    }
-)  # fmt: skip
 
 CONTENT_TYPES: dict[str, str] = {
     "json": "application/json",
@@ -43,7 +43,6 @@ CONTENT_TYPES: dict[str, str] = {
     "txt": "text/plain; charset=utf-8",
 }
 
-_BUCKET_CHARS = re.compile(r"[a-z0-9.\-]+")
 # Credentials that are missing or could not be fetched right now (IMDS hiccup, SSO token expired,
 # STS throttled): the task is fine, so the failure is transient and a later attempt signs afresh.
 _CREDENTIAL_ERRORS: tuple[type[BaseException], ...] = (
@@ -60,138 +59,12 @@ _CREDENTIAL_ERRORS: tuple[type[BaseException], ...] = (
 
 
 @dataclass(frozen=True)
-class S3Uri:
-    bucket: str
-    key: str
+class _UrlTemplate:
+    """What every presigned URL of one (method, bucket) shares: read off one made the full way."""
 
-    def __str__(self) -> str:
-        return f"{SCHEME}{self.bucket}/{self.key}"
-
-    @property
-    def is_prefix(self) -> bool:
-        return self.key == "" or self.key.endswith("/")
-
-    def join(self, *parts: str) -> S3Uri:
-        """Append path segments with exactly one ``/`` between them; a trailing ``/`` on the last part is kept."""
-        if not any(p.strip("/") for p in parts):
-            return self
-        segments = [self.key.rstrip("/")] if self.key.strip("/") else []
-        segments += [p.strip("/") for p in parts if p.strip("/")]
-        key = "/".join(segments)
-        if parts and parts[-1].endswith("/") and key:
-            key += "/"
-        return S3Uri(self.bucket, key)
-
-
-def _bucket_problem(bucket: str) -> str | None:
-    """What is wrong with a bucket name under S3's naming rules, or None."""
-    if not 3 <= len(bucket) <= 63:
-        return f"must be 3 to 63 characters long (got {len(bucket)})"
-    if not _BUCKET_CHARS.fullmatch(bucket):
-        bad = sorted({c for c in bucket if not _BUCKET_CHARS.fullmatch(c)})
-        return f"may contain only lowercase letters, digits, dots and hyphens (found {', '.join(map(repr, bad))})"
-    if not (bucket[0].isalnum() and bucket[-1].isalnum()):
-        return "must start and end with a lowercase letter or digit"
-    if ".." in bucket:
-        return "must not contain two adjacent dots"
-    try:
-        ipaddress.IPv4Address(bucket)
-    except ValueError:
-        pass
-    else:
-        return "must not be formatted as an IP address"
-    for prefix in ("xn--", "sthree-", "amzn-s3-demo-"):
-        if bucket.startswith(prefix):
-            return f"must not start with the reserved prefix {prefix!r}"
-    for suffix in ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"):
-        if bucket.endswith(suffix):
-            return f"must not end with the reserved suffix {suffix!r}"
-    return None
-
-
-def _key_problem(key: str) -> str | None:
-    size = len(key.encode("utf-8", errors="surrogatepass"))
-    if size > MAX_KEY_BYTES:
-        return f"key is {size} bytes in UTF-8; S3 allows at most {MAX_KEY_BYTES}"
-    return None
-
-
-def parse_s3_uri(text: str, *, allow_prefix: bool = False) -> S3Uri:
-    """Parse and validate ``s3://bucket/key``.
-
-    Keys are taken literally (no percent-decoding), as ``aws s3`` does: spaces and non-ASCII are fine.
-    With ``allow_prefix`` the key may be empty or end with ``/`` (a folder to list or write into).
-    """
-    if not isinstance(text, str) or not text.strip():
-        raise InvalidURI(f"empty S3 URI {text!r}: expected s3://bucket/key")
-    if not text.startswith(SCHEME):
-        scheme = text.split("://", 1)[0] if "://" in text else None
-        got = f"scheme {scheme!r}" if scheme is not None else "no scheme"
-        raise InvalidURI(f"invalid S3 URI {text!r}: must start with 's3://' ({got})")
-    bucket, _, key = text[len(SCHEME) :].partition("/")
-    if not bucket:
-        raise InvalidURI(f"invalid S3 URI {text!r}: bucket name is empty")
-    problem = _bucket_problem(bucket)
-    if problem:
-        raise InvalidURI(f"invalid S3 URI {text!r}: bucket name {bucket!r} {problem}")
-    if not allow_prefix and (key == "" or key.endswith("/")):
-        what = "is empty" if key == "" else f"{key!r} ends with '/' (a folder, not an object)"
-        raise InvalidURI(f"invalid S3 URI {text!r}: object key {what}")
-    problem = _key_problem(key)
-    if problem:
-        raise InvalidURI(f"invalid S3 URI {_abbrev(text)!r}: {problem}")
-    return S3Uri(bucket, key)
-
-
-def _abbrev(text: str, limit: int = 120) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _strip_extension(name: str) -> str:
-    # Only the last path segment loses its suffix: "a.b/c" stays "a.b/c", "x.tar.gz" becomes "x.tar",
-    # and a dotfile (".hidden") has no extension to lose.
-    suffix = PurePosixPath(name).suffix
-    return name[: -len(suffix)] if suffix else name
-
-
-def output_stem(input_uri: S3Uri, output_prefix: S3Uri, *, base_prefix: S3Uri | None = None) -> S3Uri:
-    """Where a task's outputs go, without the format extension. The ONE place that decides the layout.
-
-    ``{output_prefix}/{input key relative to base_prefix, or its basename}`` minus the input's
-    extension. Deterministic, so a retried task overwrites its own outputs instead of adding new ones.
-    """
-    if input_uri.is_prefix:
-        raise InvalidURI(f"input {input_uri} is a folder, not an object")
-    if base_prefix is None:
-        relative = input_uri.key.rsplit("/", 1)[-1]
-    else:
-        base_key = base_prefix.key if base_prefix.is_prefix else base_prefix.key + "/"
-        if base_prefix.bucket != input_uri.bucket or not input_uri.key.startswith(base_key):
-            raise InvalidURI(f"input {input_uri} is not under the base prefix {base_prefix}")
-        relative = input_uri.key[len(base_key) :]
-    stem = _strip_extension(relative)
-    if not stem.strip("/"):
-        raise InvalidURI(f"input {input_uri} leaves an empty output name")
-    out = S3Uri(output_prefix.bucket, stem) if output_prefix.key.strip("/") == "" else output_prefix.join(stem)
-    problem = _key_problem(out.key + ".json")  # the longest key this stem will get, give or take
-    if problem:
-        raise InvalidURI(f"output for {input_uri} under {output_prefix}: {problem}")
-    return out
-
-
-def output_uri(stem: S3Uri | str, fmt: str) -> S3Uri:
-    base = stem if isinstance(stem, S3Uri) else parse_s3_uri(stem)
-    uri = S3Uri(base.bucket, f"{base.key}.{fmt}")
-    problem = _key_problem(uri.key)
-    if problem:
-        raise InvalidURI(f"output {_abbrev(str(uri))}: {problem}")
-    return uri
-
-
-def is_audio_key(key: str) -> bool:
-    name = key.rsplit("/", 1)[-1]
-    suffix = PurePosixPath(name).suffix
-    return bool(suffix) and suffix[1:].lower() in AUDIO_EXTENSIONS
+    http_method: str
+    prefix: str  # the URL up to the key: endpoint, addressing style and bucket as botocore resolved them
+    region: str  # the signing region botocore chose
 
 
 def _error_code(exc: bex.ClientError) -> str:
@@ -208,6 +81,9 @@ class S3Storage:
     def __init__(self, settings: S3Settings, *, client=None) -> None:
         self.settings = settings
         self._client = client
+        self._manifests: dict[tuple[str, str], tuple[float, ModelManifest]] = {}  # model_for_actor's
+        # (method, bucket, signs a content type) -> how its URLs look; None: no shortcut for it
+        self._templates: dict[tuple[str, str, bool], _UrlTemplate | None] = {}
         if client is None:
             try:
                 self._client = self._build_client(settings)
@@ -265,9 +141,7 @@ class S3Storage:
         if problem:
             raise PresignError(f"cannot presign {method} for {_abbrev(str(uri))}: {problem}", transient=False)
         try:
-            return self.client.generate_presigned_url(
-                method, Params={"Bucket": uri.bucket, "Key": uri.key, **params}, ExpiresIn=expiry
-            )
+            return self._sign(method, uri, params, expiry)
         except _CREDENTIAL_ERRORS as exc:
             raise PresignError(
                 f"cannot presign {method} for {uri}: AWS credentials unavailable ({type(exc).__name__}: {exc})",
@@ -283,6 +157,65 @@ class S3Storage:
             raise PresignError(
                 f"cannot presign {method} for {uri}: {type(exc).__name__}: {exc}", transient=True
             ) from exc
+
+    def _sign(self, method: str, uri: S3Uri, params: dict, expiry: int) -> str:
+        """A presigned URL, signed by botocore's own SigV4 query signer.
+
+        ``generate_presigned_url`` validates parameters, resolves the endpoint through its rule set
+        and serialises a request for every URL: most of its cost, and the same for every key of a
+        bucket. So the first URL of a (method, bucket, signed headers) is made that way, and its
+        address up to the key is kept; later URLs put the key where botocore puts it (percent-encoded
+        as its serializer does) and go straight to the signer. Anything the shortcut does not cover
+        (extra query parameters, other signed headers) takes the full path every time.
+        """
+        content_type = params.get("ContentType")
+        if set(params) - {"ContentType"} or (content_type is not None and not isinstance(content_type, str)):
+            return self._sign_slowly(method, uri, params, expiry)
+        key = (method, uri.bucket, content_type is not None)
+        if key not in self._templates:
+            template, url = self._template(method, uri, params, expiry)
+            self._templates[key] = template
+            return url
+        template = self._templates[key]
+        if template is None:
+            return self._sign_slowly(method, uri, params, expiry)
+        request = AWSRequest(
+            method=template.http_method,
+            url=template.prefix + percent_encode(uri.key, safe="/~"),
+            headers={"Content-Type": content_type} if content_type is not None else {},
+        )
+        signer = self.client._request_signer
+        auth = signer.get_auth_instance(
+            signing_name="s3", region_name=template.region, signature_version="s3v4-query", expires=expiry
+        )
+        auth.add_auth(request)  # SigV4 query auth writes the signed URL back into request.url
+        return request.url
+
+    def _sign_slowly(self, method: str, uri: S3Uri, params: dict, expiry: int) -> str:
+        return self.client.generate_presigned_url(
+            method, Params={"Bucket": uri.bucket, "Key": uri.key, **params}, ExpiresIn=expiry
+        )
+
+    def _template(self, method: str, uri: S3Uri, params: dict, expiry: int) -> tuple[_UrlTemplate | None, str]:
+        """Sign ``uri`` the full way and read from the URL what the shortcut needs, if it can."""
+        url = self._sign_slowly(method, uri, params, expiry)
+        base, _, query = url.partition("?")
+        encoded = percent_encode(uri.key, safe="/~")
+        fields = dict(parse_qsl(query, keep_blank_values=True))
+        scope = fields.get("X-Amz-Credential", "").split("/")
+        expected = {"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders",
+                    "X-Amz-Signature", "X-Amz-Security-Token"}  # fmt: skip
+        signed = "content-type;host" if "ContentType" in params else "host"
+        if (
+            not base.endswith("/" + encoded)
+            or set(fields) - expected
+            or fields.get("X-Amz-SignedHeaders") != signed
+            or len(scope) != 5
+            or scope[3] != "s3"
+        ):
+            return None, url
+        http_method = "PUT" if method == "put_object" else "GET"
+        return _UrlTemplate(http_method, base[: -len(encoded)], scope[2]), url
 
     def presign_get(self, uri: S3Uri, *, expires_s: int | None = None) -> str:
         return self._presign("get_object", uri, {}, expires_s)
@@ -394,3 +327,86 @@ class S3Storage:
             ) from exc
         except bex.BotoCoreError as exc:
             raise StorageError(f"cannot create bucket {name!r}: {type(exc).__name__}: {exc}") from exc
+
+    # --- models -------------------------------------------------------------------------------
+
+    def model_for_actor(self, engine: str, model: str) -> ModelManifest | None:
+        """What a worker actor serving ``(engine, model)`` is handed to fetch its model, signed afresh
+        for each actor start: a manifest for an ``s3://`` model, None for any other (bundled, local
+        path, Hub id: the engine finds those itself)."""
+        if not model.startswith(SCHEME):
+            return None
+        now = time.monotonic()
+        cached = self._manifests.get((engine, model))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        manifest = self.model_files(model, layout=ModelLayout.for_engine(engine))
+        # Reused briefly, so a pool starting many actors at once lists and signs once; briefly, so a
+        # model replaced in S3 reaches new actors soon (the cache key has the new ETags).
+        self._manifests[(engine, model)] = (now + MODEL_MANIFEST_REUSE_S, manifest)
+        return manifest
+
+    def model_files(
+        self, uri: str, *, layout: ModelLayout | None = None, expires_s: int | None = None
+    ) -> ModelManifest:
+        """The model stored at ``uri`` as a worker may fetch it: the files its layout needs, each with
+        size, ETag and a presigned GET (the worker holds no credentials).
+
+        ``uri`` is a folder (``s3://bucket/prefix/``; a key without the trailing ``/`` counts as one) or
+        a single ``.pt`` checkpoint. ``layout`` None detects it from the files (plugin engines).
+        Raises :class:`ModelNotFound` naming what is missing (submit refuses it, exit 2), InvalidURI for
+        a malformed URI, StorageError when S3 cannot be listed.
+        """
+        parsed = parse_s3_uri(uri, allow_prefix=True)
+        single = not parsed.is_prefix and parsed.key.endswith(".pt")
+        if single:
+            folder = parsed.key.rpartition("/")[0] + "/" if "/" in parsed.key else ""
+        else:
+            folder = parsed.key if parsed.is_prefix or not parsed.key else parsed.key + "/"
+        where = str(parsed) if parsed.is_prefix or single else str(parsed) + "/"
+        try:
+            objects: dict[str, dict] = {}
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=parsed.bucket, Prefix=folder, Delimiter="/"  # direct children only
+            )
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    objects[obj["Key"][len(folder) :]] = obj
+            if single:
+                name = parsed.key[len(folder) :]
+                objects = {name: objects[name]} if name in objects else {}
+            if not objects:
+                raise ModelNotFound(f"model {where}: no such object" if single else f"model {where}: no files under it")
+            layout, names = pick_model_files(objects, layout, where)
+            files = tuple(self._model_file(parsed.bucket, folder + n, n, objects[n], expires_s) for n in names)
+        except bex.ClientError as exc:
+            if _error_code(exc) == "NoSuchBucket":
+                raise ModelNotFound(f"model {where}: bucket {parsed.bucket!r} does not exist") from exc
+            raise _s3_call_error(exc, f"cannot list model {where}") from exc
+        except _CREDENTIAL_ERRORS as exc:
+            raise StorageError(f"cannot list model {where}: AWS credentials unavailable ({exc})") from exc
+        except bex.BotoCoreError as exc:
+            raise StorageError(f"cannot list model {where}: {type(exc).__name__}: {exc}") from exc
+        log.debug("model %s: %d files, %d bytes", where, len(files), sum(f.size for f in files))
+        return ModelManifest(uri=where, layout=layout, files=files)
+
+    def _model_file(self, bucket: str, key: str, name: str, listed: dict, expires_s: int | None) -> ModelFile:
+        etag = str(listed.get("ETag", "")).strip().strip('"').lower()
+        # A single-part ETag is the content's MD5 unless the object is KMS- or customer-key encrypted;
+        # listing does not say which, so ask (one HEAD per file, at submit and actor start only).
+        head = self.client.head_object(Bucket=bucket, Key=key)
+        encrypted = head.get("ServerSideEncryption") in ("aws:kms", "aws:kms:dsse") or "SSECustomerAlgorithm" in head
+        md5 = etag if _MD5_HEX.fullmatch(etag) and not encrypted else None
+        url = self.presign_get(S3Uri(bucket, key), expires_s=expires_s)
+        return ModelFile(name=name, url=url, size=int(listed["Size"]), etag=etag, md5=md5)
+
+
+_MD5_HEX = re.compile(r"[0-9a-f]{32}")
+
+
+def _s3_call_error(exc: bex.ClientError, what: str) -> StorageError:
+    """A driver-side S3 call's ClientError: permanent for refusals, transient for what may pass (throttling, 5xx)."""
+    code, status = _error_code(exc), _http_status(exc)
+    transient = code not in ("AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch")
+    message = exc.response.get("Error", {}).get("Message", "")
+    return StorageError(f"{what}: {status} {code}: {message}".rstrip(": "), http_status=status, transient=transient)

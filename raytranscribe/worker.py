@@ -4,10 +4,24 @@ A worker holds no database connection and no AWS credentials: it sees presigned 
 :class:`~raytranscribe.contracts.Outcome`. It never raises for a task's own failure; an exception
 that escapes ``process`` means the actor itself is broken.
 
-Pipelining: ``process`` calls run on a thread pool (the ``pipeline`` concurrency group, sized by
-``prefetch``), and only the transcription holds the compute lock. While one task owns the GPU, the
-next one downloads and decodes and the previous one uploads, so the GPU does not sit idle while
-files move. ``ping`` has its own group, so it answers while every pipeline thread is busy.
+Pipelining and batching: ``process`` calls run on a thread pool (the ``pipeline`` concurrency group,
+``worker.max_tasks_in_hand`` threads). Each thread downloads and decodes its task and has the engine
+cut it into windows of at most 30 s (``engine.prepare``); then it hands the windows to the actor's
+:class:`Batcher`, the one thread that owns the device, and waits for its transcript. The batcher
+decodes windows of many tasks in one model call (``engine.batch_size`` at a time, a partial batch
+``batch_wait_ms`` after the last arrival), so a GPU is kept busy with short files too, while other
+threads move files. A task is done when its last window is; then its thread renders and uploads.
+With ``batch_size == 1`` (or an engine that cannot batch) a compute lock runs ``engine.transcribe``
+one task at a time, as before. ``ping`` has its own group, so it answers while every pipeline
+thread is busy.
+
+Start-up: the constructor only starts the thread that fetches the model (into the node's model
+cache) and loads it; until then ``ping`` reports ``loading`` with bytes done of total, and
+``ready`` (a group of its own) returns once the model is in, or raises what stopped it.
+
+Memory: decoded audio is held from decode until the task's transcript is back; past
+``worker.max_buffered_audio_s`` of it, downloaded files wait before decoding, and ``wants`` (in the
+ping reply) tells the driver how many more tasks this actor can take.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Hashable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +41,21 @@ from pathlib import Path
 import ray
 
 from raytranscribe import audio, formats
-from raytranscribe.config import TransferSettings
-from raytranscribe.contracts import Outcome, TaskResult, TaskSpec
+from raytranscribe.batching import BatchItem, PerWindow, WindowResult, WindowScheduler, is_batch_engine, run_batch
+from raytranscribe.config import EngineSettings, TransferSettings, WorkerSettings
+from raytranscribe.contracts import ModelLoadState, ModelManifest, Outcome, TaskResult, TaskSpec
 from raytranscribe.engines import load_engine
-from raytranscribe.engines.base import EngineSpec
-from raytranscribe.errors import DispatchError, Failure, RayTranscribeError, Stage, TranscriptionError
+from raytranscribe.engines.base import BatchEngine, Engine, EngineSpec, PreparedAudio, Transcript, TranscribeOptions
+from raytranscribe.errors import (
+    DispatchError,
+    EngineOutOfMemory,
+    Failure,
+    RayTranscribeError,
+    Stage,
+    TranscriptionError,
+)
 from raytranscribe.logs import task_extra
+from raytranscribe.modelcache import LoadProgress, ModelCache, engine_spec_on_node
 from raytranscribe.transfer import Transfer
 
 log = logging.getLogger(__name__)
@@ -44,19 +68,30 @@ class WorkerConfig:
     transfer: TransferSettings = TransferSettings()
     scratch_dir: str | None = None  # None: the system temp dir
     log_level: str = "INFO"
+    worker: WorkerSettings = WorkerSettings()  # max_tasks_in_hand, max_buffered_audio_s
+    batch_wait_ms: float = EngineSettings().batch_wait_ms  # the engine group's setting; the actor applies it
+    model: ModelManifest | None = None  # an s3:// model's files, presigned by the driver for this actor
+    model_cache_dir: str | None = EngineSettings().model_cache_dir  # None: the node's temp dir
 
 
-QUEUED = "queued"  # waiting for the compute lock behind another task: not hung, just patient
+# Stages a ping reports besides the Stage values of work in progress:
+QUEUED = "queued"  # sequential path: waiting for the compute lock behind another task (not judged)
+# Batched path: waiting for room to decode (memory bound), for a batch, or inside one. Its stage_s
+# counts from the batcher's last progress, not from when the task started waiting, so a long queue
+# on a healthy actor never looks hung while a batcher stuck in one model call does.
+BATCHED = "batched"
 
 
 @dataclass(frozen=True)
 class RunningTask:
     task_id: int
     attempt: int
-    stage: str  # a Stage value, or QUEUED
+    stage: str  # a Stage value, QUEUED or BATCHED
     running_s: float  # since process() began
-    stage_s: float  # in the current stage
+    stage_s: float  # in the current stage (BATCHED: since the later of entering it and the batcher's last progress)
     audio_duration_s: float | None
+    windows_done: int = 0  # windows decoded so far (batched path); 0/0 before prepare
+    windows_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -71,6 +106,12 @@ class PingReply:
     device: str
     tasks_done: int
     running: tuple[RunningTask, ...] = field(default_factory=tuple)
+    wants: int = 0  # how many more tasks this actor would take now (memory and thread bound)
+    batch_size: int = 1  # slots per batch now (halved after a device out of memory); 1: sequential
+    batches: int = 0  # batched model calls so far
+    windows_decoded: int = 0  # windows those calls decoded (windows_decoded / batches: how full batches run)
+    buffered_audio_s: float = 0.0  # decoded audio held now
+    loading: ModelLoadState | None = None  # while the model downloads and loads: how far; None once ready
 
 
 @dataclass
@@ -86,37 +127,228 @@ class _Progress:
         self.stage, self.stage_started = stage, time.monotonic()
 
 
+class Batcher:
+    """The thread that owns the device: windows of every waiting task, decoded in shared batches.
+
+    Pipeline threads call :meth:`transcribe` and block; the batcher thread takes a full batch as soon
+    as there is one, or a partial batch once ``wait_s`` has passed since the last file arrived (when
+    nothing else is coming, the last files of a backfill must not wait). A failing batch is bisected
+    by :func:`~raytranscribe.batching.run_batch`, so only the culprit's task fails; a device out of
+    memory halves the batch size for the rest of the actor's life and retries the same windows.
+    """
+
+    def __init__(self, engine: BatchEngine, batch_size: int, wait_s: float, name: str) -> None:
+        self.engine = engine
+        self.batch_size = max(1, batch_size)
+        self.wait_s = wait_s
+        self.name = name
+        self.batches = 0
+        self.windows_decoded = 0
+        self._cond = threading.Condition()
+        self._scheduler = WindowScheduler(engine.spec)
+        self._results: dict[Hashable, Transcript | Exception] = {}
+        self._started: dict[Hashable, float] = {}  # when a task's first window went into a batch
+        self._last_arrival = 0.0
+        self._last_progress = time.monotonic()
+        self._busy = False  # a batch is being decoded
+        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
+        self._thread.start()
+
+    # --- pipeline threads -----------------------------------------------------------------------
+
+    def transcribe(
+        self, key: Hashable, prepared: PreparedAudio, options: TranscribeOptions
+    ) -> tuple[Transcript, float]:
+        """Block until ``key``'s last window is decoded: its transcript, and the seconds from its
+        first window entering a batch to the end (the rest of the wait was for a batch). Raises the
+        error that failed this task alone."""
+        arrived = time.monotonic()
+        with self._cond:
+            done = self._scheduler.add(key, prepared, options)
+            if done is not None:  # no windows (silence, empty VAD): nothing to decode
+                return done, 0.0
+            if not self._busy and self._scheduler.tasks() == 1:
+                self._last_progress = arrived  # an idle batcher's progress clock starts with its work
+            self._last_arrival = arrived
+            self._cond.notify_all()
+            while key not in self._results:
+                self._cond.wait()
+            result = self._results.pop(key)
+            started = self._started.pop(key, arrived)
+        if isinstance(result, Exception):
+            raise result
+        return result, time.monotonic() - started
+
+    def progress(self, key: Hashable) -> tuple[int, int]:
+        with self._cond:
+            return self._scheduler.progress(key)
+
+    @property
+    def last_progress(self) -> float:
+        return self._last_progress
+
+    # --- the batcher thread ---------------------------------------------------------------------
+
+    def _take(self) -> list[BatchItem]:
+        """Wait (holding the condition) for a full batch, or a partial one after ``wait_s`` of quiet.
+
+        Full counts slots, not windows: short clips are packed several to a slot by the scheduler."""
+        while True:
+            if self._scheduler.pending_slots() >= self.batch_size:
+                break
+            if self._scheduler.pending_windows():
+                left = self._last_arrival + self.wait_s - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            else:
+                self._cond.wait()
+        batch = self._scheduler.next_batch(self.batch_size)
+        now = time.monotonic()
+        for item in batch:
+            for key in item.keys:
+                self._started.setdefault(key, now)
+        self._busy = True
+        return batch
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                batch = self._take()
+            try:
+                self._run(batch)
+            except Exception as exc:  # a bug here must fail the batch's tasks, not leave them waiting
+                log.exception("batcher failed on a batch of %d windows", len(batch), extra={"actor": self.name})
+                error = TranscriptionError(f"the batcher failed: {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+                with self._cond:
+                    for key in {key for item in batch for key in item.keys}:
+                        self._scheduler.fail(key)
+                        self._results[key] = error
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _run(self, batch: list[BatchItem]) -> None:
+        t0 = time.monotonic()
+        try:
+            results = run_batch(self.engine, batch)
+        except EngineOutOfMemory as exc:
+            if len(batch) == 1:  # one packed slot is too much already: its windows one at a time
+                item = batch[0]
+                results = [PerWindow(run_batch(self.engine, [BatchItem.single(ref)])[0] for ref in item.refs)]
+                self._finish(batch, results, t0)
+                return
+            with self._cond:
+                self._scheduler.requeue(batch)
+                old, self.batch_size = self.batch_size, max(1, min(self.batch_size, len(batch)) // 2)
+                self._busy = False
+            log.warning(
+                "device out of memory on a batch of %d slots (%s); batch size %d -> %d for this actor's life",
+                len(batch), exc, old, self.batch_size,
+                extra={"actor": self.name, "stage": Stage.TRANSCRIBE.value},
+            )
+            return
+        except Exception as exc:  # run_batch answers per window; anything else fails the batch's tasks
+            error = TranscriptionError(f"batched decoding failed: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            results = [error] * len(batch)
+        self._finish(batch, results, t0)
+
+    def _finish(self, batch: list[BatchItem], results: list[WindowResult | PerWindow], t0: float) -> None:
+        elapsed = time.monotonic() - t0
+        with self._cond:
+            finished = self._scheduler.complete(batch, results)
+            for key, result in finished:
+                self._results[key] = result
+            self.batches += 1
+            self.windows_decoded += sum(len(item.refs) for item in batch)
+            self._last_progress = time.monotonic()
+            self._busy = False
+            self._cond.notify_all()
+        log.debug(
+            "batch of %d slots (%d windows of %d tasks) decoded in %.2fs; %d task(s) finished",
+            len(batch), sum(len(item.refs) for item in batch), len({k for item in batch for k in item.keys}),
+            elapsed, len(finished),
+            extra={"actor": self.name, "stage": Stage.TRANSCRIBE.value},
+        )
+
+
 class TranscriptionWorker:
     """Plain class; :func:`worker_actor_class` wraps it with ``ray.remote`` and concurrency groups."""
 
     def __init__(self, config: WorkerConfig) -> None:
-        from raytranscribe import logs
+        from raytranscribe import isolation, logs
 
         logs.configure(config.log_level)
+        # Defence in depth: the driver blanks every secret in the actor's runtime_env; one that still
+        # arrived (a raylet started from a shell holding it, a name the driver could not know) is
+        # named loudly and taken out of os.environ, so nothing this process starts or loads sees it.
+        for name in isolation.drop_inherited_secrets():
+            log.warning(
+                "worker %s inherited the secret variable %s: removed it; start Ray from an environment "
+                "without credentials (workers must hold none)", config.name, name, extra={"actor": config.name}
+            )
         self.config = config
         spec = config.engine
         if spec.device == "auto" and not ray.get_gpu_ids():
             # No GPU reserved for this actor: never grab one that belongs to a neighbour.
             spec = dataclasses.replace(spec, device="cpu")
         self.spec = spec
-        t0 = time.monotonic()
-        # Raises ModelLoadError (permanent) when the model cannot load: the actor dies at start-up
-        # and the health monitor counts a start failure instead of dispatching to it.
-        self.engine = load_engine(spec)
+        # The model downloads (into the node's cache: one copy per node) and loads on a thread of its
+        # own, so the actor answers pings meanwhile with its ``loading`` state and bytes done; ready()
+        # waits for that thread and re-raises its error, so a model that cannot be fetched or loaded
+        # is still a start-up failure with its cause.
+        self.loading = LoadProgress()
+        self.engine: Engine | None = None
+        self.batcher: Batcher | None = None
+        self._loaded = threading.Event()
+        self._load_error: BaseException | None = None
         self.transfer = Transfer(config.transfer)
         self._compute = threading.Lock()
-        self._state = threading.Lock()
+        self._state = threading.Condition()  # guards the fields below; notified when audio is freed
         self._running: dict[tuple[int, int], _Progress] = {}
         self._done = 0
+        self._buffered_s = 0.0  # decoded audio held (decode -> transcript back)
+        self._decoding = 0  # tasks admitted to decode, not decoded yet
+        self._mean_audio_s: float | None = None  # running mean of decoded durations: the size of the unknown
         ctx = ray.get_runtime_context()
         self._actor_id = ctx.get_actor_id() or ""
         self._node_id = ctx.get_node_id() or ""
+        threading.Thread(target=self._load, name=f"model-load-{config.name}", daemon=True).start()
+
+    def __repr__(self) -> str:
+        # Ray prefixes this actor's log lines (and names it in the dashboard) with its repr: the
+        # pool's name for it, so a download's progress lines say which actor they belong to.
+        return self.config.name
+
+    def _load(self) -> None:
+        config, spec = self.config, self.spec
+        t0 = time.monotonic()
+        try:
+            # A model from S3 (or the Hub) lands in the node's model cache first: one download per node.
+            cache = ModelCache(config.model_cache_dir, config.transfer)
+            engine = load_engine(engine_spec_on_node(spec, config.model, cache, self.loading))
+            # An engine that cannot batch (a plugin with transcribe only), or batch_size 1: sequential.
+            batch_size = engine.batch_size if is_batch_engine(engine) else 1
+            if batch_size > 1:
+                self.batcher = Batcher(engine, batch_size, config.batch_wait_ms / 1000.0, config.name)
+            self.engine = engine
+        except BaseException as exc:  # re-raised by ready(): the pool counts a start-up failure with it
+            self._load_error = exc
+            log.error(
+                "worker %s cannot load %s %s: %s: %s", config.name, spec.engine, spec.model, type(exc).__name__, exc,
+                extra={"actor": config.name, "stage": Stage.MODEL_LOAD.value},
+            )  # fmt: skip
+            return
+        finally:
+            self._loaded.set()
         log.info(
-            "worker %s ready: %s %s on %s in %.1fs",
+            "worker %s ready: %s %s on %s, %s, in %.1fs",
             config.name,
             spec.engine,
             spec.model,
             spec.device,
+            f"batches of {batch_size} slots" if self.batcher else "sequential",
             time.monotonic() - t0,
             extra={"actor": config.name},
         )
@@ -124,16 +356,23 @@ class TranscriptionWorker:
     # --- control lane ---------------------------------------------------------------------------
 
     def ready(self) -> PingReply:
+        """Wait for the model to download and load (its own concurrency group, so pings answer
+        meanwhile); raises what stopped it (ModelDownloadError, ModelLoadError, ...)."""
+        self._loaded.wait()
+        if self._load_error is not None:
+            raise self._load_error
         return self.ping()
 
     def ping(self) -> PingReply:
         now = time.monotonic()
+        batcher = self.batcher
+        loaded = self._loaded.is_set() and self._load_error is None
         with self._state:
-            running = tuple(
-                RunningTask(p.task_id, p.attempt, p.stage, now - p.started, now - p.stage_started, p.audio_duration_s)
-                for p in self._running.values()
-            )
+            progress = list(self._running.values())
             done = self._done
+            buffered = self._buffered_s
+            wants = self._wants_locked() if loaded else 0  # no work before the model is in
+        running = tuple(self._running_task(p, now) for p in progress)
         return PingReply(
             name=self.config.name,
             actor_id=self._actor_id,
@@ -145,9 +384,88 @@ class TranscriptionWorker:
             device=getattr(self.engine, "device", self.spec.device),  # what "auto" resolved to
             tasks_done=done,
             running=running,
+            wants=wants,
+            batch_size=batcher.batch_size if batcher else 1,
+            batches=batcher.batches if batcher else 0,
+            windows_decoded=batcher.windows_decoded if batcher else 0,
+            buffered_audio_s=round(buffered, 3),
+            loading=None if loaded else self.loading.snapshot(),
         )
 
+    def wants(self) -> int:
+        """How many more tasks this actor would take now: the cheap part of ``ping``."""
+        with self._state:
+            return self._wants_locked()
+
+    def _running_task(self, p: _Progress, now: float) -> RunningTask:
+        stage, stage_started = p.stage, p.stage_started
+        done = total = 0
+        if self.batcher is not None and stage == BATCHED:
+            stage_started = max(stage_started, self.batcher.last_progress)
+            done, total = self.batcher.progress((p.task_id, p.attempt))
+        return RunningTask(
+            p.task_id, p.attempt, stage, now - p.started, max(0.0, now - stage_started), p.audio_duration_s,
+            windows_done=done, windows_total=total,
+        )
+
+    def _wants_locked(self) -> int:
+        """Free pipeline threads, fewer when the audio already held (plus what the tasks not yet
+        decoded will likely add, at the mean duration seen so far) nears the memory bound."""
+        w = self.config.worker
+        room = w.max_tasks_in_hand - len(self._running)
+        if self._buffered_s >= w.max_buffered_audio_s:
+            return 0
+        if self._mean_audio_s:
+            undecoded = sum(1 for p in self._running.values() if p.audio_duration_s is None)
+            fits = int((w.max_buffered_audio_s - self._buffered_s) / self._mean_audio_s) - undecoded
+            room = min(room, fits)
+        if not self._running:  # an idle actor always takes one: a file larger than the bound goes alone
+            room = max(room, 1)
+        return max(0, room)
+
     # --- pipeline lane --------------------------------------------------------------------------
+
+    def _room_locked(self) -> bool:
+        """May one more file be decoded? Yes while the audio held, plus what the files being decoded
+        will likely hold (at the mean duration seen), plus this one, fits the bound; always when the
+        actor holds and decodes nothing (a file larger than the bound still goes, alone)."""
+        limit = self.config.worker.max_buffered_audio_s
+        if self._buffered_s == 0 and self._decoding == 0:
+            return True
+        if self._mean_audio_s is None:  # sizes unknown yet: one decode at a time until one is known
+            return self._decoding == 0 and self._buffered_s < limit
+        return self._buffered_s + (self._decoding + 1) * self._mean_audio_s <= limit
+
+    def _admit(self, progress: _Progress) -> float:
+        """Wait for room to decode, then reserve it; returns the seconds waited for held audio to
+        go (0 when the wait was only for a neighbour's decode to tell its size, a few ms)."""
+        t0 = time.monotonic()
+        with self._state:
+            if self._room_locked():
+                self._decoding += 1
+                return 0.0
+            progress.enter(BATCHED if self.batcher else QUEUED)
+            for_audio = False
+            while not self._room_locked():
+                for_audio = for_audio or self._buffered_s > 0
+                self._state.wait()
+            self._decoding += 1
+        return time.monotonic() - t0 if for_audio else 0.0
+
+    def _decoded(self, seconds: float | None) -> None:
+        """A decode ended (``seconds`` of audio now held, or None if it failed): the reservation ends."""
+        with self._state:
+            self._decoding -= 1
+            if seconds is not None:
+                self._buffered_s += seconds
+                m = self._mean_audio_s
+                self._mean_audio_s = seconds if m is None else 0.9 * m + 0.1 * seconds
+            self._state.notify_all()
+
+    def _release(self, seconds: float) -> None:
+        with self._state:
+            self._buffered_s = max(0.0, self._buffered_s - seconds)
+            self._state.notify_all()
 
     def process(self, spec: TaskSpec) -> Outcome:
         key = (spec.task_id, spec.attempt)
@@ -156,6 +474,7 @@ class TranscriptionWorker:
             self._running[key] = progress
         timings: list[tuple[str, float]] = []
         ident = {"actor": self.config.name, "node_id": self._node_id}
+        held_s = 0.0
 
         @contextmanager
         def stage(s: Stage):
@@ -168,6 +487,8 @@ class TranscriptionWorker:
 
         tmp = Path(tempfile.mkdtemp(prefix=f"rt-{spec.task_id}-", dir=self.config.scratch_dir))
         try:
+            if self.engine is None:  # the pool dispatches only after ready(): not the task's fault
+                raise DispatchError(f"actor {self.config.name} has not loaded its model yet")
             if (spec.engine.engine, spec.engine.model) != (self.spec.engine, self.spec.model):
                 raise DispatchError(
                     f"task wants {spec.engine.engine}/{spec.engine.model}, "
@@ -176,42 +497,43 @@ class TranscriptionWorker:
             name_hint = spec.input_uri.rsplit("/", 1)[-1] or "input"
             with stage(Stage.DOWNLOAD):
                 downloaded = self.transfer.download(spec.input_url, tmp, name_hint=name_hint)
-            with stage(Stage.DECODE):
-                decoded = audio.decode(downloaded.path)
-                downloaded.path.unlink(missing_ok=True)  # free scratch space before the long part
-                progress.audio_duration_s = decoded.duration_s
-            progress.enter(QUEUED)
-            queued_at = time.monotonic()
-            with self._compute:  # one transcription at a time owns the device
-                # Time spent waiting for the device: the pipelining at work, not overhead.
-                timings.append((QUEUED, round(time.monotonic() - queued_at, 4)))
-                with stage(Stage.TRANSCRIBE):
-                    try:
-                        transcript = self.engine.transcribe(decoded.samples, spec.options)
-                    except RayTranscribeError:
-                        raise
-                    except Exception as exc:  # an engine bug is still this task's failure
-                        raise TranscriptionError(f"{type(exc).__name__}: {exc}") from exc
+            waited = self._admit(progress)
+            if waited:  # waited for room under worker.max_buffered_audio_s
+                timings.append(("memory", round(waited, 4)))
+            try:
+                with stage(Stage.DECODE):
+                    decoded = audio.decode(downloaded.path)
+                    downloaded.path.unlink(missing_ok=True)  # free scratch space before the long part
+            except BaseException:
+                self._decoded(None)
+                raise
+            progress.audio_duration_s = duration_s = held_s = decoded.duration_s
+            self._decoded(held_s)
+            transcript = self._transcribe(spec, decoded.samples, progress, timings)
+            del decoded  # the samples: the transcript is all that is left to render
+            self._release(held_s)
+            held_s = 0.0
             with stage(Stage.RENDER):
                 bodies = formats.render_all(transcript, [t.format for t in spec.outputs])
             with stage(Stage.UPLOAD):
                 for target in spec.outputs:
                     self.transfer.upload(target.put_url, bodies[target.format], target.content_type)
             result = TaskResult(
-                audio_duration_s=decoded.duration_s,
+                audio_duration_s=duration_s,
                 language=transcript.language,
                 outputs=tuple(t.uri for t in spec.outputs),
                 text_preview=transcript.text[:200],
             )
             log.info(
                 "task done: %.1fs of audio in %.2fs",
-                decoded.duration_s,
+                duration_s,
                 time.monotonic() - progress.started,
                 extra=task_extra(spec.task_id, spec.attempt, Stage.UPLOAD, actor=self.config.name),
             )
             return Outcome(spec.task_id, spec.attempt, result=result, timings=tuple(timings), **ident)
         except Exception as exc:
-            failure = Failure.from_exception(exc, Stage(progress.stage) if progress.stage != QUEUED else Stage.TRANSCRIBE)
+            waiting = progress.stage in (QUEUED, BATCHED)
+            failure = Failure.from_exception(exc, Stage.TRANSCRIBE if waiting else Stage(progress.stage))
             log.warning(
                 "task failed: %s",
                 failure.message,
@@ -227,16 +549,60 @@ class TranscriptionWorker:
             return Outcome(spec.task_id, spec.attempt, failure=failure, timings=tuple(timings), **ident)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            if held_s:
+                self._release(held_s)
             with self._state:
                 self._running.pop(key, None)
                 self._done += 1
 
+    def _transcribe(self, spec: TaskSpec, samples, progress: _Progress, timings: list[tuple[str, float]]) -> Transcript:
+        """Batched: prepare (windows, language) in this thread, then wait for the batcher. Sequential:
+        the compute lock and ``engine.transcribe``. Timings name the wait and the work apart."""
+        engine = self.engine
+        assert engine is not None  # process() checked it
+        try:
+            if self.batcher is None:
+                progress.enter(QUEUED)
+                queued_at = time.monotonic()
+                with self._compute:  # one transcription at a time owns the device
+                    # Time spent waiting for the device: the pipelining at work, not overhead.
+                    timings.append((QUEUED, round(time.monotonic() - queued_at, 4)))
+                    progress.enter(Stage.TRANSCRIBE.value)
+                    t = time.monotonic()
+                    try:
+                        return engine.transcribe(samples, spec.options)
+                    finally:
+                        timings.append((Stage.TRANSCRIBE.value, round(time.monotonic() - t, 4)))
+            progress.enter(Stage.TRANSCRIBE.value)
+            t = time.monotonic()
+            prepared = engine.prepare(samples, spec.options)  # type: ignore[attr-defined]
+            timings.append(("prepare", round(time.monotonic() - t, 4)))
+            progress.enter(BATCHED)
+            t = time.monotonic()
+            transcript, decoding_s = self.batcher.transcribe((spec.task_id, spec.attempt), prepared, spec.options)
+            # "batched": waiting for a batch; "transcribe": first window in a batch -> last window done.
+            total = time.monotonic() - t
+            timings.append((BATCHED, round(max(0.0, total - decoding_s), 4)))
+            timings.append((Stage.TRANSCRIBE.value, round(decoding_s, 4)))
+            return transcript
+        except RayTranscribeError:
+            raise
+        except Exception as exc:  # an engine bug is still this task's failure
+            raise TranscriptionError(f"{type(exc).__name__}: {exc}") from exc
 
-def worker_actor_class(prefetch: int):
-    """The Ray actor class: ``prefetch`` pipeline threads plus one control thread for pings."""
+
+def worker_actor_class(prefetch: int, max_tasks_in_hand: int | None = None):
+    """The Ray actor class: pipeline threads for the tasks in hand plus one control thread for pings.
+
+    The pipeline group has ``max(prefetch, max_tasks_in_hand)`` threads (``max_tasks_in_hand``
+    defaults to the setting's default), so every task dispatched to the actor starts at once and
+    its windows can join the batcher.
+    """
+    threads = max(prefetch, max_tasks_in_hand or WorkerSettings().max_tasks_in_hand)
     cls = ray.remote(
-        concurrency_groups={"pipeline": max(1, prefetch), "control": 1},
-        max_restarts=0,  # the health monitor replaces actors itself, and fails their tasks over first
+        # ready() waits out the model's download and load in a group of its own: pings still answer.
+        concurrency_groups={"pipeline": max(1, threads), "control": 1, "startup": 1},
+        max_restarts=0,  # its pool replaces actors itself, and fails their tasks over first
         max_task_retries=0,
     )(TranscriptionWorker)
     return cls
@@ -246,7 +612,8 @@ def method_groups() -> None:
     """Bind methods to concurrency groups (done once at import; Ray reads the attributes)."""
     TranscriptionWorker.process = ray.method(concurrency_group="pipeline")(TranscriptionWorker.process)
     TranscriptionWorker.ping = ray.method(concurrency_group="control")(TranscriptionWorker.ping)
-    TranscriptionWorker.ready = ray.method(concurrency_group="control")(TranscriptionWorker.ready)
+    TranscriptionWorker.ready = ray.method(concurrency_group="startup")(TranscriptionWorker.ready)
+    TranscriptionWorker.wants = ray.method(concurrency_group="control")(TranscriptionWorker.wants)
 
 
 method_groups()

@@ -18,7 +18,12 @@ FORBIDDEN = {
     "raytranscribe.store": ("ray", "boto3", "requests"),
     "raytranscribe.storage": ("ray", "raytranscribe.store", "requests"),
     "raytranscribe.retry": ("ray", "sqlalchemy", "boto3", "requests"),
-    "raytranscribe.health": ("sqlalchemy", "raytranscribe.store", "boto3"),
+    "raytranscribe.pool": ("sqlalchemy", "psycopg2", "raytranscribe.store", "boto3", "botocore", "raytranscribe.storage"),
+    "raytranscribe.breakers": ("ray", "sqlalchemy", "boto3", "requests"),
+    "raytranscribe.orchestrator": ("raytranscribe.engines.faster", "raytranscribe.engines.openai"),
+    "raytranscribe.uris": ("ray", "sqlalchemy", "boto3", "botocore", "requests"),
+    # the node's model cache runs in workers and engines: no HTTP client until a download starts
+    "raytranscribe.modelcache": ("requests", "boto3", "botocore", "sqlalchemy", "ray", "raytranscribe.store"),
 }
 
 

@@ -179,14 +179,15 @@ def test_truncated_flac_fails_after_partial_decode():
 def test_truncated_wav_is_caught_by_its_header():
     data = sample_path("fox.wav").read_bytes()
     _expect(
-        r"truncated audio: the header declares 4\.32 s but only 2\.16 s could be decoded",
+        r"truncated audio: decoded 2\.16 s of the 4\.32 s the WAV data chunk declares",
         decode_bytes, data[: len(data) // 2],
     )
 
 
 def test_truncated_webm_is_caught_by_its_header():
     data = sample_path("lights.webm").read_bytes()
-    _expect(r"truncated audio: the header declares 3\.3\d s but only \d\.\d\d s could be decoded", decode_bytes, data[: len(data) // 2])
+    _expect(r"truncated audio: decoded 1\.\d\d s of the 3\.38 s the WebM Duration element declares",
+            decode_bytes, data[: len(data) // 2])  # fmt: skip
 
 
 def test_m4a_cut_before_its_index():
@@ -209,3 +210,190 @@ def test_wav_header_without_samples():
     body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", 0)
     header_only = b"RIFF" + struct.pack("<I", len(body)) + body
     _expect(r"no audio samples decoded", decode_bytes, header_only)
+
+
+# --- truncation: what each container declares about its own length ----------------------------------
+
+# Every shipped sample cut to a third: each fails, naming what gave the cut away.
+THIRD_CUT = {
+    "river.mp3": r"truncated audio: decoded 1\.37 s of the 4\.25 s the MP3's Info header declares",
+    "doctor.flac": r"corrupt or truncated audio: .*Invalid data found when processing input.* after 0\.\d\d s decoded",
+    "fox.wav": r"truncated audio: decoded 1\.44 s of the 4\.32 s the WAV data chunk declares",
+    "children.ogg": r"truncated audio: the file ends inside an Ogg page \(\d+ of its \d+ bytes\) after 0\.99 s decoded",
+    "library.m4a": r"corrupt or truncated audio: MP4/M4A header could not be read: .*",
+    "lights.webm": r"truncated audio: decoded 0\.99 s of the 3\.38 s the WebM Duration element declares",
+}
+
+
+def test_every_sample_has_a_third_cut_case():
+    assert sorted(THIRD_CUT) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(THIRD_CUT))
+def test_sample_cut_to_a_third_fails(name, tmp_path):
+    data = sample_path(name).read_bytes()
+    cut = data[: len(data) // 3]
+    _expect(THIRD_CUT[name], decode_bytes, cut)
+    path = tmp_path / name  # the file path reads its headers from disk: same verdict
+    path.write_bytes(cut)
+    _expect(THIRD_CUT[name], decode, path)
+
+
+def _encode_speechlike(container: str, codec: str, rate: int, *, seconds: float = 4.0,
+                       codec_options: dict[str, str] | None = None, container_options: dict[str, str] | None = None,
+                       path=None) -> bytes:
+    """A gated, wobbling tone (bursts and gaps, so VBR encoders vary their frames), mono."""
+    t = np.arange(int(rate * seconds)) / rate
+    signal = 0.3 * np.sin(2 * np.pi * (200 + 150 * np.sin(np.pi * t)) * t) * (np.sin(2 * np.pi * 1.3 * t) > 0)
+    target = str(path) if path is not None else io.BytesIO()
+    with av.open(target, "w", format=container, options=container_options or {}) as out:
+        stream = out.add_stream(codec, rate=rate, layout="mono")
+        if codec_options:
+            stream.codec_context.options = codec_options
+        fmt = stream.codec_context.codec.audio_formats[0].name
+        frame = av.AudioFrame.from_ndarray(signal.astype(np.float32)[None, :], format="fltp", layout="mono")
+        frame.sample_rate = rate
+        frame_size = stream.codec_context.frame_size or None
+        resampler = av.AudioResampler(format=fmt, layout="mono", rate=rate, frame_size=frame_size)
+        for chunk in (*resampler.resample(frame), *resampler.resample(None)):
+            chunk.pts = None
+            out.mux(stream.encode(chunk))
+        out.mux(stream.encode(None))
+    return path.read_bytes() if path is not None else target.getvalue()
+
+
+# libmp3lame through PyAV: FFmpeg's mp3 muxer writes a LAME "Info" (CBR) or "Xing" (VBR) frame
+# unless write_xing=0; VBR is what `ffmpeg -q:a 4` asks for (qscale, quality 4 x FF_QP2LAMBDA).
+VBR = {"flags": "+qscale", "global_quality": str(4 * 118)}
+NO_XING = {"write_xing": "0"}
+
+
+@pytest.mark.parametrize(
+    "rate,codec_options,container_options,tag",
+    [
+        (44100, None, None, "Info"),  # CBR, MPEG-1
+        (44100, VBR, None, "Xing"),  # VBR, MPEG-1
+        (8000, None, None, "Info"),  # MPEG-2.5: 576 samples a frame, 9-byte side info
+        (44100, None, NO_XING, None),  # CBR without any header: nothing declared
+        (44100, VBR, NO_XING, None),  # VBR without a header: FFmpeg's estimate is 1% off; not ours to trust
+    ],
+    ids=["cbr-info", "vbr-xing", "mpeg2.5-info", "cbr-no-header", "vbr-no-header"],
+)
+def test_intact_mp3s_decode_and_cut_ones_with_a_header_fail(rate, codec_options, container_options, tag):
+    data = _encode_speechlike("mp3", "libmp3lame", rate, codec_options=codec_options,
+                              container_options=container_options)  # fmt: skip
+    assert (data.find(b"Xing") != -1, data.find(b"Info") != -1) == (tag == "Xing", tag == "Info")
+    audio = decode_bytes(data)
+    assert audio.duration_s == pytest.approx(4.0, abs=0.06)
+    if tag is not None:
+        _expect(rf"truncated audio: decoded 1\.\d\d s of the 4\.00 s the MP3's {tag} header declares",
+                decode_bytes, data[: len(data) // 3])  # fmt: skip
+
+
+_MP3_BITRATES_V1_L3 = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+
+
+def test_mp3_with_a_vbri_header():
+    """Fraunhofer's VBRI header (always 32 bytes after the first frame's header), built by hand
+    in front of a header-less CBR file: a frame FFmpeg reads as the header, not as audio."""
+    body = _encode_speechlike("mp3", "libmp3lame", 44100, container_options=NO_XING)
+    start = body.find(b"\xff\xfb")
+    assert start != -1
+    b2 = body[start + 2]
+    length = 144 * _MP3_BITRATES_V1_L3[b2 >> 4] * 1000 // 44100 + ((b2 >> 1) & 1)
+    frames = (len(body) - start) // length
+    vbri = bytearray(length)
+    vbri[:4] = body[start : start + 4]
+    vbri[36:54] = b"VBRI" + struct.pack(">HHHII", 1, 0, 75, len(body) - start, frames)
+    data = body[:start] + bytes(vbri) + body[start:]
+    full = decode_bytes(data)
+    assert full.duration_s == pytest.approx(frames * 1152 / 44100, abs=0.06)
+    _expect(rf"truncated audio: decoded 1\.\d\d s of the {frames * 1152 / 44100:.2f} s the MP3's VBRI header declares",
+            decode_bytes, data[: len(data) // 3])  # fmt: skip
+
+
+def test_mp3_behind_a_large_id3_tag(tmp_path):
+    """Cover art can make the ID3v2 tag longer than any fixed head: the Info frame is found behind it."""
+    data = sample_path("river.mp3").read_bytes()
+    size = 200_000
+    syncsafe = bytes([(size >> 21) & 0x7F, (size >> 14) & 0x7F, (size >> 7) & 0x7F, size & 0x7F])
+    padded = b"ID3\x04\x00\x00" + syncsafe + bytes(size) + data  # an ID3 tag of padding, then the file as it was
+    path = tmp_path / "art.mp3"
+    path.write_bytes(padded)
+    assert decode(path).duration_s == pytest.approx(4.25, abs=0.01)
+    path.write_bytes(padded[: size + len(data) // 3])
+    _expect(r"truncated audio: decoded 1\.\d\d s of the 4\.25 s the MP3's Info header declares", decode, path)
+
+
+def _flac_frame_boundary(data: bytes, after: int) -> int:
+    """Offset of the first FLAC frame header (sync 0xFFF8, fixed block size) at or after ``after``."""
+    pos = data.find(b"\xff\xf8", after)
+    assert pos != -1
+    return pos
+
+
+def test_flac_cut_between_frames_is_caught_by_streaminfo():
+    """Cut exactly where a frame starts, FFmpeg reports no error: only STREAMINFO's total gives it away."""
+    data = sample_path("doctor.flac").read_bytes()
+    cut = data[: _flac_frame_boundary(data, len(data) // 2)]
+    _expect(r"truncated audio: decoded \d\.\d\d s of the 3\.71 s FLAC STREAMINFO declares", decode_bytes, cut)
+
+
+def test_flac_without_a_total_sample_count_decodes():
+    """A streaming encoder writes total samples 0 (unknown): nothing is declared, nothing is refused."""
+    data = bytearray(sample_path("doctor.flac").read_bytes())
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # STREAMINFO first
+    packed = int.from_bytes(data[18:26], "big") & ~((1 << 36) - 1)
+    data[18:26] = packed.to_bytes(8, "big")
+    assert decode_bytes(bytes(data)).duration_s == pytest.approx(3.7112, abs=0.01)
+
+
+def test_ogg_ending_on_a_page_boundary_is_not_a_cut_page():
+    """Pages are whole: the check says nothing (an Ogg file states no length), no false alarm."""
+    data = sample_path("children.ogg").read_bytes()
+    last = data.rfind(b"OggS")
+    audio = decode_bytes(data[:last])  # every page but the last, each complete
+    assert 0 < audio.duration_s < EXPECTED["children.ogg"][0]
+
+
+def test_intact_opus_in_ogg_decodes():
+    data = _encode_speechlike("ogg", "libopus", 48000)
+    assert decode_bytes(data).duration_s == pytest.approx(4.0, abs=0.06)
+    _expect(r"truncated audio: the file ends inside an Ogg page \(\d+ of its \d+ bytes\) after 0\.99 s decoded",
+            decode_bytes, data[: len(data) // 3])  # fmt: skip
+    last = data.rfind(b"OggS")  # cut inside the last page's own header
+    _expect(r"truncated audio: the file ends inside an Ogg page \(its header cut after 12 bytes\) after 3\.\d\d s "
+            r"decoded",
+            decode_bytes, data[: last + 12])  # fmt: skip
+
+
+def test_long_ogg_is_judged_from_its_tail_by_real_pages():
+    """The check reads the last two pages' worth of bytes and starts at the first real page there:
+    "OggS" inside packet data (here forged near the start of that window) is no page (its CRC fails)."""
+    from raytranscribe.audio import _OGG_TAIL
+
+    data = _encode_speechlike("ogg", "libopus", 48000, seconds=40.0)
+    assert len(data) > 2 * _OGG_TAIL
+    assert decode_bytes(data).duration_s == pytest.approx(40.0, abs=0.06)
+    fake_at = len(data) - _OGG_TAIL + 10  # a "page" of 44 bytes, followed by no page
+    forged = data[:fake_at] + b"OggS\x00\x00" + bytes(20) + b"\x01\x10" + data[fake_at + 28 :]
+    _expect(r"truncated audio: the file ends inside an Ogg page \(\d+ of its \d+ bytes\) after 3\d\.\d\d s decoded",
+            decode_bytes, forged[:-500])  # fmt: skip
+
+
+def test_webm_written_live_has_no_duration_and_decodes():
+    """A live-written WebM (MediaRecorder, `-live 1`) has no Duration element: nothing to compare."""
+    data = _encode_speechlike("webm", "libopus", 48000, container_options={"live": "1"})
+    with av.open(io.BytesIO(data)) as container:
+        assert container.duration is None
+    assert decode_bytes(data).duration_s == pytest.approx(4.0, abs=0.06)
+
+
+def test_m4a_with_its_index_first_cut_to_a_third(tmp_path):
+    """moov before mdat (faststart): the index opens, the samples it lists are missing."""
+    data = _encode_speechlike("ipod", "aac", 44100, container_options={"movflags": "+faststart"},
+                              path=tmp_path / "a.m4a")  # fmt: skip
+    assert data.find(b"moov") < data.find(b"mdat")
+    assert decode_bytes(data).duration_s == pytest.approx(4.0, abs=0.06)
+    _expect(r"corrupt or truncated audio: .*Invalid data found when processing input.* after 1\.\d\d s decoded",
+            decode_bytes, data[: len(data) // 3])  # fmt: skip

@@ -98,7 +98,22 @@ def test_submit_uris_with_output_prefix(cli, store):
         (["s3://bkt/a.wav", "--output", "s3://out/x", "--engine", "whisperx"], "unknown engine 'whisperx'"),
         (["s3://bkt/a.wav", "--output", "s3://out/x", "--max-retries", "-2"], "max_retries must be an integer >= 0, got -2"),
         (["s3://bkt/a.wav", "--output", "s3://out/x", "--formats", "srt,docx"], "unknown output format(s) ['docx']"),
-        (["s3://bkt/a/t.wav", "s3://bkt/b/t.mp3", "--output", "s3://out/x"], "would both write s3://out/x/t.*"),
+        (["s3://bkt/a/t.wav", "s3://bkt/b/t.mp3", "--output", "s3://out/x"],
+         "inputs 's3://bkt/a/t.wav' and 's3://bkt/b/t.mp3' would both write s3://out/x/t.*"),
+        # numbers the tasks table cannot hold: named, before any work
+        (["s3://bkt/a.wav", "-o", "s3://out/x", "--priority", "2147483648"],
+         "priority must be an integer from -2147483648 to 2147483647, got 2147483648"),
+        (["s3://bkt/a.wav", "-o", "s3://out/x", "--priority", "-2147483649"], "priority must be an integer from"),
+        (["s3://bkt/a.wav", "-o", "s3://out/x", "--max-retries", "2147483648"],
+         "max_retries must be an integer from 0 to 2147483647, got 2147483648"),
+        (["s3://bkt/a.wav", "-o", "s3://out/x", "--backoff-factor", "inf"], "backoff_factor must be a finite number >= 1, got inf"),
+        (["s3://bkt/a.wav", "-o", "s3://out/x", "--backoff-factor", "nan"], "backoff_factor must be a finite number >= 1, got nan"),
+        # dot and empty segments: no transfer may reach another object, no output leave its prefix
+        (["s3://bkt/in/a.wav", "-o", "s3://out/a/../../in/"],
+         "invalid --output 's3://out/a/../../in/': key 'a/../../in/' has a '..' segment"),
+        (["s3://bkt/x/..", "-o", "s3://out/x/"], "invalid input URI 's3://bkt/x/..': key 'x/..' has a '..' segment"),
+        (["s3://bkt/./a.wav", "-o", "s3://out/x/"], "key './a.wav' has a '.' segment"),
+        (["s3://bkt/a//b.wav", "-o", "s3://out/x/"], "key 'a//b.wav' has an empty segment"),
     ],
 )
 def test_submit_rejects_bad_arguments(cli, store, args, message):
@@ -135,7 +150,23 @@ BAD_LINES = [
     ({**GOOD, "engine": "whisper.cpp"}, "unknown engine 'whisper.cpp'"),
     ({**GOOD, "max_retries": -1}, "max_retries must be an integer >= 0, got -1"),
     ({**GOOD, "max_retries": "3"}, 'max_retries must be an integer >= 0, got "3"'),
-    ({**GOOD, "backoff_factor": 0.5}, "backoff_factor must be a number >= 1, got 0.5"),
+    ({**GOOD, "backoff_factor": 0.5}, "backoff_factor must be a finite number >= 1, got 0.5"),
+    # numbers the tasks table cannot hold, and what strict JSON refuses
+    ({**GOOD, "priority": 2147483648}, "priority must be an integer from -2147483648 to 2147483647, got 2147483648"),
+    ({**GOOD, "max_retries": 2**31}, "max_retries must be an integer from 0 to 2147483647, got 2147483648"),
+    ('{"input_uri": "s3://bkt/a.wav", "output_uri": "s3://bkt/out/a", "backoff_factor": Infinity}',
+     "Infinity is not a JSON number"),
+    ('{"input_uri": "s3://bkt/a.wav", "output_uri": "s3://bkt/out/a", "backoff_factor": NaN}', "NaN is not a JSON number"),
+    ('{"input_uri": "s3://bkt/a.wav", "output_uri": "s3://bkt/out/a", "priority": 1' + "0" * 5000 + "}",
+     "bad JSON: Exceeds the limit"),
+    ('{"input_uri": "s3://bkt/a.wav", "output_uri": "s3://bkt/out/a", "input_uri": "s3://bkt/b.wav"}',
+     "field 'input_uri' is given twice"),
+    # dot and empty segments, in either URI
+    ({"input_uri": "s3://bkt/dd/../evil/x.wav", "output_uri": "s3://bkt/out/x"},
+     "invalid input_uri 's3://bkt/dd/../evil/x.wav': key 'dd/../evil/x.wav' has a '..' segment"),
+    ({"input_uri": "s3://bkt/x.wav", "output_uri": "s3://bkt/out/../../in/x"}, "invalid output_uri 's3://bkt/out/../../in/x'"),
+    ({"input_uri": "s3://bkt/x.wav", "output_uri": "s3://bkt/a/../"}, "invalid output_uri 's3://bkt/a/../': key 'a/../'"),
+    ({"input_uri": "s3://bkt/x.wav", "output_uri": "s3://bkt/out//x"}, "has an empty segment"),
     ({**GOOD, "priority": True}, "priority must be an integer, got true"),
     ({**GOOD, "formats": ["srt", "pdf"]}, "unknown output format(s) ['pdf']"),
     ({**GOOD, "beam_size": 3}, "unknown field(s) ['beam_size']"),
@@ -153,6 +184,67 @@ def test_bad_manifest_line_rejects_everything(cli, store, tmp_path, line, reason
     assert result.stderr.startswith("error: line 3: ")
     assert reason in result.stderr
     assert store.stats().total == 0  # the two good lines were not inserted either
+
+
+def test_manifest_output_uri_may_be_a_prefix(cli, store, tmp_path):
+    """A trailing '/' means: under this prefix, named after the input file, as `submit --output PREFIX` does."""
+    path = write_manifest(
+        tmp_path,
+        {"input_uri": "s3://bkt/in/x/talk.final.mp3", "output_uri": "s3://out-bkt/run1/"},
+        {"input_uri": "s3://bkt/in/y/b.wav", "output_uri": "s3://out-bkt/"},
+        {"input_uri": "s3://bkt/in/c.wav", "output_uri": "s3://out-bkt/named/c-stem"},  # a stem, as before
+    )
+    result = cli("submit", "--manifest", path)
+    assert result.exit_code == 0, result.output
+    assert [t.output_uri for t in store.list_tasks()] == [
+        "s3://out-bkt/run1/talk.final", "s3://out-bkt/b", "s3://out-bkt/named/c-stem"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        {"input_uri": "s3://bkt/in/other.wav", "output_uri": "s3://bkt/out/a"},  # the same stem, spelled out
+        {"input_uri": "s3://bkt/in/z/a.flac", "output_uri": "s3://bkt/out/"},  # the same stem, from a prefix
+    ],
+)
+def test_manifest_lines_writing_one_stem_are_refused_naming_both(cli, store, tmp_path, second):
+    path = write_manifest(tmp_path, GOOD, second)
+    result = cli("submit", "--manifest", path)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        f"error: inputs 's3://bkt/in/a.wav' and {second['input_uri']!r} would both write s3://bkt/out/a.*; "
+        "give each its own output"
+    )
+    assert store.stats().total == 0
+
+
+def test_formats_are_normalised_and_an_unfinished_task_keeps_its_stem(cli, store):
+    """--formats txt, txt,txt, txt,json, json,txt on one input: one task, not four writing one dedupe.txt."""
+    base = ["submit", "s3://bkt/in/dedupe.wav", "-o", "s3://bkt/out/", "--formats"]
+    assert cli(*base, "txt").exit_code == 0
+    again = cli(*base, "txt,txt")
+    assert (again.exit_code, again.stdout.splitlines()[0]) == (0, "submitted 0 task(s); 1 duplicate(s) skipped")
+    for formats in ("txt,json", "json,txt"):
+        refused = cli(*base, formats)
+        assert refused.exit_code == 2, refused.output
+        assert refused.stderr.strip() == (
+            "error: input 's3://bkt/in/dedupe.wav' would write s3://bkt/out/dedupe.*, which task 1 (the same input, "
+            "pending) may still write; wait for it, cancel it, or give this input another output"
+        )
+    assert [(t.id, t.options.formats) for t in store.list_tasks()] == [(1, ("txt",))]
+
+
+def test_many_duplicates_print_a_count_not_a_line_each(cli, store, tmp_path):
+    lines = [{"input_uri": f"s3://bkt/in/{i}.wav", "output_uri": f"s3://bkt/out/{i}"} for i in range(2500)]
+    path = write_manifest(tmp_path, *lines)
+    assert cli("submit", "--manifest", path).exit_code == 0
+    again = cli("submit", "--manifest", path)
+    assert again.exit_code == 0, again.output
+    out = again.stdout.splitlines()
+    assert out[0] == "submitted 0 task(s); 2500 duplicate(s) skipped"
+    assert out[1:] == [f"  duplicate: s3://bkt/in/{i}.wav" for i in range(10)] + [
+        "  ... and 2490 more (--json lists them all)"]  # fmt: skip
+    assert len(json.loads(cli("submit", "--manifest", path, "--json").stdout)["duplicates"]) == 2500
 
 
 def test_missing_manifest_file(cli, tmp_path):
@@ -275,3 +367,256 @@ def test_submit_takes_engine_and_model_defaults_from_settings(cli, store):
     assert result.exit_code == 0, result.output
     (task,) = store.list_tasks()
     assert (task.engine, task.model) == ("openai-whisper", "base.en")
+
+
+def test_submit_checks_an_s3_model_before_writing_anything(cli, store, local_s3, s3_client, bucket, tmp_path):
+    """A model prefix missing a file is refused at submit time with its name (exit 2), not N dead tasks later."""
+    env = {"RAYTRANSCRIBE_S3__ENDPOINT_URL": local_s3.endpoint_url}
+    for name in ("model.bin", "config.json", "vocabulary.txt"):  # no tokenizer.json
+        s3_client.put_object(Bucket=bucket, Key=f"models/tiny-en/{name}", Body=b"{}")
+    model = f"s3://{bucket}/models/tiny-en/"
+    refused = cli("submit", f"s3://{bucket}/in/a.wav", "-o", f"s3://{bucket}/out/", "--model", model, env=env)
+    assert refused.exit_code == 2, refused.output
+    assert f"model {model} has no tokenizer.json" in refused.stderr
+    manifest = write_manifest(tmp_path, {"input_uri": f"s3://{bucket}/in/b.wav", "output_uri": f"s3://{bucket}/out/b",
+                                         "model": f"s3://{bucket}/models/typo/"})  # fmt: skip
+    refused = cli("submit", "--manifest", manifest, env=env)
+    assert refused.exit_code == 2 and f"model s3://{bucket}/models/typo/: no files under it" in refused.stderr
+    assert store.list_tasks() == []
+
+    s3_client.put_object(Bucket=bucket, Key="models/tiny-en/tokenizer.json", Body=b"{}")
+    ok = cli("submit", f"s3://{bucket}/in/a.wav", "-o", f"s3://{bucket}/out/", "--model", model.rstrip("/"), env=env)
+    assert ok.exit_code == 0, ok.output
+    (task,) = store.list_tasks()
+    assert task.model == model  # one spelling per model: one pool
+
+
+# --- dot segments, end to end ------------------------------------------------------------------
+
+
+def _objects(s3_client, bucket: str) -> dict[str, bytes]:
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", ())]
+    return {k: s3_client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+
+
+DOT = "has a '..' segment, which HTTP clients resolve to another object"
+
+
+def test_listed_key_with_dot_segments_refuses_the_whole_submission(cli, store, local_s3, s3_client, bucket):
+    for key in ("in/a.wav", "in/dd/../evil/x.wav", "in/z.wav"):
+        s3_client.put_object(Bucket=bucket, Key=key, Body=b"x")
+    env = {"RAYTRANSCRIBE_S3__ENDPOINT_URL": local_s3.endpoint_url}
+    result = cli("submit", f"s3://{bucket}/in/", "-o", f"s3://{bucket}/out/", env=env)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        f"error: s3://{bucket}/in/ lists s3://{bucket}/in/dd/../evil/x.wav: key 'in/dd/../evil/x.wav' {DOT}; "
+        "nothing was submitted (rename or move that object, or submit the others by URI)"
+    )
+    assert store.stats().total == 0
+    s3_client.put_object(Bucket=bucket, Key="dbl/a//b.wav", Body=b"x")
+    result = cli("submit", f"s3://{bucket}/dbl/", "-o", f"s3://{bucket}/out/", env=env)
+    assert result.exit_code == 2 and "key 'dbl/a//b.wav' has an empty segment" in result.stderr
+
+
+def test_dot_segments_never_reach_s3_in_a_real_run(cli, system, local_s3, s3_client, tmp_path):
+    """Issue 11 item 2 through a real run (Ray, tiny.en, moto over HTTP): what is refused writes nothing,
+    a row stored before the check existed dies at presign, and every object written lies under its prefix."""
+    from tests.support.speech import wer
+
+    b = system.bucket
+    env = {"RAYTRANSCRIBE_S3__ENDPOINT_URL": local_s3.endpoint_url}
+    ((dotted, _),) = system.upload_samples(["doctor.flac"], prefix="in/dd/../evil/")
+    ((good, sentence),) = system.upload_samples(["fox.wav"], prefix="in/ok/")
+    system.put("in/evil/doctor.flac", b"decoy: a resolved '..' path would read this")
+    before = _objects(s3_client, b)
+    assert "in/dd/../evil/doctor.flac" in before  # stored literally
+
+    listed = cli("submit", f"s3://{b}/in/", "-o", f"s3://{b}/out/", env=env)
+    assert listed.exit_code == 2 and f"lists {dotted}: key 'in/dd/../evil/doctor.flac' {DOT}" in listed.stderr
+    climbing = cli("submit", good, "-o", f"s3://{b}/out/a/../../in/", env=env)
+    assert climbing.exit_code == 2 and f"invalid --output 's3://{b}/out/a/../../in/'" in climbing.stderr
+    root = cli("submit", f"s3://{b}/in/x/..", "-o", f"s3://{b}/out/", env=env)
+    assert root.exit_code == 2 and "audio object(s)" not in root.stderr  # refused before any listing
+    assert system.store.stats().total == 0
+
+    assert cli("submit", good, "-o", f"s3://{b}/out/", env=env).exit_code == 0
+    # The same input again, into a prefix named by a manifest line (txt only: another task, another stem).
+    path = write_manifest(tmp_path, {"input_uri": good, "output_uri": f"s3://{b}/out/m/", "formats": ["txt"]})
+    assert cli("submit", "--manifest", path, env=env).exit_code == 0
+    # A row stored before these checks existed, aimed at the input bucket: the driver refuses to sign it.
+    engine = sa.create_engine(system.database_url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("INSERT INTO tasks (input_uri, output_uri, engine, model, max_retries, backoff_factor, dedupe_key) "
+                        "VALUES (:i, :o, 'faster-whisper', 'tiny.en', 0, 2.0, 'stored-before-the-check')"),
+                {"i": dotted, "o": f"s3://{b}/out/../in/evil/doctor"},
+            )  # fmt: skip
+    finally:
+        engine.dispose()
+
+    system.run(system.settings.with_(health={"task_deadline_base_s": 300.0}), timeout=420)  # room for a busy machine: this test is about where objects land
+
+    tasks = {t.input_uri + " " + t.output_uri: t for t in system.store.list_tasks()}
+    old = tasks[f"{dotted} s3://{b}/out/../in/evil/doctor"]
+    assert old.status is TaskStatus.DEAD
+    assert old.failure_reason.startswith(f"presign: cannot presign task: invalid S3 URI {dotted!r}: key ")
+    assert {t.status for k, t in tasks.items() if t.id != old.id} == {TaskStatus.COMPLETED}
+    system.check_invariants()
+    after = _objects(s3_client, b)
+    written = {k: v for k, v in after.items() if k not in before}
+    assert sorted(written) == ["out/fox.json", "out/fox.srt", "out/fox.txt", "out/fox.vtt", "out/m/fox.txt"]
+    assert {k: after[k] for k in before} == before  # inputs and the decoy untouched
+    assert wer(sentence, written["out/fox.txt"].decode()) <= 0.25
+    assert written["out/m/fox.txt"] == written["out/fox.txt"]
+
+
+# --- bad URLs, settings and databases: one line, the right exit code, before anything starts -----
+
+
+def _plain_url(url: str, scheme: str = "postgresql") -> str:
+    """The URL as every PostgreSQL tool writes it: no SQLAlchemy driver in the scheme."""
+    return scheme + "://" + url.partition("://")[2]
+
+
+def _one_error_line(result, code: int) -> str:
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args,env,message",
+    [
+        (["--database-url", "not a url", "status"], {},
+         "error: invalid database URL 'not a url': expected postgresql://user[:password]@host[:port]/database"),
+        (["--database-url", "postgresql+asyncpg://bob:hunter2@db/x", "tasks"], {},
+         "error: unsupported database driver 'asyncpg' in 'postgresql+asyncpg://bob:***@db/x': raytranscribe connects "
+         "through psycopg2; write postgresql://user[:password]@host[:port]/database"),
+        (["--log-level", "BOGUS", "status"], {},
+         "error: invalid --log-level 'BOGUS': choose from DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        (["status"], {"RAYTRANSCRIBE_LOG_LEVEL": "loud"},
+         "error: invalid RAYTRANSCRIBE_LOG_LEVEL 'LOUD': choose from DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        (["status"], {"RAYTRANSCRIBE_STORE__OP_RETRIES": "many"},
+         "error: invalid setting RAYTRANSCRIBE_STORE__OP_RETRIES: Input should be a valid integer, unable to parse "
+         "string as an integer"),
+    ],
+    ids=["not-a-url", "asyncpg", "log-level-option", "log-level-env", "setting"],
+)
+def test_bad_url_log_level_or_setting_is_one_line_and_exit_2(cli, args, env, message):
+    result = cli(*args, env=env)
+    assert _one_error_line(result, 2) == message
+    assert "hunter2" not in result.output
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_plain_postgresql_urls_work(cli, database_url, scheme):
+    result = cli("--database-url", _plain_url(database_url, scheme), "status", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["total"] == 0
+
+
+def test_db_upgrade_with_a_plain_postgresql_url(database_url):
+    """`raytranscribe db upgrade` with postgresql://user@host/db said "No module named 'psycopg'"."""
+    admin = sa.engine.make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
+    url = create_database(admin, prefix="rt_cli")
+    try:
+        result = CliRunner().invoke(app, ["--database-url", _plain_url(url), "db", "upgrade"])
+        assert result.exit_code == 0, result.output
+        assert f"database schema at revision {HEAD}" in result.stdout
+    finally:
+        drop_database(url)
+
+
+@pytest.fixture
+def unmigrated_url(database_url):
+    admin = sa.engine.make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
+    url = create_database(admin, prefix="rt_cli_bare")
+    yield url
+    drop_database(url)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["status"], ["status", "--json"], ["tasks", "--status", "dead"], ["submit", "s3://bkt/in/a.wav", "-o", "s3://bkt/out/"]],
+)
+def test_an_unmigrated_database_says_to_run_db_upgrade(cli, unmigrated_url, args):
+    line = _one_error_line(cli("--database-url", unmigrated_url, *args), 2)
+    assert line.endswith("run `raytranscribe db upgrade`"), line
+    assert "no raytranscribe schema" in line
+
+
+def test_a_database_that_refuses_the_role_fails_at_once_with_exit_2(cli, database_url):
+    import time
+
+    url = sa.engine.make_url(database_url).set(username="rt_no_such_role").render_as_string(hide_password=False)
+    started = time.monotonic()
+    result = cli("--database-url", url, "status", env={"RAYTRANSCRIBE_STORE__OP_RETRIES": "5",
+                                                         "RAYTRANSCRIBE_STORE__OP_RETRY_BASE_S": "1"})  # fmt: skip
+    assert time.monotonic() - started < 1.0  # five retries with a 1 s base would take far longer
+    line = _one_error_line(result, 2)
+    assert 'role "rt_no_such_role" does not exist' in line and "not retried" in line
+
+
+def test_retry_and_cancel_say_which_ids_were_left_alone(cli, store):
+    _populate(store)  # 1 completed, 2 dead, 3 in_progress, 4 pending
+    nothing = cli("retry", "1", "3", "4", "99")
+    assert nothing.exit_code == 1
+    assert nothing.stdout.strip() == "requeued 0 task(s)"
+    assert nothing.stderr.strip().splitlines() == [
+        "not requeued: 1: completed (only failed, dead, cancelled tasks can be requeued)",
+        "not requeued: 3: in_progress (only failed, dead, cancelled tasks can be requeued)",
+        "not requeued: 4: pending (only failed, dead, cancelled tasks can be requeued)",
+        "not requeued: 99: no such task",
+    ]
+    some = cli("retry", "2", "1")
+    assert (some.exit_code, some.stdout.strip()) == (0, "requeued 1 task(s)")
+    assert some.stderr.strip() == "not requeued: 1: completed (only failed, dead, cancelled tasks can be requeued)"
+    none_cancelled = cli("cancel", "1", "1", "77", "78")
+    assert none_cancelled.exit_code == 1
+    assert none_cancelled.stdout.strip() == "cancelled 0 of 3 task(s)"
+    assert none_cancelled.stderr.strip().splitlines() == [
+        "not cancelled: 1: completed (only pending, in_progress, failed tasks can be cancelled)",
+        "not cancelled: 77, 78: no such task",
+    ]
+    # --status with nothing in it is not an error: there was nothing to do.
+    assert cli("retry", "--status", "cancelled").exit_code == 0
+    # Ids and --status: the rule named is the status asked for.
+    mixed = cli("retry", "2", "--status", "dead")  # 2 was requeued above: pending now
+    assert (mixed.exit_code, mixed.stderr.strip()) == (1, "not requeued: 2: pending (only dead tasks can be requeued)")
+
+
+def _run_subprocess(url: str, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RAYTRANSCRIBE_"))}
+    env.update({"RAYTRANSCRIBE_DATABASE_URL": url, "RAYTRANSCRIBE_LOG_LEVEL": "WARNING"})
+    env.update(dict(e.split("=", 1) for e in extra))
+    return subprocess.run(
+        [sys.executable, "-m", "raytranscribe.cli", "run", "--until-drained", "--local-cpus", "1"],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )  # fmt: skip
+
+
+def test_run_on_an_unreachable_database_exits_3_before_starting_ray():
+    """It used to start Ray and log "claiming paused" forever; now the store's retries, then exit 3."""
+    import time
+
+    started = time.monotonic()
+    proc = _run_subprocess("postgresql://postgres@127.0.0.1:1/x", "RAYTRANSCRIBE_STORE__OP_RETRIES=2",
+                           "RAYTRANSCRIBE_STORE__OP_RETRY_BASE_S=0.05")  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert time.monotonic() - started < 60
+    assert "error: store current_revision: database unavailable after 3 tries: " in proc.stderr
+    assert "port 1 failed: Connection refused" in proc.stderr
+    assert "ray" not in proc.stderr.lower().replace("raytranscribe", "")  # Ray never started
+
+
+def test_run_on_an_unmigrated_database_exits_2_saying_db_upgrade(unmigrated_url):
+    proc = _run_subprocess(unmigrated_url)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: the database has no raytranscribe schema: run `raytranscribe db upgrade`"
+    )

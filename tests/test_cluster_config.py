@@ -26,3 +26,46 @@ def test_cluster_yaml_is_a_valid_ray_cluster_config():
     assert config["docker"]["image"].endswith("-gpu")
     assert any("pip install" in c and "raytranscribe" in c for c in config["setup_commands"])
     assert "--dashboard-host=0.0.0.0" in " ".join(config["head_start_ray_commands"])
+
+
+def _config() -> dict:
+    config = prepare_config(yaml.safe_load((ROOT / "cluster.yaml").read_text()))
+    validate_config(config)
+    return config
+
+
+def test_instance_profiles_give_credentials_to_the_head_only():
+    nodes = _config()["available_node_types"]
+    # The head reads inputs, writes outputs and fetches the database URL: a named profile, so
+    # `ray up` does not attach its default one (EC2 and S3 full access).
+    assert nodes["head"]["node_config"]["IamInstanceProfile"] == {"Name": "raytranscribe-head"}
+    # Nodes that run worker actors get no profile at all: nothing for a worker to fetch from the
+    # instance metadata service.
+    workers = [n for name, n in nodes.items() if name != "head"]
+    assert workers and all("IamInstanceProfile" not in n["node_config"] for n in workers)
+
+
+def test_ray_token_auth_is_enabled_on_every_node():
+    config = _config()
+    docker = config["docker"]
+    # Every process in every container (ray start, the autoscaler's updaters, clients) runs in token mode...
+    assert "--env RAY_AUTH_MODE=token" in docker["run_options"]
+    for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        start = next(c for c in commands if "ray start" in c)
+        assert "RAY_AUTH_MODE=token" in start.split("ray start")[0]
+    # ...with the token from the machine running `ray up` on every node (Ray's token-auth guide).
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+
+
+def test_the_database_url_reaches_the_head_only():
+    config = _config()
+    text = (ROOT / "cluster.yaml").read_text()
+    # Not in anything every node gets: file_mounts, setup_commands, the shared docker options.
+    assert not any("database" in k or "database" in v for k, v in config["file_mounts"].items())
+    assert not any("database" in c.lower() for c in config["setup_commands"] + config["docker"]["run_options"])
+    assert "RAYTRANSCRIBE_DATABASE_URL=" not in text and "postgresql" not in text
+    # The head writes it to a file of its own (mode 0600 through umask 077) and the driver reads it.
+    (fetch,) = [c for c in config["head_setup_commands"] if "database_url" in c]
+    assert fetch.startswith("umask 077")
+    head_options = config["docker"]["head_run_options"]
+    assert "--env RAYTRANSCRIBE_DATABASE_URL_FILE=/home/ray/.raytranscribe/database_url" in head_options

@@ -42,6 +42,18 @@ def test_with_replaces_fields_of_groups_and_keeps_the_rest():
     assert Settings().retry.max_retries == 3  # the original is untouched (frozen)
 
 
+def test_with_validates_what_it_is_given():
+    """An unknown field (a setting renamed since), an unknown group or a value out of range raises,
+    instead of a copy that silently carries it (model_copy does not validate)."""
+    with pytest.raises(ValidationError, match="actors"):
+        Settings().with_(worker={"actors": 1})
+    with pytest.raises(ValidationError, match="max_retries"):
+        Settings().with_(retry={"max_retries": -1})
+    with pytest.raises(ValueError, match="no group or field 'workers'"):
+        Settings().with_(workers={"min_actors": 1})
+    assert Settings().with_(health={"start_timeout_s": "2.5"}).health.start_timeout_s == 2.5  # coerced, as from env
+
+
 def test_validation_rejects_bad_values(monkeypatch):
     monkeypatch.setenv("RAYTRANSCRIBE_RETRY__BACKOFF_FACTOR", "0.5")
     with pytest.raises(ValidationError, match="backoff_factor"):

@@ -19,8 +19,8 @@ import ray
 
 from raytranscribe.config import BreakerSettings
 from raytranscribe.engines.base import TranscribeOptions
-from raytranscribe.health import ActorState, CircuitBreaker
-from raytranscribe.orchestrator import NoWorkers
+from raytranscribe.breakers import BreakerState, CircuitBreaker
+from raytranscribe.orchestrator import NoWorkers, RunOptions
 from raytranscribe.store import TaskStatus
 from tests.support.faultserver import Fault
 from tests.support.system import FAULTY_ENGINE
@@ -38,7 +38,7 @@ def test_breaker_opens_on_mostly_failing_transfers_and_closes_after_a_good_probe
     b.record(False)
     assert b.state == "open" and not b.allows_dispatch() and b.trips == 1
     now[0] = 31.0
-    assert b.state == "half-open" and b.allows_dispatch()
+    assert b.state is BreakerState.HALF_OPEN and b.allows_dispatch()
     b.record(False)  # the probe failed: another cool-down
     assert b.state == "open"
     now[0] = 62.0
@@ -66,13 +66,17 @@ def _wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _busy_slot(orch):
+def _busy_actor(orch):
     """An actor that is transcribing a task right now (its ping says so)."""
-    for slot in orch.monitor.all_slots():
-        pong = slot.last_pong
-        if slot.state is ActorState.ALIVE and slot.inflight and pong and any(r.stage == "transcribe" for r in pong.running):
-            return slot
+    for actor in orch.pools.views():
+        if actor.state == "alive" and actor.in_flight and {"transcribe", "batched"} & set(actor.stages):
+            return actor
     return None
+
+
+def _actor(orch, name: str):
+    """The pool's current view of one actor; None once it is dead."""
+    return next((a for a in orch.pools.views() if a.name == name), None)
 
 
 def _slow_tasks(system, n: int, seconds: float = 2.0) -> list[int]:
@@ -88,12 +92,12 @@ def test_actor_killed_mid_transcription_fails_over(system, how):
     killed = {}
 
     def kill(orch):
-        slot = _wait_for(lambda: _busy_slot(orch), what="an actor mid-transcription")
-        killed["name"] = slot.name
+        actor = _wait_for(lambda: _busy_actor(orch), what="an actor mid-transcription")
+        killed["name"] = actor.name
         if how == "ray.kill":
-            ray.kill(slot.handle, no_restart=True)
+            ray.kill(ray.get_actor(actor.name, namespace=orch.settings.namespace), no_restart=True)
         else:
-            os.kill(slot.last_pong.pid, signal.SIGKILL)
+            os.kill(actor.pid, signal.SIGKILL)
 
     system.run(during=kill)
 
@@ -294,14 +298,15 @@ def test_frozen_actor_is_quarantined_then_killed_and_replaced(system):
     seen: dict[str, object] = {}
 
     def freeze(orch):
-        slot = _wait_for(lambda: _busy_slot(orch), what="an actor mid-transcription")
-        seen["name"] = slot.name
-        os.kill(slot.last_pong.pid, signal.SIGSTOP)
-        _wait_for(lambda: slot.state is ActorState.QUARANTINED, timeout=20, what="quarantine")
-        seen["quarantined_with"] = len(slot.inflight)
-        _wait_for(lambda: slot.state is ActorState.DEAD, timeout=30, what="the frozen actor's death")
-        (pool,) = orch.monitor.pools.values()
-        _wait_for(lambda: pool.serial >= 3 and len(pool.alive()) == 2, timeout=30, what="a live replacement")
+        actor = _wait_for(lambda: _busy_actor(orch), what="an actor mid-transcription")
+        seen["name"] = actor.name
+        os.kill(actor.pid, signal.SIGSTOP)
+        quarantined = _wait_for(lambda: (a := _actor(orch, actor.name)) and a.state == "quarantined" and a,
+                                timeout=20, what="quarantine")
+        seen["quarantined_with"] = quarantined.in_flight
+        _wait_for(lambda: _actor(orch, actor.name) is None, timeout=30, what="the frozen actor's death")
+        (pool,) = orch.pools.pools.values()
+        _wait_for(lambda: pool.started >= 3 and len(pool.alive()) == 2, timeout=30, what="a live replacement")
         seen["replaced"] = True
 
     system.run(settings, during=freeze)
@@ -329,7 +334,7 @@ def test_status_shows_live_actors_and_breakers_during_a_run(system):
     shown: dict[str, object] = {}
 
     def look(orch):
-        _wait_for(lambda: orch.monitor.live_count() == 2 and orch.in_flight > 0, what="two live actors at work")
+        _wait_for(lambda: orch.pools.live_count() == 2 and orch.in_flight > 0, what="two live actors at work")
         time.sleep(1.5)  # one heartbeat publishes the state
         shown["doc"] = __import__("json").loads(cli("status", "--json"))
         shown["text"] = cli("status")
@@ -350,19 +355,21 @@ def test_status_shows_live_actors_and_breakers_during_a_run(system):
 @pytest.mark.slow
 def test_a_pool_with_no_work_left_gives_its_gpus_back(system):
     """Two (engine, model) pools; the one whose tasks are done retires while the other still works."""
-    (fast_uri, _), = system.upload_samples(["fox.wav"])
-    fast = system.submit([fast_uri])
+    from raytranscribe import samples
+
+    # Its own output name: the slow tasks below transcribe fox.wav too.
+    fast = system.submit([system.put("in/quick.wav", samples.sample_path("fox.wav").read_bytes())])
     slow = _slow_tasks(system, 3, seconds=2.0)
-    settings = system.settings.with_(health={"pool_idle_s": 0.5}, worker={"actors": 1})
+    settings = system.settings.with_(health={"pool_idle_s": 0.5}, worker={"min_actors": 1, "max_actors": 1})
     seen: dict[str, object] = {}
 
     def watch(orch):
         key = ("faster-whisper", "tiny.en")
-        _wait_for(lambda: key in orch.monitor.pools, what="the faster-whisper pool")
+        _wait_for(lambda: key in orch.pools.pools, what="the faster-whisper pool")
         _wait_for(lambda: system.store.get(fast[0]).status is TaskStatus.COMPLETED, what="the quick task")
-        _wait_for(lambda: key not in orch.monitor.pools, timeout=30, what="the idle pool to retire")
+        _wait_for(lambda: key not in orch.pools.pools, timeout=30, what="the idle pool to retire")
         seen["slow_in_flight"] = orch.in_flight
-        seen["pools"] = sorted(orch.monitor.pools)
+        seen["pools"] = sorted(orch.pools.pools)
 
     system.run(settings, during=watch)
 
@@ -376,13 +383,14 @@ def test_actor_whose_transcriptions_keep_failing_is_replaced(system):
     """A sick GPU shows up as transcription after transcription failing on one actor: replace it."""
     (uri, _), = system.upload_samples(["fox.wav"])
     bad = system.submit([uri], engine=FAULTY_ENGINE, options=TranscribeOptions(initial_prompt="fault:raise"), max_retries=4)
-    settings = system.settings.with_(worker={"actors": 1}, health={"max_consecutive_failures": 2, "replace_backoff_s": 0.1})
+    settings = system.settings.with_(worker={"min_actors": 1, "max_actors": 1},
+                                     health={"max_consecutive_failures": 2, "replace_backoff_s": 0.1})
     orch = system.orchestrator(settings)
 
     system.run_orchestrators([orch])
 
-    (pool,) = orch.monitor.pools.values()
-    assert pool.serial >= 3  # replaced after every second failure: 5 attempts, 2 replacements
+    (pool,) = orch.pools.pools.values()
+    assert pool.started >= 3  # replaced after every second failure: 5 attempts, 2 replacements
     view = system.store.get(bad[0])
     assert view.status is TaskStatus.DEAD and len(view.attempts) == 5
     assert {a.stage for a in view.attempts} == {"transcribe"}
@@ -390,14 +398,33 @@ def test_actor_whose_transcriptions_keep_failing_is_replaced(system):
 
 
 @pytest.mark.slow
-def test_actors_that_can_never_be_placed_time_out_with_a_clear_error(system):
+def test_actors_that_cannot_be_placed_wait_pending_and_are_never_start_failures(system):
+    """An actor that asks for more than the cluster has waits for resources (the autoscaler may be
+    adding a node): it is shown as pending, never counted as a start-up failure, never killed as
+    "did not start", and the task it would run stays pending, uncharged."""
     (uri, _), = system.upload_samples(["fox.wav"])
     (task_id,) = system.submit([uri])
     settings = system.settings.with_(
-        worker={"num_gpus": 64},  # more than the cluster has: never placed
-        health={"start_timeout_s": 1.0, "max_start_failures": 2, "replace_backoff_s": 0.1},
+        worker={"num_gpus": 64, "min_actors": 1, "max_actors": 1},  # more than the cluster has: never placed
+        health={"start_timeout_s": 0.5, "max_start_failures": 1, "replace_backoff_s": 0.1},
     )
-    with pytest.raises(NoWorkers, match="did not start within 1s"):
-        system.orchestrator(settings).run()
+    orch = system.orchestrator(settings, RunOptions(idle_poll_s=0.2, grace_s=1))
+    seen: dict[str, object] = {}
+
+    def look(orch):
+        _wait_for(lambda: orch.pools.views(), what="an actor")
+        time.sleep(3.0)  # six start timeouts' worth
+        seen["views"] = orch.pools.views()
+        (pool,) = orch.pools.pools.values()
+        seen["start_failures"], seen["gave_up"], seen["started"] = pool.start_failures, pool.gave_up, pool.started
+        shown = system.store.orchestrators()
+        seen["status"] = [a["state"] for o in shown for a in o.state.get("actors", [])]
+        orch.request_stop()
+
+    system.run_orchestrators([orch], during=look, timeout=60)
+
+    assert [v.state for v in seen["views"]] == ["pending"]
+    assert seen["start_failures"] == 0 and seen["gave_up"] is None and seen["started"] == 1
+    assert seen["status"] == ["pending"]
     view = system.store.get(task_id)
     assert view.status is TaskStatus.PENDING and view.attempts == ()

@@ -135,7 +135,7 @@ def test_two_orchestrators_complete_each_task_exactly_once(system):
     report = system.store.submit(
         [NewTask(input_uri=u, output_uri=f"s3://{system.bucket}/out/{n}") for n, u in enumerate(uris)]
     )
-    settings = system.settings.with_(worker={"actors": 1})
+    settings = system.settings.with_(worker={"min_actors": 1, "max_actors": 1})
     a, b = system.orchestrator(settings), system.orchestrator(settings)
 
     summaries = system.run_orchestrators([a, b], timeout=240)
@@ -247,7 +247,7 @@ def test_presign_outage_opens_the_breaker_instead_of_burning_retries(system):
     settings = system.settings.with_(
         breaker={"window": 4, "min_samples": 4, "failure_ratio": 0.75, "cooldown_s": 60.0},
         retry={"max_retries": 5},
-        worker={"actors": 1, "prefetch": 8},  # one claim of 8: the breaker opens after the 4th presign
+        worker={"min_actors": 1, "max_actors": 1, "prefetch": 8},  # one claim of 8: the breaker opens after the 4th presign
     )
     storage = S3Storage(settings.s3, client=no_credentials_client(settings.s3.endpoint_url))
     orch = Orchestrator(settings, system.store, storage, options=RunOptions(idle_poll_s=0.1, grace_s=2))
@@ -278,3 +278,29 @@ def test_until_drained_with_engine_and_model_ignores_other_pools(system):
     assert summary.completed == 1
     assert system.store.get(mine[0]).status is TaskStatus.COMPLETED
     assert system.store.get(other[0]).status is TaskStatus.PENDING  # not its pool: untouched, and no wait for it
+
+
+def test_until_drained_ends_at_once_when_what_is_left_waits_for_a_model_that_cannot_load(system):
+    """Issue 11: the good work done, a task for a model that cannot load must not hold the run for
+    ``pool_idle_s``: the run ends at once, saying which tasks wait for which model."""
+    import time
+
+    from raytranscribe.orchestrator import NoWorkers
+    from raytranscribe.store import NewTask
+
+    (uri, _), = system.upload_samples(["fox.wav"])
+    good = system.submit([uri])
+    bad = system.store.submit([NewTask(uri, f"s3://{system.bucket}/out/bad", model="/nonexistent/model-dir")]).inserted
+    settings = system.settings.with_(health={"max_start_failures": 2, "replace_backoff_s": 0.1, "pool_idle_s": 600.0})
+    orch = system.orchestrator(settings)
+    started = time.monotonic()
+
+    with pytest.raises(NoWorkers) as info:
+        orch.run()
+
+    assert time.monotonic() - started < 120  # far below pool_idle_s
+    message = str(info.value)
+    assert message.startswith("nothing left that can run: 1 task(s) wait for faster-whisper//nonexistent/model-dir")
+    assert "ModelLoadError" in message
+    assert system.store.get(good[0]).status is TaskStatus.COMPLETED
+    assert system.store.get(bad[0]).status is TaskStatus.PENDING and system.store.get(bad[0]).attempts == ()

@@ -16,7 +16,6 @@ from sqlalchemy import create_engine, text
 
 from raytranscribe import samples
 from raytranscribe.engines.base import TranscribeOptions
-from raytranscribe.health import ActorState
 from raytranscribe.store import NewTask, TaskStatus
 from tests.support.faultserver import Fault
 from tests.support.system import FAULTY_ENGINE
@@ -79,10 +78,10 @@ def test_mixed_soak_of_300_tasks(system, fault_server):
         deadline = time.monotonic() + 120
         while orch.summary.completed < len(tasks) // 3 and time.monotonic() < deadline:
             time.sleep(0.1)
-        for slot in orch.monitor.all_slots():
-            if slot.state is ActorState.ALIVE and slot.inflight:
-                ray.kill(slot.handle, no_restart=True)
-                events.append(f"killed {slot.name}")
+        for actor in orch.pools.views():
+            if actor.state == "alive" and actor.in_flight:
+                ray.kill(ray.get_actor(actor.name, namespace=orch.settings.namespace), no_restart=True)
+                events.append(f"killed {actor.name}")
                 break
         # Then terminate every connection to the test database, twice.
         while orch.summary.completed < 2 * len(tasks) // 3 and time.monotonic() < deadline:

@@ -1,4 +1,4 @@
-"""Driver-side S3: URI rules, the output layout, presigning (and its failures), listing, through moto."""
+"""Driver-side S3: presigning (and its failures), listing, through moto. URI rules: test_uris.py."""
 
 from __future__ import annotations
 
@@ -15,195 +15,13 @@ from botocore.credentials import CredentialResolver
 
 from raytranscribe.config import S3Settings
 from raytranscribe.errors import ConfigError, InvalidURI, PresignError, Stage, StorageError
-from raytranscribe.storage import (
-    AUDIO_EXTENSIONS,
-    CONTENT_TYPES,
-    S3Storage,
-    S3Uri,
-    is_audio_key,
-    output_stem,
-    output_uri,
-    parse_s3_uri,
-)
+from raytranscribe.storage import CONTENT_TYPES, S3Storage
+from raytranscribe.uris import S3Uri, parse_s3_uri
 
-# --- URIs ------------------------------------------------------------------------------------------
+# --- content types ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("text", "allow_prefix", "expected"),
-    [
-        ("s3://my-bucket/a/b.wav", False, S3Uri("my-bucket", "a/b.wav")),
-        ("s3://my.bucket.01/with space/réunion été.mp3", False, S3Uri("my.bucket.01", "with space/réunion été.mp3")),
-        ("s3://abc/会议/录音 1.m4a", False, S3Uri("abc", "会议/录音 1.m4a")),
-        ("s3://abc/%20literal+plus", False, S3Uri("abc", "%20literal+plus")),  # keys are not URL-decoded
-        ("s3://abc//leading-slash.wav", False, S3Uri("abc", "/leading-slash.wav")),
-        ("s3://abc/" + "k" * 1024, False, S3Uri("abc", "k" * 1024)),
-        ("s3://" + "b" * 63 + "/k", False, S3Uri("b" * 63, "k")),
-        ("s3://bucket", True, S3Uri("bucket", "")),
-        ("s3://bucket/", True, S3Uri("bucket", "")),
-        ("s3://bucket/in/calls/", True, S3Uri("bucket", "in/calls/")),
-        ("s3://bucket/in/calls", True, S3Uri("bucket", "in/calls")),
-    ],
-)
-def test_parse_good_uris(text, allow_prefix, expected):
-    assert parse_s3_uri(text, allow_prefix=allow_prefix) == expected
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("", "empty S3 URI '': expected s3://bucket/key"),
-        ("https://bucket/key", "invalid S3 URI 'https://bucket/key': must start with 's3://' (scheme 'https')"),
-        ("S3://bucket/key", "invalid S3 URI 'S3://bucket/key': must start with 's3://' (scheme 'S3')"),
-        ("bucket/key", "invalid S3 URI 'bucket/key': must start with 's3://' (no scheme)"),
-        ("s3:///key", "invalid S3 URI 's3:///key': bucket name is empty"),
-        ("s3://ab/k", "invalid S3 URI 's3://ab/k': bucket name 'ab' must be 3 to 63 characters long (got 2)"),
-        (
-            "s3://" + "b" * 64 + "/k",
-            f"invalid S3 URI 's3://{'b' * 64}/k': bucket name '{'b' * 64}' must be 3 to 63 characters long (got 64)",
-        ),
-        (
-            "s3://My-Bucket/k",
-            "invalid S3 URI 's3://My-Bucket/k': bucket name 'My-Bucket' may contain only lowercase letters, "
-            "digits, dots and hyphens (found 'B', 'M')",
-        ),
-        (
-            "s3://my_bucket/k",
-            "invalid S3 URI 's3://my_bucket/k': bucket name 'my_bucket' may contain only lowercase letters, "
-            "digits, dots and hyphens (found '_')",
-        ),
-        ("s3://-bkt/k", "invalid S3 URI 's3://-bkt/k': bucket name '-bkt' must start and end with a lowercase letter or digit"),
-        ("s3://bkt./k", "invalid S3 URI 's3://bkt./k': bucket name 'bkt.' must start and end with a lowercase letter or digit"),
-        ("s3://a..b/k", "invalid S3 URI 's3://a..b/k': bucket name 'a..b' must not contain two adjacent dots"),
-        ("s3://192.168.5.4/k", "invalid S3 URI 's3://192.168.5.4/k': bucket name '192.168.5.4' must not be formatted as an IP address"),
-        ("s3://xn--bucket/k", "invalid S3 URI 's3://xn--bucket/k': bucket name 'xn--bucket' must not start with the reserved prefix 'xn--'"),
-        (
-            "s3://data-s3alias/k",
-            "invalid S3 URI 's3://data-s3alias/k': bucket name 'data-s3alias' must not end with the reserved suffix '-s3alias'",
-        ),
-        ("s3://bucket", "invalid S3 URI 's3://bucket': object key is empty"),
-        ("s3://bucket/", "invalid S3 URI 's3://bucket/': object key is empty"),
-        ("s3://bucket/in/", "invalid S3 URI 's3://bucket/in/': object key 'in/' ends with '/' (a folder, not an object)"),
-    ],
-)
-def test_parse_bad_uris(text, message):
-    with pytest.raises(InvalidURI) as info:
-        parse_s3_uri(text)
-    assert str(info.value) == message
-    assert info.value.transient is False
-
-
-def test_key_over_1024_utf8_bytes_is_refused_though_under_1024_characters():
-    key = "é" * 513  # 513 characters, 1026 bytes
-    with pytest.raises(InvalidURI) as info:
-        parse_s3_uri(f"s3://bucket/{key}")
-    assert str(info.value).endswith(": key is 1026 bytes in UTF-8; S3 allows at most 1024")
-    assert parse_s3_uri("s3://bucket/" + "é" * 512).key == "é" * 512
-
-
-def test_s3uri_str_prefix_and_join():
-    root = S3Uri("bkt", "")
-    assert str(S3Uri("bkt", "a b/c.wav")) == "s3://bkt/a b/c.wav"
-    assert (root.is_prefix, S3Uri("bkt", "out/").is_prefix, S3Uri("bkt", "out").is_prefix) == (True, True, False)
-    assert root.join("a", "b.wav") == S3Uri("bkt", "a/b.wav")
-    assert S3Uri("bkt", "out/").join("x/", "/y.json") == S3Uri("bkt", "out/x/y.json")
-    assert S3Uri("bkt", "out").join("sub/") == S3Uri("bkt", "out/sub/")
-    assert S3Uri("bkt", "out/").join() == S3Uri("bkt", "out/")
-
-
-# --- the output layout -----------------------------------------------------------------------------
-
-IN = "s3://in-bkt/"
-OUTP = parse_s3_uri("s3://out-bkt/results/", allow_prefix=True)
-
-
-@pytest.mark.parametrize(
-    ("input_uri", "output_prefix", "base_prefix", "expected"),
-    [
-        # without a base prefix: the basename
-        ("s3://in-bkt/a/b/talk.wav", "s3://out-bkt/results/", None, "s3://out-bkt/results/talk"),
-        # with one: the relative path, folders kept
-        ("s3://in-bkt/a/b/talk.wav", "s3://out-bkt/results/", "s3://in-bkt/a/", "s3://out-bkt/results/b/talk"),
-        ("s3://in-bkt/a/b/talk.wav", "s3://out-bkt/results", "s3://in-bkt/a", "s3://out-bkt/results/b/talk"),
-        ("s3://in-bkt/a/b/talk.wav", "s3://out-bkt", "s3://in-bkt", "s3://out-bkt/a/b/talk"),
-        (
-            "s3://in-bkt/calls/Q3 review/réunion été.m4a",
-            "s3://out-bkt/t/",
-            "s3://in-bkt/calls/",
-            "s3://out-bkt/t/Q3 review/réunion été",
-        ),
-        ("s3://in-bkt/会议/录音 1.opus", "s3://out-bkt/", "s3://in-bkt/", "s3://out-bkt/会议/录音 1"),
-        ("s3://in-bkt/a/README", "s3://out-bkt/r/", None, "s3://out-bkt/r/README"),  # no extension
-        (
-            "s3://in-bkt/v1.2/take.one/clip.final.mp3",
-            "s3://out-bkt/r/",
-            "s3://in-bkt/",
-            "s3://out-bkt/r/v1.2/take.one/clip.final",  # dots in folders stay, only the last suffix goes
-        ),
-        ("s3://in-bkt/a/.hidden", "s3://out-bkt/r/", None, "s3://out-bkt/r/.hidden"),
-        ("s3://in-bkt/a/archive.tar.gz", "s3://out-bkt/r/", None, "s3://out-bkt/r/archive.tar"),
-    ],
-)
-def test_output_stem(input_uri, output_prefix, base_prefix, expected):
-    base = parse_s3_uri(base_prefix, allow_prefix=True) if base_prefix else None
-    out = parse_s3_uri(output_prefix, allow_prefix=True)
-    stem = output_stem(parse_s3_uri(input_uri), out, base_prefix=base)
-    assert str(stem) == expected
-    # deterministic: a retry computes the same place and overwrites its own outputs
-    assert output_stem(parse_s3_uri(input_uri), out, base_prefix=base) == stem
-
-
-@pytest.mark.parametrize(
-    ("input_uri", "base_prefix", "message"),
-    [
-        ("s3://in-bkt/x/a.wav", "s3://in-bkt/y/", "input s3://in-bkt/x/a.wav is not under the base prefix s3://in-bkt/y/"),
-        ("s3://in-bkt/ab/a.wav", "s3://in-bkt/a", "input s3://in-bkt/ab/a.wav is not under the base prefix s3://in-bkt/a"),
-        ("s3://in-bkt/x/a.wav", "s3://other-bkt/x/", "input s3://in-bkt/x/a.wav is not under the base prefix s3://other-bkt/x/"),
-    ],
-)
-def test_output_stem_refuses_inputs_outside_the_base(input_uri, base_prefix, message):
-    with pytest.raises(InvalidURI) as info:
-        output_stem(parse_s3_uri(input_uri), OUTP, base_prefix=parse_s3_uri(base_prefix, allow_prefix=True))
-    assert str(info.value) == message
-
-
-def test_output_stem_refuses_a_folder_input():
-    with pytest.raises(InvalidURI) as info:
-        output_stem(S3Uri("in-bkt", "x/"), OUTP)
-    assert str(info.value) == "input s3://in-bkt/x/ is a folder, not an object"
-
-
-def test_output_uri():
-    assert output_uri(S3Uri("out-bkt", "r/a b"), "srt") == S3Uri("out-bkt", "r/a b.srt")
-    assert output_uri("s3://out-bkt/r/réunion", "json") == S3Uri("out-bkt", "r/réunion.json")
-    with pytest.raises(InvalidURI) as info:
-        output_uri(S3Uri("out-bkt", "k" * 1022), "json")
-    assert str(info.value).endswith(": key is 1027 bytes in UTF-8; S3 allows at most 1024")
-
-
-@pytest.mark.parametrize(
-    ("key", "audio"),
-    [
-        ("a/b.wav", True),
-        ("a/b.MP3", True),
-        ("talk.flac", True),
-        ("x.opus", True),
-        ("x.webm", True),
-        ("x.m4a", True),
-        ("clip.mp4", True),
-        ("a/notes.txt", False),
-        ("a.wav/readme", False),
-        ("noext", False),
-        (".wav", False),
-        ("a/b.wav.json", False),
-    ],
-)
-def test_is_audio_key(key, audio):
-    assert is_audio_key(key) is audio
-
-
-def test_extension_tables():
-    assert {"wav", "flac", "mp3", "m4a", "aac", "ogg", "oga", "opus", "webm", "mp4", "mka", "wma", "aiff"} <= AUDIO_EXTENSIONS
+def test_content_types():
     assert CONTENT_TYPES == {
         "json": "application/json",
         "srt": "application/x-subrip",
@@ -351,6 +169,51 @@ def test_presign_task_wraps_invalid_uri_as_cause(storage):
     assert str(info.value.__cause__) == "invalid S3 URI 's3://in-bkt/': object key is empty"
 
 
+def test_presign_refuses_dot_and_empty_segments(storage):
+    """Defence in depth for rows stored before these keys were refused: no presigned URL ever holds one."""
+    for key in ("dd/../evil/x.wav", "./x.wav", "a/.", "a//b.wav"):
+        with pytest.raises(PresignError) as info:
+            storage.presign_get(S3Uri("in-bkt", key))
+        assert info.value.transient is False and "segment" in str(info.value), key
+    with pytest.raises(PresignError) as info:
+        storage.presign_task("s3://in-bkt/a.wav", "s3://out-bkt/a/../../in-bkt/x", ["json"])
+    assert str(info.value) == (
+        "cannot presign task: invalid S3 URI 's3://out-bkt/a/../../in-bkt/x': key 'a/../../in-bkt/x' has a '..' "
+        "segment, which HTTP clients resolve to another object"
+    )
+    assert info.value.transient is False
+
+
+# Legal keys HTTP clients might be tempted to rewrite: dots inside segments, percent signs, reserved characters.
+ODD_KEYS = ["a/.../b c.wav", ".x./..y/z..", "%2e%2e/%2F..%2f/x.wav", "a+b/~!$&'()*,;=:@/é.wav", "x\\..\\y.wav"]
+
+
+def test_transfers_request_exactly_the_signed_path(s3_settings, fault_server, tmp_path):
+    """With dot segments refused, what requests/urllib3 send is the path that was signed, for every key left.
+    (They do rewrite dot segments, which is why those are refused: see the first assertion.)"""
+    import requests
+
+    from raytranscribe.config import TransferSettings
+    from raytranscribe.transfer import Transfer
+
+    assert requests.Request("GET", "http://h/in-bkt/dd/../evil/x.wav").prepare().path_url == "/in-bkt/evil/x.wav"
+
+    storage = S3Storage(s3_settings.model_copy(update={"endpoint_url": fault_server.url("/").rstrip("/")}))
+    with Transfer(TransferSettings()) as transfer:
+        for n, key in enumerate(ODD_KEYS):
+            body = f"object {n}".encode()
+            fault_server.put_object(f"/in-bkt/{key}", body)
+            get_url = storage.presign_get(S3Uri("in-bkt", key))
+            with transfer.downloading(get_url, tmp_path / str(n), "x.wav") as got:
+                assert got.path.read_bytes() == body, key
+            put_url = storage.presign_put(S3Uri("out-bkt", key + ".json"), "application/json")
+            transfer.upload(put_url, body, "application/json")
+            assert fault_server.get_object(f"/out-bkt/{key}.json").body == body, key
+    signed = [f"/in-bkt/{k}" for k in ODD_KEYS]
+    assert [r.path for r in fault_server.requests if r.method == "GET"] == signed
+    assert [r.path for r in fault_server.requests if r.method == "PUT"] == [f"/out-bkt/{k}.json" for k in ODD_KEYS]
+
+
 # --- listing and buckets ---------------------------------------------------------------------------
 
 SPECIAL_AUDIO = [
@@ -420,3 +283,156 @@ def test_ensure_bucket_is_idempotent(storage, s3_client):
     assert str(info.value) == (
         "bucket name 'Not_A_Bucket' may contain only lowercase letters, digits, dots and hyphens (found 'A', 'B', 'N', '_')"
     )
+
+
+# --- models ----------------------------------------------------------------------------------------
+
+CT2_FILES = {
+    "model.bin": b"weights" * 100,
+    "config.json": b"{}",
+    "tokenizer.json": b"{}",
+    "vocabulary.txt": b"a\nb\n",
+    "preprocessor_config.json": b"{}",
+}
+
+
+def _put_model(s3_client, bucket: str, prefix: str, files: dict[str, bytes]) -> None:
+    for name, body in files.items():
+        s3_client.put_object(Bucket=bucket, Key=prefix + name, Body=body)
+
+
+def test_model_files_lists_presigns_and_skips_what_the_model_does_not_need(storage, s3_client, bucket):
+    import hashlib
+
+    import requests
+
+    from raytranscribe.contracts import ModelLayout
+
+    _put_model(s3_client, bucket, "m/tiny/", {**CT2_FILES, "README.md": b"notes", "sub/model.bin": b"other"})
+    manifest = storage.model_files(f"s3://{bucket}/m/tiny")  # no trailing slash: still the folder
+    assert (manifest.uri, manifest.layout) == (f"s3://{bucket}/m/tiny/", ModelLayout.CTRANSLATE2)
+    assert [f.name for f in manifest.files] == [
+        "model.bin", "config.json", "tokenizer.json", "vocabulary.txt", "preprocessor_config.json"]  # fmt: skip
+    for f in manifest.files:
+        body = CT2_FILES[f.name]
+        assert (f.size, f.etag, f.md5) == (len(body), hashlib.md5(body).hexdigest(), hashlib.md5(body).hexdigest())
+        assert requests.get(f.url, timeout=10).content == body  # a presigned GET: no credentials needed
+    assert manifest.total_bytes == sum(map(len, CT2_FILES.values()))
+
+
+@pytest.mark.parametrize(
+    ("files", "layout", "message"),
+    [
+        ({k: v for k, v in CT2_FILES.items() if k != "tokenizer.json"}, "ctranslate2",
+         "has no tokenizer.json (a CTranslate2 model needs model.bin, config.json, tokenizer.json and vocabulary.json or vocabulary.txt)"),
+        ({k: v for k, v in CT2_FILES.items() if k != "vocabulary.txt"}, "ctranslate2",
+         "has no vocabulary.json or vocabulary.txt (CTranslate2 needs its vocabulary)"),
+        ({"notes.txt": b"x"}, None,
+         "holds no model: neither model.bin (CTranslate2) nor a .pt checkpoint (openai-whisper)"),
+        ({"a.pt": b"1", "b.pt": b"2"}, "checkpoint", "holds 2 .pt checkpoints (a.pt, b.pt): name one of them as the model"),
+        (CT2_FILES, "checkpoint", "has no .pt checkpoint (openai-whisper needs exactly one)"),
+    ],
+)  # fmt: skip
+def test_model_files_names_what_is_missing(storage, s3_client, bucket, files, layout, message):
+    from raytranscribe.contracts import ModelLayout
+    from raytranscribe.errors import InvalidInput, ModelLoadError, ModelNotFound
+
+    _put_model(s3_client, bucket, "m/", files)
+    with pytest.raises(ModelNotFound) as info:
+        storage.model_files(f"s3://{bucket}/m/", layout=ModelLayout(layout) if layout else None)
+    assert str(info.value) == f"model s3://{bucket}/m/ {message}"
+    # A user's typo at submit time (exit 2), a model-load failure if an actor meets it.
+    assert isinstance(info.value, InvalidInput) and isinstance(info.value, ModelLoadError)
+    assert (info.value.stage, info.value.transient) == (Stage.MODEL_LOAD, False)
+
+
+def test_model_files_of_an_empty_prefix_a_missing_bucket_and_a_single_checkpoint(storage, s3_client, bucket):
+    from raytranscribe.contracts import ModelLayout
+    from raytranscribe.errors import ModelNotFound
+
+    with pytest.raises(ModelNotFound, match=rf"^model s3://{bucket}/nothing/: no files under it$"):
+        storage.model_files(f"s3://{bucket}/nothing/")
+    with pytest.raises(ModelNotFound, match=r"^model s3://rt-no-such-bucket-zz/m/: bucket 'rt-no-such-bucket-zz' does not exist$"):
+        storage.model_files("s3://rt-no-such-bucket-zz/m/")
+    _put_model(s3_client, bucket, "ckpt/", {"small.pt": b"torch", "small.pt.bak": b"old"})
+    manifest = storage.model_files(f"s3://{bucket}/ckpt/small.pt")
+    assert (manifest.layout, [f.name for f in manifest.files], manifest.load_name) == (
+        ModelLayout.CHECKPOINT, ["small.pt"], "small.pt")  # fmt: skip
+    assert storage.model_files(f"s3://{bucket}/ckpt/").files[0].name == "small.pt"  # detected
+    with pytest.raises(ModelNotFound, match=rf"^model s3://{bucket}/ckpt/missing.pt: no such object$"):
+        storage.model_files(f"s3://{bucket}/ckpt/missing.pt")
+    with pytest.raises(InvalidURI):
+        storage.model_files("https://example.com/model/")
+
+
+def test_model_for_actor_signs_s3_models_only(storage, s3_client, s3_settings, bucket, monkeypatch):
+    from raytranscribe import storage as storage_module
+    from raytranscribe.contracts import ModelLayout
+
+    _put_model(s3_client, bucket, "m/", CT2_FILES)
+    manifest = storage.model_for_actor("faster-whisper", f"s3://{bucket}/m/")
+    assert manifest is not None and manifest.layout is ModelLayout.CTRANSLATE2 and len(manifest.files) == 5
+    # Actors started together share one listing; a model replaced in S3 reaches actors started later.
+    s3_client.put_object(Bucket=bucket, Key="m/config.json", Body=b'{"changed": true}')
+    assert storage.model_for_actor("faster-whisper", f"s3://{bucket}/m/") is manifest
+    monkeypatch.setattr(storage_module, "MODEL_MANIFEST_REUSE_S", 0.0)  # as if the reuse window had passed
+    fresh = S3Storage(s3_settings).model_for_actor("faster-whisper", f"s3://{bucket}/m/")
+    assert {f.name: f.size for f in fresh.files}["config.json"] == len(b'{"changed": true}')
+    assert storage.model_for_actor("faster-whisper", "tiny.en") is None
+    assert storage.model_for_actor("openai-whisper", "/models/small.pt") is None
+
+
+# --- presigning's shortcut past generate_presigned_url ---------------------------------------------
+
+PRESIGN_KEYS = ["a.wav", "a b/c.wav", "ünïcødé/会议 录音.m4a", "a+b/~!$&'()*,;=:@/é.wav", "%2e%2e/%2F..%2f/x.wav", "x\\y.wav"]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        S3Settings(endpoint_url="http://127.0.0.1:9000", addressing_style="path"),
+        S3Settings(region="eu-west-1", addressing_style="virtual"),
+        S3Settings(region="us-west-2", addressing_style="auto"),
+        S3Settings(region="us-east-1", addressing_style="path"),
+    ],
+    ids=["endpoint-path", "aws-virtual", "aws-auto", "aws-us-east-1-path"],
+)
+def test_presigned_urls_are_exactly_what_generate_presigned_url_makes(settings, monkeypatch):
+    """The same clock gives the same URL, byte for byte, for every key, method and addressing style."""
+    import datetime
+
+    import botocore.auth
+
+    frozen = datetime.datetime(2026, 12, 1, 12, 0, 0)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda *a, **k: frozen)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "session/token+with=odd chars")
+    storage = S3Storage(settings)
+    reference = storage.client
+    for key in PRESIGN_KEYS * 2:  # the second round takes the shortcut for every bucket
+        for bucket in ("in-bkt", "my.dotted.bkt"):
+            uri = S3Uri(bucket, key)
+            assert storage.presign_get(uri, expires_s=900) == reference.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=900
+            ), (bucket, key)
+            assert storage.presign_put(uri, "text/vtt") == reference.generate_presigned_url(
+                "put_object", Params={"Bucket": bucket, "Key": key, "ContentType": "text/vtt"},
+                ExpiresIn=settings.presign_expiry_s,
+            ), (bucket, key)
+    assert {k[:2] for k in storage._templates} >= {("get_object", "in-bkt"), ("put_object", "my.dotted.bkt")}
+
+
+def test_shortcut_urls_are_accepted_by_s3(storage, s3_client, bucket):
+    """Signed the short way, GETs and PUTs work against a real S3 API (moto over HTTP)."""
+    import requests
+
+    for n, key in enumerate(PRESIGN_KEYS * 2):
+        body = f"object {n}".encode()
+        put = storage.presign_put(S3Uri(bucket, f"out/{key}"), "text/plain; charset=utf-8")
+        response = requests.put(put, data=body, headers={"Content-Type": "text/plain; charset=utf-8"}, timeout=10)
+        assert response.status_code == 200, (key, response.text)
+        got = requests.get(storage.presign_get(S3Uri(bucket, f"out/{key}")), timeout=10)
+        assert (got.status_code, got.content) == (200, body), key
+        assert s3_client.get_object(Bucket=bucket, Key=f"out/{key}")["Body"].read() == body
+    # (moto does not check signatures; that the signatures are botocore's own is the test above.)

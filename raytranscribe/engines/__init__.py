@@ -22,6 +22,7 @@ __all__ = [
     "SILENCE_PEAK",
     "load_engine",
     "prepare_audio",
+    "resolve_batch_size",
     "resolve_device",
     "temperature_schedule",
 ]
@@ -125,6 +126,13 @@ def resolve_device(device: str, engine: str = "faster-whisper") -> str:
     except ImportError as exc:
         raise ModelLoadError(f"faster-whisper is not installed: {_INSTALL_HINT['faster-whisper']}") from exc
     return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+
+
+def resolve_batch_size(spec: EngineSpec, device: str) -> int:
+    """Windows per batched decode: ``spec.batch_size``, or the device's default when it is 0."""
+    if spec.batch_size > 0:
+        return spec.batch_size
+    return spec.cuda_batch_size if device == "cuda" else spec.cpu_batch_size
 
 
 def install_hint(engine: str) -> str:

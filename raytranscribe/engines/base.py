@@ -6,10 +6,15 @@ mono float32 audio plus :class:`TranscribeOptions` into a :class:`Transcript`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from raytranscribe.config import EngineSettings
+
+_ENGINE_DEFAULTS = EngineSettings()  # the batch defaults live in config.py, once
 
 SAMPLE_RATE = 16_000
 FORMATS: tuple[str, ...] = ("json", "srt", "vtt", "txt")
@@ -23,7 +28,11 @@ class EngineSpec:
     device: str = "auto"  # auto | cuda | cpu
     compute_type: str = "default"  # default: float16 on CUDA, int8 on CPU (faster-whisper)
     cpu_threads: int = 0
-    batch_size: int = 0  # >0: faster-whisper BatchedInferencePipeline
+    # 30 s windows per batched decode across files (raytranscribe.batching); 0: the device's
+    # default below; 1: the sequential path, Engine.transcribe one file at a time.
+    batch_size: int = _ENGINE_DEFAULTS.batch_size
+    cpu_batch_size: int = _ENGINE_DEFAULTS.cpu_batch_size
+    cuda_batch_size: int = _ENGINE_DEFAULTS.cuda_batch_size
     download_root: str | None = None
 
 
@@ -109,4 +118,87 @@ class Engine(Protocol):
 
     def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
         """``audio``: 1-D float32 at 16 kHz. Raises TranscriptionError on failure."""
+        ...
+
+
+# --- batched decoding (raytranscribe.batching drives these) -------------------------------------
+
+WINDOW_S = 30.0  # Whisper's receptive field: the encoder pads or cuts every input to 30 s
+WINDOW_SAMPLES = int(WINDOW_S * SAMPLE_RATE)
+
+
+@dataclass(frozen=True, eq=False)
+class Window:
+    """One piece of one file, at most 30 s long, decoded as one item of a batch."""
+
+    start_s: float  # where it starts in file time
+    samples: np.ndarray  # float32, 16 kHz mono, at most WINDOW_SAMPLES
+    # When the VAD cut silences out: (window time, file time) where each kept stretch starts, the
+    # first (0.0, start_s). None: the window is one unbroken stretch of the file.
+    breaks: tuple[tuple[float, float], ...] | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples.size / SAMPLE_RATE
+
+    def file_time(self, t: float, *, end: bool = False) -> float:
+        """File time of window time ``t``; an ``end`` on a break belongs to the stretch before it."""
+        if not self.breaks:
+            return self.start_s + t
+        w, f = self.breaks[0]
+        for bw, bf in self.breaks[1:]:
+            if bw < t or (bw == t and not end):
+                w, f = bw, bf
+            else:
+                break
+        return f + (t - w)
+
+    def tail(self, t: float) -> Window:
+        """The window after window time ``t`` (what is left to decode), as a window of its own."""
+        cut = min(max(0, int(round(t * SAMPLE_RATE))), self.samples.size)
+        t = cut / SAMPLE_RATE
+        breaks = None
+        if self.breaks:
+            breaks = ((0.0, self.file_time(t)),) + tuple((bw - t, bf) for bw, bf in self.breaks if bw > t)
+        return Window(start_s=self.file_time(t), samples=self.samples[cut:], breaks=breaks)
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedAudio:
+    """A file cut into windows, its language settled: what the batcher needs from ``prepare``."""
+
+    windows: tuple[Window, ...]  # empty for silence, sub-second clips with no speech, empty VAD results
+    language: str | None  # forced (options.language), detected from the first speech windows, or the model's only one
+    duration_s: float
+    language_probability: float | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class WindowJob:
+    """One window with what its decoding needs: its file's language and the task's options."""
+
+    window: Window
+    language: str | None
+    options: TranscribeOptions
+
+
+@runtime_checkable
+class BatchEngine(Engine, Protocol):
+    """An engine that decodes windows of many files in one model call.
+
+    ``prepare`` is per file (VAD, language detection) and may run in any thread; ``decode_windows``
+    is the one call that should own the device.
+    """
+
+    batch_size: int  # resolved for the engine's device: windows per decode_windows call
+
+    def prepare(self, audio: np.ndarray, options: TranscribeOptions) -> PreparedAudio:
+        """Cut ``audio`` into windows (Silero VAD when ``options.vad_filter``, fixed 30 s steps
+        otherwise) and settle its language. Raises TranscriptionError on failure."""
+        ...
+
+    def decode_windows(self, batch: Sequence[WindowJob]) -> list[list[Segment]]:
+        """ONE batched model call over windows of any files and languages: one segment list per
+        job, in order, times relative to the window's start. Raises on failure of the batch
+        (TranscriptionError; a device out of memory raises EngineOutOfMemory)."""
         ...

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import zlib
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -13,12 +15,24 @@ from raytranscribe.engines import (
     install_hint,
     is_silence,
     prepare_audio,
+    resolve_batch_size,
     resolve_device,
     temperature_schedule,
 )
-from raytranscribe.engines.base import SAMPLE_RATE, EngineSpec, Segment, Transcript, TranscribeOptions, Word
+from raytranscribe.engines.base import (
+    SAMPLE_RATE,
+    WINDOW_S,
+    EngineSpec,
+    PreparedAudio,
+    Segment,
+    Transcript,
+    TranscribeOptions,
+    WindowJob,
+    Word,
+)
 from raytranscribe.engines.models import resolve_faster_whisper_model
-from raytranscribe.errors import ModelLoadError, Stage, TranscriptionError
+from raytranscribe.engines.windows import fixed_windows, speech_windows
+from raytranscribe.errors import EngineOutOfMemory, ModelLoadError, RayTranscribeError, Stage, TranscriptionError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +64,7 @@ class FasterWhisperEngine:
 
     def __init__(self, spec: EngineSpec) -> None:
         try:
-            from faster_whisper import BatchedInferencePipeline, WhisperModel
+            from faster_whisper import WhisperModel
         except ImportError as exc:
             raise ModelLoadError(f"faster-whisper is not installed: {install_hint(ENGINE_NAME)}") from exc
         self.spec = spec
@@ -73,8 +87,9 @@ class FasterWhisperEngine:
             ) from exc
         with FasterWhisperEngine._loads_lock:
             FasterWhisperEngine.loads += 1
-        # The batched pipeline wraps the same resident model: no second copy in memory.
-        self.pipeline = BatchedInferencePipeline(self.model) if spec.batch_size > 0 else None
+        self.batch_size = resolve_batch_size(spec, self.device)
+        self._tokenizers: dict[tuple[str, str], object] = {}
+        self._tokenizers_lock = threading.Lock()
         log.info(
             "faster-whisper %r resident on %s (%s)", spec.model, self.device, self.compute_type,
             extra={"stage": Stage.MODEL_LOAD.value},
@@ -91,10 +106,7 @@ class FasterWhisperEngine:
             return empty_transcript(audio, self.spec, options, options.language or default_language)
         kwargs = transcribe_kwargs(options)
         try:
-            if self.pipeline is not None:
-                segments_iter, info = self.pipeline.transcribe(audio, batch_size=self.spec.batch_size, **kwargs)
-            else:
-                segments_iter, info = self.model.transcribe(audio, **kwargs)
+            segments_iter, info = self.model.transcribe(audio, **kwargs)
             # The generator does the decoding: consume it here so its errors are ours to wrap.
             segments = tuple(_segment(s) for s in segments_iter)
         except Exception as exc:
@@ -111,6 +123,188 @@ class FasterWhisperEngine:
             language_probability=info.language_probability,
         )
 
+    # --- batched decoding (raytranscribe.batching) ----------------------------------------------
+
+    def prepare(self, audio: np.ndarray, options: TranscribeOptions) -> PreparedAudio:
+        """Cut ``audio`` into windows and settle its language (see BatchEngine.prepare)."""
+        audio = prepare_audio(audio, ENGINE_NAME)
+        duration = audio.size / SAMPLE_RATE
+        forced = options.language if self.multilingual else "en"
+        if is_silence(audio):
+            return PreparedAudio(windows=(), language=forced, duration_s=duration)
+        try:
+            if options.vad_filter:
+                from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+                # faster-whisper's batched pipeline's settings: pauses of 160 ms split speech, so
+                # windows carry speech and little silence; chunks capped at one window.
+                vad = VadOptions(max_speech_duration_s=WINDOW_S, min_silence_duration_ms=160)
+                chunks = get_speech_timestamps(audio, vad)
+                windows = speech_windows(audio, [(c["start"], c["end"]) for c in chunks])
+            else:
+                windows = fixed_windows(audio)
+            language, probability = forced, (1.0 if forced else None)
+            if windows and forced is None:
+                language, probability = self._detect_language(windows)
+        except RayTranscribeError:
+            raise
+        except Exception as exc:
+            raise TranscriptionError(
+                f"faster-whisper could not prepare {duration:.2f} s of audio: {type(exc).__name__}: {exc}"
+            ) from exc
+        return PreparedAudio(windows=windows, language=language, duration_s=duration, language_probability=probability)
+
+    def _detect_language(self, windows) -> tuple[str, float]:
+        """The file's language from its first 30 s of speech, as sequential faster-whisper decides it."""
+        fe = self.model.feature_extractor
+        speech = np.concatenate([w.samples for w in windows])[: fe.n_samples]
+        language, probability, _ = self.model.detect_language(features=fe(speech)[..., :-1])
+        return language, float(probability)
+
+    def decode_windows(self, batch: Sequence[WindowJob]) -> list[list[Segment]]:
+        """One batched CTranslate2 decode over windows of any files and languages.
+
+        Windows whose decoding parameters differ (beam size, temperature, word timestamps) go in
+        separate generate calls, since CTranslate2 takes those per call; prompts (language, task,
+        initial prompt) are per item.
+        """
+        if not batch:
+            return []
+        results: list[list[Segment] | None] = [None] * len(batch)
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(batch):
+            o = job.options
+            key = (o.beam_size, o.temperature, o.word_timestamps)
+            if o.word_timestamps:  # alignment takes one tokenizer per call
+                key += (o.task, job.language)
+            groups.setdefault(key, []).append(i)
+        try:
+            for indices in groups.values():
+                for i, segments in zip(indices, self._decode_group([batch[i] for i in indices]), strict=True):
+                    results[i] = segments
+        except RayTranscribeError:
+            raise
+        except Exception as exc:
+            seconds = sum(j.window.duration_s for j in batch)
+            message = (
+                f"faster-whisper failed on a batch of {len(batch)} windows ({seconds:.1f} s of audio): "
+                f"{type(exc).__name__}: {exc}"
+            )
+            if _out_of_memory(exc):
+                raise EngineOutOfMemory(message) from exc
+            raise TranscriptionError(message) from exc
+        return results  # type: ignore[return-value]
+
+    def _tokenizer(self, task: str, language: str | None):
+        from faster_whisper.tokenizer import Tokenizer
+
+        key = (task, language or "en")
+        with self._tokenizers_lock:
+            if key not in self._tokenizers:
+                self._tokenizers[key] = Tokenizer(
+                    self.model.hf_tokenizer, self.multilingual, task=task, language=key[1]
+                )
+            return self._tokenizers[key]
+
+    def _decode_group(self, jobs: Sequence[WindowJob]) -> list[list[Segment]]:
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        model, fe = self.model, self.model.feature_extractor
+        options = jobs[0].options  # the decoding parameters are one per group
+        features = np.stack([pad_or_trim(fe(job.window.samples)[..., :-1]) for job in jobs])
+        tokenizers = [self._tokenizer(job.options.task, job.language) for job in jobs]
+        prompts = []
+        for job, tokenizer in zip(jobs, tokenizers, strict=True):
+            initial = job.options.initial_prompt
+            previous = tokenizer.encode(" " + initial.strip()) if initial else []
+            prompts.append(model.get_prompt(tokenizer, previous, without_timestamps=False))
+        suppress = get_suppressed_tokens(tokenizers[0], [-1])
+        encoder_output = model.encode(features)
+
+        # Temperature fallback, per window: only the windows that fail Whisper's checks
+        # (too repetitive, or too unlikely) are decoded again, hotter, in a smaller batch.
+        best: list[_Decoded | None] = [None] * len(jobs)
+        todo = list(range(len(jobs)))
+        schedule = temperature_schedule(options.temperature)
+        for step, temperature in enumerate(schedule):
+            if step > 0:
+                encoder_output = model.encode(features[todo])
+            decoded = self._generate(encoder_output, [prompts[i] for i in todo], [tokenizers[i] for i in todo],
+                                     options, temperature, suppress)
+            again = []
+            for i, d in zip(todo, decoded, strict=True):
+                if best[i] is None or d.rank > best[i].rank:
+                    best[i] = d
+                if d.needs_fallback and step + 1 < len(schedule):
+                    again.append(i)
+            todo = again
+            if not todo:
+                break
+
+        out: list[list[dict]] = []
+        for job, tokenizer, d in zip(jobs, tokenizers, best, strict=True):
+            out.append(self._split(job, tokenizer, d))
+        if options.word_timestamps:
+            self._add_words(jobs, tokenizers[0], features, out)
+        return [[_window_segment(s, d) for s in segs] for segs, d in zip(out, best, strict=True)]
+
+    def _generate(self, encoder_output, prompts, tokenizers, options, temperature, suppress) -> list[_Decoded]:
+        model = self.model
+        if temperature > 0:
+            kwargs = dict(beam_size=1, num_hypotheses=BEST_OF, sampling_topk=0, sampling_temperature=temperature)
+        else:
+            kwargs = dict(beam_size=options.beam_size)
+        results = model.model.generate(
+            encoder_output,
+            prompts,
+            max_length=model.max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=suppress,
+            max_initial_timestamp_index=int(round(MAX_INITIAL_TIMESTAMP_S / model.time_precision)),
+            **kwargs,
+        )
+        decoded = []
+        for result, tok in zip(results, tokenizers, strict=True):
+            tokens = result.sequences_ids[0]
+            avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)  # length_penalty 1, as faster-whisper
+            ratio = _loop_ratio(tokens, tok)
+            decoded.append(_Decoded(tokens, avg_logprob, float(result.no_speech_prob), ratio, temperature))
+        return decoded
+
+    def _split(self, job: WindowJob, tokenizer, d: _Decoded) -> list[dict]:
+        """Timestamp tokens -> segments (window time), skipping a window Whisper judges silent."""
+        if d.no_speech:
+            return []
+        model = self.model
+        frames = min(int(job.window.samples.size // model.feature_extractor.hop_length), model.feature_extractor.nb_max_frames)
+        pieces, _, _ = model._split_segments_by_timestamps(
+            tokenizer=tokenizer, tokens=d.tokens, time_offset=0.0, segment_size=frames,
+            segment_duration=job.window.duration_s, seek=0,
+        )
+        out = []
+        for p in pieces:
+            text = tokenizer.decode(p["tokens"])
+            if p["start"] == p["end"] or not text.strip():
+                continue
+            out.append(dict(seek=0, start=p["start"], end=p["end"], tokens=p["tokens"], text=text))
+        return out
+
+    def _add_words(self, jobs, tokenizer, features, segments: list[list[dict]]) -> None:
+        """faster-whisper's own word alignment, over the windows that have text (one encode)."""
+        have = [i for i, s in enumerate(segments) if s]
+        if not have:
+            return
+        fe = self.model.feature_extractor
+        encoder_output = self.model.encode(features[have])
+        sizes = [min(jobs[i].window.samples.size // fe.hop_length, fe.nb_max_frames) for i in have]
+        subset = [segments[i] for i in have]
+        self.model.add_word_timestamps(
+            subset, tokenizer, encoder_output, sizes, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS, 0.0
+        )
+
 
 def _segment(s) -> Segment:
     words = None
@@ -123,4 +317,87 @@ def _segment(s) -> Segment:
         words=words,
         avg_logprob=s.avg_logprob,
         no_speech_prob=s.no_speech_prob,
+    )
+
+
+# faster-whisper's defaults for what batched decoding does per window (WhisperModel.transcribe).
+BEST_OF = 5  # sampled candidates per window once the fallback runs hot
+MAX_INITIAL_TIMESTAMP_S = 1.0
+COMPRESSION_RATIO_THRESHOLD = 2.4
+LOG_PROB_THRESHOLD = -1.0
+NO_SPEECH_THRESHOLD = 0.6
+PREPEND_PUNCTUATIONS = "\"'“¿([{-"
+APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+
+
+class _Decoded:
+    """One window's decode at one temperature, with Whisper's quality checks on it."""
+
+    __slots__ = ("tokens", "avg_logprob", "no_speech_prob", "compression_ratio", "temperature")
+
+    def __init__(self, tokens, avg_logprob, no_speech_prob, compression_ratio, temperature) -> None:
+        self.tokens = tokens
+        self.avg_logprob = float(avg_logprob)
+        self.no_speech_prob = no_speech_prob
+        self.compression_ratio = compression_ratio
+        self.temperature = temperature
+
+    @property
+    def no_speech(self) -> bool:
+        """Whisper's silence verdict: probably no speech, and what it decoded is unlikely too."""
+        return self.no_speech_prob > NO_SPEECH_THRESHOLD and self.avg_logprob < LOG_PROB_THRESHOLD
+
+    @property
+    def needs_fallback(self) -> bool:
+        bad = self.compression_ratio > COMPRESSION_RATIO_THRESHOLD or self.avg_logprob < LOG_PROB_THRESHOLD
+        return bad and not self.no_speech
+
+    @property
+    def rank(self) -> tuple[bool, float]:
+        """Which decode to keep when every temperature failed: not repetitive first, then likeliest."""
+        return (self.compression_ratio <= COMPRESSION_RATIO_THRESHOLD, self.avg_logprob)
+
+
+def _compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def _loop_ratio(tokens: Sequence[int], tokenizer) -> float:
+    """Whisper's repetition check, per segment (the text between timestamp tokens), worst one.
+
+    Sequential Whisper gzips a whole window of one file. A batched slot may hold several files,
+    and files saying the same sentence (a call centre's greeting) would read as a loop there; a
+    decoding loop shows inside one segment.
+    """
+    worst, piece = 0.0, []
+    for token in [*tokens, tokenizer.timestamp_begin]:
+        if token >= tokenizer.timestamp_begin:
+            if piece:
+                worst = max(worst, _compression_ratio(tokenizer.decode(piece).strip()))
+            piece = []
+        else:
+            piece.append(token)
+    return worst
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "out of memory" in text or "bad_alloc" in text or "alloc_failed" in text
+
+
+def _window_segment(s: dict, d: _Decoded) -> Segment:
+    words = None
+    if "words" in s:
+        words = tuple(
+            Word(start=float(w["start"]), end=float(w["end"]), word=w["word"], probability=float(w["probability"]))
+            for w in s["words"]
+        )
+    return Segment(
+        start=float(s["start"]),
+        end=float(s["end"]),
+        text=s["text"].strip(),
+        words=words,
+        avg_logprob=d.avg_logprob,
+        no_speech_prob=d.no_speech_prob,
     )

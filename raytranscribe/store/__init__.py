@@ -16,11 +16,11 @@ from raytranscribe.store.store import (
     NewTask,
     OrchestratorView,
     RecordResult,
+    StatusChange,
     Store,
     StoreStats,
     SubmitReport,
     TaskView,
-    check_s3_uri,
 )
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "OrchestratorState",
     "OrchestratorView",
     "RecordResult",
+    "StatusChange",
     "Store",
     "StoreStats",
     "SubmitReport",
@@ -41,5 +42,4 @@ __all__ = [
     "TaskQueue",
     "TaskStatus",
     "TaskView",
-    "check_s3_uri",
 ]

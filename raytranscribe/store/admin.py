@@ -12,12 +12,13 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from raytranscribe.local import embedded_postgres_url, server_answers
+from raytranscribe.store.url import sqlalchemy_url
 
 LOCAL_SERVER = ("127.0.0.1", 5432)
 
 
 def _admin_engine(url: str) -> sa.Engine:
-    return sa.create_engine(url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    return sa.create_engine(sqlalchemy_url(url), isolation_level="AUTOCOMMIT", pool_pre_ping=True)
 
 
 def _with_database(url: str, database: str) -> str:
@@ -43,7 +44,7 @@ def scratch_server_url(explicit: str | None = None) -> str:
     """A server to create scratch databases on: ``explicit``; else 127.0.0.1:5432 when it answers;
     else embedded-postgres in a temporary folder."""
     if explicit:
-        return explicit.replace("postgresql://", "postgresql+psycopg2://", 1)
+        return sqlalchemy_url(explicit)
     if server_answers(*LOCAL_SERVER):
         return local_server_url()
     return embedded_postgres_url(Path(tempfile.mkdtemp(prefix="rt-pg-")))

@@ -2,17 +2,23 @@
 
 Fields: ``input_uri`` and ``output_uri`` (required); ``engine``, ``model``, ``language``, ``formats``,
 ``priority``, ``max_retries``, ``backoff_factor`` (optional; the caller's defaults fill the gaps).
+``output_uri`` is the output stem (files ``<stem>.<fmt>``), or, ending in ``/``, a prefix: the outputs
+go under it named after the input file, as ``submit --output PREFIX`` does.
+
+A line is strict JSON: a key given twice, ``NaN`` or ``Infinity`` refuse it, as do numbers the
+tasks table cannot hold.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from raytranscribe.engines.base import FORMATS, TranscribeOptions
 from raytranscribe.errors import InvalidInput, ManifestError
-from raytranscribe.store.store import NewTask
+from raytranscribe.store.store import NewTask, check_task_numbers
+from raytranscribe.uris import output_stem, parse_s3_uri
 
 REQUIRED_FIELDS = ("input_uri", "output_uri")
 OPTIONAL_FIELDS = ("engine", "model", "language", "formats", "priority", "max_retries", "backoff_factor")
@@ -31,6 +37,10 @@ class ManifestDefaults:
     max_retries: int | None = None
     backoff_factor: float | None = None
     options: TranscribeOptions = field(default_factory=TranscribeOptions)  # everything else (beam size ...)
+
+    def __post_init__(self) -> None:
+        # Flags are checked before any listing or database work, with the store's own limits.
+        check_task_numbers(self.priority, self.max_retries, self.backoff_factor)
 
 
 def parse_formats(value: str | list | tuple) -> tuple[str, ...]:
@@ -55,11 +65,38 @@ def _typed(obj: dict, name: str, types: tuple[type, ...], what: str):
     return value
 
 
-def parse_line(text: str, defaults: ManifestDefaults, validate_uri: Callable[[str], object] | None = None) -> NewTask:
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    obj: dict = {}
+    for key, value in pairs:
+        if key in obj:
+            raise InvalidInput(f"field {key!r} is given twice")
+        obj[key] = value
+    return obj
+
+
+def _no_constant(name: str) -> object:
+    raise InvalidInput(f"{name} is not a JSON number")
+
+
+def _load(text: str) -> object:
     try:
-        obj = json.loads(text.rstrip("\r\n"))
+        return json.loads(text.rstrip("\r\n"), object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"bad JSON: {exc.msg} (column {exc.colno})") from exc
+    except ValueError as exc:  # an integer of thousands of digits (Python's int-parsing limit)
+        raise InvalidInput(f"bad JSON: {str(exc).split(';')[0]}") from exc
+
+
+def _output_stem(input_uri: str, output: str) -> str:
+    """The line's output stem: ``output`` itself, or, for a prefix (ends with ``/``), the input's name under it."""
+    source = parse_s3_uri(input_uri, what="input_uri")
+    if output.endswith("/"):
+        return str(output_stem(source, parse_s3_uri(output, allow_prefix=True, what="output_uri")))
+    return str(parse_s3_uri(output, what="output_uri"))
+
+
+def parse_line(text: str, defaults: ManifestDefaults) -> NewTask:
+    obj = _load(text)
     if not isinstance(obj, dict):
         raise InvalidInput(f"expected a JSON object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - set(MANIFEST_FIELDS))
@@ -71,9 +108,7 @@ def parse_line(text: str, defaults: ManifestDefaults, validate_uri: Callable[[st
     for name in ("input_uri", "output_uri", "engine", "model"):
         if name in obj:
             _typed(obj, name, (str,), "a string")
-    if validate_uri is not None:
-        validate_uri(obj["input_uri"])
-        validate_uri(obj["output_uri"])
+    stem = _output_stem(obj["input_uri"], obj["output_uri"])
     language = defaults.language
     if "language" in obj:
         language = obj["language"] if obj["language"] is None else _typed(obj, "language", (str,), "a string or null")
@@ -84,37 +119,28 @@ def parse_line(text: str, defaults: ManifestDefaults, validate_uri: Callable[[st
         raise InvalidInput(str(exc)) from exc
     return NewTask(
         input_uri=obj["input_uri"],
-        output_uri=obj["output_uri"],
+        output_uri=stem,
         engine=obj.get("engine", defaults.engine),
         model=obj.get("model", defaults.model),
         options=options,
         priority=_typed(obj, "priority", (int,), "an integer") if "priority" in obj else defaults.priority,
         max_retries=_typed(obj, "max_retries", (int,), "an integer >= 0") if "max_retries" in obj else defaults.max_retries,
         backoff_factor=(
-            float(_typed(obj, "backoff_factor", (int, float), "a number >= 1"))
+            _typed(obj, "backoff_factor", (int, float), "a finite number >= 1")
             if "backoff_factor" in obj
             else defaults.backoff_factor
         ),
     )
 
 
-def parse_manifest(
-    lines: Iterable[str],
-    defaults: ManifestDefaults = ManifestDefaults(),
-    *,
-    validate_uri: Callable[[str], object] | None = None,
-) -> list[NewTask]:
-    """Every line a valid task, or :class:`ManifestError` naming the first bad line. Blank lines are skipped.
-
-    ``validate_uri`` (e.g. :func:`raytranscribe.storage.parse_s3_uri`) runs on both URIs of a line
-    before the store's own checks.
-    """
+def parse_manifest(lines: Iterable[str], defaults: ManifestDefaults = ManifestDefaults()) -> list[NewTask]:
+    """Every line a valid task, or :class:`ManifestError` naming the first bad line. Blank lines are skipped."""
     tasks: list[NewTask] = []
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
         try:
-            tasks.append(parse_line(text, defaults, validate_uri))
+            tasks.append(parse_line(text, defaults))
         except InvalidInput as exc:
             raise ManifestError(exc.message, line=number) from exc
     if not tasks:

@@ -1,14 +1,16 @@
 """SQLAlchemy 2 typed models of the task store, and the Postgres enum ``task_status``.
 
 The migrations in ``migrations/versions`` create exactly this metadata (a test compares them); what
-metadata cannot express (the transition guard, the triggers that keep ``task_queue`` and
-``task_leases`` in step with ``tasks``, storage parameters) lives only in the migrations.
+metadata cannot express (the transition guard, the triggers that keep ``task_queue``,
+``task_leases``, ``task_stopped`` and the counts in step with ``tasks``, storage parameters) lives
+only in the migrations.
 """
 
 from __future__ import annotations
 
 import enum
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -113,6 +115,8 @@ class Task(Base):
         # retry_at, timestamps, results), so those updates stay HOT and write no index entry; claim
         # order and lease expiry are served by task_queue and task_leases (migration 0005).
         sa.Index("ix_tasks_input_uri", "input_uri", postgresql_using="hash"),
+        # The unfinished tasks of an output stem, which submit refuses to share (migration 0007).
+        sa.Index("ix_tasks_output_uri", "output_uri", postgresql_using="hash"),
     )
 
 
@@ -133,10 +137,14 @@ class TaskQueue(Base):
     priority: Mapped[int] = mapped_column(sa.Integer)
     created_at: Mapped[datetime] = mapped_column(TZ)
     ready_at: Mapped[datetime] = mapped_column(TZ)  # created_at when pending, retry_at when failed
+    status: Mapped[TaskStatus] = mapped_column(task_status_enum)  # pending or failed (migration 0006)
 
     __table_args__ = (
         # Claim order: highest priority, then oldest; ready_at is checked on the row.
         sa.Index("ix_task_queue_claim_order", sa.text("priority DESC"), "created_at", "task_id"),
+        # The oldest pending task (`status`), and failed tasks whose retry is due (the heartbeat's pools).
+        sa.Index("ix_task_queue_created_at", "created_at", postgresql_where=sa.text("status = 'pending'")),
+        sa.Index("ix_task_queue_ready_at", "ready_at", postgresql_where=sa.text("status = 'failed'")),
     )
 
 
@@ -153,6 +161,46 @@ class TaskLease(Base):
     attempt: Mapped[int] = mapped_column(sa.Integer)
     owner: Mapped[str] = mapped_column(sa.Text)
     expires_at: Mapped[datetime] = mapped_column(TZ)
+
+
+class TaskStopped(Base):
+    """One row per dead or cancelled task: what ``tasks --status dead`` reads instead of scanning ``tasks``.
+
+    Kept by the database like TaskQueue (migration 0006). Claim and completion never enter or leave
+    these statuses, so the hot path never writes here.
+    """
+
+    __tablename__ = "task_stopped"
+
+    status: Mapped[TaskStatus] = mapped_column(task_status_enum, primary_key=True)
+    task_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+
+
+class TaskCount(Base):
+    """Tasks and audio seconds per (engine, model, status), kept by the database (migration 0006).
+
+    Each count is spread over shard rows (a statement adds to its backend's shard) so concurrent
+    writers do not queue on one row lock; a count is the sum of its shards, which alone may be negative.
+    """
+
+    __tablename__ = "task_counts"
+
+    engine: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    model: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    status: Mapped[TaskStatus] = mapped_column(task_status_enum, primary_key=True)
+    shard: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, autoincrement=False)
+    tasks: Mapped[int] = mapped_column(sa.BigInteger)
+    audio_s: Mapped[Decimal] = mapped_column(sa.Numeric)  # exact sums: added and taken away per statement
+
+
+class TaskFailureCount(Base):
+    """Failed and dead tasks per failure_reason, sharded like TaskCount (migration 0006)."""
+
+    __tablename__ = "task_failure_counts"
+
+    failure_reason: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    shard: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, autoincrement=False)
+    tasks: Mapped[int] = mapped_column(sa.BigInteger)
 
 
 class TaskAttempt(Base):

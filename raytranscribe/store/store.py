@@ -8,7 +8,9 @@ repeated ``complete`` or ``fail`` changes nothing, and a repeated ``claim`` simp
 (rows claimed by a commit whose answer was lost come back through :meth:`Store.reap`).
 
 Claim order and lease expiry are read from ``task_queue`` and ``task_leases``, which triggers on
-``tasks`` keep exact (migration 0005); no statement here writes them.
+``tasks`` keep exact (migration 0005); counts per status, audio seconds, failure reasons and the
+ids of dead and cancelled tasks come from tables the same triggers keep (migration 0006), so no
+read here grows with the table's history. No statement here writes any of them.
 
 Statuses (the database enforces the transitions with a trigger, see migrations 0002 and 0004)::
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import ipaddress
 import json
 import logging
 import math
@@ -31,7 +32,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,20 +42,23 @@ from sqlalchemy import text
 
 from raytranscribe.config import Settings
 from raytranscribe.contracts import Outcome, TaskResult
-from raytranscribe.engines.base import ENGINES, TranscribeOptions
+from raytranscribe.engines.base import ENGINES, FORMATS, TranscribeOptions
 from raytranscribe.errors import (
     ConfigError,
     Failure,
     IllegalTransition,
     InvalidInput,
-    InvalidURI,
     LeaseExpired,
+    SchemaOutOfDate,
     Stage,
     StoreError,
+    StoreMisconfigured,
     StoreUnavailable,
 )
 from raytranscribe.retry import RetryPolicy, decide
 from raytranscribe.store.models import AttemptOutcome, TaskStatus
+from raytranscribe.store.url import redact_url, sqlalchemy_url
+from raytranscribe.uris import parse_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,24 @@ TRANSIENT_SQLSTATES = frozenset(
         "53300",  # too_many_connections
     }
 )
+# Errors no retry changes: the operator must fix the URL, the role, its grants or the server's rules.
+# Class 28: invalid_authorization_specification (28000: role unknown or not allowed to log in,
+# no pg_hba.conf entry; 28P01: invalid_password); 3D000: invalid_catalog_name (no such database);
+# 42501: insufficient_privilege (no CONNECT on the database, no grant on a table).
+MISCONFIGURED_SQLSTATES = frozenset({"3D000", "42501"})
+MISCONFIGURED_SQLSTATE_CLASSES = ("28",)
+# psycopg2 gives failures to connect no SQLSTATE: libpq's own words tell them apart from an outage.
+MISCONFIGURED_MESSAGES = re.compile(
+    r"password authentication failed|authentication failed for user|no password supplied"
+    r"|role \".*\" does not exist|is not permitted to log in|database \".*\" does not exist"
+    r"|no pg_hba\.conf entry|pg_hba\.conf rejects|permission denied for database"
+    r"|invalid sslmode value|server does not support SSL|SSL was required|certificate verify failed"
+    r"|invalid dsn|invalid connection option|invalid URI query parameter|invalid port number|invalid integer value",
+    re.IGNORECASE,
+)
+# Statements that name what an older (or no) schema lacks: undefined_table, undefined_column,
+# undefined_object (a type), undefined_function.
+SCHEMA_MISSING_SQLSTATES = frozenset({"42P01", "42703", "42704", "42883"})
 TEXT_PREVIEW_CHARS = 500
 # Session settings of the hot-path (autocommit) connections; see Store.__init__.
 HOT_PATH_OPTIONS = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off"
@@ -89,40 +111,44 @@ T = TypeVar("T")
 
 # --- input validation --------------------------------------------------------------------------
 
-_BUCKET_CHARS = re.compile(r"[a-z0-9.\-]+")
+# The tasks table's integer columns (priority, max_retries) are PostgreSQL int4.
+INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
+# Outputs of these tasks may still be written: a new task must not share their output stem.
+UNFINISHED = (TaskStatus.PENDING, TaskStatus.IN_PROGRESS, TaskStatus.FAILED)
+# pg_advisory_xact_lock key serialising submits, so two of them cannot both pass the output check ("rtsb").
+SUBMIT_LOCK_KEY = 0x72747362
 
 
-def check_s3_uri(uri: str, *, what: str = "URI") -> tuple[str, str]:
-    """Validate ``s3://bucket/key`` (an object, not a folder) and return ``(bucket, key)``.
+def check_task_numbers(priority: object, max_retries: object, backoff_factor: object) -> None:
+    """Refuse numbers a task row cannot hold, naming the field (NewTask, and the CLI's flags before any work)."""
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidInput(f"priority must be an integer, got {priority!r}")
+    if not INT4_MIN <= priority <= INT4_MAX:
+        raise InvalidInput(f"priority must be an integer from {INT4_MIN} to {INT4_MAX}, got {priority}")
+    if max_retries is not None and (
+        isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
+    ):
+        raise InvalidInput(f"max_retries must be an integer >= 0, got {max_retries!r}")
+    if max_retries is not None and max_retries > INT4_MAX:
+        raise InvalidInput(f"max_retries must be an integer from 0 to {INT4_MAX}, got {max_retries}")
+    if backoff_factor is not None and not _finite_at_least_one(backoff_factor):
+        raise InvalidInput(f"backoff_factor must be a finite number >= 1, got {backoff_factor!r}")
 
-    A deliberately small copy of the bucket rules of :func:`raytranscribe.storage.parse_s3_uri`:
-    the store may not import storage (it pulls boto3 in); the CLI runs the full parser first.
-    """
-    if not isinstance(uri, str) or not uri.startswith("s3://"):
-        raise InvalidURI(f"{what} {uri!r} is not an S3 URI: expected s3://bucket/key")
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    problem = None
-    if not 3 <= len(bucket) <= 63:
-        problem = f"bucket name {bucket!r} must be 3 to 63 characters long (got {len(bucket)})"
-    elif not _BUCKET_CHARS.fullmatch(bucket):
-        problem = f"bucket name {bucket!r} may contain only lowercase letters, digits, dots and hyphens"
-    elif not (bucket[0].isalnum() and bucket[-1].isalnum()):
-        problem = f"bucket name {bucket!r} must start and end with a lowercase letter or digit"
-    elif ".." in bucket:
-        problem = f"bucket name {bucket!r} must not contain two adjacent dots"
-    else:
-        try:
-            ipaddress.IPv4Address(bucket)
-            problem = f"bucket name {bucket!r} must not be formatted as an IP address"
-        except ValueError:
-            pass
-    if problem is None and (key == "" or key.endswith("/")):
-        problem = "object key is empty" if key == "" else f"object key {key!r} ends with '/' (a folder, not an object)"
-    if problem is None and len(key.encode("utf-8", errors="surrogatepass")) > 1024:
-        problem = "object key is longer than 1024 bytes"
-    if problem:
-        raise InvalidURI(f"invalid {what} {uri!r}: {problem}")
-    return bucket, key
+
+def _finite_at_least_one(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return 1 <= float(value) < math.inf  # also refuses NaN
+    except OverflowError:  # an int beyond any float8
+        return False
+
+
+def _canonical_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    # One order (FORMATS') and no repeats, so "txt,json", "json,txt" and "json,json,txt" are one task.
+    # Not alphabetical: the default tuple, and so the dedupe key of every task already stored, stays as it was.
+    known = {f: i for i, f in enumerate(FORMATS)}
+    return tuple(sorted(set(formats), key=lambda f: (known.get(f, len(known)), f)))
 
 
 # A third-party engine: any importable class taking an EngineSpec (see raytranscribe.engines.load_engine).
@@ -159,8 +185,8 @@ class NewTask:
     backoff_factor: float | None = None
 
     def __post_init__(self) -> None:
-        check_s3_uri(self.input_uri, what="input URI")
-        check_s3_uri(self.output_uri, what="output URI")
+        parse_s3_uri(self.input_uri, what="input URI")
+        parse_s3_uri(self.output_uri, what="output URI")
         if self.engine not in ENGINES and not PLUGIN_ENGINE.fullmatch(self.engine):
             raise InvalidInput(
                 f"unknown engine {self.engine!r}; choose from {list(ENGINES)} or name a plugin as 'package.module:Class'"
@@ -169,20 +195,12 @@ class NewTask:
             raise InvalidInput(f"model must be a non-empty name, got {self.model!r}")
         if not isinstance(self.options, TranscribeOptions):
             raise InvalidInput(f"options must be TranscribeOptions, got {type(self.options).__name__}")
-        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
-            raise InvalidInput(f"priority must be an integer, got {self.priority!r}")
-        if self.max_retries is not None and (
-            isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0
-        ):
-            raise InvalidInput(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
-        if self.backoff_factor is not None and (
-            isinstance(self.backoff_factor, bool)
-            or not isinstance(self.backoff_factor, (int, float))
-            or not self.backoff_factor >= 1  # also refuses NaN
-        ):
-            raise InvalidInput(f"backoff_factor must be a number >= 1, got {self.backoff_factor!r}")
+        check_task_numbers(self.priority, self.max_retries, self.backoff_factor)
+        formats = _canonical_formats(self.options.formats)
+        if formats != self.options.formats:
+            object.__setattr__(self, "options", replace(self.options, formats=formats))
 
-    @property
+    @functools.cached_property  # submit reads it several times per task; 100k tasks, 100k hashes
     def dedupe_key(self) -> str:
         """Same input, engine, model and options: the same task (the output stem does not count)."""
         canonical = json.dumps(
@@ -195,6 +213,19 @@ class NewTask:
 
 
 # --- results -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """What a requeue or cancel did: the tasks it changed, and why each other named id was left alone."""
+
+    changed: tuple[int, ...]  # ids whose status changed, ascending
+    refused: tuple[tuple[int, TaskStatus], ...] = ()  # named tasks whose status does not allow it
+    missing: tuple[int, ...] = ()  # named ids of no task
+
+    @property
+    def count(self) -> int:
+        return len(self.changed)
 
 
 @dataclass(frozen=True)
@@ -397,6 +428,56 @@ ON CONFLICT (dedupe_key) DO NOTHING
 RETURNING id, dedupe_key
 """
 
+_UNFINISHED_STEMS_SQL = """
+SELECT id, input_uri, output_uri, status::text AS status, dedupe_key FROM tasks
+WHERE output_uri = ANY(CAST(:o AS text[])) AND status = ANY(CAST(:s AS task_status[]))
+ORDER BY id
+"""
+
+_EXISTING_KEYS_SQL = "SELECT dedupe_key FROM tasks WHERE dedupe_key = ANY(CAST(:k AS text[]))"
+
+
+def _refuse_shared_stems(tasks: Sequence[NewTask]) -> None:
+    """Two distinct new tasks (dedupe keys differ) with one output stem would overwrite each other."""
+    by_stem: dict[str, NewTask] = {}
+    for t in tasks:
+        first = by_stem.setdefault(t.output_uri, t)
+        if first is t:
+            continue
+        if first.input_uri == t.input_uri:
+            raise InvalidInput(
+                f"input {t.input_uri!r} is given twice with different settings (engine, model or options), "
+                f"both writing {t.output_uri}.*; give each its own output"
+            )
+        raise InvalidInput(
+            f"inputs {first.input_uri!r} and {t.input_uri!r} would both write {t.output_uri}.*; give each its own output"
+        )
+
+
+def _refuse_unfinished_stems(conn: sa.Connection, tasks: Sequence[NewTask]) -> None:
+    """A new task may not write the stem of an unfinished task, unless it is that task (a duplicate, skipped)."""
+    unfinished = [s.value for s in UNFINISHED]
+    suspects: list[tuple[NewTask, Any]] = []
+    for start in range(0, len(tasks), SUBMIT_CHUNK):
+        chunk = {t.output_uri: t for t in tasks[start : start + SUBMIT_CHUNK]}
+        for row in conn.execute(text(_UNFINISHED_STEMS_SQL), {"o": list(chunk), "s": unfinished}):
+            new = chunk[row.output_uri]
+            if row.dedupe_key != new.dedupe_key:
+                suspects.append((new, row))
+    if not suspects:
+        return
+    # A new task that is a duplicate of some other row is skipped by the insert: it writes nothing.
+    keys = list({new.dedupe_key for new, _ in suspects})
+    existing = {r[0] for r in conn.execute(text(_EXISTING_KEYS_SQL), {"k": keys})}
+    for new, row in suspects:
+        if new.dedupe_key not in existing:
+            who = "the same input" if row.input_uri == new.input_uri else repr(row.input_uri)
+            raise InvalidInput(
+                f"input {new.input_uri!r} would write {new.output_uri}.*, which task {row.id} ({who}, {row.status}) "
+                "may still write; wait for it, cancel it, or give this input another output"
+            )
+
+
 _FENCED_SQL = """
 SELECT id, status::text AS status, attempt FROM tasks WHERE id = ANY(CAST(:ids AS bigint[]))
 """
@@ -497,22 +578,40 @@ WITH old AS (
     FROM old WHERE a.task_id = old.id AND a.attempt = old.attempt AND old.status = 'in_progress'
         AND a.finished_at IS NULL
 )
-SELECT count(*) FROM u
+SELECT id FROM u ORDER BY id
 """
 
-_STATS_SQL = """
-SELECT {counts},
-    EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE status = 'pending')) AS oldest_pending_age_s,
-    count(*) FILTER (WHERE status = 'failed' AND retry_at IS NOT NULL) AS retries_scheduled,
-    COALESCE(sum(audio_duration_s) FILTER (WHERE status = 'completed'), 0) AS audio_s
-FROM tasks
+# The named tasks a requeue or cancel left alone, and the status that did not allow it.
+_STATUS_OF_SQL = """
+SELECT id, status::text AS status FROM tasks WHERE id = ANY(CAST(:ids AS bigint[]))
+"""
+
+# Reads that do not grow with the table (migration 0006): the counts are sums over a few hundred
+# shard rows kept by the triggers, the oldest pending task is the first entry of a partial index of
+# task_queue, and the reasons are counted per reason, not per task.
+_COUNTS_SQL = """
+SELECT CAST(status AS text) AS status, CAST(sum(tasks) AS bigint) AS n, sum(audio_s) AS audio_s
+FROM task_counts GROUP BY status
+"""
+
+_OLDEST_PENDING_SQL = """
+SELECT EXTRACT(EPOCH FROM now() - min(created_at)) FROM task_queue WHERE status = 'pending'
 """
 
 _TOP_REASONS_SQL = """
-SELECT failure_reason, count(*) AS n FROM tasks
-WHERE status IN ('failed', 'dead') AND failure_reason IS NOT NULL
-GROUP BY failure_reason ORDER BY n DESC, failure_reason LIMIT :k
+SELECT failure_reason, CAST(sum(tasks) AS bigint) AS n FROM task_failure_counts
+GROUP BY failure_reason HAVING sum(tasks) > 0 ORDER BY n DESC, failure_reason LIMIT :k
 """
+
+# Where list_tasks finds the ids of a status without scanning tasks: the side row of each task not
+# completed. Completed tasks are most of a long-lived table, so an id-ordered walk of it finds them.
+_STATUS_IDS_SQL = {
+    TaskStatus.PENDING: "SELECT task_id FROM task_queue WHERE status = 'pending' ORDER BY task_id LIMIT :limit",
+    TaskStatus.FAILED: "SELECT task_id FROM task_queue WHERE status = 'failed' ORDER BY task_id LIMIT :limit",
+    TaskStatus.IN_PROGRESS: "SELECT task_id FROM task_leases ORDER BY task_id LIMIT :limit",
+    TaskStatus.DEAD: "SELECT task_id FROM task_stopped WHERE status = 'dead' ORDER BY task_id LIMIT :limit",
+    TaskStatus.CANCELLED: "SELECT task_id FROM task_stopped WHERE status = 'cancelled' ORDER BY task_id LIMIT :limit",
+}
 
 
 def _pg_array_element(value: Any) -> str:
@@ -625,6 +724,7 @@ class Store:
     def __init__(self, url: str, *, settings: Settings | None = None, application_name: str = "raytranscribe"):
         self.settings = settings if settings is not None else Settings()
         self.policy = RetryPolicy.from_settings(self.settings.retry)
+        url = sqlalchemy_url(url)  # postgresql://, postgres:// too: ConfigError for anything else
         self.url = url
         self.application_name = application_name
         # Count of transient database errors survived by re-running a transaction (for tests and metrics).
@@ -655,10 +755,13 @@ class Store:
             self._autocommit = sa.create_engine(url, isolation_level="AUTOCOMMIT", **hot)
             self._dbapi_error = self._autocommit.dialect.loaded_dbapi.Error
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
-            raise ConfigError(f"bad database URL {sa.engine.make_url(url)!r}: {exc}") from exc
+            raise ConfigError(f"bad database URL {redact_url(url)!r}: {exc}") from exc
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
+        from raytranscribe.isolation import resolve_database_url  # RAYTRANSCRIBE_DATABASE_URL_FILE
+
+        settings = resolve_database_url(settings)
         url = settings.database_url
         if url is None:
             from raytranscribe.local import embedded_postgres_url
@@ -711,6 +814,9 @@ class Store:
                 code = getattr(exc.orig, "pgcode", None)
                 if code == ILLEGAL_TRANSITION_SQLSTATE:
                     raise IllegalTransition(f"{op}: {_pg_message(exc)}") from exc
+                refused = _refusal(op, exc)
+                if refused is not None:  # before the transient check: a refused connection is "invalidated" too
+                    raise refused from exc
                 if not _is_transient(exc):
                     raise StoreError(f"{op} failed: {_pg_message(exc)}") from exc
                 last = exc
@@ -811,10 +917,36 @@ class Store:
 
         return self._run("current_revision", tx)
 
+    def check_ready(self) -> None:
+        """Fail fast before a run starts anything: the database answers (else, after the usual
+        retries, :class:`StoreUnavailable`), lets us in (else :class:`StoreMisconfigured`, at once)
+        and holds this version's schema (else :class:`SchemaOutOfDate`)."""
+        from alembic.script import ScriptDirectory
+
+        current = self.current_revision()
+        scripts = ScriptDirectory(str(MIGRATIONS_DIR))
+        head = scripts.get_current_head()
+        if current == head:
+            return
+        if current is None:
+            raise SchemaOutOfDate("the database has no raytranscribe schema: run `raytranscribe db upgrade`")
+        if current in {script.revision for script in scripts.walk_revisions()}:
+            raise SchemaOutOfDate(
+                f"the database schema is at revision {current}, this raytranscribe needs {head}: "
+                "run `raytranscribe db upgrade`"
+            )
+        # A newer raytranscribe migrated it; its changes are meant to keep older versions working.
+        log.warning("database schema revision %s is newer than this raytranscribe knows (%s)", current, head)
+
     # --- submit --------------------------------------------------------------------------------
 
     def submit(self, tasks: Sequence[NewTask]) -> SubmitReport:
-        """Insert all tasks in one transaction; a task whose dedupe_key exists is reported, not inserted."""
+        """Insert all tasks in one transaction; a task whose dedupe_key exists is reported, not inserted.
+
+        All or nothing: :class:`InvalidInput`, and nothing inserted, when two new tasks would write
+        the same output stem, or a new one the stem of an unfinished task (pending, in progress or
+        failed), whose outputs may still be written. A finished task's stem may be written again.
+        """
         tasks = list(tasks)
         if not tasks:
             return SubmitReport((), ())
@@ -822,8 +954,12 @@ class Store:
         # Repeats inside the batch are duplicates too; only first occurrences go to the database.
         seen: set[str] = set()
         unique = [t for t in tasks if not (t.dedupe_key in seen or seen.add(t.dedupe_key))]
+        _refuse_shared_stems(unique)
 
         def tx(conn: sa.Connection) -> dict[str, int]:
+            # Held to commit: a concurrent submit of the same stems waits, then sees these rows.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SUBMIT_LOCK_KEY})
+            _refuse_unfinished_stems(conn, unique)
             ids: dict[str, int] = {}
             for start in range(0, len(unique), SUBMIT_CHUNK):
                 chunk = unique[start : start + SUBMIT_CHUNK]
@@ -917,7 +1053,7 @@ class Store:
         return claimed
 
     def vacuum_queue(self) -> bool:
-        """Vacuum task_queue and task_leases now; False when it could not (busy, or not their owner).
+        """Vacuum task_queue, task_leases and the counts now; False when it could not (busy, or not their owner).
 
         Every claim deletes queue rows, and each claim's ordered index scan steps over the dead
         entries left by earlier ones until a vacuum removes them: at thousands of tasks a second
@@ -931,7 +1067,11 @@ class Store:
             notices = raw.dbapi_connection.notices
             seen = len(notices)
             with raw.cursor() as cursor:
-                cursor.execute("VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) task_queue, task_leases")
+                # Reasons no failed or dead task has any more would pile up with the history (0006).
+                cursor.execute("DELETE FROM task_failure_counts WHERE tasks = 0")
+                cursor.execute(
+                    "VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) task_queue, task_leases, task_counts, task_failure_counts"
+                )
             # A table it could not lock, or may not vacuum, is skipped with a WARNING, not an error.
             return not any("skipping" in n for n in notices[seen:])
 
@@ -1169,17 +1309,21 @@ class Store:
 
     # --- operator actions ----------------------------------------------------------------------
 
-    def requeue(self, ids: Sequence[int] = (), *, status: TaskStatus | None = None) -> int:
-        """failed/dead/cancelled -> pending, retries reset to 0; the attempt history stays."""
-        ids = [int(i) for i in ids]
+    def requeue(self, ids: Sequence[int] = (), *, status: TaskStatus | None = None) -> StatusChange:
+        """failed/dead/cancelled -> pending, retries reset to 0; the attempt history stays.
+
+        With ids, the report says which were in another status (or are no task)."""
+        ids, out_of_range = _task_ids(ids)
         if status is not None:
             status = TaskStatus(status)
             if status not in REQUEUEABLE:
                 raise InvalidInput(
                     f"cannot requeue {status.value} tasks: only {[s.value for s in REQUEUEABLE]} can be requeued"
                 )
-        if not ids and status is None:
+        if not ids and not out_of_range and status is None:
             raise InvalidInput("requeue needs task ids or a status")
+        if out_of_range and not ids:
+            return StatusChange((), (), out_of_range)
         where = ["t.status IN ('failed', 'dead', 'cancelled')"]
         params: dict[str, Any] = {}
         if ids:
@@ -1191,24 +1335,33 @@ class Store:
         cond = " AND ".join(where)
         sql = text(
             "UPDATE tasks t SET status = 'pending', retries = 0, retry_at = NULL, completed_at = NULL, "
-            "lease_owner = NULL, lease_expires_at = NULL WHERE " + cond
+            "lease_owner = NULL, lease_expires_at = NULL WHERE " + cond + " RETURNING t.id"
         )
-        count = self._write_queued("requeue", cond, params, lambda conn: conn.execute(sql, params).rowcount)
-        log.info("requeued %d task(s)", count)
-        return count
 
-    def cancel(self, ids: Sequence[int]) -> int:
-        """Cancel pending, in-progress or failed tasks; a worker still running one is fenced out."""
-        ids = [int(i) for i in ids]
+        def write(conn: sa.Connection) -> StatusChange:
+            changed = sorted(conn.execute(sql, params).scalars())
+            return _left_alone(conn, ids, changed, out_of_range)
+
+        report = self._write_queued("requeue", cond, params, write)
+        log.info("requeued %d task(s)", report.count)
+        return report
+
+    def cancel(self, ids: Sequence[int]) -> StatusChange:
+        """Cancel pending, in-progress or failed tasks; a worker still running one is fenced out.
+
+        The report says which named tasks were in another status (or are no task)."""
+        ids, out_of_range = _task_ids(ids)
         if not ids:
-            return 0
+            return StatusChange((), (), out_of_range)
         params = {"ids": ids}
-        count = self._write_queued(
-            "cancel", "t.id = ANY(CAST(:ids AS bigint[]))", params,
-            lambda conn: conn.execute(text(_CANCEL_SQL), params).scalar_one(),
-        )  # fmt: skip
-        log.info("cancelled %d of %d task(s)", count, len(ids))
-        return count
+
+        def write(conn: sa.Connection) -> StatusChange:
+            changed = list(conn.execute(text(_CANCEL_SQL), params).scalars())
+            return _left_alone(conn, ids, changed, out_of_range)
+
+        report = self._write_queued("cancel", "t.id = ANY(CAST(:ids AS bigint[]))", params, write)
+        log.info("cancelled %d of %d task(s)", report.count, len(ids) + len(out_of_range))
+        return report
 
     def _write_queued(self, op: str, where: str, params: dict[str, Any], write: Callable[[sa.Connection], T]) -> T:
         """One transaction: lock the queue rows of the tasks ``where`` names (alias t), then ``write``.
@@ -1250,36 +1403,51 @@ class Store:
         return self._run("get", tx)
 
     def list_tasks(self, *, status: TaskStatus | None = None, limit: int = 100) -> list[TaskView]:
-        where = "WHERE status = CAST(:status AS task_status)" if status is not None else ""
-        sql = text(f"SELECT {_TASK_COLUMNS} FROM tasks {where} ORDER BY id LIMIT :limit")
+        """The first ``limit`` tasks by id, of one status or of all."""
         params: dict[str, Any] = {"limit": limit}
-        if status is not None:
-            params["status"] = TaskStatus(status).value
+        if status is None:
+            where = ""
+        else:
+            status = TaskStatus(status)
+            params["status"] = status.value
+            where = "WHERE status = CAST(:status AS task_status)"
+            ids = _STATUS_IDS_SQL.get(status)
+            if ids is not None:  # the side rows name the tasks; tasks is read by primary key only
+                where += f" AND id = ANY(ARRAY({ids}))"
+        sql = text(f"SELECT {_TASK_COLUMNS} FROM tasks {where} ORDER BY id LIMIT :limit")
         return self._run("list_tasks", lambda conn: [_task_view(r) for r in conn.execute(sql, params)])
 
     def stats(self, *, top: int = 5) -> StoreStats:
-        counts_sql = ", ".join(f"count(*) FILTER (WHERE status = '{s.value}') AS {s.value}" for s in TaskStatus)
+        """Counts per status, the oldest pending task's age, audio completed, the ``top`` failure reasons.
+
+        A handful of rows whatever the table's size (the counts of migration 0006); ``top=0``, the
+        orchestrator's heartbeat, skips the reasons.
+        """
 
         def tx(conn: sa.Connection) -> StoreStats:
-            row = conn.execute(text(_STATS_SQL.format(counts=counts_sql))).one()
-            reasons = conn.execute(text(_TOP_REASONS_SQL), {"k": top}).all()
-            age = row.oldest_pending_age_s
+            rows = {TaskStatus(r.status): r for r in conn.execute(text(_COUNTS_SQL))}
+            age = conn.execute(text(_OLDEST_PENDING_SQL)).scalar()
+            reasons = conn.execute(text(_TOP_REASONS_SQL), {"k": top}).all() if top > 0 else []
+            counts = {s: int(rows[s].n) if s in rows else 0 for s in TaskStatus}
+            completed = rows.get(TaskStatus.COMPLETED)
             return StoreStats(
-                counts={s: int(getattr(row, s.value)) for s in TaskStatus},
+                counts=counts,
                 oldest_pending_age_s=float(age) if age is not None else None,
-                retries_scheduled=int(row.retries_scheduled),
+                retries_scheduled=counts[TaskStatus.FAILED],  # a failed task always has its retry_at
                 top_failure_reasons=tuple((r.failure_reason, int(r.n)) for r in reasons),
-                audio_seconds_completed=float(row.audio_s),
+                audio_seconds_completed=float(completed.audio_s) if completed is not None else 0.0,
             )
 
         return self._run("stats", tx)
 
     def claimable_pairs(self) -> list[tuple[str, str]]:
         """Distinct (engine, model) with work now or in flight: the worker pools worth keeping."""
-        # The side tables hold exactly the claimable and the in-flight tasks: no scan of tasks.
+        # Pending or in progress: the counts. Failed and due: the failed rows of task_queue whose
+        # ready_at has come (a partial index; waiting retries are not work now). Neither scans tasks.
         sql = text(
-            "SELECT engine, model FROM task_queue WHERE ready_at <= now() "
-            "UNION SELECT t.engine, t.model FROM task_leases l JOIN tasks t ON t.id = l.task_id "
+            "SELECT engine, model FROM task_counts WHERE status IN ('pending', 'in_progress') "
+            "GROUP BY engine, model HAVING sum(tasks) > 0 "
+            "UNION SELECT engine, model FROM task_queue WHERE status = 'failed' AND ready_at <= now() "
             "ORDER BY engine, model"
         )
         return self._run("claimable_pairs", lambda conn: [(r.engine, r.model) for r in conn.execute(sql)])
@@ -1314,17 +1482,16 @@ class Store:
     def outstanding(self, pairs: Sequence[tuple[str, str]] | None = None) -> int:
         """Tasks not yet settled (pending, in progress, or waiting for a retry); 0 means drained.
         ``pairs`` counts only those (engine, model) pools, as ``claim`` does."""
-        # Queued (pending or waiting for a retry) plus leased (in progress): the side tables, not tasks.
+        # The counts per (engine, model, status) of migration 0006: a few rows, however long the queue.
         params: dict[str, Any] = {}
-        queued = "SELECT count(*) FROM task_queue q"
-        leased = "SELECT count(*) FROM task_leases l"
+        sql = (
+            "SELECT CAST(COALESCE(sum(tasks), 0) AS bigint) FROM task_counts "
+            "WHERE status IN ('pending', 'in_progress', 'failed')"
+        )
         if pairs is not None:
-            pool = "IN (SELECT * FROM unnest(CAST(:e AS text[]), CAST(:m AS text[])))"
-            queued += f" WHERE (q.engine, q.model) {pool}"
-            leased += f" JOIN tasks t ON t.id = l.task_id WHERE (t.engine, t.model) {pool}"  # leases name no pool
+            sql += " AND (engine, model) IN (SELECT * FROM unnest(CAST(:e AS text[]), CAST(:m AS text[])))"
             params = {"e": [e for e, _ in pairs], "m": [m for _, m in pairs]}
-        sql = text(f"SELECT ({queued}) + ({leased})")
-        return self._run("outstanding", lambda conn: conn.execute(sql, params).scalar_one())
+        return self._run("outstanding", lambda conn: int(conn.execute(text(sql), params).scalar_one()))
 
     def count_by_status(self, ids: Sequence[int]) -> dict[TaskStatus, int]:
         """How many of these tasks are in each status (every status present, zero included)."""
@@ -1366,6 +1533,46 @@ def _task_view(r: Any, attempts: tuple[AttemptView, ...] = ()) -> TaskView:
     )
 
 
+_MAX_TASK_ID = 2**63 - 1  # bigint
+
+
+def _task_ids(ids: Sequence[int]) -> tuple[list[int], tuple[int, ...]]:
+    """Named ids, unique and ascending, split into those a task may have and those no task can
+    (out of bigint's range: no row, and the cast would fail the statement)."""
+    unique = sorted({int(i) for i in ids})
+    return [i for i in unique if 0 < i <= _MAX_TASK_ID], tuple(i for i in unique if not 0 < i <= _MAX_TASK_ID)
+
+
+def _left_alone(
+    conn: sa.Connection, ids: Sequence[int], changed: Sequence[int], out_of_range: tuple[int, ...]
+) -> StatusChange:
+    """The report of a requeue or cancel: of the named ``ids``, which it did not change, and why."""
+    done = set(changed)
+    rest = [i for i in ids if i not in done]
+    found: dict[int, TaskStatus] = {}
+    if rest:
+        rows = conn.execute(text(_STATUS_OF_SQL), {"ids": rest})
+        found = {int(r.id): TaskStatus(r.status) for r in rows}
+    missing = tuple(sorted([i for i in rest if i not in found] + list(out_of_range)))
+    return StatusChange(tuple(sorted(done)), tuple((i, found[i]) for i in rest if i in found), missing)
+
+
+def _refusal(op: str, exc: sa.exc.DBAPIError) -> StoreMisconfigured | None:
+    """The permanent error for a database that refuses us (credentials, options, grants, schema), else None."""
+    code = getattr(exc.orig, "pgcode", None) or ""
+    message = _pg_message(exc)
+    if code in SCHEMA_MISSING_SQLSTATES and op != "upgrade":
+        return SchemaOutOfDate(
+            f"store {op}: the database has no raytranscribe schema, or an older one ({message}): "
+            "run `raytranscribe db upgrade`"
+        )
+    if code in MISCONFIGURED_SQLSTATES or code.startswith(MISCONFIGURED_SQLSTATE_CLASSES) or (
+        not code and MISCONFIGURED_MESSAGES.search(message)
+    ):
+        return StoreMisconfigured(f"store {op}: {message} (check the database URL, role and grants; not retried)")
+    return None
+
+
 def _is_transient(exc: sa.exc.DBAPIError) -> bool:
     if exc.connection_invalidated:
         return True
@@ -1381,4 +1588,5 @@ def _pg_message(exc: BaseException | None) -> str:
         return "unknown error"
     orig = getattr(exc, "orig", None)
     msg = str(orig if orig is not None else exc).strip()
-    return msg.splitlines()[0] if msg else type(exc).__name__
+    # libpq pads "FATAL:  role ..." with two spaces; one line, single-spaced, reads better.
+    return re.sub(r"\s+", " ", msg.splitlines()[0]) if msg else type(exc).__name__

@@ -45,8 +45,9 @@ def test_submit_inserts_and_reports_duplicates(store):
         NewTask("s3://bkt/in/00001.wav", "s3://bkt/elsewhere/x"),
         new(3),
         new(3),  # repeated inside the batch
-        new(1, options=TranscribeOptions(language="de")),  # other options: another task
-        new(1, engine="openai-whisper"),  # other engine: another task
+        # other options, other engine: other tasks (with outputs of their own: task 1 is unfinished)
+        NewTask("s3://bkt/in/00001.wav", "s3://bkt/out/de/00001", options=TranscribeOptions(language="de")),
+        NewTask("s3://bkt/in/00001.wav", "s3://bkt/out/openai/00001", engine="openai-whisper"),
     ])  # fmt: skip
     assert again.inserted == (3, 4, 5)
     assert again.duplicates == ("s3://bkt/in/00001.wav", "s3://bkt/in/00003.wav")
@@ -74,7 +75,10 @@ def test_dedupe_key_is_stable_and_sensitive_to_options():
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"input_uri": "http://bkt/a.wav"}, InvalidURI, "is not an S3 URI"),
+        ({"input_uri": "http://bkt/a.wav"}, InvalidURI, "invalid input URI 'http://bkt/a.wav': must start with 's3://'"),
+        ({"input_uri": "s3://bkt/dd/../evil/x.wav"}, InvalidURI, "key 'dd/../evil/x.wav' has a '..' segment"),
+        ({"output_uri": "s3://bkt/a/../../in/x"}, InvalidURI, "invalid output URI 's3://bkt/a/../../in/x': key"),
+        ({"output_uri": "s3://bkt/out//a"}, InvalidURI, "has an empty segment"),
         ({"input_uri": "s3://Bad_Bucket/a.wav"}, InvalidURI, "may contain only lowercase"),
         ({"input_uri": "s3://ab/a.wav"}, InvalidURI, "must be 3 to 63 characters long (got 2)"),
         ({"input_uri": "s3://bkt/"}, InvalidURI, "object key is empty"),
@@ -84,9 +88,15 @@ def test_dedupe_key_is_stable_and_sensitive_to_options():
         ({"engine": "whisper-cpp"}, InvalidInput, "unknown engine 'whisper-cpp'"),
         ({"model": " "}, InvalidInput, "model must be a non-empty name"),
         ({"max_retries": -1}, InvalidInput, "max_retries must be an integer >= 0, got -1"),
-        ({"backoff_factor": 0.5}, InvalidInput, "backoff_factor must be a number >= 1, got 0.5"),
-        ({"backoff_factor": float("nan")}, InvalidInput, "backoff_factor must be a number >= 1"),
+        ({"backoff_factor": 0.5}, InvalidInput, "backoff_factor must be a finite number >= 1, got 0.5"),
+        ({"backoff_factor": float("nan")}, InvalidInput, "backoff_factor must be a finite number >= 1, got nan"),
+        ({"backoff_factor": float("inf")}, InvalidInput, "backoff_factor must be a finite number >= 1, got inf"),
+        ({"backoff_factor": 10**400}, InvalidInput, "backoff_factor must be a finite number >= 1"),
         ({"priority": "high"}, InvalidInput, "priority must be an integer"),
+        # the int4 columns' range, not a database error halfway through a submit
+        ({"priority": 2**31}, InvalidInput, "priority must be an integer from -2147483648 to 2147483647, got 2147483648"),
+        ({"priority": -(2**31) - 1}, InvalidInput, "priority must be an integer from -2147483648 to 2147483647"),
+        ({"max_retries": 2**31}, InvalidInput, "max_retries must be an integer from 0 to 2147483647, got 2147483648"),
     ],
 )
 def test_new_task_validation(kwargs, error, message):
@@ -370,13 +380,13 @@ def test_requeue_dead_and_failed(store):
         store.requeue(status=TaskStatus.COMPLETED)
     with pytest.raises(InvalidInput, match="requeue needs task ids or a status"):
         store.requeue()
-    assert store.requeue([3, 4]) == 0  # completed and in_progress are not requeued
-    assert store.requeue(status=TaskStatus.DEAD) == 1
+    assert store.requeue([3, 4]).count == 0  # completed and in_progress are not requeued
+    assert store.requeue(status=TaskStatus.DEAD).count == 1
     t = store.get(1)
     assert (t.status, t.retries, t.completed_at, t.failure_reason) == (
         TaskStatus.PENDING, 0, None, "download: 404 Not Found for s3://bkt/a.wav (permanent error)")  # fmt: skip
     assert [a.outcome for a in t.attempts] == ["dead"]  # history kept
-    assert store.requeue([2]) == 1
+    assert store.requeue([2]).count == 1
     assert (store.get(2).status, store.get(2).retries, store.get(2).retry_at) == (TaskStatus.PENDING, 0, None)
     again = sorted((x.id, x.attempt) for x in store.claim(5, "o", lease_s=60))
     assert again == [(1, 2), (2, 2)]
@@ -387,15 +397,34 @@ def test_cancel_non_terminal_tasks_and_fence_the_worker(store):
     c = {x.id: x for x in store.claim(3, "o", lease_s=60)}  # 1, 2, 3 in progress; 4, 5 pending
     store.fail(2, c[2].attempt, UNAVAILABLE)  # failed, waiting for retry
     store.complete(3, c[3].attempt, result(3))
-    assert store.cancel([1, 2, 3, 4, 999]) == 3
+    assert store.cancel([1, 2, 3, 4, 999]).count == 3
     assert [store.get(i).status for i in range(1, 6)] == [
         TaskStatus.CANCELLED, TaskStatus.CANCELLED, TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.PENDING
     ]
     assert attempts_of(store, 1) == [(1, "cancelled", None, None)]
     late = store.complete(1, c[1].attempt, result(1))
     assert (late.applied, late.reason) == (False, "fenced: task is cancelled at attempt 1")
-    assert store.requeue(status=TaskStatus.CANCELLED) == 3
+    assert store.requeue(status=TaskStatus.CANCELLED).count == 3
     assert store.outstanding() == 4
+
+
+def test_requeue_and_cancel_report_which_ids_they_left_alone_and_why(store):
+    """The operator is told which named tasks were in a status that does not allow it, and which are no task."""
+    from raytranscribe.store import StatusChange
+
+    store.submit([new(i) for i in range(1, 5)])
+    c = {x.id: x for x in store.claim(2, "o", lease_s=60)}  # 1, 2 in progress; 3, 4 pending
+    store.complete(1, c[1].attempt, result(1))
+    assert store.cancel([4, 1, 2, 999, 4, 2**64]) == StatusChange(
+        changed=(2, 4), refused=((1, TaskStatus.COMPLETED),), missing=(999, 2**64)
+    )
+    assert store.requeue([1, 2, 3, 0]) == StatusChange(
+        changed=(2,), refused=((1, TaskStatus.COMPLETED), (3, TaskStatus.PENDING)), missing=(0,)
+    )
+    # Only ids out of range, with a status: nothing named exists, so nothing changes (not "every dead task").
+    assert store.requeue([2**63], status=TaskStatus.CANCELLED) == StatusChange((), (), (2**63,))
+    assert store.get(4).status is TaskStatus.CANCELLED
+    assert store.requeue(status=TaskStatus.CANCELLED) == StatusChange(changed=(4,))
 
 
 # --- reading -----------------------------------------------------------------------------------

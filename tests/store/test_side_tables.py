@@ -59,14 +59,14 @@ def test_every_store_operation_keeps_the_side_tables_exact(store):
         Outcome(3, 1, failure=MISSING),  # dead: neither
     ])  # fmt: skip
     assert store.release([(4, by_id[4].attempt)], "orch") == 1  # pending again: queued, not leased
-    assert store.cancel([5, 6]) == 2  # one in progress, one pending
+    assert store.cancel([5, 6]).changed == (5, 6)  # one in progress, one pending
     queued, leased = side_rows(store)
     assert (queued, leased) == ([2, 4, 7, 8], [(9, 1, "orch")])
     ready = dict(sql(store, "SELECT task_id, ready_at FROM task_queue"))
     assert ready[2] == store.get(2).retry_at  # a failed task is queued for its retry time
     assert side_table_violations(store) == []
 
-    assert store.requeue([3, 5]) == 2  # dead and cancelled back to pending
+    assert store.requeue([3, 5]).changed == (3, 5)  # dead and cancelled back to pending
     assert side_rows(store)[0] == [2, 3, 4, 5, 7, 8]
     sql(store, "UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = 9")
     assert [(r.task_id, r.status) for r in store.reap()] == [(9, TaskStatus.FAILED)]
@@ -111,7 +111,7 @@ def test_claim_and_complete_write_no_index_entry_into_tasks(store):
     store.submit([new(i) for i in range(2000)])
     sizes = "SELECT indexrelid::regclass::text, pg_relation_size(indexrelid) FROM pg_index WHERE indrelid = 'tasks'::regclass"
     before = dict(sql(store, sizes))
-    assert set(before) == {"pk_tasks", "uq_tasks_dedupe_key", "ix_tasks_input_uri"}  # nothing names status
+    assert set(before) == {"pk_tasks", "uq_tasks_dedupe_key", "ix_tasks_input_uri", "ix_tasks_output_uri"}  # nothing names status
     while claimed := store.claim(100, "orch", lease_s=60):
         store.record([Outcome(c.id, c.attempt, result=RESULT) for c in claimed])
     assert store.stats().counts[TaskStatus.COMPLETED] == 2000
@@ -235,7 +235,7 @@ def test_cancel_waits_for_a_claim_holding_the_queue_row_instead_of_deadlocking(s
             assert conn.execute(sa.text(
                 "SELECT task_id FROM task_queue WHERE task_id = 1 FOR UPDATE SKIP LOCKED")).all() == [(1,)]  # fmt: skip
             result: list[object] = []
-            canceller = threading.Thread(target=lambda: result.append(store.cancel([1])))
+            canceller = threading.Thread(target=lambda: result.append(store.cancel([1]).count))
             canceller.start()
             time.sleep(0.5)  # cancel is now waiting; before the fix it held the task and waited for the queue row
             assert canceller.is_alive()

@@ -19,6 +19,7 @@ from raytranscribe.config import Settings
 from raytranscribe.local import embedded_postgres_url, server_answers
 from raytranscribe.store import Store
 from raytranscribe.store.admin import LOCAL_SERVER, create_database, drop_database, local_server_url
+from raytranscribe.store.url import sqlalchemy_url
 
 __all__ = ["TEST_SETTINGS", "create_database", "drop_database", "hot_sql", "local_server_url", "side_table_violations"]
 
@@ -35,7 +36,7 @@ def database_url(tmp_path_factory) -> Iterator[str]:
     explicit = os.environ.get("RAYTRANSCRIBE_TEST_DATABASE_URL")
     created: str | None = None
     if explicit:
-        url = explicit
+        url = sqlalchemy_url(explicit)  # postgresql://... as every PostgreSQL tool writes it
     elif server_answers(*LOCAL_SERVER):
         url = created = create_database(local_server_url(), prefix="rt_test")
     else:
@@ -90,15 +91,17 @@ def store(database_url) -> Iterator[Store]:
 _SIDE_TABLE_VIOLATIONS = """
 WITH want_q AS (
     SELECT id AS task_id, engine, model, priority, created_at,
-           CASE WHEN status = 'failed' THEN retry_at ELSE created_at END AS ready_at
+           CASE WHEN status = 'failed' THEN retry_at ELSE created_at END AS ready_at, status
     FROM tasks WHERE status IN ('pending', 'failed')
+), have_q AS (
+    SELECT task_id, engine, model, priority, created_at, ready_at, status FROM task_queue  -- status: 0006
 ), want_l AS (
     SELECT id AS task_id, attempt, lease_owner AS owner, lease_expires_at AS expires_at
     FROM tasks WHERE status = 'in_progress'
 )
-(SELECT 'queue row missing', task_id FROM (SELECT * FROM want_q EXCEPT SELECT * FROM task_queue) m)
+(SELECT 'queue row missing', task_id FROM (SELECT * FROM want_q EXCEPT SELECT * FROM have_q) m)
 UNION ALL
-(SELECT 'stray queue row', task_id FROM (SELECT * FROM task_queue EXCEPT SELECT * FROM want_q) s)
+(SELECT 'stray queue row', task_id FROM (SELECT * FROM have_q EXCEPT SELECT * FROM want_q) s)
 UNION ALL
 (SELECT 'lease row missing', task_id FROM (SELECT * FROM want_l EXCEPT SELECT * FROM task_leases) m)
 UNION ALL

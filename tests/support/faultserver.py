@@ -53,6 +53,7 @@ class Fault:
     etag: ETag to answer a PUT with instead of the body's true MD5 (quotes added).
     chunked: send the body with ``Transfer-Encoding: chunked`` and no Content-Length (so only a
         byte count can catch an oversize body).
+    rate_bps: send the body at about this many bytes a second: a slow download that keeps advancing.
     """
 
     status: int = 200
@@ -65,6 +66,7 @@ class Fault:
     reset: bool = False
     etag: str | None = None
     chunked: bool = False
+    rate_bps: float | None = None
 
     def __post_init__(self) -> None:
         # Frozen and hashable: keep headers as a tuple of pairs whatever the caller passed.
@@ -202,6 +204,15 @@ class _Handler(BaseHTTPRequestHandler):
                 piece = payload[start : start + 4096]
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             self.wfile.write(b"0\r\n\r\n")
+            return
+        if fault.rate_bps:
+            wake, step = fs._wake, max(1, int(fault.rate_bps / 20))  # about 20 writes a second
+            for start in range(0, len(payload), step):
+                self.wfile.write(payload[start : start + step])
+                self.wfile.flush()
+                if wake.wait(step / fault.rate_bps):  # reset or stopped: send the rest at once
+                    self.wfile.write(payload[start + step :])
+                    break
             return
         self.wfile.write(payload)
 

@@ -17,7 +17,6 @@ import ray
 from ray.cluster_utils import Cluster
 
 from raytranscribe.config import Settings
-from raytranscribe.health import ActorState
 from raytranscribe.orchestrator import Orchestrator, RunOptions
 from raytranscribe.storage import S3Storage
 from raytranscribe.store import Store
@@ -34,7 +33,7 @@ def main() -> int:
         retry={"max_retries": 3, "base_delay_s": 0.2, "max_delay_s": 1.0},
         lease={"lease_s": 20.0, "heartbeat_s": 0.5},
         engine={"cpu_threads": 1},
-        worker={"actors": 2, "num_gpus": 1, "num_cpus": 1, "prefetch": 2},
+        worker={"min_actors": 2, "max_actors": 2, "num_gpus": 1, "num_cpus": 1, "prefetch": 2},
         health={"ping_interval_s": 0.5, "ping_timeout_s": 5.0, "replace_backoff_s": 0.2},
     )
     store = Store.from_settings(settings)
@@ -43,13 +42,12 @@ def main() -> int:
     def preempt() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            for slot in orch.monitor.all_slots():
-                pong = slot.last_pong
-                if slot.state is ActorState.ALIVE and pong and any(r.stage == "transcribe" for r in pong.running):
+            for actor in orch.pools.views():
+                if actor.state == "alive" and {"transcribe", "batched"} & set(actor.stages):
                     for node in nodes:
-                        if node.node_id == pong.node_id:
+                        if node.node_id == actor.node_id:
                             cluster.remove_node(node, allow_graceful=False)
-                            print("REMOVED_NODE", node.node_id[:12], "holding", slot.name, flush=True)
+                            print("REMOVED_NODE", node.node_id[:12], "holding", actor.name, flush=True)
                             return
             time.sleep(0.05)
         print("NO_NODE_REMOVED", flush=True)

@@ -23,6 +23,9 @@ def ray_session():
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if not ray.is_initialized():
         ray.init(
+            # Always a fresh local Ray: never join a cluster another process started on this host
+            # (a multi-node test's ray.cluster_utils.Cluster, an operator's `ray start`).
+            address="local",
             num_cpus=RAY_NUM_CPUS,
             num_gpus=RAY_NUM_GPUS,
             namespace="raytranscribe-tests",

@@ -30,7 +30,8 @@ from raytranscribe.config import (
 )
 from raytranscribe.engines.base import TranscribeOptions
 from raytranscribe.orchestrator import Orchestrator, RunOptions, RunSummary
-from raytranscribe.storage import S3Storage, output_uri
+from raytranscribe.storage import S3Storage
+from raytranscribe.uris import output_uri
 from raytranscribe.store import NewTask, Store, TaskStatus
 from raytranscribe import samples
 
@@ -47,7 +48,7 @@ def system_settings(database_url: str, s3: S3Settings, **groups) -> Settings:
         store=StoreSettings(op_retries=4, op_retry_base_s=0.05),
         transfer=TransferSettings(connect_timeout_s=2.0, read_timeout_s=2.0),
         engine=EngineSettings(cpu_threads=1),
-        worker=WorkerSettings(actors=2, num_gpus=1, num_cpus=1, prefetch=2),
+        worker=WorkerSettings(min_actors=2, max_actors=2, num_gpus=1, num_cpus=1, prefetch=2),
         health=HealthSettings(ping_interval_s=0.5, ping_timeout_s=5.0, task_deadline_base_s=60.0),
         namespace=f"rt-test-{uuid.uuid4().hex[:6]}",
     )

@@ -11,6 +11,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from raytranscribe.store.models import Base
+from raytranscribe.store.url import sqlalchemy_url
 
 config = context.config
 target_metadata = Base.metadata
@@ -27,7 +28,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = create_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
+    engine = create_engine(sqlalchemy_url(config.get_main_option("sqlalchemy.url")), poolclass=pool.NullPool)
     with engine.connect() as conn:
         _run(conn)
         conn.commit()

@@ -1,0 +1,907 @@
+"""Actor pools: one per (engine, model); each owns its worker actors and every attempt in flight on them.
+
+What the orchestrator sees (:class:`ActorPools`, every pool together):
+
+- ``ensure(engine_spec)`` a pool for that (engine, model); ``get(key).capacity()`` how many more tasks
+  its actors want now; ``get(key).submit(task_spec)`` hands a task to an actor (False: none wants it);
+  ``send()`` issues the Ray calls for what was submitted this turn;
+- ``refs()`` what is worth waiting on, ``collect(ready)`` the :class:`Outcome` of every finished call,
+  ``tick(now)`` start-up, pings, deadlines, deaths, quarantines and the pool's size, returning the
+  outcomes those produce (a failover or a deadline kill is just another outcome);
+- ``abandon(lease)`` for an attempt whose lease was lost, ``views()`` for ``status``.
+
+It never writes to the database. An actor dies by one path (:meth:`ActorPool._die`), which fails
+its attempts over (keeping results that had already come back) and counts start-up failures.
+Actor states: *pending* (Ray has not placed it: waiting for a GPU the autoscaler may be adding; never
+a failure), *starting* (placed, its process starting), *loading* (it answers pings while its model
+downloads into the node's cache and loads: bytes done of total), *alive*, *quarantined* (unreachable
+for now: keeps its tasks, gets no new ones), *dead*. ``health.start_timeout_s`` bounds *starting*, and
+*loading* only while it makes no progress: a download is hung when its bytes stop advancing that long,
+and the engine load after it gets that long from the end of the download.
+
+An ``s3://`` model reaches an actor as presigned URLs from ``model_source`` (the orchestrator binds
+:meth:`S3Storage.model_for_actor`; this module imports no storage), called at each actor start.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import ray
+from ray.actor import ActorClass, ActorHandle
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTaskError
+
+from raytranscribe.config import HealthSettings, Settings
+from raytranscribe.contracts import ModelLoadState, ModelManifest, Outcome, TaskSpec
+from raytranscribe.engines.base import EngineSpec
+from raytranscribe.errors import ActorUnavailable, Failure, RayTranscribeError, Stage, TaskTimedOut, WorkerDied
+from raytranscribe.isolation import worker_runtime_env
+from raytranscribe.logs import task_extra
+from raytranscribe.worker import QUEUED, PingReply, RunningTask, WorkerConfig, worker_actor_class
+
+log = logging.getLogger(__name__)
+
+Lease = tuple[int, int]  # (task id, attempt): the fencing token of one attempt
+PoolKey = tuple[str, str]  # (engine, model)
+# (engine, model) -> the presigned files of an s3:// model, None for any other; raises RayTranscribeError
+ModelSource = Callable[[str, str], ModelManifest | None]
+
+_CHECK_EVERY_S = 0.05  # start-ups and pings are read at most this often under load
+_DEADLINES_EVERY_S = 0.5  # deadlines are seconds to minutes long: no need to judge every attempt each turn
+
+
+class ActorState(str, enum.Enum):
+    PENDING = "pending"  # not placed yet: no resources free (the autoscaler may be adding a node)
+    STARTING = "starting"  # placed; its process starts; gets no work yet
+    LOADING = "loading"  # answers pings while its model downloads and loads; gets no work yet
+    ALIVE = "alive"
+    QUARANTINED = "quarantined"  # unreachable for now: keeps its tasks, gets no new ones
+    DEAD = "dead"
+
+
+_STARTING_UP = (ActorState.PENDING, ActorState.STARTING, ActorState.LOADING)
+
+
+@dataclass(eq=False)
+class Attempt:
+    """One attempt of a task, from submit until its outcome is handed back."""
+
+    spec: TaskSpec
+    actor: _Actor
+    dispatched_at: float
+    ref: ray.ObjectRef | None = None  # None until sent
+    abandoned: bool = False  # its lease is gone: it keeps its actor slot until it ends, its outcome is dropped
+
+    @property
+    def lease(self) -> Lease:
+        return (self.spec.task_id, self.spec.attempt)
+
+
+@dataclass(eq=False)
+class _Actor:
+    name: str
+    handle: ActorHandle
+    pool: ActorPool
+    created_at: float
+    state: ActorState = ActorState.PENDING
+    placed_at: float | None = None
+    ready_ref: ray.ObjectRef | None = None
+    next_placement_check: float = 0.0
+    warned_pending: bool = False
+    # Start-up progress: when the (phase, bytes done) its pings report last changed (placement first),
+    # and what it was; the start-up deadline counts from then, so only a stalled download is hung.
+    progress_at: float = 0.0
+    progress_mark: tuple[str, int] | None = None
+    loading: ModelLoadState | None = None  # from its last pong while loading
+    ping_ref: ray.ObjectRef | None = None
+    ping_sent_at: float = 0.0
+    last_pong: PingReply | None = None
+    last_pong_at: float = 0.0
+    running: dict[Lease, RunningTask] = field(default_factory=dict)  # from the last pong
+    limit: int = 0  # tasks it is willing to hold: what it held at the last pong plus what it wanted
+    quarantined_since: float | None = None
+    attempts: dict[Lease, Attempt] = field(default_factory=dict)
+    outbox: list[Attempt] = field(default_factory=list)  # submitted this turn, not yet sent
+    idle_since: float | None = None
+    consecutive_failures: int = 0  # transcriptions in a row that failed here (a sick GPU shows up so)
+    death_cause: str | None = None
+
+    @property
+    def node_id(self) -> str | None:
+        return self.last_pong.node_id if self.last_pong else None
+
+    def free(self) -> int:
+        return self.limit - len(self.attempts)
+
+
+@dataclass(frozen=True)
+class ActorView:
+    name: str
+    pool: str
+    state: str
+    node_id: str | None
+    gpu_ids: tuple[str, ...]
+    in_flight: int
+    tasks_done: int
+    pid: int | None = None
+    stages: tuple[str, ...] = ()  # the stage of each task it reported running at its last pong
+    loading: str = ""  # while loading: how far (``downloading 12.0 of 75.5 MB``)
+    bytes_done: int = 0  # while loading: model bytes on the node so far, of bytes_total
+    bytes_total: int = 0
+
+
+class _Ledger:
+    """Every attempt in flight, by lease and by result ref: the pools' shared index."""
+
+    def __init__(self) -> None:
+        self.by_lease: dict[Lease, Attempt] = {}
+        self.by_ref: dict[ray.ObjectRef, Attempt] = {}
+
+    def add(self, attempt: Attempt) -> None:
+        self.by_lease[attempt.lease] = attempt
+        attempt.actor.attempts[attempt.lease] = attempt
+
+    def sent(self, attempt: Attempt, ref: ray.ObjectRef) -> None:
+        attempt.ref = ref
+        self.by_ref[ref] = attempt
+
+    def remove(self, attempt: Attempt, now: float) -> None:
+        if self.by_lease.get(attempt.lease) is attempt:
+            del self.by_lease[attempt.lease]
+        if attempt.ref is not None:
+            self.by_ref.pop(attempt.ref, None)
+        actor = attempt.actor
+        if actor.attempts.get(attempt.lease) is attempt:
+            del actor.attempts[attempt.lease]
+            if not actor.attempts:
+                actor.idle_since = now
+
+
+@dataclass(frozen=True)
+class _Env:
+    """What every pool needs to start actors."""
+
+    settings: Settings
+    owner_tag: str
+    runtime_env: dict | None
+    actor_cls: ActorClass
+    ledger: _Ledger
+    serial: list[int]  # actor numbers across pools: two pools may serve the same model name
+    model_source: ModelSource | None = None
+
+
+class ActorPool:
+    """The actors serving one (engine, model) pair, between ``worker.min_actors`` and ``worker.max_actors``.
+
+    It grows while claimed work keeps filling every live actor (so claimable work waits), one
+    batch of new actors at a time, and shrinks toward ``min_actors`` after ``health.pool_idle_s``
+    without such work. Pending actors are demand the Ray autoscaler sees and serves.
+    """
+
+    def __init__(self, spec: EngineSpec, env: _Env, now: float) -> None:
+        self.spec = spec
+        self._env = env
+        self._h: HealthSettings = env.settings.health
+        w = env.settings.worker
+        self.min_actors, self.max_actors = w.min_actors, max(w.min_actors, w.max_actors)
+        self.actors: list[_Actor] = []
+        self.started = 0  # actors started over the pool's life
+        self.start_failures = 0  # consecutive deaths before ever becoming ready
+        self.next_start_at = 0.0
+        self.gave_up: str | None = None  # why starting actors stopped
+        # Whether the last claim came back full (work waits beyond what the actors hold; a pool
+        # exists because its pair has work), and since when claims have come back short.
+        self.work_waits = True
+        self.short_since: float | None = None
+        self.idle_since: float | None = None  # since when its pair had no work and it had nothing in flight
+        self._resize(now)
+
+    @property
+    def key(self) -> PoolKey:
+        return (self.spec.engine, self.spec.model)
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec.engine}/{self.spec.model}"
+
+    def alive(self) -> list[_Actor]:
+        return [a for a in self.actors if a.state is ActorState.ALIVE]
+
+    def in_flight(self) -> int:
+        return sum(len(a.attempts) for a in self.actors)
+
+    # --- what the orchestrator asks -------------------------------------------------------------
+
+    def capacity(self) -> int:
+        """How many more tasks the live actors want now (their own wish, as each last reported it)."""
+        return sum(max(0, a.free()) for a in self.actors if a.state is ActorState.ALIVE)
+
+    def submit(self, spec: TaskSpec, now: float | None = None) -> bool:
+        """Take a claimed, presigned task; False when no live actor wants it (release it, uncharged)."""
+        now = time.monotonic() if now is None else now
+        best: _Actor | None = None
+        for a in self.actors:
+            if a.state is ActorState.ALIVE and a.free() > 0 and (best is None or a.free() > best.free()):
+                best = a
+        if best is None:
+            return False
+        attempt = Attempt(spec=spec, actor=best, dispatched_at=now)
+        self._env.ledger.add(attempt)
+        best.outbox.append(attempt)
+        best.idle_since = None
+        return True
+
+    def note_claim(self, asked: int, got: int, now: float) -> None:
+        """A claim that came back full means more work waits: the pool may grow. One that came back
+        short means the actors hold all there is: after ``pool_idle_s`` of those it may shrink.
+        (While every actor is full nothing is claimed, and the last answer stands.)"""
+        if asked <= 0:
+            return
+        if got >= asked:
+            self.work_waits, self.short_since = True, None
+        elif self.work_waits or self.short_since is None:
+            self.work_waits, self.short_since = False, now
+
+    # --- sending --------------------------------------------------------------------------------
+
+    def _send(self, now: float) -> list[Outcome]:
+        out: list[Outcome] = []
+        for actor in list(self.actors):
+            if not actor.outbox:
+                continue
+            batch, actor.outbox = actor.outbox, []
+            try:
+                # One call per task: each outcome comes back as soon as its task ends, and a task
+                # that finished before its actor died keeps its result.
+                for attempt in batch:
+                    self._env.ledger.sent(attempt, actor.handle.process.remote(attempt.spec))
+            except RayActorError as exc:  # its attempts, sent or not, fail over with it
+                out.extend(self._die(actor, death_cause(exc), now))
+                continue
+            for attempt in batch:
+                log.debug("dispatched", extra=task_extra(*attempt.lease, Stage.DISPATCH, actor=actor.name))
+        return out
+
+    # --- results --------------------------------------------------------------------------------
+
+    def _finished(self, attempt: Attempt, value: Outcome | BaseException, now: float) -> list[Outcome]:
+        actor = attempt.actor
+        ledger = self._env.ledger
+        if isinstance(value, RayActorError) and not isinstance(value, ActorUnavailableError):
+            if actor.state is ActorState.DEAD:  # already failed over
+                ledger.remove(attempt, now)
+                return []
+            return self._die(actor, death_cause(value), now)  # this attempt fails over with the rest
+        ledger.remove(attempt, now)
+        if attempt.abandoned:
+            return []  # its lease went elsewhere; its slot frees up now
+        if isinstance(value, ActorUnavailableError):
+            # The actor may come back (a network blip) but this call's fate is unknown: retry the
+            # task elsewhere and keep the actor out of rotation until it answers a ping.
+            self._quarantine(actor, f"call failed: {death_cause(value)}", now)
+            message = f"actor {actor.name} became unreachable while holding the task: {death_cause(value)}"
+            failure = Failure.from_exception(ActorUnavailable(message))
+            outcome = Outcome(*attempt.lease, failure=failure, actor=actor.name)
+        elif isinstance(value, BaseException):  # process() itself raised: the actor is broken for this task
+            failure = Failure(Stage.TRANSCRIBE, type(value).__name__, str(value).splitlines()[0][:500], True)
+            outcome = Outcome(*attempt.lease, failure=failure, actor=actor.name)
+        else:
+            outcome = value
+        return [outcome, *self._observe(actor, outcome, now)]
+
+    def _observe(self, actor: _Actor, outcome: Outcome, now: float) -> list[Outcome]:
+        """An actor whose transcriptions keep failing (a sick GPU) is replaced, not fed more work."""
+        f = outcome.failure
+        if f is None or f.stage is not Stage.TRANSCRIBE:
+            actor.consecutive_failures = 0
+            return []
+        actor.consecutive_failures += 1
+        if actor.consecutive_failures < self._h.max_consecutive_failures or actor.state is ActorState.DEAD:
+            return []
+        cause = f"{actor.consecutive_failures} transcriptions in a row failed on this actor (last: {f.message})"
+        log.error("replacing actor %s: %s", actor.name, cause, extra={"actor": actor.name})
+        return self._die(actor, cause, now)
+
+    # --- the tick -------------------------------------------------------------------------------
+
+    def _tick(self, now: float, ready: set[ray.ObjectRef], deadlines: bool) -> list[Outcome]:
+        out: list[Outcome] = []
+        for actor in list(self.actors):
+            if actor.state in _STARTING_UP:
+                out.extend(self._check_start(actor, now, ready))
+            if actor.state in (ActorState.ALIVE, ActorState.QUARANTINED):
+                out.extend(self._check_ping(actor, now, ready))
+            if deadlines and actor.state in (ActorState.ALIVE, ActorState.QUARANTINED):
+                out.extend(self._check_deadlines(actor, now))
+        return out
+
+    def _check_start(self, actor: _Actor, now: float, ready: set[ray.ObjectRef]) -> list[Outcome]:
+        h = self._h
+        if actor.ready_ref is not None and actor.ready_ref in ready:
+            try:
+                pong = ray.get(actor.ready_ref)
+            except RayError as exc:  # the model did not load, the constructor raised, or its node died
+                return self._die(actor, death_cause(exc), now)
+            actor.ready_ref = None
+            # A ping still in flight from the loading phase would report wanting nothing: ready's reply is newer.
+            actor.ping_ref = None
+            actor.state, actor.idle_since, actor.loading = ActorState.ALIVE, now, None
+            self._pong(actor, pong, now)
+            self.start_failures = 0
+            log.info(
+                "actor %s alive on node %s gpus %s (pid %d)",
+                actor.name,
+                pong.node_id[:12],
+                ",".join(pong.gpu_ids) or "-",
+                pong.pid,
+                extra={"actor": actor.name, "node": pong.node_id[:12]},
+            )
+            return []
+        if actor.ping_ref is not None and actor.ping_ref in ready:
+            ref, actor.ping_ref = actor.ping_ref, None
+            try:
+                self._loading_pong(actor, ray.get(ref), now)
+            except ActorUnavailableError:
+                pass  # a blip: the start-up deadline judges it
+            except RayActorError as exc:
+                return self._die(actor, death_cause(exc), now)
+            except RayError:
+                pass  # the ping itself failed: no progress seen, so the start-up deadline judges it
+        if now >= actor.next_placement_check:
+            actor.next_placement_check = now + h.ping_interval_s
+            placed = _placed(actor.handle)
+            if placed is True and actor.state is ActorState.PENDING:
+                actor.state, actor.placed_at, actor.progress_at = ActorState.STARTING, now, now
+            elif placed is False and actor.state is ActorState.STARTING:
+                actor.state, actor.placed_at = ActorState.PENDING, None  # its node went away; Ray places it again
+        if actor.ping_ref is None and now - actor.ping_sent_at >= h.ping_interval_s:
+            # Answered as soon as its process runs (the model loads on a thread of its own): how far it is.
+            try:
+                actor.ping_ref, actor.ping_sent_at = actor.handle.ping.remote(), now
+            except RayActorError as exc:
+                return self._die(actor, death_cause(exc), now)
+        if actor.state in (ActorState.STARTING, ActorState.LOADING) and actor.placed_at is not None:
+            if now - actor.progress_at > h.start_timeout_s:
+                return self._die(actor, self._start_stalled(actor), now)
+        elif not actor.warned_pending and now - actor.created_at > h.start_timeout_s:
+            # Waiting for resources is not a failure (a node may be on its way), but say so once.
+            actor.warned_pending = True
+            log.warning(
+                "actor %s still waits for resources after %.0fs (%s GPU, %s CPU): the cluster has none free; "
+                "it starts when a node with room joins",
+                actor.name,
+                now - actor.created_at,
+                self._env.settings.worker.num_gpus,
+                self._env.settings.worker.num_cpus,
+                extra={"actor": actor.name},
+            )
+        return []
+
+    def _loading_pong(self, actor: _Actor, pong: PingReply, now: float) -> None:
+        """A ping answered during start-up: the actor runs and loads its model. Progress is a change
+        in (phase, bytes done); the start-up deadline counts from the last one."""
+        actor.last_pong, actor.last_pong_at = pong, now  # node, GPUs and pid for status
+        state = pong.loading
+        mark = (state.phase, state.bytes_done) if state is not None else ("loaded", 0)
+        if actor.state is not ActorState.LOADING:
+            if actor.placed_at is None:  # answering proves it was placed (the actor table may lag)
+                actor.placed_at = now
+            actor.state, actor.progress_mark, actor.progress_at = ActorState.LOADING, mark, now
+            log.info(
+                "actor %s loading its model on node %s", actor.name, pong.node_id[:12],
+                extra={"actor": actor.name, "node": pong.node_id[:12], "stage": Stage.MODEL_LOAD.value},
+            )  # fmt: skip
+        elif mark != actor.progress_mark:
+            actor.progress_mark, actor.progress_at = mark, now
+        actor.loading = state
+
+    def _start_stalled(self, actor: _Actor) -> str:
+        t = self._h.start_timeout_s
+        state = actor.loading
+        if actor.state is ActorState.STARTING:
+            return f"placed but not started within {t:.0f}s (its process or constructor hangs)"
+        if state is not None and state.phase in ("waiting", "downloading", "verifying"):
+            return (
+                f"model download made no progress for {t:.0f}s ({state.phase}, "
+                f"{state.bytes_done / 1e6:.1f} of {state.total_bytes / 1e6:.1f} MB): presumed hung"
+            )
+        after = " after its download" if state is not None and state.phase == "ready" else ""
+        return f"model not loaded within {t:.0f}s{after} (the model load hangs)"
+
+    def _pong(self, actor: _Actor, pong: PingReply, now: float) -> None:
+        actor.last_pong, actor.last_pong_at = pong, now
+        actor.running = {(r.task_id, r.attempt): r for r in pong.running}
+        # The actor's own wish (memory and threads), never past what the driver keeps in flight per actor.
+        prefetch = self._env.settings.worker.prefetch
+        wants = getattr(pong, "wants", None)
+        actor.limit = prefetch if wants is None else min(prefetch, len(pong.running) + wants)
+
+    def _check_ping(self, actor: _Actor, now: float, ready: set[ray.ObjectRef]) -> list[Outcome]:
+        h = self._h
+        if (
+            actor.state is ActorState.QUARANTINED
+            and actor.quarantined_since is not None
+            and now - actor.quarantined_since > h.quarantine_timeout_s
+        ):
+            cause = f"unreachable for {h.quarantine_timeout_s:.0f}s (quarantined, never answered again)"
+            return self._die(actor, cause, now)
+        if actor.ping_ref is not None:
+            if actor.ping_ref in ready:
+                try:
+                    self._pong(actor, ray.get(actor.ping_ref), now)
+                    if actor.state is ActorState.QUARANTINED:
+                        log.info("actor %s answers again; back in service", actor.name, extra={"actor": actor.name})
+                    actor.state, actor.quarantined_since = ActorState.ALIVE, None
+                except ActorUnavailableError as exc:
+                    self._quarantine(actor, f"unavailable: {death_cause(exc)}", now)
+                except RayActorError as exc:
+                    return self._die(actor, death_cause(exc), now)
+                actor.ping_ref = None
+            elif now - actor.ping_sent_at > h.ping_timeout_s:
+                actor.ping_ref = None
+                if _ray_actor_state(actor.handle) == "DEAD":
+                    return self._die(actor, "Ray reports the actor DEAD (no reply to ping)", now)
+                self._quarantine(actor, f"no reply to ping within {h.ping_timeout_s:.0f}s", now)
+        if actor.ping_ref is None and now - actor.ping_sent_at >= h.ping_interval_s:
+            try:
+                actor.ping_ref = actor.handle.ping.remote()
+                actor.ping_sent_at = now
+            except RayActorError as exc:
+                return self._die(actor, death_cause(exc), now)
+        return []
+
+    def _quarantine(self, actor: _Actor, why: str, now: float) -> None:
+        """No new work for this actor until a ping answers (or it is declared dead)."""
+        if actor.state is ActorState.DEAD:
+            return
+        if actor.state is not ActorState.QUARANTINED:
+            log.warning("actor %s quarantined: %s", actor.name, why, extra={"actor": actor.name})
+            actor.quarantined_since = now
+        actor.state = ActorState.QUARANTINED
+
+    def overdue(self, attempt: Attempt, now: float) -> float | None:
+        """The deadline an attempt has run past, or None.
+
+        A task the worker reports as working is judged by its time in the current stage, which for a
+        task in the batcher counts from the batcher's last progress (windows decoded), not from when
+        it joined the queue; transcription gets ``base + per_audio_s x duration``. A task waiting
+        for the compute lock is not judged (the one in front is). A task the worker does not report
+        (still in Ray's queue, or the actor stopped answering) is judged from dispatch, with room
+        for the tasks ahead of it.
+        """
+        actor = attempt.actor
+        run = actor.running.get(attempt.lease)
+        base, per_audio = self._h.task_deadline_base_s, self._h.task_deadline_per_audio_s
+        if run is not None:
+            if run.stage == QUEUED:
+                return None
+            deadline = base + per_audio * (run.audio_duration_s or 0.0)
+            elapsed = run.stage_s + (now - actor.last_pong_at)
+        else:
+            deadline = base * (max(actor.limit, self._env.settings.worker.prefetch) + 1)
+            elapsed = now - attempt.dispatched_at
+        return deadline if elapsed > deadline else None
+
+    def _check_deadlines(self, actor: _Actor, now: float) -> list[Outcome]:
+        for attempt in actor.attempts.values():
+            deadline = self.overdue(attempt, now)
+            if deadline is None:
+                continue
+            run = actor.running.get(attempt.lease)
+            where = f" (stage {run.stage})" if run is not None else " (never reported running)"
+            cause = (
+                f"task {attempt.spec.task_id} ran past its deadline of {deadline:.0f}s on actor {actor.name}{where}; "
+                "the actor was presumed hung and killed"
+            )
+            log.error(cause, extra=task_extra(*attempt.lease, Stage.TIMEOUT, actor=actor.name))
+            return self._die(actor, cause, now, hung=attempt)
+        return []
+
+    # --- the one way an actor dies ---------------------------------------------------------------
+
+    def _die(self, actor: _Actor, cause: str, now: float, *, hung: Attempt | None = None,
+             deliberate: bool = False) -> list[Outcome]:
+        """Kill (to be sure: an unreachable actor must not keep its GPU as a zombie), count a start-up
+        failure if it never became ready, and fail over every attempt it held: the hung one as a
+        timeout, the others as a worker death, unless a result had already come back."""
+        if actor.state is ActorState.DEAD:
+            return []
+        was_starting = actor.state in _STARTING_UP
+        actor.state, actor.death_cause = ActorState.DEAD, cause
+        try:
+            ray.kill(actor.handle, no_restart=True)
+        except Exception:  # already gone
+            pass
+        if actor in self.actors:
+            self.actors.remove(actor)
+        extra = {"actor": actor.name, "node": (actor.node_id or "")[:12]}
+        if deliberate:
+            log.info("actor %s stopped: %s", actor.name, cause, extra=extra)
+        elif was_starting:
+            self.start_failures += 1
+            delay = self._h.replace_backoff_s * 2 ** (self.start_failures - 1)
+            self.next_start_at = now + delay
+            if self.start_failures >= self._h.max_start_failures:
+                self.gave_up = (
+                    f"{self.start_failures} actors for {self.label} died during start-up; last cause: {cause}"
+                )
+                log.error("giving up on starting actors: %s", self.gave_up, extra=extra)
+            else:
+                log.warning(
+                    "actor %s died during start-up (%s); retrying in %.1fs", actor.name, cause, delay, extra=extra
+                )
+        else:
+            log.error("actor %s died: %s", actor.name, cause, extra=extra)
+            if self.start_failures == 0:
+                self.next_start_at = now + self._h.replace_backoff_s
+        return self._failover(actor, hung, now, quiet=deliberate)
+
+    def _failover(self, actor: _Actor, hung: Attempt | None, now: float, *, quiet: bool) -> list[Outcome]:
+        ledger = self._env.ledger
+        actor.outbox.clear()
+        attempts = list(actor.attempts.values())
+        sent = [a.ref for a in attempts if a.ref is not None]
+        finished: dict[ray.ObjectRef, Outcome] = {}
+        if sent:
+            ready, _ = ray.wait(sent, num_returns=len(sent), timeout=0)
+            for ref in ready:
+                try:
+                    finished[ref] = ray.get(ref, timeout=0)
+                except Exception:  # it died with the actor: fail it over like the rest
+                    pass
+        where = f" on node {actor.node_id[:12]}" if actor.node_id else ""
+        out: list[Outcome] = []
+        for attempt in attempts:
+            ledger.remove(attempt, now)
+            if attempt.abandoned:
+                continue  # its lease is gone already: nothing to record
+            kept = finished.get(attempt.ref) if attempt.ref is not None else None
+            if kept is not None:  # it finished before its actor died: keep the real outcome
+                out.append(kept)
+                continue
+            if attempt is hung:
+                failure = Failure.from_exception(TaskTimedOut(actor.death_cause or "deadline"))
+            else:
+                message = f"actor {actor.name}{where} died while holding the task: {actor.death_cause}"
+                failure = Failure.from_exception(WorkerDied(message))
+                if not quiet:
+                    log.warning(
+                        "failing over: %s", message, extra=task_extra(*attempt.lease, failure.stage, actor=actor.name)
+                    )
+            out.append(Outcome(*attempt.lease, failure=failure, actor=actor.name, node_id=actor.node_id))
+        return out
+
+    # --- size -----------------------------------------------------------------------------------
+
+    def _start_actor(self, now: float) -> None:
+        env = self._env
+        if self.gave_up or now < self.next_start_at:
+            return  # an earlier start of this round could not list the model
+        try:
+            # An s3:// model's files, signed afresh for this actor (workers hold no credentials).
+            model = env.model_source(self.spec.engine, self.spec.model) if env.model_source else None
+        except RayTranscribeError as exc:
+            self._model_unavailable(exc, now)
+            return
+        env.serial[0] += 1
+        self.started += 1
+        short_model = self.spec.model.replace("/", "_").replace(".", "-")[-24:]
+        name = f"worker-{env.serial[0]}.{short_model}.{env.owner_tag}"
+        s = env.settings
+        options: dict[str, object] = dict(
+            name=name, namespace=s.namespace, num_gpus=s.worker.num_gpus, num_cpus=s.worker.num_cpus
+        )
+        # Every worker actor starts scrubbed of the driver's secrets, whatever the job's env_vars say.
+        options["runtime_env"] = worker_runtime_env(self._env.runtime_env)
+        config = WorkerConfig(
+            name=name,
+            engine=self.spec,
+            transfer=s.transfer,
+            log_level=s.log_level,
+            worker=s.worker,
+            batch_wait_ms=s.engine.batch_wait_ms,
+            model=model,
+            model_cache_dir=s.engine.model_cache_dir,
+        )
+        handle = env.actor_cls.options(**options).remote(config)
+        actor = _Actor(name=name, handle=handle, pool=self, created_at=now, idle_since=now)
+        actor.ready_ref = handle.ready.remote()
+        self.actors.append(actor)
+        log.info("starting actor %s for %s", name, self.label, extra={"actor": name})
+
+    def _model_unavailable(self, exc: RayTranscribeError, now: float) -> None:
+        """The model could not be listed for an actor start: gone or mistyped for good (the pool gives
+        up with the cause, as after max_start_failures), or S3 hiccupped (retry after the back-off)."""
+        if exc.transient:
+            self.next_start_at = now + max(self._h.replace_backoff_s, 1.0)
+            log.warning("cannot list the model of %s, retrying: %s", self.label, exc)
+            return
+        self.gave_up = f"the model of {self.label} cannot be fetched: {exc}"
+        log.error("giving up on starting actors: %s", self.gave_up)
+
+    def _resize(self, now: float) -> list[Outcome]:
+        live = [a for a in self.actors if a.state is not ActorState.DEAD]
+        waiting = [a for a in live if a.state in _STARTING_UP]
+        if not self.gave_up and now >= self.next_start_at:
+            want = self.min_actors
+            if self.work_waits and len(waiting) < max(1, len(self.alive())):
+                # Claims keep coming back full (the live actors took all they wanted and work still
+                # waits): one more actor per tick while fewer wait than live, so the pool doubles
+                # (1, 2, 4, ...) as fast as the cluster places them, never past max_actors.
+                want = max(want, len(live) + 1)
+            for _ in range(min(want, self.max_actors) - len(live)):
+                self._start_actor(now)
+        if self.work_waits or self.short_since is None or now - self.short_since < self._h.pool_idle_s:
+            return []
+        # Claims have come back short for a while: give GPUs back down to min_actors, waiting ones first.
+        out: list[Outcome] = []
+        surplus = len(live) - self.min_actors
+        for a in sorted(live, key=lambda a: a.state is ActorState.ALIVE):
+            if surplus <= 0:
+                break
+            idle = not a.attempts and a.idle_since is not None and now - a.idle_since >= self._h.pool_idle_s
+            if a.state in _STARTING_UP or idle:
+                out.extend(self._die(a, "pool shrank: no work waiting for it", now, deliberate=True))
+                surplus -= 1
+        return out
+
+
+class ActorPools:
+    """Every pool of this orchestrator, and the index of every attempt in flight on them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        owner_tag: str,
+        *,
+        runtime_env: dict | None = None,
+        model_source: ModelSource | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pools: dict[PoolKey, ActorPool] = {}
+        self._ledger = _Ledger()
+        self._env = _Env(
+            settings=settings,
+            owner_tag=owner_tag,
+            runtime_env=runtime_env,
+            actor_cls=worker_actor_class(settings.worker.prefetch, settings.worker.max_tasks_in_hand),
+            ledger=self._ledger,
+            serial=[0],
+            model_source=model_source,
+        )
+        self._pending: list[Outcome] = []  # produced while sending; handed back on the next collect
+        self._control_ready = False
+        self._next_check = 0.0
+        self._next_deadlines = 0.0
+
+    # --- pools ----------------------------------------------------------------------------------
+
+    def ensure(self, spec: EngineSpec) -> ActorPool:
+        key = (spec.engine, spec.model)
+        if key not in self.pools:
+            self.pools[key] = ActorPool(spec, self._env, time.monotonic())
+        return self.pools[key]
+
+    def get(self, key: PoolKey) -> ActorPool | None:
+        return self.pools.get(key)
+
+    # --- attempts -------------------------------------------------------------------------------
+
+    def send(self) -> None:
+        now = time.monotonic()
+        for pool in self.pools.values():
+            self._pending.extend(pool._send(now))
+
+    def refs(self) -> list[ray.ObjectRef]:
+        """Result refs of every sent attempt (abandoned ones too: they free a slot when they end), and
+        the start-up and ping calls."""
+        refs = list(self._ledger.by_ref)
+        for pool in self.pools.values():
+            for a in pool.actors:
+                if a.ready_ref is not None:
+                    refs.append(a.ready_ref)
+                if a.ping_ref is not None:
+                    refs.append(a.ping_ref)
+        return refs
+
+    def collect(self, ready: list[ray.ObjectRef]) -> list[Outcome]:
+        """The outcome of each finished call among ``ready`` (control refs are left for the tick)."""
+        out, self._pending = self._pending, []
+        mine = [r for r in ready if r in self._ledger.by_ref]
+        if len(mine) < len(ready):
+            self._control_ready = True
+        if not mine:
+            return out
+        now = time.monotonic()
+        try:
+            values: list[Outcome | BaseException] = list(ray.get(mine))
+        except RayError:  # one call failed: take them one by one
+            values = []
+            for ref in mine:
+                try:
+                    values.append(ray.get(ref))
+                except RayError as exc:
+                    values.append(exc)
+        for ref, value in zip(mine, values):
+            attempt = self._ledger.by_ref.get(ref)
+            if attempt is not None:  # gone already when its actor died earlier in this loop
+                out.extend(attempt.actor.pool._finished(attempt, value, now))
+        return out
+
+    def tick(self, now: float | None = None) -> list[Outcome]:
+        """Start-up, pings, deadlines, deaths, quarantines and sizes; the outcomes they produce."""
+        now = time.monotonic() if now is None else now
+        out, self._pending = self._pending, []
+        if not self._control_ready and now < self._next_check:
+            return out
+        self._control_ready, self._next_check = False, now + _CHECK_EVERY_S
+        control = [r for p in self.pools.values() for a in p.actors for r in (a.ready_ref, a.ping_ref) if r is not None]
+        ready: set[ray.ObjectRef] = set()
+        if control:
+            done, _ = ray.wait(control, num_returns=len(control), timeout=0)
+            ready = set(done)
+        deadlines = now >= self._next_deadlines
+        if deadlines:
+            self._next_deadlines = now + _DEADLINES_EVERY_S
+        for pool in self.pools.values():
+            out.extend(pool._tick(now, ready, deadlines))
+            out.extend(pool._resize(now))
+        return out
+
+    def abandon(self, lease: Lease) -> None:
+        """Stop caring about an attempt whose lease was lost; it keeps its actor slot until it ends."""
+        attempt = self._ledger.by_lease.get(lease)
+        if attempt is None or attempt.abandoned:
+            return
+        attempt.abandoned = True
+        log.warning("lease lost; dropping the attempt", extra=task_extra(*lease, Stage.LEASE, actor=attempt.actor.name))
+        if attempt.ref is None:  # never sent: forget it now
+            attempt.actor.outbox.remove(attempt)
+            self._ledger.remove(attempt, time.monotonic())
+        else:
+            try:
+                ray.cancel(attempt.ref)  # frees the slot at once if it is still queued on the actor
+            except Exception:  # already running or finished: it ends on its own
+                pass
+
+    def leases(self) -> list[Lease]:
+        """The leases of every attempt in flight (abandoned ones excluded)."""
+        return [lease for lease, a in self._ledger.by_lease.items() if not a.abandoned]
+
+    def holds(self, lease: Lease) -> bool:
+        a = self._ledger.by_lease.get(lease)
+        return a is not None and not a.abandoned
+
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for a in self._ledger.by_lease.values() if not a.abandoned)
+
+    # --- what status and the loop read ---------------------------------------------------------
+
+    def views(self) -> list[ActorView]:
+        return [
+            ActorView(
+                name=a.name,
+                pool=p.label,
+                state=a.state.value,
+                node_id=a.node_id,
+                gpu_ids=a.last_pong.gpu_ids if a.last_pong else (),
+                in_flight=len(a.attempts),
+                tasks_done=a.last_pong.tasks_done if a.last_pong else 0,
+                pid=a.last_pong.pid if a.last_pong else None,
+                stages=tuple(r.stage for r in a.last_pong.running) if a.last_pong else (),
+                loading=_describe(a.loading) if a.state is ActorState.LOADING else "",
+                bytes_done=a.loading.bytes_done if a.state is ActorState.LOADING and a.loading else 0,
+                bytes_total=a.loading.total_bytes if a.state is ActorState.LOADING and a.loading else 0,
+            )
+            for p in list(self.pools.values())
+            for a in list(p.actors)
+            if a.state is not ActorState.DEAD
+        ]
+
+    def live_count(self) -> int:
+        return sum(len(p.alive()) for p in self.pools.values())
+
+    def gave_up(self) -> dict[PoolKey, str]:
+        """Pools that stopped starting actors and have none left: why, by (engine, model)."""
+        return {k: p.gave_up for k, p in self.pools.items() if p.gave_up and not p.actors}
+
+    def serviceable(self) -> bool:
+        """False once every pool has given up and none has an actor left."""
+        return not self.pools or len(self.gave_up()) < len(self.pools)
+
+    def retire_idle(self, wanted: set[PoolKey], now: float) -> list[PoolKey]:
+        """Stop the pools whose pair has no work left once they have had nothing in flight for
+        ``health.pool_idle_s``, freeing their GPUs for the pools that still have work."""
+        retired = []
+        idle_s = self.settings.health.pool_idle_s
+        for key, pool in list(self.pools.items()):
+            if key in wanted or pool.in_flight():
+                pool.idle_since = None
+                continue
+            if pool.idle_since is None:
+                pool.idle_since = now
+            elif now - pool.idle_since >= idle_s:
+                for actor in list(pool.actors):
+                    self._pending.extend(pool._die(actor, "pool retired: no work left for its engine and model", now,
+                                                   deliberate=True))
+                del self.pools[key]
+                retired.append(key)
+                log.info("retired the idle pool for %s/%s, freeing its GPUs", *key)
+        return retired
+
+    def shutdown(self) -> None:
+        now = time.monotonic()
+        for pool in self.pools.values():
+            for actor in list(pool.actors):
+                pool._die(actor, "orchestrator stopped", now, deliberate=True)
+
+
+def _describe(state: ModelLoadState | None) -> str:
+    """How far a loading actor is, for status: ``downloading 12.0 of 75.5 MB``."""
+    if state is None or not state.phase:
+        return "loading the model"
+    if state.phase == "ready":
+        return "loading the model (cached)" if state.cache_hit else "loading the model (downloaded)"
+    return f"{state.phase} {state.bytes_done / 1e6:.1f} of {state.total_bytes / 1e6:.1f} MB"
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit)[\w]*): (.*)$")
+
+
+def death_cause(exc: BaseException) -> str:
+    """One readable line from Ray's death report: for a constructor that raised, the exception it
+    raised (``ModelLoadError: model path ... does not exist``), else Ray's first sentence."""
+    if isinstance(exc, RayTaskError) and isinstance(exc.cause, BaseException):
+        # ready() re-raised the model's load error (the actor itself is still up)
+        cause = exc.cause
+        first = (str(cause).strip().splitlines() or [""])[0]
+        return f"start-up failed: {type(cause).__name__}: {first}"[:500]
+    lines = [_ANSI.sub("", line).rstrip() for line in str(exc).strip().splitlines()]
+    if lines and "creation task" in lines[0]:
+        for line in reversed(lines):
+            m = _EXC_LINE.match(line.strip())
+            if m:
+                return f"start-up failed: {m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"[:500]
+    first = lines[0] if lines else ""
+    return first[:500] or type(exc).__name__
+
+
+def _actor_entry(handle: ActorHandle) -> dict | None:
+    """The GCS actor table's entry (no dashboard needed, unlike ``ray.util.state``)."""
+    try:
+        from ray._private.state import state as gcs
+
+        return gcs.actor_table(handle._actor_id.hex()) or None
+    except Exception:  # best-effort: without it an actor simply stays "pending" until ready
+        return None
+
+
+def _placed(handle: ActorHandle) -> bool | None:
+    """Whether Ray has placed the actor on a node (a worker process exists, the constructor runs),
+    False while it waits for resources, None when unknown."""
+    entry = _actor_entry(handle)
+    if entry is None:
+        return None
+    if entry.get("State") in ("PENDING_CREATION", "DEPENDENCIES_UNREADY", "RESTARTING"):
+        return bool(entry.get("Pid"))
+    return True
+
+
+def _ray_actor_state(handle: ActorHandle) -> str | None:
+    entry = _actor_entry(handle)
+    return entry.get("State") if entry else None
+
+
+def new_owner_tag() -> str:
+    return uuid.uuid4().hex[:6]
+
+
+__all__ = ["ActorPool", "ActorPools", "ActorState", "ActorView", "Attempt", "death_cause", "new_owner_tag"]

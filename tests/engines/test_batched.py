@@ -1,0 +1,168 @@
+"""The engines' batched half (prepare + decode_windows) on real speech and real models.
+
+faster-whisper: the bundled tiny.en and the multilingual base of the ``base`` extra; openai-whisper:
+the tiny random-weight checkpoint (shapes and flow, not accuracy).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from raytranscribe.audio import SAMPLE_RATE, decode
+from raytranscribe.batching import transcribe_batch
+from raytranscribe.engines import load_engine
+from raytranscribe.engines.base import WINDOW_S, BatchEngine, EngineSpec, Segment, TranscribeOptions, WindowJob
+from raytranscribe.engines.models import bundled_base_model_path, resolve_faster_whisper_model
+from raytranscribe.samples import expected_text, sample_names, sample_path
+from tests.support.speech import normalize, wer
+from tests.support.tts import SENTENCES, fixture, fixture_language, fixture_text
+
+BASE_SPEC = EngineSpec(engine="faster-whisper", model="base", device="cpu", compute_type="int8", cpu_threads=2)
+ONE_PASS = TranscribeOptions(beam_size=1, temperature=1.0)
+
+
+@pytest.fixture(scope="module")
+def base_engine():
+    return load_engine(BASE_SPEC)
+
+
+def test_engines_are_batch_engines(faster_engine):
+    assert isinstance(faster_engine, BatchEngine)
+    assert faster_engine.batch_size == 8  # batch_size 0: the CPU default
+
+
+def test_decode_windows_answers_each_window_in_window_time(faster_engine):
+    jobs = []
+    for name in ("doctor.flac", "fox.wav"):
+        prepared = faster_engine.prepare(decode(sample_path(name)).samples, TranscribeOptions())
+        (window,) = prepared.windows
+        jobs.append(WindowJob(window, prepared.language, TranscribeOptions()))
+    doctor, fox = faster_engine.decode_windows(jobs)
+    assert all(isinstance(s, Segment) for s in doctor + fox)
+    assert normalize(" ".join(s.text for s in doctor)) == normalize(expected_text("doctor.flac"))
+    assert 0.0 <= fox[0].start and fox[-1].end <= jobs[1].window.duration_s + 0.02
+
+
+def test_prepare_cuts_long_audio_into_windows_of_at_most_30_s(faster_engine):
+    audio = np.concatenate([decode(sample_path(n)).samples for n in sample_names()] * 4)  # ~85 s
+    for vad in (False, True):
+        prepared = faster_engine.prepare(audio, TranscribeOptions(vad_filter=vad))
+        assert prepared.language == "en" and prepared.duration_s == pytest.approx(audio.size / SAMPLE_RATE)
+        assert all(w.duration_s <= WINDOW_S for w in prepared.windows) and len(prepared.windows) >= 3
+        starts = [w.start_s for w in prepared.windows]
+        assert starts == sorted(starts)
+
+
+# --- the bundled multilingual base -------------------------------------------------------------------
+
+
+def test_base_resolves_offline_to_one_assembled_folder(tmp_path):
+    first = bundled_base_model_path(str(tmp_path))
+    assert first is not None and (first / "model.bin").stat().st_size > 100e6
+    assert sorted(p.name for p in first.iterdir()) == ["config.json", "model.bin", "tokenizer.json", "vocabulary.txt"]
+    assert bundled_base_model_path(str(tmp_path)) == first  # assembled once, then found
+    assert resolve_faster_whisper_model("base", download_root=str(tmp_path)) == str(first)
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".tmp-")]  # no staging left behind
+
+
+def test_languages_are_detected_per_file_in_one_batch(base_engine):
+    names = ["es_greeting.flac", "en_station.flac", "es_football.flac", "en_garden.flac"]
+    audios = [fixture(n) for n in names]
+    batched = transcribe_batch(base_engine, audios, TranscribeOptions(), batch_size=8)
+    sequential = transcribe_batch(base_engine, audios, TranscribeOptions(), batch_size=1)
+    assert [t.language for t in batched] == [fixture_language(n) for n in names]
+    assert [t.language for t in sequential] == [t.language for t in batched]
+    bat = np.mean([wer(fixture_text(n), t.text) for n, t in zip(names, batched, strict=True)])
+    seq = np.mean([wer(fixture_text(n), t.text) for n, t in zip(names, sequential, strict=True)])
+    assert bat <= seq + 0.02, (seq, bat, [t.text for t in batched])
+
+
+def test_a_forced_language_is_every_windows_prompt(base_engine):
+    names = ["de_book.flac", "fr_coffee.flac"]
+    options = [TranscribeOptions(language=fixture_language(n)) for n in names]
+    audios = [fixture(n) for n in names]
+    batched = transcribe_batch(base_engine, audios, options, batch_size=8)
+    sequential = transcribe_batch(base_engine, audios, options, batch_size=1)
+    assert [t.language for t in batched] == ["de", "fr"]
+    bat = np.mean([wer(fixture_text(n), t.text) for n, t in zip(names, batched, strict=True)])
+    seq = np.mean([wer(fixture_text(n), t.text) for n, t in zip(names, sequential, strict=True)])
+    assert bat <= seq + 0.02, (seq, bat, [t.text for t in batched])
+    for name, t in zip(names, batched, strict=True):  # base hears espeak's German and French poorly, but in them
+        assert set(normalize(t.text).split()) & set(normalize(fixture_text(name)).split()), t.text
+
+
+def test_fixtures_cover_the_languages_the_tests_name():
+    assert {fixture_language(n) for n in SENTENCES} == {"en", "es", "de", "fr"}
+
+
+# --- window edges ----------------------------------------------------------------------------------
+
+
+def _straddling_file() -> tuple[np.ndarray, list[str], str]:
+    """~70 s of sentences 0.3 s apart, so that one of them is spoken across the 30 s mark."""
+    gap = np.zeros(int(0.3 * SAMPLE_RATE), dtype=np.float32)
+    names = sample_names()
+    pieces, texts, at, straddler = [], [], 0.0, None
+    i = 0
+    while at < 68.0:
+        name = names[i % len(names)]
+        clip = decode(sample_path(name)).samples
+        if straddler is None and at < WINDOW_S < at + clip.size / SAMPLE_RATE and at + 0.5 < WINDOW_S:
+            straddler = expected_text(name)
+        pieces += [clip, gap]
+        texts.append(expected_text(name))
+        at += clip.size / SAMPLE_RATE + 0.3
+        i += 1
+    assert straddler is not None
+    return np.concatenate(pieces), texts, straddler
+
+
+@pytest.mark.parametrize("vad_filter", [False, True])
+def test_a_sentence_across_the_30_s_mark_is_transcribed_whole(faster_engine, vad_filter):
+    audio, texts, straddler = _straddling_file()
+    options = TranscribeOptions(vad_filter=vad_filter)
+    (batched,) = transcribe_batch(faster_engine, [audio], options, batch_size=8)
+    (sequential,) = transcribe_batch(faster_engine, [audio], options, batch_size=1)
+    reference = " ".join(texts)
+    assert wer(reference, batched.text) <= wer(reference, sequential.text) + 0.02, batched.text
+    # the sentence at the window edge: present once, every word of it
+    hyp = normalize(batched.text)
+    assert hyp.count(normalize(straddler)) >= 1 or wer(straddler, _around(hyp, straddler)) <= 0.15, hyp
+    spans = [(s.start, s.end) for s in batched.segments]
+    assert all(a <= b for a, b in spans) and [a for a, _ in spans] == sorted(a for a, _ in spans)
+    assert all(b_prev <= a for (_, b_prev), (a, _) in zip(spans, spans[1:])), spans
+    assert spans[0][0] >= 0.0 and spans[-1][1] <= batched.duration_s
+
+
+def _around(hyp: str, sentence: str) -> str:
+    """The stretch of ``hyp`` that best matches ``sentence`` (same word count)."""
+    words, n = hyp.split(), len(normalize(sentence).split())
+    candidates = [" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))]
+    return min(candidates, key=lambda c: wer(sentence, c))
+
+
+# --- openai-whisper ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def openai_engine(random_whisper_checkpoint):
+    return load_engine(EngineSpec(engine="openai-whisper", model=str(random_whisper_checkpoint), device="cpu"))
+
+
+def test_openai_batches_windows_through_whisper_decode(openai_engine):
+    assert isinstance(openai_engine, BatchEngine) and openai_engine.batch_size == 8
+    short = decode(sample_path("doctor.flac")).samples[: 2 * SAMPLE_RATE]
+    long = np.concatenate([decode(sample_path(n)).samples for n in sample_names()] * 2)[: 34 * SAMPLE_RATE]
+    prepared = openai_engine.prepare(long, ONE_PASS)
+    assert prepared.language == "en" and len(prepared.windows) == 2
+    assert sum(w.duration_s for w in prepared.windows) == pytest.approx(34.0)
+    jobs = [WindowJob(w, "en", ONE_PASS) for w in prepared.windows]
+    results = openai_engine.decode_windows(jobs)
+    assert len(results) == 2 and all(isinstance(s, Segment) for r in results for s in r)
+    for job, segments in zip(jobs, results, strict=True):
+        assert all(0.0 <= s.start <= s.end <= job.window.duration_s for s in segments)
+    silent, t_short, t_long = transcribe_batch(openai_engine, [np.zeros(SAMPLE_RATE, np.float32), short, long],
+                                               ONE_PASS, batch_size=8)
+    assert silent.segments == () and t_short.duration_s == 2.0 and t_long.duration_s == 34.0
+    assert all(0.0 <= s.start <= s.end <= 34.0 for s in t_long.segments)

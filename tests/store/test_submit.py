@@ -1,0 +1,165 @@
+"""Submit against a real PostgreSQL: formats normalised into the dedupe key, output stems that two
+tasks would share refused (inside a batch, and against unfinished tasks), the int4 limits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from raytranscribe.contracts import TaskResult
+from raytranscribe.engines.base import TranscribeOptions
+from raytranscribe.errors import Failure, InvalidInput, Stage
+from raytranscribe.store import NewTask, TaskStatus
+from raytranscribe.store.store import SUBMIT_LOCK_KEY
+
+IN = "s3://bkt/in/dedupe.wav"
+STEM = "s3://bkt/out/dedupe"
+TRANSIENT = Failure(Stage.DOWNLOAD, "ServerError", "503", transient=True, http_status=503)
+PERMANENT = Failure(Stage.DOWNLOAD, "InputMissing", "404", transient=False, http_status=404)
+
+
+def task(formats: tuple[str, ...], input_uri: str = IN, stem: str = STEM, **kw) -> NewTask:
+    return NewTask(input_uri, stem, options=TranscribeOptions(formats=formats), **kw)
+
+
+def test_formats_are_one_order_without_repeats():
+    assert task(("txt", "json", "txt")).options.formats == ("json", "txt")
+    assert task(("txt", "json")).dedupe_key == task(("json", "txt")).dedupe_key == task(("json", "json", "txt")).dedupe_key
+    assert task(("txt",)).dedupe_key == task(("txt", "txt")).dedupe_key
+    assert task(("txt",)).dedupe_key != task(("txt", "json")).dedupe_key
+    # The default tuple is already canonical: rows stored before keep their dedupe keys.
+    default = NewTask(IN, STEM)
+    assert default.options.formats == ("json", "srt", "vtt", "txt")
+    before = json.dumps([IN, "faster-whisper", "tiny.en", TranscribeOptions().to_dict()],
+                        sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # fmt: skip
+    assert default.dedupe_key == hashlib.sha256(before.encode()).hexdigest()
+
+
+def test_the_issues_four_submissions_on_one_input_make_one_task(store):
+    """--formats txt, txt,txt, txt,json and json,txt on one input gave four tasks writing one dedupe.txt."""
+    assert store.submit([task(("txt",))]).inserted == (1,)
+    assert store.submit([task(("txt", "txt"))]).duplicates == (IN,)
+    for formats in (("txt", "json"), ("json", "txt")):
+        with pytest.raises(InvalidInput) as info:
+            store.submit([task(formats)])
+        assert str(info.value) == (
+            f"input {IN!r} would write {STEM}.*, which task 1 (the same input, pending) may still write; "
+            "wait for it, cancel it, or give this input another output"
+        )
+    assert [(t.id, t.options.formats) for t in store.list_tasks()] == [(1, ("txt",))]
+
+
+def test_two_new_tasks_with_one_stem_are_refused_naming_both(store):
+    with pytest.raises(InvalidInput) as info:
+        store.submit([task(("txt",), "s3://bkt/a/t.wav"), NewTask("s3://bkt/ok.wav", "s3://bkt/out/ok"),
+                      task(("txt",), "s3://bkt/b/t.mp3")])  # fmt: skip
+    assert str(info.value) == (
+        f"inputs 's3://bkt/a/t.wav' and 's3://bkt/b/t.mp3' would both write {STEM}.*; give each its own output"
+    )
+    with pytest.raises(InvalidInput) as info:
+        store.submit([task(("txt",)), task(("txt",), engine="openai-whisper")])
+    assert str(info.value).startswith(f"input {IN!r} is given twice with different settings")
+    assert store.stats().total == 0  # all or nothing
+    # The same task twice is a duplicate, not a collision.
+    assert store.submit([task(("txt",)), task(("txt",))]).duplicates == (IN,)
+
+
+def _to_status(store, task_id: int, status: TaskStatus) -> None:
+    if status is TaskStatus.PENDING:
+        return
+    if status is TaskStatus.CANCELLED:
+        store.cancel([task_id])
+        return
+    (claimed,) = store.claim(1, "orch-test", lease_s=60)
+    assert claimed.id == task_id
+    if status is TaskStatus.COMPLETED:
+        store.complete(task_id, claimed.attempt, TaskResult(1.0, "en", (f"{STEM}.txt",), "hi"))
+    elif status is TaskStatus.FAILED:
+        store.fail(task_id, claimed.attempt, TRANSIENT)
+    elif status is TaskStatus.DEAD:
+        store.fail(task_id, claimed.attempt, PERMANENT)
+    assert store.get(task_id).status is status
+
+
+@pytest.mark.parametrize("status", list(TaskStatus))
+def test_a_stem_is_free_once_its_task_is_finished(store, status):
+    (first,) = store.submit([task(("txt",), "s3://bkt/a/dedupe.wav")]).inserted
+    _to_status(store, first, status)
+    other = task(("txt",), "s3://bkt/b/dedupe.mp3")
+    if status in (TaskStatus.PENDING, TaskStatus.IN_PROGRESS, TaskStatus.FAILED):
+        with pytest.raises(InvalidInput) as info:
+            store.submit([NewTask("s3://bkt/c.wav", "s3://bkt/out/c"), other])
+        assert str(info.value) == (
+            f"input 's3://bkt/b/dedupe.mp3' would write {STEM}.*, which task {first} ('s3://bkt/a/dedupe.wav', "
+            f"{status.value}) may still write; wait for it, cancel it, or give this input another output"
+        )
+        assert store.stats().total == 1  # the good task of that batch was not inserted either
+    else:  # completed, dead, cancelled: nothing will write there any more
+        assert len(store.submit([other]).inserted) == 1
+
+
+def test_a_duplicate_writes_nothing_so_it_collides_with_nothing(store):
+    a, b = store.submit([NewTask("s3://bkt/a.wav", "s3://bkt/out/a"), NewTask("s3://bkt/b.wav", "s3://bkt/out/b")]).inserted
+    # a.wav again, now aimed at b's stem: the same task as `a`, skipped, so b's outputs are safe.
+    report = store.submit([NewTask("s3://bkt/a.wav", "s3://bkt/out/b")])
+    assert (report.inserted, report.duplicates) == ((), ("s3://bkt/a.wav",))
+
+
+def test_a_concurrent_submit_of_the_same_stem_waits_and_is_refused(store, database_url):
+    """The check and the insert are one step: a second submit waits for the first one's commit."""
+    engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    outcome: list[BaseException | object] = []
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("BEGIN"))
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": SUBMIT_LOCK_KEY})
+            # What a first submit would have written, not committed yet.
+            conn.execute(
+                sa.text("INSERT INTO tasks (input_uri, output_uri, engine, model, max_retries, backoff_factor, dedupe_key) "
+                        "VALUES ('s3://bkt/a/dedupe.wav', :o, 'faster-whisper', 'tiny.en', 3, 2.0, 'first')"),
+                {"o": STEM},
+            )  # fmt: skip
+
+            def second() -> None:
+                try:
+                    outcome.append(store.submit([task(("txt",), "s3://bkt/b/dedupe.wav")]))
+                except BaseException as exc:
+                    outcome.append(exc)
+
+            thread = threading.Thread(target=second, daemon=True)
+            thread.start()
+            thread.join(1.0)
+            assert thread.is_alive() and not outcome  # waiting on the lock
+            conn.execute(sa.text("COMMIT"))
+        thread.join(30)
+    finally:
+        engine.dispose()
+    (result,) = outcome
+    assert isinstance(result, InvalidInput), result
+    assert "which task 1 ('s3://bkt/a/dedupe.wav', pending) may still write" in str(result)
+    assert store.stats().total == 1
+
+
+def test_int4_limits_are_stored_exactly(store):
+    ids = store.submit([
+        NewTask("s3://bkt/a.wav", "s3://bkt/out/a", priority=2**31 - 1, max_retries=2**31 - 1),
+        NewTask("s3://bkt/b.wav", "s3://bkt/out/b", priority=-(2**31), backoff_factor=1e308),
+    ]).inserted  # fmt: skip
+    a, b = (store.get(i) for i in ids)
+    assert (a.priority, a.max_retries, b.priority, b.backoff_factor) == (2**31 - 1, 2**31 - 1, -(2**31), 1e308)
+
+
+def test_the_stem_look_up_is_an_index_probe(store):
+    """Submit reads the unfinished tasks of its stems through ix_tasks_output_uri (0007), not a scan of history."""
+    from raytranscribe.store.store import _UNFINISHED_STEMS_SQL
+
+    store.submit([NewTask(f"s3://bkt/in/{i}.wav", f"s3://bkt/out/{i}") for i in range(2000)])
+    with store._engine.connect() as conn:
+        conn.execute(sa.text("ANALYZE tasks"))
+        plan = "\n".join(r[0] for r in conn.execute(
+            sa.text("EXPLAIN " + _UNFINISHED_STEMS_SQL), {"o": ["s3://bkt/out/7"], "s": ["pending", "in_progress", "failed"]}))  # fmt: skip
+    assert "ix_tasks_output_uri" in plan and "Seq Scan" not in plan, plan

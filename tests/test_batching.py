@@ -1,0 +1,322 @@
+"""Cross-file batching: the scheduler's bookkeeping, bisection, and the real tiny.en through it.
+
+The bookkeeping tests feed the scheduler real windows and check what comes out; every test that
+decodes speech uses the real faster-whisper engine (or the fault-injecting wrapper around it).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from raytranscribe.audio import SAMPLE_RATE, decode
+from raytranscribe.batching import (
+    PACK_GAP_S,
+    PACK_MAX_WINDOWS,
+    BatchItem,
+    PerWindow,
+    WindowScheduler,
+    run_batch,
+    transcribe_batch,
+)
+from raytranscribe.engines import load_engine
+from raytranscribe.engines.base import EngineSpec, PreparedAudio, Segment, TranscribeOptions, Window, Word
+from raytranscribe.errors import EngineOutOfMemory, Failure, Stage, TranscriptionError
+from raytranscribe.samples import expected_text, sample_names, sample_path
+from tests.support.speech import TINY_SPEC, wer
+
+SPEC = EngineSpec()
+OPTS = TranscribeOptions()
+
+
+def _tone(seconds: float, amplitude: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return (amplitude * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+def _prepared(*durations: float, start: float = 0.0) -> PreparedAudio:
+    windows, at = [], start
+    for d in durations:
+        windows.append(Window(start_s=at, samples=_tone(d)))
+        at += d
+    return PreparedAudio(windows=tuple(windows), language="en", duration_s=at)
+
+
+def _segments_covering(item: BatchItem) -> list[Segment]:
+    """What a perfect decoder says about a slot: one segment per window it holds (slot time)."""
+    return [
+        Segment(start=off, end=off + ref.job.window.duration_s, text=f"{ref.key}:{ref.index}")
+        for off, ref in zip(item.offsets_s, item.refs, strict=True)
+    ]
+
+
+# --- the scheduler -------------------------------------------------------------------------------
+
+
+def test_a_file_without_windows_is_done_at_once():
+    scheduler = WindowScheduler(SPEC)
+    empty = PreparedAudio(windows=(), language="en", duration_s=2.0)
+    t = scheduler.add("silent", empty, OPTS)
+    assert t is not None and t.segments == () and t.duration_s == 2.0 and t.language == "en"
+    assert scheduler.pending_windows() == 0 and "silent" not in scheduler
+
+
+def test_short_windows_share_a_slot_and_come_back_to_their_own_files():
+    scheduler = WindowScheduler(SPEC)
+    for key in ("a", "b", "c"):
+        assert scheduler.add(key, _prepared(4.0), OPTS) is None
+    batch = scheduler.next_batch(8)
+    assert PACK_MAX_WINDOWS == 2 and [item.keys for item in batch] == [("a", "b"), ("c",)]
+    assert batch[0].job.window.duration_s == pytest.approx(8.0 + PACK_GAP_S)
+    done = dict(scheduler.complete(batch, [_segments_covering(item) for item in batch]))
+    assert set(done) == {"a", "b", "c"}
+    for key, t in done.items():
+        assert [(s.start, s.end, s.text) for s in t.segments] == [(0.0, 4.0, f"{key}:0")]
+
+
+def test_long_windows_go_alone_and_a_file_finishes_with_its_last_window():
+    scheduler = WindowScheduler(SPEC)
+    scheduler.add("long", _prepared(30.0, 30.0, 25.0), OPTS)
+    scheduler.add("short", _prepared(3.0), OPTS)
+    assert scheduler.progress("long") == (0, 3)
+    first = scheduler.next_batch(2)
+    assert [item.keys for item in first] == [("long",), ("long",)]
+    assert scheduler.complete(first, [_segments_covering(i) for i in first]) == []
+    assert scheduler.progress("long") == (2, 3)
+    second = scheduler.next_batch(2)
+    done = dict(scheduler.complete(second, [_segments_covering(i) for i in second]))
+    assert [(s.start, s.end) for s in done["long"].segments] == [(0.0, 30.0), (30.0, 60.0), (60.0, 85.0)]
+    assert done["short"].segments[0].end == 3.0
+    assert scheduler.tasks() == 0 and scheduler.pending_audio_s() == 0
+
+
+def test_the_oldest_window_is_always_in_the_next_batch():
+    scheduler = WindowScheduler(SPEC, pack=False)
+    scheduler.add("old", _prepared(2.0), OPTS)
+    for i in range(6):
+        scheduler.add(i, _prepared(29.0), OPTS)
+    batch = scheduler.next_batch(3)
+    assert len(batch) == 3 and batch[0].keys == ("old",)
+
+
+def test_segments_leave_no_window_and_stay_in_order():
+    scheduler = WindowScheduler(SPEC)
+    scheduler.add("f", _prepared(30.0, 10.0), OPTS)
+    batch = scheduler.next_batch(4)
+    wild = [
+        [Segment(0.0, 12.0, "one"), Segment(11.0, 31.5, "two")],  # overlaps, and runs past the window
+        [Segment(0.0, 12.0, "three")],  # runs past the end of the file
+    ]
+    (_, t), = scheduler.complete(batch, wild)
+    spans = [(s.start, s.end) for s in t.segments]
+    assert spans == [(0.0, 12.0), (12.0, 30.0), (30.0, 40.0)]
+
+
+def test_words_split_a_segment_whisper_ran_across_the_gap():
+    scheduler = WindowScheduler(SPEC)
+    scheduler.add("a", _prepared(4.0), OPTS)
+    scheduler.add("b", _prepared(4.0), OPTS)
+    (item,) = scheduler.next_batch(4)
+    b_at = item.offsets_s[1]
+    words = (Word(0.5, 3.9, " hello"), Word(b_at + 0.5, b_at + 3.9, " world"))
+    done = dict(scheduler.complete([item], [[Segment(0.5, b_at + 3.9, "hello world", words)]]))
+    assert done["a"].text == "hello" and done["b"].text == "world"
+    assert (done["b"].segments[0].start, done["b"].segments[0].end) == pytest.approx((0.5, 3.9))
+
+
+def test_a_failed_window_fails_its_task_alone_and_drops_its_other_windows():
+    scheduler = WindowScheduler(SPEC, pack=False)
+    scheduler.add("bad", _prepared(30.0, 10.0), OPTS)
+    scheduler.add("good", _prepared(29.0), OPTS)
+    batch = scheduler.next_batch(2)  # bad:0 and good:0, the two longest (bad:1 still pending)
+    error = TranscriptionError("poison")
+    results = [error if item.keys == ("bad",) else _segments_covering(item) for item in batch]
+    done = dict(scheduler.complete(batch, results))
+    assert done["bad"] is error and done["good"].segments[0].text == "good:0"
+    assert scheduler.pending_windows() == 0 and scheduler.tasks() == 0
+
+
+def test_requeue_puts_a_batch_back_first():
+    scheduler = WindowScheduler(SPEC, pack=False)
+    for i in range(4):
+        scheduler.add(i, _prepared(30.0), OPTS)
+    batch = scheduler.next_batch(2)
+    scheduler.requeue(batch)
+    assert [item.keys for item in scheduler.next_batch(2)] == [item.keys for item in batch]
+
+
+def test_cancelled_task_leaves_the_queue():
+    scheduler = WindowScheduler(SPEC)
+    scheduler.add("x", _prepared(30.0, 30.0), OPTS)
+    scheduler.fail("x")
+    assert scheduler.pending_windows() == 0 and scheduler.progress("x") == (0, 0)
+
+
+def test_a_decode_that_stops_before_the_speech_does_is_continued():
+    scheduler = WindowScheduler(SPEC)
+    scheduler.add("f", _prepared(20.0), OPTS)
+    batch = scheduler.next_batch(4)
+    scheduler.complete(batch, [[Segment(0.0, 8.0, "first part")]])  # the tone goes on to 20 s
+    assert scheduler.progress("f") == (1, 2)
+    (rest,) = scheduler.next_batch(4)
+    assert rest.refs[0].job.window.start_s == pytest.approx(8.0)
+    (_, t), = scheduler.complete([rest], [[Segment(0.0, 12.0, "second part")]])
+    assert [(s.start, s.end, s.text) for s in t.segments] == [(0.0, 8.0, "first part"), (8.0, 20.0, "second part")]
+
+
+# --- bisection -----------------------------------------------------------------------------------
+
+
+class _Poisoned:
+    """An engine whose every call fails when it holds a window of the task ``poison``: lets the test
+    count the calls bisection makes. (A stand-in for a crashing kernel, not for the real engine.)"""
+
+    spec = SPEC
+
+    def __init__(self, oom_above: int | None = None) -> None:
+        self.calls: list[int] = []
+        self.oom_above = oom_above
+
+    def decode_windows(self, jobs):
+        self.calls.append(len(jobs))
+        if self.oom_above is not None and len(jobs) > self.oom_above:
+            raise EngineOutOfMemory("CUDA out of memory")
+        if any(job.options.initial_prompt == "poison" for job in jobs):
+            raise RuntimeError("illegal memory access")
+        return [[Segment(0.0, job.window.duration_s, "ok")] for job in jobs]
+
+
+def test_bisection_fails_only_the_poison_window():
+    scheduler = WindowScheduler(SPEC, pack=False)
+    for i in range(8):
+        scheduler.add(i, _prepared(30.0), replace(OPTS, initial_prompt="poison" if i == 5 else None))
+    batch = scheduler.next_batch(8)
+    engine = _Poisoned()
+    results = run_batch(engine, batch)
+    done = dict(scheduler.complete(batch, results))
+    assert isinstance(done[5], TranscriptionError) and not any(isinstance(done[i], Exception) for i in done if i != 5)
+    assert done[5].stage is Stage.TRANSCRIBE and isinstance(done[5].__cause__, RuntimeError)
+    assert Failure.from_exception(done[5]).stage == "transcribe"
+    assert engine.calls == [8, 4, 4, 2, 1, 1, 2]  # halves down to the culprit; clean halves decode once
+
+
+def test_a_packed_slot_that_fails_is_unpacked():
+    scheduler = WindowScheduler(SPEC)
+    scheduler.add("good", _prepared(3.0), replace(OPTS, initial_prompt="poison"))
+    scheduler.add("bad", _prepared(3.0), replace(OPTS, initial_prompt="poison"))
+    (item,) = scheduler.next_batch(4)
+    assert len(item.refs) == 2  # same prompt: packed together
+
+    class OnlyBad(_Poisoned):
+        def decode_windows(self, jobs):
+            self.calls.append(len(jobs))
+            if any(job.window.duration_s > 3.5 or job.window is item.refs[1].job.window for job in jobs):
+                raise RuntimeError("bad input")
+            return [[Segment(0.0, job.window.duration_s, "ok")] for job in jobs]
+
+    (result,) = run_batch(OnlyBad(), [item])
+    assert isinstance(result, PerWindow)
+    done = dict(scheduler.complete([item], [result]))
+    assert done["good"].text == "ok" and isinstance(done["bad"], TranscriptionError)
+
+
+def test_out_of_memory_propagates_for_the_caller_to_halve():
+    scheduler = WindowScheduler(SPEC, pack=False)
+    for i in range(4):
+        scheduler.add(i, _prepared(30.0), OPTS)
+    with pytest.raises(EngineOutOfMemory):
+        run_batch(_Poisoned(oom_above=2), scheduler.next_batch(4))
+
+
+# --- the real engine through the batcher -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return {name: decode(sample_path(name)).samples for name in sample_names()}
+
+
+@pytest.mark.parametrize("vad_filter", [False, True])
+def test_wer_of_the_samples_matches_the_sequential_path(faster_engine, samples, vad_filter):
+    options = TranscribeOptions(vad_filter=vad_filter)
+    names = list(samples)
+    audios = [samples[n] for n in names]
+    refs = [expected_text(n) for n in names]
+    # and every pair of them in one file (several sentences a file): 21 files, about 130 words
+    gap = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
+    for a, b in itertools.combinations(names, 2):
+        audios.append(np.concatenate([samples[a], gap, samples[b]]))
+        refs.append(f"{expected_text(a)} {expected_text(b)}")
+    sequential = transcribe_batch(faster_engine, audios, options, batch_size=1)
+    batched = transcribe_batch(faster_engine, audios, options, batch_size=8)
+    seq_wer = np.mean([wer(r, t.text) for r, t in zip(refs, sequential, strict=True)])
+    bat_wer = np.mean([wer(r, t.text) for r, t in zip(refs, batched, strict=True)])
+    assert bat_wer <= seq_wer + 0.02, (seq_wer, bat_wer, [t.text for t in batched])
+    for audio, t in zip(audios, batched, strict=True):
+        assert t.language == "en" and t.duration_s == pytest.approx(audio.size / SAMPLE_RATE)
+        assert 0 <= t.segments[0].start and t.segments[-1].end <= t.duration_s
+
+
+def test_word_timestamps_come_back_in_file_time(faster_engine, samples):
+    options = TranscribeOptions(word_timestamps=True)
+    lead = np.zeros(2 * SAMPLE_RATE, dtype=np.float32)
+    audios = [samples["doctor.flac"], np.concatenate([lead, samples["fox.wav"]])]
+    doctor, fox = transcribe_batch(faster_engine, audios, options, batch_size=4)
+    words = [w for s in fox.segments for w in s.words]
+    assert words[0].start >= 1.5  # the fox starts after two seconds of silence
+    starts = [w.start for w in words]
+    assert starts == sorted(starts) and words[-1].end <= fox.duration_s
+    assert " ".join(w.word.strip() for s in doctor.segments for w in s.words).lower().startswith("please call")
+
+
+def test_silence_short_clips_and_empty_vad_give_empty_transcripts(faster_engine, samples):
+    rng = np.random.default_rng(0)
+    hiss = (0.002 * rng.standard_normal(3 * SAMPLE_RATE)).astype(np.float32)
+    audios = [
+        np.zeros(2 * SAMPLE_RATE, dtype=np.float32),  # digital silence
+        np.zeros(SAMPLE_RATE // 4, dtype=np.float32),  # a quarter second of it
+        np.zeros(0, dtype=np.float32),  # nothing at all
+        hiss,  # no speech for the VAD
+        samples["lights.webm"],
+    ]
+    results = transcribe_batch(faster_engine, audios, TranscribeOptions(vad_filter=True), batch_size=8)
+    assert [t.text for t in results[:4]] == ["", "", "", ""]
+    assert [t.duration_s for t in results[:4]] == [2.0, 0.25, 0.0, 3.0]
+    assert wer(expected_text("lights.webm"), results[4].text) <= 0.25
+    clip = samples["doctor.flac"][: int(0.8 * SAMPLE_RATE)]  # a sub-second clip of speech still decodes
+    (t,) = transcribe_batch(faster_engine, [clip], TranscribeOptions(), batch_size=8)
+    assert t.duration_s == 0.8 and all(s.end <= 0.8 for s in t.segments)
+
+
+def test_a_poison_task_fails_alone_in_a_real_batch(samples):
+    engine = load_engine(replace(TINY_SPEC, engine="tests.support.batch_faults:FaultyBatchEngine"))
+    names = list(samples)
+    options = [TranscribeOptions(initial_prompt="fault:raise" if n == "river.mp3" else None) for n in names]
+    results = transcribe_batch(engine, [samples[n] for n in names], options, batch_size=8)
+    for name, result in zip(names, results, strict=True):
+        if name == "river.mp3":
+            assert isinstance(result, Exception) and "poison window" in str(result)
+        else:
+            assert wer(expected_text(name), result.text) <= 0.25, (name, result)
+
+
+def test_out_of_memory_halves_the_batch_and_loses_nothing(samples):
+    engine = load_engine(replace(TINY_SPEC, engine="tests.support.batch_faults:FaultyBatchEngine"))
+    long = np.concatenate([samples[n] for n in sample_names()] * 6)  # about 80 s: three windows
+    options = TranscribeOptions(initial_prompt="fault:oom:1", beam_size=1)
+    (t,) = transcribe_batch(engine, [long], options, batch_size=4)
+    assert not isinstance(t, Exception)
+    assert t.text.lower().count("doctor") >= 5
+
+
+def test_pending_slots_count_packed_clips_as_the_slots_they_fill():
+    scheduler = WindowScheduler(SPEC)
+    for i in range(4):
+        scheduler.add(i, _prepared(3.0), OPTS)
+    scheduler.add("long", _prepared(30.0), OPTS)
+    assert scheduler.pending_windows() == 5
+    assert scheduler.pending_slots() == pytest.approx(1 + 4 / PACK_MAX_WINDOWS)
+    assert len(scheduler.next_batch(8)) == 3

@@ -1,0 +1,332 @@
+"""The worker actor's batcher: real Ray actors, the real tiny.en model, real speech over real HTTP.
+
+Actor-level tests drive one ``TranscriptionWorker`` actor directly, with inputs and outputs on the
+fault server (plain HTTP, as presigned URLs are); whole-system tests go through Postgres, moto and the
+orchestrator. What is asserted is observed from outside: ``Outcome.timings``, the ping reply, the
+database and the uploaded outputs.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import uuid
+import wave
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import ray
+
+from raytranscribe import audio, samples
+from raytranscribe.config import WorkerSettings
+from raytranscribe.contracts import Outcome, OutputTarget, TaskSpec
+from raytranscribe.engines.base import SAMPLE_RATE, EngineSpec, TranscribeOptions
+from raytranscribe.store import TaskStatus
+from raytranscribe.worker import BATCHED, QUEUED, PingReply, WorkerConfig, worker_actor_class
+from tests.support.speech import wer
+
+pytestmark = pytest.mark.slow
+
+BATCH_FAULTS = "tests.support.batch_faults:FaultyBatchEngine"
+TINY = EngineSpec(engine="faster-whisper", model="tiny.en", device="cpu", compute_type="int8", cpu_threads=1)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def wav_bytes(samples_f32: np.ndarray) -> bytes:
+    pcm = (np.clip(samples_f32, -1.0, 1.0) * 32767).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm.tobytes())
+    return buf.getvalue()
+
+
+def long_speech(seconds: float, gap_s: float = 1.0) -> tuple[np.ndarray, list[str]]:
+    """The shipped sentences, one after another with ``gap_s`` of quiet, to ``seconds`` of audio."""
+    clips = [(audio.decode(p).samples, samples.expected_text(p.name)) for p in samples.sample_paths()]
+    gap = np.zeros(int(gap_s * SAMPLE_RATE), dtype=np.float32)
+    parts, said, total, i = [], [], 0, 0
+    while total < seconds * SAMPLE_RATE:
+        clip, sentence = clips[i % len(clips)]
+        parts += [clip, gap]
+        said.append(sentence)
+        total += clip.size + gap.size
+        i += 1
+    return np.concatenate(parts)[: int(seconds * SAMPLE_RATE)], said
+
+
+def start_actor(spec: EngineSpec, *, batch_wait_ms: float = 100.0, name: str | None = None, **worker):
+    settings = WorkerSettings(**{"max_tasks_in_hand": 16, **worker})
+    cls = worker_actor_class(prefetch=8, max_tasks_in_hand=settings.max_tasks_in_hand)
+    config = WorkerConfig(
+        name=name or f"test-worker-{uuid.uuid4().hex[:6]}",
+        engine=spec,
+        worker=settings,
+        batch_wait_ms=batch_wait_ms,
+        log_level="DEBUG",
+    )
+    handle = cls.options(num_cpus=0, num_gpus=0).remote(config)
+    ray.get(handle.ready.remote(), timeout=120)
+    return handle
+
+
+def task_spec(fault_server, task_id: int, key: str, body: bytes, spec: EngineSpec,
+              options: TranscribeOptions | None = None) -> TaskSpec:
+    fault_server.put_object(f"/b/in/{key}", body)
+    stem = key.rsplit(".", 1)[0]
+    outputs = tuple(
+        OutputTarget(fmt, fault_server.url(f"/b/out/{stem}.{fmt}"), f"s3://b/out/{stem}.{fmt}", "text/plain")
+        for fmt in ("json", "txt")
+    )
+    return TaskSpec(
+        task_id=task_id, attempt=1, input_url=fault_server.url(f"/b/in/{key}"), input_uri=f"s3://b/in/{key}",
+        outputs=outputs, engine=spec, options=options or TranscribeOptions(formats=("json", "txt")),
+    )
+
+
+def sample_specs(fault_server, spec: EngineSpec, n: int, options: TranscribeOptions | None = None):
+    paths = list(samples.sample_paths())
+    out = []
+    for i in range(n):
+        p = paths[i % len(paths)]
+        out.append((task_spec(fault_server, i + 1, f"{i}-{p.name}", p.read_bytes(), spec, options),
+                    samples.expected_text(p.name)))
+    return out
+
+
+def timing(outcome: Outcome, stage: str) -> float | None:
+    return next((s for name, s in outcome.timings if name == stage), None)
+
+
+# --- one actor, driven directly -----------------------------------------------------------------
+
+
+def test_tasks_of_different_files_share_batches(ray_session, fault_server):
+    spec = replace(TINY, batch_size=8)
+    actor = start_actor(spec, batch_wait_ms=1000)
+    tasks = sample_specs(fault_server, spec, 6)
+
+    outcomes = ray.get([actor.process.remote(t) for t, _ in tasks], timeout=180)
+
+    assert all(o.ok for o in outcomes), [o.failure for o in outcomes]
+    errors = [wer(sentence, o.result.text_preview) for (_, sentence), o in zip(tasks, outcomes)]
+    assert sum(errors) / len(errors) <= 0.15 and max(errors) <= 0.4, [o.result.text_preview for o in outcomes]
+    for (t, _), o in zip(tasks, outcomes):
+        assert all(timing(o, stage) is not None for stage in (BATCHED, "transcribe", "prepare")), o.timings
+        assert fault_server.get_object(f"/b/out/{t.input_uri.rsplit('/', 1)[1].rsplit('.', 1)[0]}.txt") is not None
+    pong: PingReply = ray.get(actor.ping.remote())
+    # Six one-window files on one device: decoded in one or two shared model calls, not six.
+    assert pong.windows_decoded >= 6  # (a window whose decode stopped early is continued as another)
+    assert 1 <= pong.batches <= 2, pong
+    assert pong.batch_size == 8 and pong.tasks_done == 6 and not pong.running
+    assert pong.buffered_audio_s == 0.0 and pong.wants == 16
+    ray.kill(actor)
+
+
+def test_a_partial_batch_runs_after_batch_wait(ray_session, fault_server):
+    spec = replace(TINY, batch_size=8)
+    actor = start_actor(spec, batch_wait_ms=1500)
+    ((task, sentence),) = sample_specs(fault_server, spec, 1)
+
+    t0 = time.monotonic()
+    outcome = ray.get(actor.process.remote(task), timeout=120)
+    elapsed = time.monotonic() - t0
+
+    assert outcome.ok and wer(sentence, outcome.result.text_preview) <= 0.25
+    waited = timing(outcome, BATCHED)
+    # One window, nothing else coming: it waits batch_wait_ms for company, then runs alone.
+    assert 1.4 <= waited <= 3.0, outcome.timings
+    assert elapsed < 30
+    pong = ray.get(actor.ping.remote())
+    assert pong.batches >= 1 and pong.windows_decoded == pong.batches  # one window at a time, alone
+    ray.kill(actor)
+
+
+def test_batch_size_one_keeps_the_sequential_path(ray_session, fault_server):
+    spec = replace(TINY, batch_size=1)
+    actor = start_actor(spec)
+    tasks = sample_specs(fault_server, spec, 2)
+
+    outcomes = ray.get([actor.process.remote(t) for t, _ in tasks], timeout=120)
+
+    for (_, sentence), o in zip(tasks, outcomes):
+        assert o.ok and wer(sentence, o.result.text_preview) <= 0.25
+        assert [name for name, _ in o.timings] == ["download", "decode", QUEUED, "transcribe", "render", "upload"]
+    pong = ray.get(actor.ping.remote())
+    assert pong.batch_size == 1 and pong.batches == 0
+    ray.kill(actor)
+
+
+def test_out_of_memory_halves_the_batch_size_and_retries(ray_session, fault_server):
+    spec = replace(TINY, engine=BATCH_FAULTS, batch_size=8)
+    actor = start_actor(spec, batch_wait_ms=1000)
+    tasks = sample_specs(fault_server, spec, 5)
+    oom = replace(tasks[0][0], options=TranscribeOptions(formats=("json", "txt"), initial_prompt="fault:oom:1"))
+    tasks[0] = (oom, tasks[0][1])
+
+    outcomes = ray.get([actor.process.remote(t) for t, _ in tasks], timeout=180)
+
+    # Nobody failed: the windows went back and were decoded in smaller batches (what they say is
+    # test_tasks_of_different_files_share_batches's business).
+    assert all(o.ok and o.result.text_preview for o in outcomes), [o.failure for o in outcomes]
+    pong = ray.get(actor.ping.remote())
+    # The four clean clips pack into one slot, the faulty one (its own prompt) into another: two
+    # slots ran out of memory, so 8 -> 1 (half the slots in hand), kept for the actor's life.
+    assert pong.batch_size == 1, pong
+    assert pong.windows_decoded >= 5
+    ray.kill(actor)
+
+
+def test_ping_reports_window_progress_of_a_long_file(ray_session, fault_server):
+    spec = replace(TINY, batch_size=2)
+    actor = start_actor(spec, batch_wait_ms=50)
+    speech, _ = long_speech(240.0)  # 8 windows: 4 batches of 2
+    options = TranscribeOptions(beam_size=1, formats=("txt",))
+    task = task_spec(fault_server, 1, "long.wav", wav_bytes(speech), spec, options)
+
+    ref = actor.process.remote(task)
+    seen: list[tuple[str, int, int, float]] = []
+    pongs: list[PingReply] = []
+    while not ray.wait([ref], timeout=0.2)[0]:
+        pong = ray.get(actor.ping.remote())
+        pongs.append(pong)
+        seen += [(r.stage, r.windows_done, r.windows_total, r.stage_s) for r in pong.running]
+    outcome = ray.get(ref)
+
+    assert outcome.ok, outcome.failure
+    batched = [(done, total) for stage, done, total, _ in seen if stage == BATCHED]
+    # At least 8 windows (the engine cuts near 30 s; a decode that stopped early adds a continuation).
+    assert batched and min(total for _, total in batched) >= 8, batched
+    done = [d for d, _ in batched]
+    assert done == sorted(done) and len(set(done)) >= 2, done  # it advances, in order
+    assert all(d <= t for d, t in batched)
+    # While the batcher makes progress, a batched task's stage clock restarts with each batch.
+    assert max(s for stage, _, _, s in seen if stage == BATCHED) < 60
+    # The decoded file was held (and counted) while it was transcribed, and let go after.
+    assert any(p.buffered_audio_s == pytest.approx(240.0, abs=0.5) for p in pongs)
+    assert ray.get(actor.ping.remote()).buffered_audio_s == 0.0
+    ray.kill(actor)
+
+
+def test_decoded_audio_is_bounded_and_wants_says_so(ray_session, fault_server):
+    spec = replace(TINY, batch_size=4)
+    # Room for about one sample's decoded audio: the others wait, downloaded, before decoding.
+    actor = start_actor(spec, batch_wait_ms=50, max_buffered_audio_s=2.0, max_tasks_in_hand=4)
+    tasks = sample_specs(fault_server, spec, 3)
+
+    refs = [actor.process.remote(t) for t, _ in tasks]
+    pongs = []
+    while len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) < len(refs):
+        pongs.append(ray.get(actor.ping.remote()))
+        time.sleep(0.05)
+    outcomes = ray.get(refs)
+
+    assert all(o.ok for o in outcomes), [o.failure for o in outcomes]
+    assert max(p.buffered_audio_s for p in pongs) <= 4.5  # never more than one file at a time
+    assert sum(1 for o in outcomes if timing(o, "memory") is not None) >= 1  # someone waited for room
+    assert any(p.running and p.wants == 0 for p in pongs)  # full: asks for nothing more
+    pong = ray.get(actor.ping.remote())
+    # Idle, it wants one: files average twice the bound, but an idle actor always takes one.
+    assert pong.wants == 1 and pong.buffered_audio_s == 0.0
+    ray.kill(actor)
+
+
+# --- the whole system ---------------------------------------------------------------------------
+
+
+def test_a_poison_window_fails_alone_through_the_system(system):
+    inputs = system.upload_samples()
+    good = system.submit([u for u, _ in inputs], engine=BATCH_FAULTS)
+    poison_uri = system.put("in/poison.wav", (samples.sample_paths()[0]).read_bytes())
+    (poison,) = system.submit([poison_uri], engine=BATCH_FAULTS,
+                              options=TranscribeOptions(initial_prompt="fault:raise"), max_retries=0)
+    # One actor, every task in hand at once: the poison window shares a batch with the others.
+    settings = system.settings.with_(
+        worker={"min_actors": 1, "max_actors": 1, "prefetch": 8}, engine={"batch_size": 8, "batch_wait_ms": 1000}
+    )
+
+    summary = system.run(settings)
+
+    view = system.store.get(poison)
+    assert view.status is TaskStatus.DEAD
+    (attempt,) = view.attempts
+    assert (attempt.stage, attempt.error_class) == ("transcribe", "TranscriptionError")
+    assert "poison window" in attempt.error_message
+    # Its neighbours completed at their first attempt (what they say is checked where accuracy is the
+    # subject: test_tasks_of_different_files_share_batches).
+    for task_id in good:
+        v = system.store.get(task_id)
+        assert v.status is TaskStatus.COMPLETED and v.retries == 0, (v.status, v.attempts)
+        assert system.object_text(f"{v.output_uri}.txt").strip()
+    assert summary.completed == len(good) and summary.dead == 1
+    system.check_invariants()
+
+
+def _worker_handles(namespace: str):
+    return [ray.get_actor(a["name"], namespace=namespace)
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == namespace and a["name"].startswith("worker-")]
+
+
+def test_a_twenty_minute_file_completes_through_the_system_in_bounded_memory(system):
+    import psutil
+
+    speech, said = long_speech(1200.0)
+    uri = system.put("in/twenty-minutes.wav", wav_bytes(speech))
+    del speech
+    (task_id,) = system.submit([uri], options=TranscribeOptions(beam_size=1))
+    settings = system.settings.with_(worker={"min_actors": 1, "max_actors": 1}, engine={"batch_size": 8})
+    rss: list[int] = []
+    progress: list[tuple[int, int]] = []
+
+    def watch(orch):
+        while system.store.get(task_id).status in (TaskStatus.PENDING, TaskStatus.IN_PROGRESS):
+            for handle in _worker_handles(settings.namespace):
+                try:
+                    pong = ray.get(handle.ping.remote(), timeout=5)
+                    rss.append(psutil.Process(pong.pid).memory_info().rss)
+                    progress.extend((r.windows_done, r.windows_total) for r in pong.running if r.windows_total)
+                except Exception:  # the actor is starting or gone: nothing to measure this round
+                    pass
+            time.sleep(0.5)
+
+    summary = system.run(settings, timeout=900, during=watch)
+
+    assert summary.completed == 1
+    view = system.store.get(task_id)
+    assert view.status is TaskStatus.COMPLETED and view.audio_duration_s == pytest.approx(1200.0, abs=0.1)
+    text = system.object_text(f"{view.output_uri}.txt")
+    assert wer(" ".join(said), text) <= 0.3
+    assert rss, "never measured the actor"
+    # Measured about 1.1 GB: the actor at rest (~270 MB) + 20 minutes of float32 (77 MB) + the engine's
+    # working set for a CPU batch of 8 windows (~600 MB, the same for a 5-minute file): bounded by the
+    # batch, not by the file's length.
+    print(f"actor RSS: first {rss[0] / 1024**2:.0f} MiB, max {max(rss) / 1024**2:.0f} MiB over {len(rss)} samples")
+    assert max(rss) < 1.5 * 1024**3, max(rss) / 1024**2
+    assert min(t for _, t in progress) >= 40  # windows of at most 30 s
+    assert len({d for d, _ in progress}) >= 2  # the ping showed it advancing
+    system.check_invariants()
+
+
+def test_a_hung_batch_trips_the_deadline(system):
+    (uri, _), = system.upload_samples(["fox.wav"])
+    (task_id,) = system.submit([uri], engine=BATCH_FAULTS, options=TranscribeOptions(initial_prompt="fault:hang"),
+                               max_retries=0)
+    settings = system.settings.with_(
+        worker={"min_actors": 1, "max_actors": 1}, engine={"batch_size": 4, "batch_wait_ms": 50},
+        health={"task_deadline_base_s": 4.0, "task_deadline_per_audio_s": 0.0},
+    )
+
+    system.run(settings, timeout=120)
+
+    view = system.store.get(task_id)
+    assert view.status is TaskStatus.DEAD
+    (attempt,) = view.attempts
+    assert attempt.stage == "timeout" and attempt.error_class == "TaskTimedOut", attempt
+    system.check_invariants()
