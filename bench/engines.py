@@ -10,13 +10,15 @@ Batching (the default) runs three ways over the same audio, side by side, in one
 * sequential: ``engine.transcribe`` one file at a time (``engine.batch_size = 1``);
 * per-file batched: faster-whisper's ``BatchedInferencePipeline`` on each file (VAD chunks of one
   file batched together), the best a plain loop gets from faster-whisper;
-* cross-file: :func:`raytranscribe.batching.transcribe_batch`, windows of all files packed into
-  batches of ``--batch-size`` slots, what a worker actor does;
+* cross-file: :func:`raytranscribe.batching.transcribe_batch`, windows of all files decoded in
+  batches of ``--batch-size`` slots, one window a slot: what a worker actor does by default;
+* cross-file packed: the same with ``engine.pack_windows`` on, short windows of several files
+  sharing one 30 s slot;
 
 on (a) 48 short clips of 2-12 s of espeak-ng speech and (b) one 10-minute file of the same speech
 concatenated, and prints audio seconds per wall second, the ratio to sequential and WER, ending with
 the headline lines ``ratio cross-file/sequential short``, ``ratio cross-file/per-file-batched short``
-and ``ratio cross-file/sequential long``. Without espeak-ng on the PATH the clips are built from
+and ``ratio cross-file/sequential long`` (and the packed way's two short ratios). Without espeak-ng on the PATH the clips are built from
 the committed samples instead (the report says which).
 
 ``--load`` measures, for each engine and each committed speech sample,
@@ -225,12 +227,14 @@ def bench_batching(spec: EngineSpec, options: TranscribeOptions, batch_size: int
             return out
 
         pfb, pfb_s = _timed(per_file)
-        cross, cross_s = _timed(lambda: [t.text for t in transcribe_batch(engine, audios, options, batch_size)])
+        cross, cross_s = _timed(lambda: [t.text for t in transcribe_batch(engine, audios, options, batch_size, pack=False)])
+        packed, packed_s = _timed(lambda: [t.text for t in transcribe_batch(engine, audios, options, batch_size, pack=True)])
         figures[name] = {
             "audio_s": audio_s, "files": len(audios),
             "sequential": (seq_s, _mean_wer(refs, seq)),
             "per-file batched": (pfb_s, _mean_wer(refs, pfb)),
             "cross-file": (cross_s, _mean_wer(refs, cross)),
+            "cross-file packed": (packed_s, _mean_wer(refs, packed)),
         }
     return figures
 
@@ -242,7 +246,7 @@ def print_batching(figures: dict, label: str, source: str) -> None:
     print("-" * len(head))
     for name, f in figures.items():
         seq_s = f["sequential"][0]
-        for way in ("sequential", "per-file batched", "cross-file"):
+        for way in ("sequential", "per-file batched", "cross-file", "cross-file packed"):
             wall, err = f[way]
             print(f"{name:24s} {way:18s} {wall:8.2f} {f['audio_s'] / wall:7.1f} {seq_s / wall:6.2f}x {err:6.3f}")
 
@@ -301,6 +305,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ratio cross-file/per-file-batched short: "
               f"{short_f['per-file batched'][0] / short_f['cross-file'][0]:.2f}")
         print(f"ratio cross-file/sequential long: {long_f['sequential'][0] / long_f['cross-file'][0]:.2f}")
+        # engine.pack_windows (off by default): short windows of several files share a slot.
+        print(f"ratio cross-file packed/sequential short: "
+              f"{short_f['sequential'][0] / short_f['cross-file packed'][0]:.2f}")
+        print(f"ratio cross-file packed/per-file-batched short: "
+              f"{short_f['per-file batched'][0] / short_f['cross-file packed'][0]:.2f}")
         return
 
     options = TranscribeOptions(beam_size=args.beam_size)

@@ -133,9 +133,13 @@ class WindowScheduler:
     """
 
     spec: EngineSpec
-    pack: bool = True  # short windows share slots (PACK_MAX_S); False: one window per slot
+    pack: bool | None = None  # short windows share slots (PACK_MAX_S); None: spec.pack_windows
     _tasks: dict[Hashable, _Task] = field(default_factory=dict)
     _pending: list[WindowRef] = field(default_factory=list)  # oldest first
+
+    def __post_init__(self) -> None:
+        if self.pack is None:
+            self.pack = self.spec.pack_windows
 
     def add(self, key: Hashable, prepared: PreparedAudio, options: TranscribeOptions) -> Transcript | None:
         """Queue a task's windows. A file with no windows (silence, empty VAD) is done at once:
@@ -421,6 +425,8 @@ def transcribe_batch(
     audios: Sequence[np.ndarray],
     options: TranscribeOptions | Sequence[TranscribeOptions],
     batch_size: int,
+    *,
+    pack: bool | None = None,
 ) -> list[Transcript | Exception]:
     """Transcribe many files, their windows decoded ``batch_size`` at a time across files.
 
@@ -439,7 +445,7 @@ def transcribe_batch(
             except Exception as exc:
                 out[i] = exc
         return out  # type: ignore[return-value]
-    scheduler = WindowScheduler(engine.spec)
+    scheduler = WindowScheduler(engine.spec, pack=pack)
     for i, (audio, opts) in enumerate(zip(audios, per_file, strict=True)):
         try:
             done = scheduler.add(i, engine.prepare(audio, opts), opts)

@@ -247,6 +247,7 @@ class Orchestrator:
             batch_size=e.batch_size,
             cpu_batch_size=e.cpu_batch_size,
             cuda_batch_size=e.cuda_batch_size,
+            pack_windows=e.pack_windows,
         )
 
     # --- claim, presign, submit ----------------------------------------------------------------

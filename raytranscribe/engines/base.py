@@ -33,6 +33,7 @@ class EngineSpec:
     batch_size: int = _ENGINE_DEFAULTS.batch_size
     cpu_batch_size: int = _ENGINE_DEFAULTS.cpu_batch_size
     cuda_batch_size: int = _ENGINE_DEFAULTS.cuda_batch_size
+    pack_windows: bool = _ENGINE_DEFAULTS.pack_windows  # short windows of several files share a slot
     download_root: str | None = None
 
 
