@@ -111,7 +111,7 @@ class WorkerSettings(_Group):
     max_tasks_in_hand: int = Field(
         64, ge=1,
         description="Most tasks an actor works on at once (its pipeline threads), the cap on what it asks for: "
-        "more than one batch takes (a CPU batch of 8 slots packs up to about 40 short clips), so the next "
+        "more than one batch takes (a batch of 8 slots holds 8 windows, 16 when packed), so the next "
         "batch is ready while one decodes; raise it (and prefetch) for short clips on GPUs",
     )  # fmt: skip
     max_buffered_audio_s: float = Field(

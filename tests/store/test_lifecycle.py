@@ -220,7 +220,10 @@ def test_transient_failure_schedules_retry_within_jitter_bounds(make_store, stor
     (a,) = t.attempts
     assert (a.outcome, a.stage, a.error_class, a.http_status, a.decision) == (
         "failed", "download", "ServerError", 503, "transient error, retry 1 of 3")  # fmt: skip
-    # A failed task is not claimable before retry_at.
+    # A failed task is not claimable before retry_at. (Full jitter may draw a delay close to 0, so
+    # the delays are pushed out first: this checks the claim's rule, not the dice.)
+    with slow._engine.begin() as conn:
+        conn.execute(sa.text("UPDATE tasks SET retry_at = now() + interval '1 hour' WHERE status = 'failed'"))
     assert slow.claim(50, "o", lease_s=60) == []
     # Second failure of the task with backoff 3: ceiling = 10 * 3 ** 1 = 30 s.
     with slow._engine.begin() as conn:  # make the retry due now, as if the delay had passed
