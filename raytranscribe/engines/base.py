@@ -6,13 +6,14 @@ mono float32 audio plus :class:`TranscribeOptions` into a :class:`Transcript`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from raytranscribe.config import EngineSettings
+from raytranscribe.errors import EngineOutOfMemory, RayTranscribeError, TranscriptionError
 
 _ENGINE_DEFAULTS = EngineSettings()  # the batch defaults live in config.py, once
 
@@ -203,3 +204,40 @@ class BatchEngine(Engine, Protocol):
         job, in order, times relative to the window's start. Raises on failure of the batch
         (TranscriptionError; a device out of memory raises EngineOutOfMemory)."""
         ...
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """A device (or host) allocation failure, as CUDA, CTranslate2 and PyTorch word it."""
+    text = str(exc).lower()
+    return "out of memory" in text or "bad_alloc" in text or "alloc_failed" in text
+
+
+def decode_in_groups(
+    batch: Sequence[WindowJob],
+    key: Callable[[WindowJob], Hashable],
+    decode_group: Callable[[Sequence[WindowJob]], list[list[Segment]]],
+    engine_name: str,
+) -> list[list[Segment]]:
+    """One ``decode_group`` call per group of jobs that must share decoding parameters, results back
+    in batch order; a failure of any group is the batch's TranscriptionError (EngineOutOfMemory for
+    an allocation failure, so the caller halves the batch)."""
+    results: list[list[Segment] | None] = [None] * len(batch)
+    groups: dict[Hashable, list[int]] = {}
+    for i, job in enumerate(batch):
+        groups.setdefault(key(job), []).append(i)
+    try:
+        for indices in groups.values():
+            for i, segments in zip(indices, decode_group([batch[i] for i in indices]), strict=True):
+                results[i] = segments
+    except RayTranscribeError:
+        raise
+    except Exception as exc:
+        seconds = sum(j.window.duration_s for j in batch)
+        message = (
+            f"{engine_name} failed on a batch of {len(batch)} windows ({seconds:.1f} s of audio): "
+            f"{type(exc).__name__}: {exc}"
+        )
+        if out_of_memory(exc):
+            raise EngineOutOfMemory(message) from exc
+        raise TranscriptionError(message) from exc
+    return results  # type: ignore[return-value]

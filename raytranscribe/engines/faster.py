@@ -28,11 +28,12 @@ from raytranscribe.engines.base import (
     Transcript,
     TranscribeOptions,
     WindowJob,
+    decode_in_groups,
     Word,
 )
 from raytranscribe.engines.models import resolve_faster_whisper_model
 from raytranscribe.engines.windows import fixed_windows, speech_windows
-from raytranscribe.errors import EngineOutOfMemory, ModelLoadError, RayTranscribeError, Stage, TranscriptionError
+from raytranscribe.errors import ModelLoadError, RayTranscribeError, Stage, TranscriptionError
 
 log = logging.getLogger(__name__)
 
@@ -168,32 +169,7 @@ class FasterWhisperEngine:
         separate generate calls, since CTranslate2 takes those per call; prompts (language, task,
         initial prompt) are per item.
         """
-        if not batch:
-            return []
-        results: list[list[Segment] | None] = [None] * len(batch)
-        groups: dict[tuple, list[int]] = {}
-        for i, job in enumerate(batch):
-            o = job.options
-            key = (o.beam_size, o.temperature, o.word_timestamps)
-            if o.word_timestamps:  # alignment takes one tokenizer per call
-                key += (o.task, job.language)
-            groups.setdefault(key, []).append(i)
-        try:
-            for indices in groups.values():
-                for i, segments in zip(indices, self._decode_group([batch[i] for i in indices]), strict=True):
-                    results[i] = segments
-        except RayTranscribeError:
-            raise
-        except Exception as exc:
-            seconds = sum(j.window.duration_s for j in batch)
-            message = (
-                f"faster-whisper failed on a batch of {len(batch)} windows ({seconds:.1f} s of audio): "
-                f"{type(exc).__name__}: {exc}"
-            )
-            if _out_of_memory(exc):
-                raise EngineOutOfMemory(message) from exc
-            raise TranscriptionError(message) from exc
-        return results  # type: ignore[return-value]
+        return decode_in_groups(batch, _group_key, self._decode_group, "faster-whisper")
 
     def _tokenizer(self, task: str, language: str | None):
         from faster_whisper.tokenizer import Tokenizer
@@ -381,9 +357,12 @@ def _loop_ratio(tokens: Sequence[int], tokenizer) -> float:
     return worst
 
 
-def _out_of_memory(exc: Exception) -> bool:
-    text = str(exc).lower()
-    return "out of memory" in text or "bad_alloc" in text or "alloc_failed" in text
+def _group_key(job: WindowJob) -> tuple:
+    o = job.options
+    key = (o.beam_size, o.temperature, o.word_timestamps)
+    if o.word_timestamps:  # alignment takes one tokenizer per call
+        key += (o.task, job.language)
+    return key
 
 
 def _window_segment(s: dict, d: _Decoded) -> Segment:

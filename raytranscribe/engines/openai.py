@@ -32,11 +32,12 @@ from raytranscribe.engines.base import (
     Transcript,
     TranscribeOptions,
     WindowJob,
+    decode_in_groups,
     Word,
 )
 from raytranscribe.engines.models import looks_like_path, resolve_openai_whisper_model
 from raytranscribe.engines.windows import fixed_windows
-from raytranscribe.errors import EngineOutOfMemory, ModelLoadError, RayTranscribeError, Stage, TranscriptionError
+from raytranscribe.errors import ModelLoadError, Stage, TranscriptionError
 
 log = logging.getLogger(__name__)
 
@@ -152,30 +153,7 @@ class OpenAIWhisperEngine:
     def decode_windows(self, batch: Sequence[WindowJob]) -> list[list[Segment]]:
         """``whisper.decode`` over a stacked mel batch, one call per language and prompt
         (openai-whisper takes those per call, not per item)."""
-        if not batch:
-            return []
-        results: list[list[Segment] | None] = [None] * len(batch)
-        groups: dict[tuple, list[int]] = {}
-        for i, job in enumerate(batch):
-            o = job.options
-            key = (job.language, o.task, o.beam_size, o.temperature, o.initial_prompt, o.word_timestamps)
-            groups.setdefault(key, []).append(i)
-        try:
-            for indices in groups.values():
-                for i, segments in zip(indices, self._decode_group([batch[i] for i in indices]), strict=True):
-                    results[i] = segments
-        except RayTranscribeError:
-            raise
-        except Exception as exc:
-            seconds = sum(j.window.duration_s for j in batch)
-            message = (
-                f"openai-whisper failed on a batch of {len(batch)} windows ({seconds:.1f} s of audio): "
-                f"{type(exc).__name__}: {exc}"
-            )
-            if "out of memory" in str(exc).lower():
-                raise EngineOutOfMemory(message) from exc
-            raise TranscriptionError(message) from exc
-        return results  # type: ignore[return-value]
+        return decode_in_groups(batch, _group_key, self._decode_group, "openai-whisper")
 
     def _decode_group(self, jobs: Sequence[WindowJob]) -> list[list[Segment]]:
         import torch
@@ -309,3 +287,8 @@ def _split_tokens(r, tokenizer, duration_s: float) -> list[dict]:
             continue
         out.append(dict(seek=0, start=start, end=min(end, duration_s), tokens=part, text=text))
     return out
+
+
+def _group_key(job: WindowJob) -> tuple:
+    o = job.options
+    return (job.language, o.task, o.beam_size, o.temperature, o.initial_prompt, o.word_timestamps)
