@@ -508,11 +508,8 @@ def test_tasks_complete_with_a_model_from_s3_and_a_node_keeps_one_copy(system, f
     from tests.support.models import model_gets, serve_model, submit_with_model, tiny_model_files
 
     model = serve_model(fault_server, system.bucket, "models/tiny-en/", tiny_model_files())
-    # S3 is the fault server (its request log shows each GET); two actors on one node. batch_size 1:
-    # the batched path sometimes garbles fox.wav when it shares a slot with another file ("the quick
-    # round-fak jump", also seen in test_orchestrator's end-to-end test), which is not this test's subject;
-    # the model loads the same either way (tests/test_pool.py's loading test runs the default batching).
-    settings = system.use_fault_server(fault_server, engine={"model_cache_dir": str(tmp_path), "batch_size": 1})
+    # S3 is the fault server (its request log shows each GET); two actors on one node, default batching.
+    settings = system.use_fault_server(fault_server, engine={"model_cache_dir": str(tmp_path)})
     assert settings.worker.min_actors == 2
 
     first, expected = submit_with_model(system, fault_server, ["fox.wav", "doctor.flac", "river.mp3"], model)
