@@ -241,3 +241,21 @@ def decode_in_groups(
             raise EngineOutOfMemory(message) from exc
         raise TranscriptionError(message) from exc
     return results  # type: ignore[return-value]
+
+
+def segment_from_dict(s: dict, avg_logprob: float, no_speech_prob: float) -> Segment:
+    """A Segment from the dict form both Whisper libraries produce (words under "words")."""
+    words = None
+    if "words" in s:
+        words = tuple(
+            Word(start=float(w["start"]), end=float(w["end"]), word=w["word"], probability=float(w["probability"]))
+            for w in s["words"]
+        )
+    return Segment(
+        start=float(s["start"]),
+        end=float(s["end"]),
+        text=s["text"].strip(),
+        words=words,
+        avg_logprob=float(avg_logprob),
+        no_speech_prob=float(no_speech_prob),
+    )

@@ -28,8 +28,9 @@ from raytranscribe.engines.base import (
     Transcript,
     TranscribeOptions,
     WindowJob,
-    decode_in_groups,
     Word,
+    decode_in_groups,
+    segment_from_dict,
 )
 from raytranscribe.engines.models import resolve_faster_whisper_model
 from raytranscribe.engines.windows import fixed_windows, speech_windows
@@ -366,17 +367,4 @@ def _group_key(job: WindowJob) -> tuple:
 
 
 def _window_segment(s: dict, d: _Decoded) -> Segment:
-    words = None
-    if "words" in s:
-        words = tuple(
-            Word(start=float(w["start"]), end=float(w["end"]), word=w["word"], probability=float(w["probability"]))
-            for w in s["words"]
-        )
-    return Segment(
-        start=float(s["start"]),
-        end=float(s["end"]),
-        text=s["text"].strip(),
-        words=words,
-        avg_logprob=d.avg_logprob,
-        no_speech_prob=d.no_speech_prob,
-    )
+    return segment_from_dict(s, d.avg_logprob, d.no_speech_prob)

@@ -33,7 +33,7 @@ from raytranscribe.engines.base import (
     TranscribeOptions,
     WindowJob,
     decode_in_groups,
-    Word,
+    segment_from_dict,
 )
 from raytranscribe.engines.models import looks_like_path, resolve_openai_whisper_model
 from raytranscribe.engines.windows import fixed_windows
@@ -209,20 +209,7 @@ class OpenAIWhisperEngine:
 
 
 def _segment(s: dict) -> Segment:
-    words = None
-    if "words" in s:
-        words = tuple(
-            Word(start=float(w["start"]), end=float(w["end"]), word=w["word"], probability=float(w["probability"]))
-            for w in s["words"]
-        )
-    return Segment(
-        start=float(s["start"]),
-        end=float(s["end"]),
-        text=s["text"].strip(),
-        words=words,
-        avg_logprob=float(s["avg_logprob"]),
-        no_speech_prob=float(s["no_speech_prob"]),
-    )
+    return segment_from_dict(s, s["avg_logprob"], s["no_speech_prob"])
 
 
 # openai-whisper's transcribe() defaults, applied per window by the batched path.
