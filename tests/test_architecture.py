@@ -22,6 +22,8 @@ FORBIDDEN = {
     "raytranscribe.breakers": ("ray", "sqlalchemy", "boto3", "requests"),
     "raytranscribe.orchestrator": ("raytranscribe.engines.faster", "raytranscribe.engines.openai"),
     "raytranscribe.uris": ("ray", "sqlalchemy", "boto3", "botocore", "requests"),
+    "raytranscribe.batching": ("ray", "sqlalchemy", "boto3", "botocore", "requests"),
+    "raytranscribe.isolation": ("ray", "sqlalchemy", "boto3", "botocore", "requests"),
     # the node's model cache runs in workers and engines: no HTTP client until a download starts
     "raytranscribe.modelcache": ("requests", "boto3", "botocore", "sqlalchemy", "ray", "raytranscribe.store"),
 }
