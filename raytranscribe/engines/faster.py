@@ -270,17 +270,18 @@ class FasterWhisperEngine:
         return out
 
     def _add_words(self, jobs, tokenizer, features, segments: list[list[dict]]) -> None:
-        """faster-whisper's own word alignment, over the windows that have text (one encode)."""
-        have = [i for i, s in enumerate(segments) if s]
-        if not have:
-            return
+        """faster-whisper's own word alignment, one window at a time: its pass carries the last
+        speech time from one segment list to the next, which across files would stop it trimming a
+        first word that swallowed a leading silence."""
         fe = self.model.feature_extractor
-        encoder_output = self.model.encode(features[have])
-        sizes = [min(jobs[i].window.samples.size // fe.hop_length, fe.nb_max_frames) for i in have]
-        subset = [segments[i] for i in have]
-        self.model.add_word_timestamps(
-            subset, tokenizer, encoder_output, sizes, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS, 0.0
-        )
+        for i, window_segments in enumerate(segments):
+            if not window_segments:
+                continue
+            encoder_output = self.model.encode(features[i : i + 1])
+            size = min(jobs[i].window.samples.size // fe.hop_length, fe.nb_max_frames)
+            self.model.add_word_timestamps(
+                [window_segments], tokenizer, encoder_output, [size], PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS, 0.0
+            )
 
 
 def _segment(s) -> Segment:
