@@ -20,6 +20,7 @@ class Alerter:
         self.s = settings
         self.clock = clock
         self._events: collections.deque[tuple[float, bool]] = collections.deque()
+        self._failures = 0  # of the events in the window: kept, not counted, since observe runs per task
         self._rate_alerted = False
         self.sent: list[dict] = []  # what was posted (or tried), for `status` and tests
 
@@ -29,10 +30,11 @@ class Alerter:
     def observe(self, ok: bool) -> None:
         now = self.clock()
         self._events.append((now, ok))
+        self._failures += not ok
         while self._events and now - self._events[0][0] > self.s.window_s:
-            self._events.popleft()
+            self._failures -= not self._events.popleft()[1]
         n = len(self._events)
-        failures = sum(1 for _, good in self._events if not good)
+        failures = self._failures
         rate = failures / n if n else 0.0
         if n >= self.s.min_tasks and rate >= self.s.failure_rate_threshold:
             if not self._rate_alerted:  # once per excursion, not once per task

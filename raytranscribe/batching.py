@@ -184,15 +184,18 @@ class WindowScheduler:
 
         The oldest pending window always goes (no task starves). Within the next ``LOOKAHEAD``
         batches' worth of windows, short windows of the same prompt are packed into shared slots
-        (first fit, longest first), and the slots chosen are the fullest: a batched decode runs as
-        long as its longest item, so slots of similar length waste the least.
+        (first fit, longest first), and the slots chosen are those closest in length to the oldest:
+        a batched decode runs as long as its longest item, and an engine that encodes windows at
+        their own length (fitted windows) runs one call per length, so a batch of like lengths
+        wastes the least.
         """
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
         pool = self._pending[: LOOKAHEAD * max_items]
         bins = self._bins(pool)
         oldest = next(b for b in bins if 0 in b)
-        rest = sorted((b for b in bins if b is not oldest), key=lambda b: (-self._length(pool, b), min(b)))
+        target = self._length(pool, oldest)
+        rest = sorted((b for b in bins if b is not oldest), key=lambda b: (abs(self._length(pool, b) - target), min(b)))
         chosen = [oldest, *rest[: max_items - 1]]
         taken = {i for b in chosen for i in b}
         self._pending = [ref for i, ref in enumerate(pool) if i not in taken] + self._pending[len(pool) :]

@@ -14,6 +14,7 @@ and every attempt in flight on them, and hand back :class:`Outcome` s, failovers
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import ray
+from ray import ObjectRefGenerator
 
 from raytranscribe import metrics
 from raytranscribe.alerts import Alerter
@@ -36,6 +38,7 @@ from raytranscribe.logs import task_extra
 from raytranscribe.pool import ActorPool, ActorPools, Lease, new_owner_tag
 from raytranscribe.storage import S3Storage
 from raytranscribe.store import ClaimedTask, RecordResult, Store, TaskStatus
+from raytranscribe.worker import TranscriptionWorker
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,7 @@ class RunOptions:
     grace_s: float = 30.0  # on stop: how long in-flight work may finish
     idle_poll_s: float = 1.0  # how often an idle pool asks the database for work
     tick_s: float = 0.25  # longest ray.wait
+    turn_s: float = 0.02  # shortest turn: what finishes meanwhile is recorded, and refilled, in one batch
 
 
 class Orchestrator:
@@ -102,7 +106,9 @@ class Orchestrator:
         options: RunOptions = RunOptions(),
         observer: Observer | None = None,
         runtime_env: dict | None = None,
+        worker: type[TranscriptionWorker] = TranscriptionWorker,
     ) -> None:
+        """``worker``: the actor class the pools start (TranscriptionWorker, or a subclass of it)."""
         self.settings = settings
         self.store = store
         self.storage = storage
@@ -111,7 +117,9 @@ class Orchestrator:
         tag = new_owner_tag()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{tag}"
         # An s3:// model reaches each new actor as presigned URLs listed here (the pool imports no storage).
-        self.pools = ActorPools(settings, tag, runtime_env=runtime_env, model_source=storage.model_for_actor)
+        self.pools = ActorPools(
+            settings, tag, runtime_env=runtime_env, model_source=storage.model_for_actor, worker=worker
+        )
         self.breakers = {s: CircuitBreaker(s, settings.breaker) for s in BREAKER_STAGES}
         self.alerter = Alerter(settings.alerts)
         self.summary = RunSummary()
@@ -156,6 +164,7 @@ class Orchestrator:
         try:
             while True:
                 now = time.monotonic()
+                turn_started = now
                 if self._stop.is_set() and stop_deadline is None:
                     stop_deadline = now + self.options.grace_s
                 if stop_deadline is not None and (not self.pools.in_flight or now >= stop_deadline):
@@ -172,7 +181,7 @@ class Orchestrator:
                     break
                 if not self.pools.serviceable():
                     raise NoWorkers("no worker actors can run: " + "; ".join(self.pools.gave_up().values()))
-                self._take(self.pools.collect(self._wait(self.options.tick_s)))
+                self._take(self.pools.collect(self._wait(self.options.tick_s, turn_started)))
         finally:
             self._shutdown()
         self.summary.finished = time.monotonic()
@@ -191,11 +200,12 @@ class Orchestrator:
                 lost = self.store.renew(leases, self.owner, lease_s=self.settings.lease.lease_s)
                 for lease in lost:  # cancelled or taken over: its outcome would be fenced out anyway
                     self.pools.abandon(lease)
-            for r in ([] if self._buffer else self.store.reap()):
+            reaped = [] if self._buffer else self.store.reap()
+            for r in reaped:
                 log.warning(
                     "lease expired (holder vanished): %s", r.reason, extra=task_extra(r.task_id, r.attempt, Stage.LEASE)
                 )
-                self._count(r)
+            self._count([(r, None) for r in reaped])
             if self.options.pairs is None:
                 self._pairs = self.store.claimable_pairs()
             self._outstanding = self.store.outstanding(self.options.pairs)
@@ -237,18 +247,7 @@ class Orchestrator:
             self._db_down(exc)
 
     def _engine_spec(self, pair: tuple[str, str]) -> EngineSpec:
-        e = self.settings.engine
-        return EngineSpec(
-            engine=pair[0],
-            model=pair[1],
-            device=e.device,
-            compute_type=e.compute_type,
-            cpu_threads=e.cpu_threads,
-            batch_size=e.batch_size,
-            cpu_batch_size=e.cpu_batch_size,
-            cuda_batch_size=e.cuda_batch_size,
-            pack_windows=e.pack_windows,
-        )
+        return EngineSpec.from_settings(self.settings.engine, *pair)
 
     # --- claim, presign, submit ----------------------------------------------------------------
 
@@ -340,12 +339,16 @@ class Orchestrator:
 
     # --- results --------------------------------------------------------------------------------
 
-    def _wait(self, timeout: float) -> list[ray.ObjectRef]:
-        """Every ref that is ready, waiting up to ``timeout`` for one when none is."""
+    def _wait(self, timeout: float, turn_started: float) -> list[ray.ObjectRef | ObjectRefGenerator]:
+        """Every ref that is ready, once the turn has lasted ``turn_s``, waiting up to ``timeout``
+        for one when none is."""
         refs = self.pools.refs()
         if not refs:
             time.sleep(timeout)
             return []
+        rest = turn_started + self.options.turn_s - time.monotonic()
+        if rest > 0:
+            time.sleep(rest)
         # Under load something is ready every turn: one pass over the refs, not two.
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         if ready:
@@ -358,11 +361,8 @@ class Orchestrator:
 
     def _take(self, outcomes: Sequence[Outcome]) -> None:
         """Outcomes from the pools (results, failovers, deadline kills) into the write buffer."""
-        m = metrics.get()
         for outcome in outcomes:
             self._observe_transfer(outcome)
-            for stage, seconds in outcome.timings:
-                m.stage_seconds.observe(seconds, tags={"stage": stage})
             self._buffer.append(outcome)
 
     def _observe_transfer(self, outcome: Outcome) -> None:
@@ -389,37 +389,48 @@ class Orchestrator:
         batch = list(self._buffer)
         results = self.store.record(batch)
         del self._buffer[: len(batch)]
+        self._count(list(zip(results, batch)))
         for outcome, result in zip(batch, results):
-            self._count(result, outcome)
             self.observer.recorded(outcome, result)
 
-    def _count(self, result: RecordResult, outcome: Outcome | None = None) -> None:
-        m = metrics.get()
-        stage = outcome.failure.stage.value if outcome and outcome.failure else (Stage.LEASE.value if outcome is None else "")
-        if not result.applied:
-            self.summary.fenced += 1
-            m.tasks_finished.inc(tags={"outcome": "fenced", "stage": stage})
+    def _count(self, recorded: Sequence[tuple[RecordResult, Outcome | None]]) -> None:
+        """The run's summary, alerts and metrics for recorded outcomes (None: a reaped lease). The
+        metrics move once per batch and kind, not once per task: at a thousand tasks a second each
+        metric call is driver time."""
+        finished: collections.Counter[tuple[str, str]] = collections.Counter()
+        audio = 0.0
+        for result, outcome in recorded:
+            f = outcome.failure if outcome is not None else None
+            stage = f.stage.value if f is not None else (Stage.LEASE.value if outcome is None else "")
+            if not result.applied:
+                self.summary.fenced += 1
+                finished["fenced", stage] += 1
+            elif result.status is TaskStatus.COMPLETED:
+                self.summary.completed += 1
+                audio += outcome.result.audio_duration_s if outcome and outcome.result else 0.0
+                finished["completed", ""] += 1
+                self.alerter.observe(ok=True)
+            elif result.status is TaskStatus.DEAD:
+                self.summary.dead += 1
+                finished["dead", stage] += 1
+                self.alerter.observe(ok=False)
+                self.alerter.task_dead(result.task_id, result.reason or "")
+            elif result.status is TaskStatus.FAILED:
+                self.summary.retried += 1
+                finished["retry", stage] += 1
+                self.alerter.observe(ok=False)
+            elif result.status is TaskStatus.PENDING:
+                self.summary.released += 1
+        if not finished:
             return
-        if result.status is TaskStatus.COMPLETED:
-            self.summary.completed += 1
-            audio = outcome.result.audio_duration_s if outcome and outcome.result else 0.0
+        m = metrics.get()
+        for (kind, stage), n in finished.items():
+            m.tasks_finished.inc(n, tags={"outcome": kind, "stage": stage})
+        if audio > 0:
             self.summary.audio_s += audio
-            if audio > 0:
-                m.audio_seconds.inc(audio)
+            m.audio_seconds.inc(audio)
+        if finished["completed", ""]:
             m.real_time_factor.set(self.summary.real_time_factor)
-            m.tasks_finished.inc(tags={"outcome": "completed", "stage": ""})
-            self.alerter.observe(ok=True)
-        elif result.status is TaskStatus.DEAD:
-            self.summary.dead += 1
-            m.tasks_finished.inc(tags={"outcome": "dead", "stage": stage})
-            self.alerter.observe(ok=False)
-            self.alerter.task_dead(result.task_id, result.reason or "")
-        elif result.status is TaskStatus.FAILED:
-            self.summary.retried += 1
-            m.tasks_finished.inc(tags={"outcome": "retry", "stage": stage})
-            self.alerter.observe(ok=False)
-        elif result.status is TaskStatus.PENDING:
-            self.summary.released += 1
 
     def _db_ok(self) -> None:
         if self._db_failures:

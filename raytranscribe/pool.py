@@ -4,8 +4,12 @@ What the orchestrator sees (:class:`ActorPools`, every pool together):
 
 - ``ensure(engine_spec)`` a pool for that (engine, model); ``get(key).capacity()`` how many more tasks
   its actors want now; ``get(key).submit(task_spec)`` hands a task to an actor (False: none wants it);
-  ``send()`` issues the Ray calls for what was submitted this turn;
-- ``refs()`` what is worth waiting on, ``collect(ready)`` the :class:`Outcome` of every finished call,
+  ``send()`` issues the Ray calls for what was submitted this turn: one ``take`` call per actor with
+  all its tasks of the turn (an actor is refilled once a quarter of its slots is free, so a call
+  carries many tasks);
+- ``refs()`` what is worth waiting on: each live actor's ``results`` stream (one Ray streaming
+  generator for the actor's life, a list of outcomes per item, sent as its tasks end) and the control
+  calls; ``collect(ready)`` the :class:`Outcome` s that came back,
   ``tick(now)`` start-up, pings, deadlines, deaths, quarantines and the pool's size, returning the
   outcomes those produce (a failover or a deadline kill is just another outcome);
 - ``abandon(lease)`` for an attempt whose lease was lost, ``views()`` for ``status``.
@@ -34,16 +38,32 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ray
+from ray import ObjectRefGenerator
 from ray.actor import ActorClass, ActorHandle
 from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTaskError
 
 from raytranscribe.config import HealthSettings, Settings
 from raytranscribe.contracts import ModelLoadState, ModelManifest, Outcome, TaskSpec
 from raytranscribe.engines.base import EngineSpec
-from raytranscribe.errors import ActorUnavailable, Failure, RayTranscribeError, Stage, TaskTimedOut, WorkerDied
+from raytranscribe.errors import (
+    ActorUnavailable,
+    DispatchError,
+    Failure,
+    RayTranscribeError,
+    Stage,
+    TaskTimedOut,
+    WorkerDied,
+)
 from raytranscribe.isolation import worker_runtime_env
 from raytranscribe.logs import task_extra
-from raytranscribe.worker import QUEUED, PingReply, RunningTask, WorkerConfig, worker_actor_class
+from raytranscribe.worker import (
+    QUEUED,
+    PingReply,
+    RunningTask,
+    TranscriptionWorker,
+    WorkerConfig,
+    worker_actor_class,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +73,7 @@ PoolKey = tuple[str, str]  # (engine, model)
 ModelSource = Callable[[str, str], ModelManifest | None]
 
 _CHECK_EVERY_S = 0.05  # start-ups and pings are read at most this often under load
+_REFILL_FRACTION = 4  # an actor is refilled once this fraction of its slots is free (see _Actor.wants_refill)
 _DEADLINES_EVERY_S = 0.5  # deadlines are seconds to minutes long: no need to judge every attempt each turn
 
 
@@ -75,7 +96,7 @@ class Attempt:
     spec: TaskSpec
     actor: _Actor
     dispatched_at: float
-    ref: ray.ObjectRef | None = None  # None until sent
+    sent: bool = False  # its take call has been issued
     abandoned: bool = False  # its lease is gone: it keeps its actor slot until it ends, its outcome is dropped
 
     @property
@@ -108,6 +129,8 @@ class _Actor:
     quarantined_since: float | None = None
     attempts: dict[Lease, Attempt] = field(default_factory=dict)
     outbox: list[Attempt] = field(default_factory=list)  # submitted this turn, not yet sent
+    results: ObjectRefGenerator | None = None  # its outcome stream, open while it is alive
+    takes: dict[ray.ObjectRef, list[Attempt]] = field(default_factory=dict)  # take calls not yet answered
     idle_since: float | None = None
     consecutive_failures: int = 0  # transcriptions in a row that failed here (a sick GPU shows up so)
     death_cause: str | None = None
@@ -118,6 +141,11 @@ class _Actor:
 
     def free(self) -> int:
         return self.limit - len(self.attempts)
+
+    def wants_refill(self) -> bool:
+        """Free slots worth a call: a quarter of what it holds at most (one, for small limits), so one
+        call carries many tasks while the actor still has plenty in hand."""
+        return self.free() >= max(1, self.limit // _REFILL_FRACTION)
 
 
 @dataclass(frozen=True)
@@ -137,25 +165,28 @@ class ActorView:
 
 
 class _Ledger:
-    """Every attempt in flight, by lease and by result ref: the pools' shared index."""
+    """Every attempt in flight, by lease, and each actor by its outcome stream: the pools' shared
+    index. Keeps the count of attempts whose lease is still ours."""
 
     def __init__(self) -> None:
         self.by_lease: dict[Lease, Attempt] = {}
-        self.by_ref: dict[ray.ObjectRef, Attempt] = {}
+        self.by_stream: dict[ObjectRefGenerator, _Actor] = {}
+        self.live = 0  # attempts in by_lease not abandoned
 
     def add(self, attempt: Attempt) -> None:
         self.by_lease[attempt.lease] = attempt
         attempt.actor.attempts[attempt.lease] = attempt
+        self.live += 1
 
-    def sent(self, attempt: Attempt, ref: ray.ObjectRef) -> None:
-        attempt.ref = ref
-        self.by_ref[ref] = attempt
+    def abandon(self, attempt: Attempt) -> None:
+        attempt.abandoned = True
+        self.live -= 1
 
     def remove(self, attempt: Attempt, now: float) -> None:
         if self.by_lease.get(attempt.lease) is attempt:
             del self.by_lease[attempt.lease]
-        if attempt.ref is not None:
-            self.by_ref.pop(attempt.ref, None)
+            if not attempt.abandoned:
+                self.live -= 1
         actor = attempt.actor
         if actor.attempts.get(attempt.lease) is attempt:
             del actor.attempts[attempt.lease]
@@ -219,8 +250,9 @@ class ActorPool:
     # --- what the orchestrator asks -------------------------------------------------------------
 
     def capacity(self) -> int:
-        """How many more tasks the live actors want now (their own wish, as each last reported it)."""
-        return sum(max(0, a.free()) for a in self.actors if a.state is ActorState.ALIVE)
+        """How many more tasks the live actors want now (their own wish, as each last reported it),
+        counting only actors with enough free slots to be worth a call."""
+        return sum(a.free() for a in self.actors if a.state is ActorState.ALIVE and a.wants_refill())
 
     def submit(self, spec: TaskSpec, now: float | None = None) -> bool:
         """Take a claimed, presigned task; False when no live actor wants it (release it, uncharged)."""
@@ -257,43 +289,76 @@ class ActorPool:
                 continue
             batch, actor.outbox = actor.outbox, []
             try:
-                # One call per task: each outcome comes back as soon as its task ends, and a task
-                # that finished before its actor died keeps its result.
-                for attempt in batch:
-                    self._env.ledger.sent(attempt, actor.handle.process.remote(attempt.spec))
+                # One call for everything the actor was given this turn; the outcomes come back on its
+                # results stream, each as soon as its task ends.
+                ref = actor.handle.take.remote([attempt.spec for attempt in batch])
             except RayActorError as exc:  # its attempts, sent or not, fail over with it
                 out.extend(self._die(actor, death_cause(exc), now))
                 continue
+            actor.takes[ref] = batch
             for attempt in batch:
-                log.debug("dispatched", extra=task_extra(*attempt.lease, Stage.DISPATCH, actor=actor.name))
+                attempt.sent = True
+            if log.isEnabledFor(logging.DEBUG):
+                for attempt in batch:
+                    log.debug("dispatched", extra=task_extra(*attempt.lease, Stage.DISPATCH, actor=actor.name))
         return out
 
     # --- results --------------------------------------------------------------------------------
 
-    def _finished(self, attempt: Attempt, value: Outcome | BaseException, now: float) -> list[Outcome]:
-        actor = attempt.actor
+    def _open_results(self, actor: _Actor) -> None:
+        actor.results = actor.handle.results.remote()
+        self._env.ledger.by_stream[actor.results] = actor
+
+    def _close_results(self, actor: _Actor) -> None:
+        if actor.results is not None:
+            self._env.ledger.by_stream.pop(actor.results, None)
+            actor.results = None
+
+    def _received(self, actor: _Actor, value: list[Outcome] | BaseException, now: float) -> list[Outcome]:
+        """One item of an actor's results stream: outcomes of some of its attempts, or what ended it."""
+        if isinstance(value, BaseException):
+            if isinstance(value, RayActorError) and not isinstance(value, ActorUnavailableError):
+                return self._die(actor, death_cause(value), now)  # every attempt it held fails over
+            # Unreachable for now, or the stream itself broke: what it holds may never come back.
+            return self._die(actor, f"its results stream failed: {death_cause(value)}", now)
         ledger = self._env.ledger
-        if isinstance(value, RayActorError) and not isinstance(value, ActorUnavailableError):
-            if actor.state is ActorState.DEAD:  # already failed over
-                ledger.remove(attempt, now)
-                return []
-            return self._die(actor, death_cause(value), now)  # this attempt fails over with the rest
-        ledger.remove(attempt, now)
-        if attempt.abandoned:
-            return []  # its lease went elsewhere; its slot frees up now
-        if isinstance(value, ActorUnavailableError):
-            # The actor may come back (a network blip) but this call's fate is unknown: retry the
-            # task elsewhere and keep the actor out of rotation until it answers a ping.
-            self._quarantine(actor, f"call failed: {death_cause(value)}", now)
-            message = f"actor {actor.name} became unreachable while holding the task: {death_cause(value)}"
-            failure = Failure.from_exception(ActorUnavailable(message))
-            outcome = Outcome(*attempt.lease, failure=failure, actor=actor.name)
-        elif isinstance(value, BaseException):  # process() itself raised: the actor is broken for this task
-            failure = Failure(Stage.TRANSCRIBE, type(value).__name__, str(value).splitlines()[0][:500], True)
-            outcome = Outcome(*attempt.lease, failure=failure, actor=actor.name)
-        else:
-            outcome = value
-        return [outcome, *self._observe(actor, outcome, now)]
+        out: list[Outcome] = []
+        for outcome in value:
+            attempt = actor.attempts.get((outcome.task_id, outcome.attempt))
+            if attempt is None:  # failed over already (a late result of a quarantined actor)
+                continue
+            ledger.remove(attempt, now)
+            if attempt.abandoned:
+                continue  # its lease went elsewhere; its slot frees up now
+            out.append(outcome)
+            out.extend(self._observe(actor, outcome, now))
+        return out
+
+    def _check_takes(self, actor: _Actor, now: float, ready: set[ray.ObjectRef]) -> list[Outcome]:
+        """A take call that failed: its tasks never reached the actor (or their fate is unknown)."""
+        out: list[Outcome] = []
+        for ref in [r for r in actor.takes if r in ready]:
+            batch = actor.takes.pop(ref)
+            try:
+                ray.get(ref)
+                continue
+            except ActorUnavailableError as exc:
+                # The actor may come back (a network blip), but these tasks' fate is unknown: retry them
+                # elsewhere and keep the actor out of rotation until it answers a ping.
+                self._quarantine(actor, f"call failed: {death_cause(exc)}", now)
+                message = f"actor {actor.name} became unreachable while holding the task: {death_cause(exc)}"
+                failure = Failure.from_exception(ActorUnavailable(message))
+            except RayActorError as exc:
+                return out + self._die(actor, death_cause(exc), now)
+            except RayError as exc:  # take itself raised: the actor is broken for these tasks
+                failure = Failure(Stage.DISPATCH, type(exc).__name__, str(exc).splitlines()[0][:500], True)
+            for attempt in batch:
+                if actor.attempts.get(attempt.lease) is not attempt:
+                    continue
+                self._env.ledger.remove(attempt, now)
+                if not attempt.abandoned:
+                    out.append(Outcome(*attempt.lease, failure=failure, actor=actor.name))
+        return out
 
     def _observe(self, actor: _Actor, outcome: Outcome, now: float) -> list[Outcome]:
         """An actor whose transcriptions keep failing (a sick GPU) is replaced, not fed more work."""
@@ -315,6 +380,8 @@ class ActorPool:
         for actor in list(self.actors):
             if actor.state in _STARTING_UP:
                 out.extend(self._check_start(actor, now, ready))
+            if actor.takes and actor.state is not ActorState.DEAD:
+                out.extend(self._check_takes(actor, now, ready))
             if actor.state in (ActorState.ALIVE, ActorState.QUARANTINED):
                 out.extend(self._check_ping(actor, now, ready))
             if deadlines and actor.state in (ActorState.ALIVE, ActorState.QUARANTINED):
@@ -333,6 +400,7 @@ class ActorPool:
             actor.ping_ref = None
             actor.state, actor.idle_since, actor.loading = ActorState.ALIVE, now, None
             self._pong(actor, pong, now)
+            self._open_results(actor)
             self.start_failures = 0
             log.info(
                 "actor %s alive on node %s gpus %s (pid %d)",
@@ -546,22 +614,21 @@ class ActorPool:
         ledger = self._env.ledger
         actor.outbox.clear()
         attempts = list(actor.attempts.values())
-        sent = [a.ref for a in attempts if a.ref is not None]
-        finished: dict[ray.ObjectRef, Outcome] = {}
-        if sent:
-            ready, _ = ray.wait(sent, num_returns=len(sent), timeout=0)
-            for ref in ready:
-                try:
-                    finished[ref] = ray.get(ref, timeout=0)
-                except Exception:  # it died with the actor: fail it over like the rest
-                    pass
+        finished: dict[Lease, Outcome] = {}
+        if actor.results is not None:
+            for value in _drain(actor.results):  # outcomes that reached us before it died
+                if isinstance(value, BaseException):
+                    break  # the stream died with the actor: the rest fail over
+                finished.update(((o.task_id, o.attempt), o) for o in value)
+            self._close_results(actor)
+        actor.takes.clear()
         where = f" on node {actor.node_id[:12]}" if actor.node_id else ""
         out: list[Outcome] = []
         for attempt in attempts:
             ledger.remove(attempt, now)
             if attempt.abandoned:
                 continue  # its lease is gone already: nothing to record
-            kept = finished.get(attempt.ref) if attempt.ref is not None else None
+            kept = finished.get(attempt.lease)
             if kept is not None:  # it finished before its actor died: keep the real outcome
                 out.append(kept)
                 continue
@@ -662,7 +729,9 @@ class ActorPools:
         *,
         runtime_env: dict | None = None,
         model_source: ModelSource | None = None,
+        worker: type[TranscriptionWorker] = TranscriptionWorker,
     ) -> None:
+        """``worker``: the actor class its pools start, TranscriptionWorker or a subclass of it."""
         self.settings = settings
         self.pools: dict[PoolKey, ActorPool] = {}
         self._ledger = _Ledger()
@@ -670,7 +739,7 @@ class ActorPools:
             settings=settings,
             owner_tag=owner_tag,
             runtime_env=runtime_env,
-            actor_cls=worker_actor_class(settings.worker.prefetch, settings.worker.max_tasks_in_hand),
+            actor_cls=worker_actor_class(settings.worker.prefetch, settings.worker.max_tasks_in_hand, worker),
             ledger=self._ledger,
             serial=[0],
             model_source=model_source,
@@ -698,10 +767,9 @@ class ActorPools:
         for pool in self.pools.values():
             self._pending.extend(pool._send(now))
 
-    def refs(self) -> list[ray.ObjectRef]:
-        """Result refs of every sent attempt (abandoned ones too: they free a slot when they end), and
-        the start-up and ping calls."""
-        refs = list(self._ledger.by_ref)
+    def refs(self) -> list[ray.ObjectRef | ObjectRefGenerator]:
+        """What is worth waiting on: every live actor's results stream, and the start-up and ping calls."""
+        refs: list[ray.ObjectRef | ObjectRefGenerator] = list(self._ledger.by_stream)  # take calls: the tick
         for pool in self.pools.values():
             for a in pool.actors:
                 if a.ready_ref is not None:
@@ -710,28 +778,23 @@ class ActorPools:
                     refs.append(a.ping_ref)
         return refs
 
-    def collect(self, ready: list[ray.ObjectRef]) -> list[Outcome]:
-        """The outcome of each finished call among ``ready`` (control refs are left for the tick)."""
+    def collect(self, ready: list[ray.ObjectRef | ObjectRefGenerator]) -> list[Outcome]:
+        """The outcomes that came back on the results streams among ``ready`` (control refs are left
+        for the tick)."""
         out, self._pending = self._pending, []
-        mine = [r for r in ready if r in self._ledger.by_ref]
-        if len(mine) < len(ready):
+        actors = [self._ledger.by_stream[r] for r in ready if r in self._ledger.by_stream]
+        if len(actors) < len(ready):
             self._control_ready = True
-        if not mine:
-            return out
         now = time.monotonic()
-        try:
-            values: list[Outcome | BaseException] = list(ray.get(mine))
-        except RayError:  # one call failed: take them one by one
-            values = []
-            for ref in mine:
-                try:
-                    values.append(ray.get(ref))
-                except RayError as exc:
-                    values.append(exc)
-        for ref, value in zip(mine, values):
-            attempt = self._ledger.by_ref.get(ref)
-            if attempt is not None:  # gone already when its actor died earlier in this loop
-                out.extend(attempt.actor.pool._finished(attempt, value, now))
+        for actor in actors:
+            stream = actor.results
+            if stream is None:
+                continue  # it died earlier in this loop, and its attempts failed over with it
+            items = _drain(stream)
+            if not items and stream.is_finished():  # a results stream never ends while its actor lives
+                items = [DispatchError(f"actor {actor.name} closed its results stream")]
+            for value in items:
+                out.extend(actor.pool._received(actor, value, now))
         return out
 
     def tick(self, now: float | None = None) -> list[Outcome]:
@@ -741,7 +804,13 @@ class ActorPools:
         if not self._control_ready and now < self._next_check:
             return out
         self._control_ready, self._next_check = False, now + _CHECK_EVERY_S
-        control = [r for p in self.pools.values() for a in p.actors for r in (a.ready_ref, a.ping_ref) if r is not None]
+        control = [
+            r
+            for p in self.pools.values()
+            for a in p.actors
+            for r in (a.ready_ref, a.ping_ref, *a.takes)
+            if r is not None
+        ]
         ready: set[ray.ObjectRef] = set()
         if control:
             done, _ = ray.wait(control, num_returns=len(control), timeout=0)
@@ -759,16 +828,12 @@ class ActorPools:
         attempt = self._ledger.by_lease.get(lease)
         if attempt is None or attempt.abandoned:
             return
-        attempt.abandoned = True
+        self._ledger.abandon(attempt)
         log.warning("lease lost; dropping the attempt", extra=task_extra(*lease, Stage.LEASE, actor=attempt.actor.name))
-        if attempt.ref is None:  # never sent: forget it now
+        if not attempt.sent:  # never sent: forget it now
             attempt.actor.outbox.remove(attempt)
             self._ledger.remove(attempt, time.monotonic())
-        else:
-            try:
-                ray.cancel(attempt.ref)  # frees the slot at once if it is still queued on the actor
-            except Exception:  # already running or finished: it ends on its own
-                pass
+        # Sent: the actor has it (among others of the same call); it runs to its end, and its outcome is dropped.
 
     def leases(self) -> list[Lease]:
         """The leases of every attempt in flight (abandoned ones excluded)."""
@@ -780,7 +845,7 @@ class ActorPools:
 
     @property
     def in_flight(self) -> int:
-        return sum(1 for a in self._ledger.by_lease.values() if not a.abandoned)
+        return self._ledger.live
 
     # --- what status and the loop read ---------------------------------------------------------
 
@@ -841,6 +906,22 @@ class ActorPools:
         for pool in self.pools.values():
             for actor in list(pool.actors):
                 pool._die(actor, "orchestrator stopped", now, deliberate=True)
+
+
+def _drain(stream: ObjectRefGenerator) -> list[list[Outcome] | BaseException]:
+    """Every item of a results stream that has arrived: a list of outcomes each, or (last) the error
+    that ended the stream."""
+    items: list[list[Outcome] | BaseException] = []
+    try:
+        while stream.next_ready():
+            try:
+                items.append(ray.get(next(stream)))
+            except RayError as exc:
+                items.append(exc)
+                break
+    except StopIteration:  # raced with its end
+        pass
+    return items
 
 
 def _describe(state: ModelLoadState | None) -> str:

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 
 import boto3
 import botocore.exceptions as bex
+from botocore.auth import S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.utils import percent_encode
@@ -65,6 +66,12 @@ class _UrlTemplate:
     http_method: str
     prefix: str  # the URL up to the key: endpoint, addressing style and bucket as botocore resolved them
     region: str  # the signing region botocore chose
+    host: str  # the Host header botocore signs for that URL
+
+
+# Signers of one presign_task call, by (region, expiry): its URLs share one, built with the credentials
+# of the moment (refreshable credentials may change between calls, never within one).
+_Auths = dict[tuple[str, int], S3SigV4QueryAuth]
 
 
 def _error_code(exc: bex.ClientError) -> str:
@@ -130,7 +137,9 @@ class S3Storage:
             )
         return expiry
 
-    def _presign(self, method: str, uri: S3Uri, params: dict, expires_s: int | None) -> str:
+    def _presign(
+        self, method: str, uri: S3Uri, params: dict, expires_s: int | None, auths: _Auths | None = None
+    ) -> str:
         expiry = self._expiry(expires_s)
         if uri.is_prefix:
             raise PresignError(f"cannot presign {method} for {uri}: the key is empty or a folder", transient=False)
@@ -141,7 +150,7 @@ class S3Storage:
         if problem:
             raise PresignError(f"cannot presign {method} for {_abbrev(str(uri))}: {problem}", transient=False)
         try:
-            return self._sign(method, uri, params, expiry)
+            return self._sign(method, uri, params, expiry, {} if auths is None else auths)
         except _CREDENTIAL_ERRORS as exc:
             raise PresignError(
                 f"cannot presign {method} for {uri}: AWS credentials unavailable ({type(exc).__name__}: {exc})",
@@ -158,15 +167,17 @@ class S3Storage:
                 f"cannot presign {method} for {uri}: {type(exc).__name__}: {exc}", transient=True
             ) from exc
 
-    def _sign(self, method: str, uri: S3Uri, params: dict, expiry: int) -> str:
+    def _sign(self, method: str, uri: S3Uri, params: dict, expiry: int, auths: _Auths) -> str:
         """A presigned URL, signed by botocore's own SigV4 query signer.
 
         ``generate_presigned_url`` validates parameters, resolves the endpoint through its rule set
         and serialises a request for every URL: most of its cost, and the same for every key of a
         bucket. So the first URL of a (method, bucket, signed headers) is made that way, and its
-        address up to the key is kept; later URLs put the key where botocore puts it (percent-encoded
-        as its serializer does) and go straight to the signer. Anything the shortcut does not cover
-        (extra query parameters, other signed headers) takes the full path every time.
+        address up to the key and its Host header are kept; later URLs put the key where botocore
+        puts it (percent-encoded as its serializer does) and go straight to the signer, one signer
+        for all the URLs of a call, given the Host header it would otherwise parse out of each URL.
+        Anything the shortcut does not cover (extra query parameters, other signed headers) takes
+        the full path every time.
         """
         content_type = params.get("ContentType")
         if set(params) - {"ContentType"} or (content_type is not None and not isinstance(content_type, str)):
@@ -179,17 +190,22 @@ class S3Storage:
         template = self._templates[key]
         if template is None:
             return self._sign_slowly(method, uri, params, expiry)
+        headers = {"host": template.host}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
         request = AWSRequest(
-            method=template.http_method,
-            url=template.prefix + percent_encode(uri.key, safe="/~"),
-            headers={"Content-Type": content_type} if content_type is not None else {},
+            method=template.http_method, url=template.prefix + percent_encode(uri.key, safe="/~"), headers=headers
         )
-        signer = self.client._request_signer
-        auth = signer.get_auth_instance(
-            signing_name="s3", region_name=template.region, signature_version="s3v4-query", expires=expiry
-        )
-        auth.add_auth(request)  # SigV4 query auth writes the signed URL back into request.url
+        self._auth(template.region, expiry, auths).add_auth(request)  # writes the signed URL into request.url
         return request.url
+
+    def _auth(self, region: str, expiry: int, auths: _Auths) -> S3SigV4QueryAuth:
+        auth = auths.get((region, expiry))
+        if auth is None:
+            auth = auths[region, expiry] = self.client._request_signer.get_auth_instance(
+                signing_name="s3", region_name=region, signature_version="s3v4-query", expires=expiry
+            )
+        return auth
 
     def _sign_slowly(self, method: str, uri: S3Uri, params: dict, expiry: int) -> str:
         return self.client.generate_presigned_url(
@@ -215,7 +231,8 @@ class S3Storage:
         ):
             return None, url
         http_method = "PUT" if method == "put_object" else "GET"
-        return _UrlTemplate(http_method, base[: -len(encoded)], scope[2]), url
+        host = self._auth(scope[2], expiry, {}).headers_to_sign(AWSRequest(method=http_method, url=base))["host"]
+        return _UrlTemplate(http_method, base[: -len(encoded)], scope[2], host), url
 
     def presign_get(self, uri: S3Uri, *, expires_s: int | None = None) -> str:
         return self._presign("get_object", uri, {}, expires_s)
@@ -250,11 +267,12 @@ class S3Storage:
             outputs = [(fmt, output_uri(stem, fmt)) for fmt in dict.fromkeys(formats)]
         except InvalidURI as exc:
             raise PresignError(f"cannot presign task: {exc}", transient=False) from exc
-        get_url = self.presign_get(source, expires_s=expires_s)
+        auths: _Auths = {}  # one signer for the task's URLs
+        get_url = self._presign("get_object", source, {}, expires_s, auths)
         targets = tuple(
             OutputTarget(
                 format=fmt,
-                put_url=self.presign_put(uri, CONTENT_TYPES[fmt], expires_s=expires_s),
+                put_url=self._presign("put_object", uri, {"ContentType": CONTENT_TYPES[fmt]}, expires_s, auths),
                 uri=str(uri),
                 content_type=CONTENT_TYPES[fmt],
             )

@@ -230,12 +230,14 @@ def _temp_name_parts(name_hint: str) -> tuple[str, str]:
 class Transfer:
     """One ``requests.Session`` per worker: pooled connections, timeouts from settings, no retries."""
 
-    def __init__(self, settings: TransferSettings) -> None:
+    def __init__(self, settings: TransferSettings, *, connections: int = 8) -> None:
+        """``connections``: kept-alive connections per host, as many as threads transfer at once
+        (beyond the pool, each request would open, and for HTTPS handshake, a connection of its own)."""
         self.settings = settings
         self._timeout = (settings.connect_timeout_s, settings.read_timeout_s)
         session = requests.Session()
         # max_retries=0: urllib3 does not retry connects or reads behind our back; the policy decides.
-        adapter = HTTPAdapter(max_retries=0, pool_connections=4, pool_maxsize=8)
+        adapter = HTTPAdapter(max_retries=0, pool_connections=4, pool_maxsize=max(1, connections))
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         self._session = session

@@ -4,8 +4,13 @@ A worker holds no database connection and no AWS credentials: it sees presigned 
 :class:`~raytranscribe.contracts.Outcome`. It never raises for a task's own failure; an exception
 that escapes ``process`` means the actor itself is broken.
 
-Pipelining and batching: ``process`` calls run on a thread pool (the ``pipeline`` concurrency group,
-``worker.max_tasks_in_hand`` threads). Each thread downloads and decodes its task and has the engine
+Work in, outcomes out: the driver hands over tasks in batches with ``take`` (it returns at once) and
+reads their outcomes from ``results``, one Ray streaming generator for the actor's life whose items
+are the outcomes finished since the last item: one call per batch of tasks either way, and no outcome
+waits for a slower neighbour. (``process`` runs one task and returns its outcome: for direct use.)
+
+Pipelining and batching: each task runs on a pipeline thread of its own (``worker.max_tasks_in_hand``
+of them). Each thread downloads and decodes its task and has the engine
 cut it into windows of at most 30 s (``engine.prepare``); then it hands the windows to the actor's
 :class:`Batcher`, the one thread that owns the device, and waits for its transcript. The batcher
 decodes windows of many tasks in one model call (``engine.batch_size`` at a time, a partial batch
@@ -29,18 +34,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import queue
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
 
-from raytranscribe import audio, formats
+from raytranscribe import audio, formats, metrics
 from raytranscribe.batching import BatchItem, PerWindow, WindowResult, WindowScheduler, is_batch_engine, run_batch
 from raytranscribe.config import EngineSettings, TransferSettings, WorkerSettings
 from raytranscribe.contracts import ModelLoadState, ModelManifest, Outcome, TaskResult, TaskSpec
@@ -303,7 +310,11 @@ class TranscriptionWorker:
         self.batcher: Batcher | None = None
         self._loaded = threading.Event()
         self._load_error: BaseException | None = None
-        self.transfer = Transfer(config.transfer)
+        # One thread per task in hand (take() hands each task to one), and the outcomes they leave for results().
+        threads = max(config.worker.prefetch, config.worker.max_tasks_in_hand)
+        self._pipeline = ThreadPoolExecutor(threads, thread_name_prefix="pipeline")
+        self.transfer = Transfer(config.transfer, connections=threads)
+        self._finished: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._compute = threading.Lock()
         self._state = threading.Condition()  # guards the fields below; notified when audio is freed
         self._running: dict[tuple[int, int], _Progress] = {}
@@ -467,7 +478,45 @@ class TranscriptionWorker:
             self._buffered_s = max(0.0, self._buffered_s - seconds)
             self._state.notify_all()
 
+    def take(self, specs: Sequence[TaskSpec]) -> None:
+        """Start tasks, each on a pipeline thread of its own; their outcomes come back on :meth:`results`.
+        Returns at once: the driver pays one call for many tasks."""
+        for spec in specs:
+            self._pipeline.submit(self._process_into_results, spec)
+
+    def results(self) -> Iterator[list[Outcome]]:
+        """The outcomes of taken tasks as they finish, for this actor's life (a Ray streaming
+        generator: each item reaches the driver when it is yielded, so an outcome survives this
+        actor's later death). Each item holds every outcome that finished since the last one.
+        One reader: its concurrency group has one thread, which this call keeps."""
+        while True:
+            batch = [self._finished.get()]
+            while True:
+                try:
+                    batch.append(self._finished.get_nowait())
+                except queue.Empty:
+                    break
+            yield batch
+
+    def _process_into_results(self, spec: TaskSpec) -> None:
+        try:
+            outcome = self.process(spec)
+        except BaseException as exc:  # process() reports a task's own failure itself: this is the actor's bug
+            log.exception(
+                "processing failed outside the task's pipeline",
+                extra=task_extra(spec.task_id, spec.attempt, Stage.TRANSCRIBE, actor=self.config.name),
+            )
+            outcome = Outcome(spec.task_id, spec.attempt, failure=Failure.from_exception(exc, Stage.TRANSCRIBE),
+                              actor=self.config.name, node_id=self._node_id)
+        self._finished.put(outcome)
+
     def process(self, spec: TaskSpec) -> Outcome:
+        """One task through the whole pipeline; its failure comes back as the outcome, never raised."""
+        outcome = self._process(spec)
+        metrics.observe_stages(outcome.timings)
+        return outcome
+
+    def _process(self, spec: TaskSpec) -> Outcome:
         key = (spec.task_id, spec.attempt)
         progress = _Progress(spec.task_id, spec.attempt, time.monotonic(), stage_started=time.monotonic())
         with self._state:
@@ -591,8 +640,11 @@ class TranscriptionWorker:
             raise TranscriptionError(f"{type(exc).__name__}: {exc}") from exc
 
 
-def worker_actor_class(prefetch: int, max_tasks_in_hand: int | None = None):
-    """The Ray actor class: pipeline threads for the tasks in hand plus one control thread for pings.
+def worker_actor_class(
+    prefetch: int, max_tasks_in_hand: int | None = None, worker: type[TranscriptionWorker] | None = None
+):
+    """The Ray actor class of ``worker`` (TranscriptionWorker, or a subclass of it): pipeline threads
+    for the tasks in hand plus one control thread for pings.
 
     The pipeline group has ``max(prefetch, max_tasks_in_hand)`` threads (``max_tasks_in_hand``
     defaults to the setting's default), so every task dispatched to the actor starts at once and
@@ -601,16 +653,21 @@ def worker_actor_class(prefetch: int, max_tasks_in_hand: int | None = None):
     threads = max(prefetch, max_tasks_in_hand or WorkerSettings().max_tasks_in_hand)
     cls = ray.remote(
         # ready() waits out the model's download and load in a group of its own: pings still answer.
-        concurrency_groups={"pipeline": max(1, threads), "control": 1, "startup": 1},
+        # take() and results() have a thread each: neither waits behind pings or tasks.
+        concurrency_groups={"pipeline": max(1, threads), "control": 1, "startup": 1, "inbox": 1, "results": 1},
         max_restarts=0,  # its pool replaces actors itself, and fails their tasks over first
         max_task_retries=0,
-    )(TranscriptionWorker)
+    )(worker or TranscriptionWorker)
     return cls
 
 
 def method_groups() -> None:
     """Bind methods to concurrency groups (done once at import; Ray reads the attributes)."""
     TranscriptionWorker.process = ray.method(concurrency_group="pipeline")(TranscriptionWorker.process)
+    TranscriptionWorker.take = ray.method(concurrency_group="inbox")(TranscriptionWorker.take)
+    TranscriptionWorker.results = ray.method(concurrency_group="results", num_returns="streaming")(
+        TranscriptionWorker.results
+    )
     TranscriptionWorker.ping = ray.method(concurrency_group="control")(TranscriptionWorker.ping)
     TranscriptionWorker.ready = ray.method(concurrency_group="startup")(TranscriptionWorker.ready)
     TranscriptionWorker.wants = ray.method(concurrency_group="control")(TranscriptionWorker.wants)

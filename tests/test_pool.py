@@ -162,3 +162,17 @@ def test_a_slow_model_download_shows_loading_with_bytes_and_is_not_a_hang(system
     (uri, sentence), = expected.items()
     assert wer(sentence, system.object_text(uri)) <= 0.3
     assert model_gets(fault_server, model, "model.bin") == 1  # one actor, never replaced: one download
+
+
+def test_an_actor_is_refilled_once_a_quarter_of_its_slots_is_free():
+    # One take() call then carries that many tasks: the driver pays one Ray call per batch.
+    from raytranscribe.pool import _Actor
+
+    actor = _Actor(name="a", handle=None, pool=None, created_at=0.0, limit=64)  # type: ignore[arg-type]
+    actor.attempts = dict.fromkeys(((i, 1) for i in range(49)))  # type: ignore[arg-type]
+    assert actor.free() == 15 and not actor.wants_refill()
+    actor.attempts = dict.fromkeys(((i, 1) for i in range(48)))  # type: ignore[arg-type]
+    assert actor.free() == 16 and actor.wants_refill()
+    small = _Actor(name="b", handle=None, pool=None, created_at=0.0, limit=2)  # type: ignore[arg-type]
+    small.attempts = dict.fromkeys([(1, 1)])  # type: ignore[arg-type]
+    assert small.wants_refill()  # small limits refill slot by slot

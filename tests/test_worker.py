@@ -9,7 +9,6 @@ database and the uploaded outputs.
 from __future__ import annotations
 
 import io
-import threading
 import time
 import uuid
 import wave
@@ -126,6 +125,33 @@ def test_tasks_of_different_files_share_batches(ray_session, fault_server):
     assert 1 <= pong.batches <= 2, pong
     assert pong.batch_size == 8 and pong.tasks_done == 6 and not pong.running
     assert pong.buffered_audio_s == 0.0 and pong.wants == 16
+    ray.kill(actor)
+
+
+def test_one_take_call_streams_each_outcome_back_as_its_task_ends(ray_session, fault_server):
+    # What the pool does: several tasks in one take() call, outcomes read from the results stream.
+    from tests.support.faultserver import Fault
+
+    spec = replace(TINY, batch_size=1)
+    actor = start_actor(spec)
+    tasks = sample_specs(fault_server, spec, 4)
+    slow = tasks[0][0]
+    fault_server.script("/b/in/" + slow.input_uri.rsplit("/", 1)[1], Fault(delay_s=6.0), method="GET")
+    stream = actor.results.remote()
+
+    t0 = time.monotonic()
+    ray.get(actor.take.remote([t for t, _ in tasks]), timeout=30)  # returns at once: the work goes on
+    assert time.monotonic() - t0 < 3.0
+    arrived: list[tuple[float, list[Outcome]]] = []
+    while sum(len(batch) for _, batch in arrived) < len(tasks):
+        batch = ray.get(next(stream), timeout=120)
+        arrived.append((time.monotonic() - t0, batch))
+
+    by_task = {o.task_id: (at, o) for at, batch in arrived for o in batch}
+    assert sorted(by_task) == [1, 2, 3, 4] and all(o.ok for _, o in by_task.values()), by_task
+    # The three quick tasks came back while the slow download still held the fourth.
+    assert max(by_task[i][0] for i in (2, 3, 4)) < by_task[1][0] - 2.0, arrived
+    assert all(by_task[i][1].result.outputs for i in by_task)
     ray.kill(actor)
 
 

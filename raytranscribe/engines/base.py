@@ -35,7 +35,24 @@ class EngineSpec:
     cpu_batch_size: int = _ENGINE_DEFAULTS.cpu_batch_size
     cuda_batch_size: int = _ENGINE_DEFAULTS.cuda_batch_size
     pack_windows: bool = _ENGINE_DEFAULTS.pack_windows  # short windows of several files share a slot
+    fit_windows: bool = _ENGINE_DEFAULTS.fit_windows  # encode short windows short, not padded to 30 s
     download_root: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: EngineSettings, engine: str | None = None, model: str | None = None) -> EngineSpec:
+        """The spec of ``settings`` (every field of the engine group), for ``engine``/``model`` when given."""
+        return cls(
+            engine=engine or settings.engine,
+            model=model or settings.model,
+            device=settings.device,
+            compute_type=settings.compute_type,
+            cpu_threads=settings.cpu_threads,
+            batch_size=settings.batch_size,
+            cpu_batch_size=settings.cpu_batch_size,
+            cuda_batch_size=settings.cuda_batch_size,
+            pack_windows=settings.pack_windows,
+            fit_windows=settings.fit_windows,
+        )
 
 
 @dataclass(frozen=True)

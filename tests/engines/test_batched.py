@@ -6,6 +6,8 @@ the tiny random-weight checkpoint (shapes and flow, not accuracy).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -52,6 +54,23 @@ def test_prepare_cuts_long_audio_into_windows_of_at_most_30_s(faster_engine):
         assert all(w.duration_s <= WINDOW_S for w in prepared.windows) and len(prepared.windows) >= 3
         starts = [w.start_s for w in prepared.windows]
         assert starts == sorted(starts)
+
+
+def test_fitted_windows_encode_short_windows_short_and_hear_the_same(faster_engine):
+    """engine.fit_windows (the default): a batch is encoded at its longest window plus 8 s, not 30 s."""
+    padded = load_engine(replace(faster_engine.spec, fit_windows=False))
+    assert faster_engine.spec.fit_windows
+    assert (faster_engine._frames(4.0), faster_engine._frames(4.1), faster_engine._frames(25.0)) == (1200, 1400, 3000)
+    assert padded._frames(4.0) == 3000
+    names = sample_names()
+    audios = [decode(sample_path(n)).samples for n in names]
+    fitted = transcribe_batch(faster_engine, audios, TranscribeOptions(), batch_size=8)
+    thirty = transcribe_batch(padded, audios, TranscribeOptions(), batch_size=8)
+    for t in (*fitted, *thirty):
+        assert t.segments and all(0.0 <= s.start <= s.end <= t.duration_s for s in t.segments), t
+    fitted_wer = np.mean([wer(expected_text(n), t.text) for n, t in zip(names, fitted, strict=True)])
+    thirty_wer = np.mean([wer(expected_text(n), t.text) for n, t in zip(names, thirty, strict=True)])
+    assert fitted_wer <= thirty_wer + 0.02, ([t.text for t in fitted], [t.text for t in thirty])
 
 
 # --- the bundled multilingual base -------------------------------------------------------------------
