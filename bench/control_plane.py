@@ -1,16 +1,19 @@
 """Control-plane benchmark: how many tasks per second the driver moves, and its CPU per task, beside
 Ray's own ceiling on this machine (a bare actor-call loop with the same number of actors).
 
-    .venv/bin/python bench/control_plane.py                   # 4,000 tasks, 8 actors
+    .venv/bin/python bench/control_plane.py                   # 4,000 tasks, 8 actors, both system runs
     .venv/bin/python bench/control_plane.py --tasks 600       # a quick check that it runs
+    .venv/bin/python bench/control_plane.py --transfers http  # only the run with HTTP transfers
 
 (a) the system: a fresh PostgreSQL database (the real store), a local Ray with ``--actors`` logical
-    GPUs, ``TranscriptionWorker`` actors (one per logical GPU) with a no-op engine
-    (``bench.noop_engine:NoopEngine``: no model, no audio work), N submitted tasks and an
-    :class:`Orchestrator` run until drained. Presigning is the real ``S3Storage`` (botocore's
-    signer); the transfers are tiny (a 0.1 s WAV in, four small outputs out) and go to a minimal
-    local HTTP server in its own process (``sink``), which answers like S3 without checking
-    signatures, so S3's own speed (moto spends milliseconds a request) stays out of the figures.
+    GPUs, one worker actor per logical GPU with a no-op engine (``bench.noop:NoopEngine``: no
+    model, no audio work), N submitted tasks and an :class:`Orchestrator` run until drained.
+    Presigning is the real ``S3Storage`` (botocore's signer), five URLs a task. Two runs:
+    ``none``: the actors are ``bench.noop:NoTransferWorker``, the production worker whose per-task
+    pipeline does no download, decode or upload (what the driver can move); ``http``: the
+    production ``TranscriptionWorker``, its tiny transfers (a 0.1 s WAV in, four small outputs out)
+    going to a minimal local HTTP server in its own process (``sink``), which answers like S3
+    without checking signatures, so S3's own speed (moto spends milliseconds a request) stays out.
 (b) bare Ray: the same number of plain actors, a driver loop that keeps as many calls in flight per
     actor as the system does, each call taking one small payload and returning one.
 
@@ -18,9 +21,7 @@ Figures: tasks/s over the steady window (first claim -> last outcome written; fo
 call -> last result) and the driver process's CPU (all its threads: orchestrator loop, Ray's core
 worker threads, database driver) divided by the tasks. The store, the HTTP server and the actors
 run in other processes and are not counted as driver CPU. Headlines, last: ``tasks/s``, ``driver
-ms/task`` (the system's) and ``ratio system/bare-ray`` (tasks/s).
-
-The machine is shared by everything else running on it; the coordinator runs the final figures.
+ms/task`` and ``ratio system/bare-ray`` (tasks/s), of the first system run (``none`` by default).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import io
 import logging
 import multiprocessing
 import os
@@ -36,6 +38,7 @@ import sys
 import threading
 import time
 import uuid
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +53,21 @@ from raytranscribe.engines.base import TranscribeOptions  # noqa: E402
 from raytranscribe.store import NewTask, RecordResult, Store, TaskStatus  # noqa: E402
 from raytranscribe.store.admin import create_database, drop_database, scratch_server_url  # noqa: E402
 
-from bench.noop import NoTransferWorker, tiny_wav  # noqa: E402
+from bench.noop import NoTransferWorker  # noqa: E402
 
 ENGINE = "bench.noop:NoopEngine"
 TARGET_RATE = 1000.0
 TARGET_DRIVER_MS = 1.0
+
+
+def tiny_wav(seconds: float = 0.1) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\x01\x00" * int(16000 * seconds))
+    return buf.getvalue()
 
 
 # --- the HTTP sink: S3-shaped answers, no storage, no signature checks ---------------------------
@@ -261,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--actors", type=int, default=8)
     p.add_argument("--prefetch", type=int, default=WorkerSettings().prefetch, help="tasks in flight per actor")
     p.add_argument("--transfers", default="none,http",
-                   help="system runs: none (transfers in memory), http (to the local sink), or both")
+                   help="system runs: none (NoTransferWorker: no file work), http (to the local sink), or both")
     p.add_argument("--sink-processes", type=int, default=max(1, min(4, (os.cpu_count() or 2) // 4)))
     p.add_argument("--database-url", default=None, help="server to create the bench databases on")
     args = p.parse_args(argv)

@@ -11,9 +11,6 @@ and the driver's side (claim, presign, dispatch, recording) is what the benchmar
 
 from __future__ import annotations
 
-import io
-import wave
-
 import numpy as np
 
 from raytranscribe import formats
@@ -33,16 +30,6 @@ class NoopEngine:
             segments=(), language="en", duration_s=len(audio) / 16000.0, engine=self.spec.engine,
             model=self.spec.model, options=options,
         )
-
-
-def tiny_wav(seconds: float = 0.1) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(b"\x01\x00" * int(16000 * seconds))
-    return buf.getvalue()
 
 
 class NoTransferWorker(TranscriptionWorker):

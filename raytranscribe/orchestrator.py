@@ -93,7 +93,7 @@ class RunOptions:
     grace_s: float = 30.0  # on stop: how long in-flight work may finish
     idle_poll_s: float = 1.0  # how often an idle pool asks the database for work
     tick_s: float = 0.25  # longest ray.wait
-    turn_s: float = 0.02  # shortest turn: what finishes meanwhile is recorded, and refilled, in one batch
+    turn_s: float = 0.05  # shortest turn: what finishes meanwhile is recorded, and refilled, in one batch
 
 
 class Orchestrator:
