@@ -195,7 +195,9 @@ class WindowScheduler:
         bins = self._bins(pool)
         oldest = next(b for b in bins if 0 in b)
         target = self._length(pool, oldest)
-        rest = sorted((b for b in bins if b is not oldest), key=lambda b: (abs(self._length(pool, b) - target), min(b)))
+        rest = sorted(
+            (b for b in bins if b is not oldest), key=lambda b: (abs(self._length(pool, b) - target), min(b))
+        )
         chosen = [oldest, *rest[: max_items - 1]]
         taken = {i for b in chosen for i in b}
         self._pending = [ref for i, ref in enumerate(pool) if i not in taken] + self._pending[len(pool) :]

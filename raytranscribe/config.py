@@ -79,14 +79,15 @@ class EngineSettings(_Group):
     cuda_batch_size: int = Field(16, ge=1, description="Batch size when batch_size is 0 and the engine runs on a GPU")
     pack_windows: bool = Field(
         False,
-        description="Let windows under 20 s of different files share one 30 s slot: on a CPU about 1.5-2x "
-        "faster on short clips, but a small model may then mishear a file next to another; off: one file per slot",
+        description="Let windows under 20 s of different files share one slot: with 30 s windows (fit_windows off) "
+        "about 1.5-2x faster on short clips on a CPU, with fitted windows slower; a small model may then mishear a "
+        "file next to another; off: one file per slot",
     )
     fit_windows: bool = Field(
         True,
-        description="Encode a window shorter than 30 s at its own length plus a few seconds of silence instead "
-        "of Whisper's fixed 30 s (faster-whisper; CTranslate2 takes shorter inputs): 2-4x faster on short clips "
-        "at the same WER on this project's benchmarks; off: every window is padded to 30 s, as in training",
+        description="Encode a window shorter than 22 s at its own length plus 8 s of silence instead of Whisper's "
+        "fixed 30 s (faster-whisper; CTranslate2 takes shorter inputs): about 2x faster on short clips on a CPU, "
+        "the same mean WER on this project's benchmarks; off: every window is padded to 30 s, as in training",
     )
     batch_wait_ms: float = Field(
         100.0, ge=0,
