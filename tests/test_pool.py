@@ -62,7 +62,11 @@ def test_pool_grows_when_nodes_join_and_carries_on_when_one_is_lost(system):
     assert all(system.store.get(i).status is TaskStatus.COMPLETED for i in ids)
     deaths = [a for i in ids for a in system.store.get(i).attempts if a.stage == "worker-death"]
     assert deaths and {a.error_class for a in deaths} <= {"WorkerDied", "ActorUnavailable"}
-    assert len({a.actor for i in ids for a in system.store.get(i).attempts if a.outcome == "completed"}) >= 3
+    # All three actors took work (the one on the removed node may not have finished any: its node can
+    # go while its first task runs); the two left finished the rest.
+    attempts = [a for i in ids for a in system.store.get(i).attempts]
+    assert len({a.actor for a in attempts}) >= 3, [(a.actor, a.outcome) for a in attempts]
+    assert len({a.actor for a in attempts if a.outcome == "completed"}) >= 2
 
 
 def test_two_fractional_actors_share_one_gpu_and_both_work(system):
