@@ -768,8 +768,9 @@ class ActorPools:
             self._pending.extend(pool._send(now))
 
     def refs(self) -> list[ray.ObjectRef | ObjectRefGenerator]:
-        """What is worth waiting on: every live actor's results stream, and the start-up and ping calls."""
-        refs: list[ray.ObjectRef | ObjectRefGenerator] = list(self._ledger.by_stream)  # take calls: the tick
+        """What is worth waiting on: every live actor's results stream, and the start-up and ping calls
+        (take calls answer at once and are checked by the tick, not waited on)."""
+        refs: list[ray.ObjectRef | ObjectRefGenerator] = list(self._ledger.by_stream)
         for pool in self.pools.values():
             for a in pool.actors:
                 if a.ready_ref is not None:
