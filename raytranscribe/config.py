@@ -85,9 +85,10 @@ class EngineSettings(_Group):
     )
     fit_windows: bool = Field(
         True,
-        description="Encode a window shorter than 22 s at its own length plus 8 s of silence instead of Whisper's "
-        "fixed 30 s (faster-whisper; CTranslate2 takes shorter inputs): about 2x faster on short clips on a CPU, "
-        "the same mean WER on this project's benchmarks; off: every window is padded to 30 s, as in training",
+        description="Encode a window shorter than 26 s at its own length plus 4 s of silence instead of Whisper's "
+        "fixed 30 s (faster-whisper; CTranslate2 takes shorter inputs): 2-3x faster on short clips on a CPU, "
+        "the same mean WER on this project's benchmarks, though a weak model's marginal words may come out "
+        "otherwise; off: every window is padded to 30 s, word for word the sequential path",
     )
     batch_wait_ms: float = Field(
         100.0, ge=0,

@@ -160,11 +160,9 @@ class FasterWhisperEngine:
     def _detect_language(self, windows) -> tuple[str, float]:
         """The file's language from its first 30 s of speech, as sequential faster-whisper decides it
         (encoded as a fitted window, like the windows themselves)."""
-        from faster_whisper.audio import pad_or_trim
-
         fe = self.model.feature_extractor
         speech = np.concatenate([w.samples for w in windows])[: fe.n_samples]
-        features = pad_or_trim(fe(speech)[..., :-1], self._frames(speech.size / SAMPLE_RATE))
+        features = self._features(speech, self._frames(speech.size / SAMPLE_RATE))[None]
         results = self.model.model.detect_language(self.model.encode(features))[0]
         token, probability = results[0]
         return token[2:-2], float(probability)  # "<|es|>" -> "es"
@@ -177,6 +175,33 @@ class FasterWhisperEngine:
         per_s = SAMPLE_RATE / fe.hop_length  # 100 frames a second
         steps = math.ceil((seconds + FIT_PAD_S) / FIT_STEP_S)
         return min(fe.nb_max_frames, int(steps * FIT_STEP_S * per_s))
+
+    def _features(self, samples: np.ndarray, frames: int) -> np.ndarray:
+        """Log-mel features of one window, ``frames`` long.
+
+        Fitted windows are padded with silence before the spectrogram, as openai-whisper pads and
+        as the model was trained: the padding is the spectrogram's floor. (faster-whisper pads the
+        spectrogram with zeros instead, a faint constant noise to the model; 30 s windows keep that,
+        so they stay word for word what sequential faster-whisper decodes.)
+        """
+        from faster_whisper.audio import pad_or_trim
+
+        fe = self.model.feature_extractor
+        if not self.spec.fit_windows:
+            return pad_or_trim(fe(samples)[..., :-1], frames)
+        padded = np.pad(samples, (0, max(0, frames * fe.hop_length - samples.size)))
+        return fe(padded)[..., :frames]
+
+    def _encode(self, features: np.ndarray):
+        """The encoder's output for a batch of windows. On a CPU the windows are encoded one at a
+        time (the same numbers): CTranslate2's CPU encoder spends 20-45 % more per window in a batch
+        of 8 than alone (bench/experiments/README.md), while the decoder gains from the batch."""
+        if self.device != "cpu" or len(features) == 1:
+            return self.model.encode(features)
+        import ctranslate2
+
+        parts = [np.asarray(self.model.encode(features[i : i + 1])) for i in range(len(features))]
+        return ctranslate2.StorageView.from_array(np.concatenate(parts))
 
     def decode_windows(self, batch: Sequence[WindowJob]) -> list[list[Segment]]:
         """One batched CTranslate2 decode over windows of any files and languages.
@@ -203,13 +228,12 @@ class FasterWhisperEngine:
             return self._tokenizers[key]
 
     def _decode_group(self, jobs: Sequence[WindowJob]) -> list[list[Segment]]:
-        from faster_whisper.audio import pad_or_trim
         from faster_whisper.transcribe import get_suppressed_tokens
 
-        model, fe = self.model, self.model.feature_extractor
+        model = self.model
         options = jobs[0].options  # the decoding parameters are one per group
         frames = self._frames(jobs[0].window.duration_s)  # one per group
-        features = np.stack([pad_or_trim(fe(job.window.samples)[..., :-1], frames) for job in jobs])
+        features = np.stack([self._features(job.window.samples, frames) for job in jobs])
         tokenizers = [self._tokenizer(job.options.task, job.language) for job in jobs]
         prompts = []
         for job, tokenizer in zip(jobs, tokenizers, strict=True):
@@ -217,7 +241,7 @@ class FasterWhisperEngine:
             previous = tokenizer.encode(" " + initial.strip()) if initial else []
             prompts.append(model.get_prompt(tokenizer, previous, without_timestamps=False))
         suppress = get_suppressed_tokens(tokenizers[0], [-1])
-        encoder_output = model.encode(features)
+        encoder_output = self._encode(features)
 
         # Temperature fallback, per window: only the windows that fail Whisper's checks
         # (too repetitive, or too unlikely) are decoded again, hotter, in a smaller batch.
@@ -226,7 +250,7 @@ class FasterWhisperEngine:
         schedule = temperature_schedule(options.temperature)
         for step, temperature in enumerate(schedule):
             if step > 0:
-                encoder_output = model.encode(features[todo])
+                encoder_output = self._encode(features[todo])
             decoded = self._generate(encoder_output, [prompts[i] for i in todo], [tokenizers[i] for i in todo],
                                      options, temperature, suppress)
             again = []
@@ -319,13 +343,13 @@ def _segment(s) -> Segment:
 
 
 # Fitted windows (engine.fit_windows): Whisper pads every input to 30 s, but CTranslate2's encoder
-# takes shorter ones, and its cost falls with the length (attention grows with its square). A window
-# is encoded at its length plus FIT_PAD_S of silence, rounded up to FIT_STEP_S so that few distinct
-# shapes occur (windows of one shape share a generate call), and never at a length that depends on
-# its batch neighbours. The silence matters: the model was trained on speech that ends well before
-# its input does; with less of it small models more often loop or drop the last words of a clip
-# (bench/experiments/README.md: 8 s kept every run's WER within 0.01 of 30 s windows, 3 s did not).
-FIT_PAD_S = 8.0
+# takes shorter ones, and its cost falls with the length. A window is encoded at its length plus
+# FIT_PAD_S of silence, rounded up to FIT_STEP_S so that few distinct shapes occur (windows of one
+# shape share a generate call), and never at a length that depends on its batch neighbours. The
+# silence matters: the model was trained on speech that ends before its input does; with less of it
+# small models more often loop or drop the last words of a clip (bench/experiments/README.md: 4 s
+# of silence kept every run within 0.015 of the sequential path's WER).
+FIT_PAD_S = 4.0
 FIT_STEP_S = 2.0
 
 # faster-whisper's defaults for what batched decoding does per window (WhisperModel.transcribe).
