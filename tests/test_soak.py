@@ -78,11 +78,16 @@ def test_mixed_soak_of_300_tasks(system, fault_server):
         deadline = time.monotonic() + 120
         while orch.summary.completed < len(tasks) // 3 and time.monotonic() < deadline:
             time.sleep(0.1)
-        for actor in orch.pools.views():
-            if actor.state == "alive" and actor.in_flight:
-                ray.kill(ray.get_actor(actor.name, namespace=orch.settings.namespace), no_restart=True)
-                events.append(f"killed {actor.name}")
-                break
+        # Not every moment has a busy live actor (one may be replacing the poison's crash, the
+        # other between batches): look until one has.
+        while not events and time.monotonic() < deadline:
+            for actor in orch.pools.views():
+                if actor.state == "alive" and actor.in_flight:
+                    ray.kill(ray.get_actor(actor.name, namespace=orch.settings.namespace), no_restart=True)
+                    events.append(f"killed {actor.name}")
+                    break
+            else:
+                time.sleep(0.05)
         # Then terminate every connection to the test database, twice.
         while orch.summary.completed < 2 * len(tasks) // 3 and time.monotonic() < deadline:
             time.sleep(0.1)
