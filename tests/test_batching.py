@@ -23,7 +23,7 @@ from raytranscribe.batching import (
     transcribe_batch,
 )
 from raytranscribe.engines import load_engine
-from raytranscribe.engines.base import EngineSpec, PreparedAudio, Segment, TranscribeOptions, Window, Word
+from raytranscribe.engines.base import EngineSpec, PreparedAudio, Segment, TranscribeOptions, Window, WindowJob, Word
 from raytranscribe.errors import EngineOutOfMemory, Failure, Stage, TranscriptionError
 from raytranscribe.samples import expected_text, sample_names, sample_path
 from tests.support.speech import TINY_SPEC, wer
@@ -284,6 +284,23 @@ def test_word_timestamps_come_back_in_file_time(faster_engine, samples, pack):
     starts = [w.start for w in words]
     assert starts == sorted(starts) and words[-1].end <= fox.duration_s
     assert " ".join(w.word.strip() for s in doctor.segments for w in s.words).lower().startswith("please call")
+
+
+def test_word_timestamps_in_a_batch_are_each_windows_own(faster_engine, samples):
+    """Alignment reuses the batch's encoder output on a CPU: each window must get its own rows."""
+    options = TranscribeOptions(word_timestamps=True)
+    jobs = []
+    for name in ("children.ogg", "lights.webm", "doctor.flac"):
+        prepared = faster_engine.prepare(samples[name], options)
+        jobs += [WindowJob(w, prepared.language, options) for w in prepared.windows]
+    together = faster_engine.decode_windows(jobs)
+    alone = [faster_engine.decode_windows([job])[0] for job in jobs]
+
+    def words(segments: list[Segment]) -> list[tuple[str, float, float]]:
+        return [(w.word, w.start, w.end) for s in segments for w in s.words]
+
+    assert [words(s) for s in together] == [words(s) for s in alone]
+    assert all(words(s) for s in together)
 
 
 def test_silence_short_clips_and_empty_vad_give_empty_transcripts(faster_engine, samples):

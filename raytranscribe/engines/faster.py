@@ -241,7 +241,7 @@ class FasterWhisperEngine:
             previous = tokenizer.encode(" " + initial.strip()) if initial else []
             prompts.append(model.get_prompt(tokenizer, previous, without_timestamps=False))
         suppress = get_suppressed_tokens(tokenizers[0], [-1])
-        encoder_output = self._encode(features)
+        encoder_output = first_pass = self._encode(features)
 
         # Temperature fallback, per window: only the windows that fail Whisper's checks
         # (too repetitive, or too unlikely) are decoded again, hotter, in a smaller batch.
@@ -267,7 +267,7 @@ class FasterWhisperEngine:
         for job, tokenizer, d in zip(jobs, tokenizers, best, strict=True):
             out.append(self._split(job, tokenizer, d))
         if options.word_timestamps:
-            self._add_words(jobs, tokenizers[0], features, out)
+            self._add_words(jobs, tokenizers[0], features, first_pass, out)
         return [[_window_segment(s, d) for s in segs] for segs, d in zip(out, best, strict=True)]
 
     def _generate(self, encoder_output, prompts, tokenizers, options, temperature, suppress) -> list[_Decoded]:
@@ -313,15 +313,25 @@ class FasterWhisperEngine:
             out.append(dict(seek=0, start=p["start"], end=p["end"], tokens=p["tokens"], text=text))
         return out
 
-    def _add_words(self, jobs, tokenizer, features, segments: list[list[dict]]) -> None:
+    def _add_words(self, jobs, tokenizer, features, encoded, segments: list[list[dict]]) -> None:
         """faster-whisper's own word alignment, one window at a time: its pass carries the last
         speech time from one segment list to the next, which across files would stop it trimming a
-        first word that swallowed a leading silence."""
+        first word that swallowed a leading silence.
+
+        ``encoded``: the batch's encoder output. On a CPU each window's rows of it are reused (they
+        are what encoding the window alone gives); elsewhere the window is encoded again, since a
+        device's output cannot be sliced without a round trip through the host."""
+        import ctranslate2
+
         fe = self.model.feature_extractor
+        rows = np.asarray(encoded) if self.device == "cpu" else None
         for i, window_segments in enumerate(segments):
             if not window_segments:
                 continue
-            encoder_output = self.model.encode(features[i : i + 1])
+            if rows is not None:
+                encoder_output = ctranslate2.StorageView.from_array(np.ascontiguousarray(rows[i : i + 1]))
+            else:
+                encoder_output = self.model.encode(features[i : i + 1])
             size = min(jobs[i].window.samples.size // fe.hop_length, fe.nb_max_frames)
             self.model.add_word_timestamps(
                 [window_segments], tokenizer, encoder_output, [size], PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS, 0.0
