@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.init(include_dashboard=False, log_to_driver=False)
     print(f"ray: {ray.cluster_resources().get('GPU', 0):g} GPU(s) in the cluster")
-    cls = worker_actor_class(prefetch=2)
+    cls = worker_actor_class()
     engine = EngineSpec(engine=args.engine, model=args.model, device="auto")
     actors = [
         cls.options(num_gpus=args.num_gpus, num_cpus=1).remote(WorkerConfig(name=f"gpu-check-{i}", engine=engine))

@@ -739,7 +739,7 @@ class ActorPools:
             settings=settings,
             owner_tag=owner_tag,
             runtime_env=runtime_env,
-            actor_cls=worker_actor_class(settings.worker.prefetch, settings.worker.max_tasks_in_hand, worker),
+            actor_cls=worker_actor_class(worker),
             ledger=self._ledger,
             serial=[0],
             model_source=model_source,

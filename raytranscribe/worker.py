@@ -7,10 +7,11 @@ that escapes ``process`` means the actor itself is broken.
 Work in, outcomes out: the driver hands over tasks in batches with ``take`` (it returns at once) and
 reads their outcomes from ``results``, one Ray streaming generator for the actor's life whose items
 are the outcomes finished since the last item: one call per batch of tasks either way, and no outcome
-waits for a slower neighbour. (``process`` runs one task and returns its outcome: for direct use.)
+waits for a slower neighbour. (A remote ``process`` call runs one task and returns its outcome, one
+call at a time: for a quick check such as ``bench/gpu_check.py``.)
 
-Pipelining and batching: each task runs on a pipeline thread of its own (``worker.max_tasks_in_hand``
-of them). Each thread downloads and decodes its task and has the engine
+Pipelining and batching: each task runs on a pipeline thread of its own (``max(worker.prefetch,
+worker.max_tasks_in_hand)`` of them, the worker's own thread pool). Each thread downloads and decodes its task and has the engine
 cut it into windows of at most 30 s (``engine.prepare``); then it hands the windows to the actor's
 :class:`Batcher`, the one thread that owns the device, and waits for its transcript. The batcher
 decodes windows of many tasks in one model call (``engine.batch_size`` at a time, a partial batch
@@ -645,30 +646,20 @@ class TranscriptionWorker:
             raise TranscriptionError(f"{type(exc).__name__}: {exc}") from exc
 
 
-def worker_actor_class(
-    prefetch: int, max_tasks_in_hand: int | None = None, worker: type[TranscriptionWorker] | None = None
-):
-    """The Ray actor class of ``worker`` (TranscriptionWorker, or a subclass of it): pipeline threads
-    for the tasks in hand plus one control thread for pings.
-
-    The pipeline group has ``max(prefetch, max_tasks_in_hand)`` threads (``max_tasks_in_hand``
-    defaults to the setting's default), so every task dispatched to the actor starts at once and
-    its windows can join the batcher.
-    """
-    threads = max(prefetch, max_tasks_in_hand or WorkerSettings().max_tasks_in_hand)
-    cls = ray.remote(
+def worker_actor_class(worker: type[TranscriptionWorker] = TranscriptionWorker):
+    """The Ray actor class of ``worker`` (TranscriptionWorker, or a subclass of it). Tasks run on
+    the worker's own pipeline threads (``take``); Ray's threads only carry the calls."""
+    return ray.remote(
         # ready() waits out the model's download and load in a group of its own: pings still answer.
-        # take() and results() have a thread each: neither waits behind pings or tasks.
-        concurrency_groups={"pipeline": max(1, threads), "control": 1, "startup": 1, "inbox": 1, "results": 1},
+        # take() and results() have a thread each: neither waits behind pings or the other.
+        concurrency_groups={"control": 1, "startup": 1, "inbox": 1, "results": 1},
         max_restarts=0,  # its pool replaces actors itself, and fails their tasks over first
         max_task_retries=0,
-    )(worker or TranscriptionWorker)
-    return cls
+    )(worker)
 
 
 def method_groups() -> None:
     """Bind methods to concurrency groups (done once at import; Ray reads the attributes)."""
-    TranscriptionWorker.process = ray.method(concurrency_group="pipeline")(TranscriptionWorker.process)
     TranscriptionWorker.take = ray.method(concurrency_group="inbox")(TranscriptionWorker.take)
     TranscriptionWorker.results = ray.method(concurrency_group="results", num_returns="streaming")(
         TranscriptionWorker.results

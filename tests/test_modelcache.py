@@ -418,7 +418,7 @@ def _start_worker(manifest: ModelManifest, cache_dir: Path):
     config = WorkerConfig(
         name=f"test-model-{uuid.uuid4().hex[:6]}", engine=_s3_spec(), model=manifest, model_cache_dir=str(cache_dir)
     )
-    return worker_actor_class(prefetch=2).options(num_cpus=0, num_gpus=0).remote(config)
+    return worker_actor_class().options(num_cpus=0, num_gpus=0).remote(config)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import io
 import time
 import uuid
 import wave
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -62,7 +63,7 @@ def long_speech(seconds: float, gap_s: float = 1.0) -> tuple[np.ndarray, list[st
 
 def start_actor(spec: EngineSpec, *, batch_wait_ms: float = 100.0, name: str | None = None, **worker):
     settings = WorkerSettings(**{"max_tasks_in_hand": 16, **worker})
-    cls = worker_actor_class(prefetch=8, max_tasks_in_hand=settings.max_tasks_in_hand)
+    cls = worker_actor_class()
     config = WorkerConfig(
         name=name or f"test-worker-{uuid.uuid4().hex[:6]}",
         engine=spec,
@@ -99,6 +100,24 @@ def sample_specs(fault_server, spec: EngineSpec, n: int, options: TranscribeOpti
     return out
 
 
+def run_tasks(actor, specs: list[TaskSpec], *, timeout: float = 180.0, poll_s: float = 1.0,
+              while_waiting: Callable[[], None] | None = None) -> list[Outcome]:
+    """``specs`` through ``actor`` as the pool sends them: one take() call, the outcomes read off the
+    actor's results stream (once per actor: the stream holds its one thread); in ``specs`` order.
+    ``while_waiting`` runs every ``poll_s`` until the last outcome is in."""
+    stream = actor.results.remote()
+    ray.get(actor.take.remote(list(specs)), timeout=30)
+    got: dict[tuple[int, int], Outcome] = {}
+    deadline = time.monotonic() + timeout
+    while len(got) < len(specs):
+        assert time.monotonic() < deadline, f"{len(got)} of {len(specs)} outcomes after {timeout} s"
+        if while_waiting is not None:
+            while_waiting()
+        if ray.wait([stream], timeout=poll_s)[0]:
+            got.update(((o.task_id, o.attempt), o) for o in ray.get(next(stream)))
+    return [got[(s.task_id, s.attempt)] for s in specs]
+
+
 def timing(outcome: Outcome, stage: str) -> float | None:
     return next((s for name, s in outcome.timings if name == stage), None)
 
@@ -111,7 +130,7 @@ def test_tasks_of_different_files_share_batches(ray_session, fault_server):
     actor = start_actor(spec, batch_wait_ms=1000)
     tasks = sample_specs(fault_server, spec, 6)
 
-    outcomes = ray.get([actor.process.remote(t) for t, _ in tasks], timeout=180)
+    outcomes = run_tasks(actor, [t for t, _ in tasks])
 
     assert all(o.ok for o in outcomes), [o.failure for o in outcomes]
     errors = [wer(sentence, o.result.text_preview) for (_, sentence), o in zip(tasks, outcomes)]
@@ -161,7 +180,7 @@ def test_a_partial_batch_runs_after_batch_wait(ray_session, fault_server):
     ((task, sentence),) = sample_specs(fault_server, spec, 1)
 
     t0 = time.monotonic()
-    outcome = ray.get(actor.process.remote(task), timeout=120)
+    (outcome,) = run_tasks(actor, [task], timeout=120, poll_s=0.1)
     elapsed = time.monotonic() - t0
 
     assert outcome.ok and wer(sentence, outcome.result.text_preview) <= 0.25
@@ -179,7 +198,7 @@ def test_batch_size_one_keeps_the_sequential_path(ray_session, fault_server):
     actor = start_actor(spec)
     tasks = sample_specs(fault_server, spec, 2)
 
-    outcomes = ray.get([actor.process.remote(t) for t, _ in tasks], timeout=120)
+    outcomes = run_tasks(actor, [t for t, _ in tasks], timeout=120)
 
     for (_, sentence), o in zip(tasks, outcomes):
         assert o.ok and wer(sentence, o.result.text_preview) <= 0.25
@@ -196,7 +215,7 @@ def test_out_of_memory_halves_the_batch_size_and_retries(ray_session, fault_serv
     oom = replace(tasks[0][0], options=TranscribeOptions(formats=("json", "txt"), initial_prompt="fault:oom:2"))
     tasks[0] = (oom, tasks[0][1])
 
-    outcomes = ray.get([actor.process.remote(t) for t, _ in tasks], timeout=180)
+    outcomes = run_tasks(actor, [t for t, _ in tasks])
 
     # Nobody failed: the windows went back and were decoded in smaller batches (what they say is
     # test_tasks_of_different_files_share_batches's business).
@@ -217,14 +236,15 @@ def test_ping_reports_window_progress_of_a_long_file(ray_session, fault_server):
     options = TranscribeOptions(beam_size=1, formats=("txt",))
     task = task_spec(fault_server, 1, "long.wav", wav_bytes(speech), spec, options)
 
-    ref = actor.process.remote(task)
     seen: list[tuple[str, int, int, float]] = []
     pongs: list[PingReply] = []
-    while not ray.wait([ref], timeout=0.2)[0]:
+
+    def ping() -> None:
         pong = ray.get(actor.ping.remote())
         pongs.append(pong)
-        seen += [(r.stage, r.windows_done, r.windows_total, r.stage_s) for r in pong.running]
-    outcome = ray.get(ref)
+        seen.extend((r.stage, r.windows_done, r.windows_total, r.stage_s) for r in pong.running)
+
+    (outcome,) = run_tasks(actor, [task], poll_s=0.2, while_waiting=ping)
 
     assert outcome.ok, outcome.failure
     batched = [(done, total) for stage, done, total, _ in seen if stage == BATCHED]
@@ -247,12 +267,9 @@ def test_decoded_audio_is_bounded_and_wants_says_so(ray_session, fault_server):
     actor = start_actor(spec, batch_wait_ms=50, max_buffered_audio_s=2.0, max_tasks_in_hand=4)
     tasks = sample_specs(fault_server, spec, 3)
 
-    refs = [actor.process.remote(t) for t, _ in tasks]
-    pongs = []
-    while len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) < len(refs):
-        pongs.append(ray.get(actor.ping.remote()))
-        time.sleep(0.05)
-    outcomes = ray.get(refs)
+    pongs: list[PingReply] = []
+    outcomes = run_tasks(actor, [t for t, _ in tasks], poll_s=0.05,
+                         while_waiting=lambda: pongs.append(ray.get(actor.ping.remote())))
 
     assert all(o.ok for o in outcomes), [o.failure for o in outcomes]
     assert max(p.buffered_audio_s for p in pongs) <= 4.5  # never more than one file at a time
