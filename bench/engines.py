@@ -3,6 +3,7 @@
     .venv/bin/python bench/engines.py                     # CPU: batching, faster-whisper tiny.en int8
     .venv/bin/python bench/engines.py --quick             # the same, small, to check it runs
     .venv/bin/python bench/engines.py --device cuda       # GPU: tiny.en and base at batch 1/8/16/32
+    .venv/bin/python bench/engines.py --sweep --quick --sizes 1,8 --gpu-models tiny.en   # the sweep, on a CPU
     .venv/bin/python bench/engines.py --load              # cold load vs resident model
 
 Batching (the default) runs three ways over the same audio, side by side, in one run:
@@ -22,6 +23,11 @@ concatenated, and prints audio seconds per wall second, the ratio to sequential 
 the headline lines ``ratio cross-file/sequential short``, ``ratio cross-file/per-file-batched short``
 and ``ratio cross-file/sequential long`` (and the packed way's two short ratios). Without espeak-ng on the PATH the clips are built from
 the committed samples instead (the report says which).
+
+The sweep (``--device cuda``, or ``--sweep`` on any device) runs :func:`transcribe_batch` over the
+same two sets at each of ``--sizes`` (1 is the sequential path), for each of ``--gpu-models``, with
+fitted and with 30 s windows, naming the GPU; it ends with one line per model, set and window shape,
+``ratio batch 32/batch 1 tiny.en short fitted: 4.10``.
 
 ``--load`` measures, for each engine and each committed speech sample,
 
@@ -258,29 +264,66 @@ def print_batching(figures: dict, label: str, source: str) -> None:
             print(f"{name:24s} {way:18s} {wall:8.2f} {f['audio_s'] / wall:7.1f} {seq_s / wall:6.2f}x {err:6.3f}")
 
 
-def bench_gpu_sweep(device: str, models: list[str], sizes: list[int], sets: dict, options: TranscribeOptions) -> None:
+def device_name(device: str) -> str:
+    """What the sweep ran on, for the README: the GPU's name, or the CPU's."""
+    import platform
+    import subprocess
+
+    if device == "cuda":
+        try:
+            names = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                                   capture_output=True, text=True, timeout=30, check=True).stdout.split("\n")
+            return names[0].strip() or "an unnamed GPU"
+        except (OSError, subprocess.SubprocessError):
+            return "a GPU nvidia-smi did not name"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} CPU"
+    except OSError:
+        pass
+    return f"{platform.machine()} CPU"
+
+
+def bench_sweep(device: str, models: list[str], sizes: list[int], sets: dict, source: str,
+                options: TranscribeOptions, threads: int) -> list[tuple[str, float]]:
     """RTFx at each batch size (1 is the sequential path) and its ratio to batch 1, per model and set,
-    with fitted windows (the default) and with every window padded to 30 s."""
+    with fitted windows (the default) and with every window padded to 30 s. Returns the headline
+    ratios: the largest batch size against batch 1, per model, set and window shape."""
+    import ctranslate2
+    import faster_whisper
+
     from raytranscribe.batching import transcribe_batch
 
-    head = (f"{'model':10s} {'set':24s} {'windows':>8s} {'batch':>5s} {'wall s':>8s} {'RTFx':>8s} "
+    print(f"batch-size sweep on {device_name(device)}; faster-whisper {faster_whisper.__version__}, "
+          f"CTranslate2 {ctranslate2.__version__}, beam {options.beam_size}, VAD on; speech from {source}; "
+          "RTFx = audio s per wall s")
+    head = (f"{'model':10s} {'type':>13s} {'set':24s} {'windows':>8s} {'batch':>5s} {'wall s':>8s} {'RTFx':>8s} "
             f"{'vs 1':>6s} {'WER':>6s}")
     print(head)
     print("-" * len(head))
+    ratios = []
     for model in models:
-        for fit in (True, False):
-            engine = load_engine(EngineSpec(model=model, device=device, fit_windows=fit))
-            engine.transcribe(next(iter(sets.values()))[0][1], options)
-            for name, clips in sets.items():
-                refs, audios = [r for r, _ in clips], [a for _, a in clips]
-                audio_s = sum(a.size for a in audios) / SR
-                base = None
+        # Batch 1 is the sequential path, the same whatever the window shape: timed once per set.
+        engines = {shape: load_engine(EngineSpec(model=model, device=device, fit_windows=fit, cpu_threads=threads))
+                   for shape, fit in (("fitted", True), ("30 s", False))}
+        for engine in engines.values():
+            engine.transcribe(next(iter(sets.values()))[0][1], options)  # warm-up: allocator, kernels
+        for name, clips in sets.items():
+            refs, audios = [r for r, _ in clips], [a for _, a in clips]
+            audio_s = sum(a.size for a in audios) / SR
+            base = None
+            for shape, engine in engines.items():
                 for size in sizes:
+                    if size == 1 and base is not None:
+                        continue
                     out, wall = _timed(lambda: transcribe_batch(engine, audios, options, size))
                     base = base or wall
-                    err = _mean_wer(refs, [t.text for t in out])
-                    print(f"{model:10s} {name:24s} {'fitted' if fit else '30 s':>8s} {size:5d} {wall:8.2f} "
-                          f"{audio_s / wall:8.1f} {base / wall:5.2f}x {err:6.3f}")
+                    err = _mean_wer(refs, [t.text if not isinstance(t, Exception) else "" for t in out])
+                    print(f"{model:10s} {engine.compute_type:>13s} {name:24s} {'-' if size == 1 else shape:>8s} "
+                          f"{size:5d} {wall:8.2f} {audio_s / wall:8.1f} {base / wall:5.2f}x {err:6.3f}", flush=True)
+                ratios.append((f"batch {sizes[-1]}/batch {sizes[0]} {model} {name.split()[0]} {shape}", base / wall))
+    return ratios
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -296,15 +339,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--load", action="store_true", help="cold load vs resident model instead of batching")
     parser.add_argument("--batch-size", type=int, default=8, help="slots per batch for the batched ways (CPU)")
     parser.add_argument("--quick", action="store_true", help="12 clips and a 2-minute file: checks that it runs")
-    parser.add_argument("--sizes", default="1,8,16,32", help="GPU sweep batch sizes")
-    parser.add_argument("--gpu-models", default="tiny.en,base", help="GPU sweep models")
+    parser.add_argument("--sweep", action="store_true",
+                        help="batch-size sweep (the default on cuda; on a CPU it checks the sweep runs)")
+    parser.add_argument("--sizes", default="1,8,16,32", help="sweep batch sizes, the first being the baseline")
+    parser.add_argument("--gpu-models", default="tiny.en,base", help="sweep models")
     args = parser.parse_args(argv)
+    if not re.fullmatch(r"1(,[1-9][0-9]*)*", args.sizes):
+        parser.error(f"--sizes must be batch sizes starting with 1, the sequential baseline, not {args.sizes!r}")
     if not args.load:
         short, long, source = build_sets(12 if args.quick else 48, 120.0 if args.quick else 600.0)
         sets = {f"short {len(short)} clips": short, f"long {long[0][1].size / SR / 60:.0f} min": long}
         options = TranscribeOptions(beam_size=args.beam_size, vad_filter=True)
-        if args.device == "cuda":
-            bench_gpu_sweep("cuda", args.gpu_models.split(","), [int(x) for x in args.sizes.split(",")], sets, options)
+        if args.sweep or args.device == "cuda":
+            sizes = [int(x) for x in args.sizes.split(",")]
+            ratios = bench_sweep(args.device, args.gpu_models.split(","), sizes, sets, source, options, args.threads)
+            for label, ratio in ratios:
+                print(f"ratio {label}: {ratio:.2f}")
             return
         spec = EngineSpec(engine="faster-whisper", model=args.model, device=args.device,
                           compute_type=args.compute_type, cpu_threads=args.threads, download_root=args.download_root)

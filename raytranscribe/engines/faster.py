@@ -7,7 +7,8 @@ import math
 import threading
 import zlib
 from collections.abc import Sequence
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -36,6 +37,10 @@ from raytranscribe.engines.base import (
 from raytranscribe.engines.models import resolve_faster_whisper_model
 from raytranscribe.engines.windows import fixed_windows, speech_windows
 from raytranscribe.errors import ModelLoadError, RayTranscribeError, Stage, TranscriptionError
+
+if TYPE_CHECKING:  # faster-whisper is an optional extra: imported where the engine is built
+    import ctranslate2
+    from faster_whisper.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +96,7 @@ class FasterWhisperEngine:
         with FasterWhisperEngine._loads_lock:
             FasterWhisperEngine.loads += 1
         self.batch_size = resolve_batch_size(spec, self.device)
-        self._tokenizers: dict[tuple[str, str], object] = {}
+        self._tokenizers: dict[tuple[str, str], Tokenizer] = {}
         self._tokenizers_lock = threading.Lock()
         log.info(
             "faster-whisper %r resident on %s (%s)", spec.model, self.device, self.compute_type,
@@ -216,7 +221,7 @@ class FasterWhisperEngine:
             "faster-whisper",
         )
 
-    def _tokenizer(self, task: str, language: str | None):
+    def _tokenizer(self, task: str, language: str | None) -> Tokenizer:
         from faster_whisper.tokenizer import Tokenizer
 
         key = (task, language or "en")
@@ -270,7 +275,15 @@ class FasterWhisperEngine:
             self._add_words(jobs, tokenizers[0], features, first_pass, out)
         return [[_window_segment(s, d) for s in segs] for segs, d in zip(out, best, strict=True)]
 
-    def _generate(self, encoder_output, prompts, tokenizers, options, temperature, suppress) -> list[_Decoded]:
+    def _generate(
+        self,
+        encoder_output: ctranslate2.StorageView,
+        prompts: list[list[int]],
+        tokenizers: list[Tokenizer],
+        options: TranscribeOptions,
+        temperature: float,
+        suppress: Sequence[int],
+    ) -> list[_Decoded]:
         model = self.model
         if temperature > 0:
             kwargs = dict(beam_size=1, num_hypotheses=BEST_OF, sampling_topk=0, sampling_temperature=temperature)
@@ -292,10 +305,10 @@ class FasterWhisperEngine:
             tokens = result.sequences_ids[0]
             avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)  # length_penalty 1, as faster-whisper
             ratio = _loop_ratio(tokens, tok)
-            decoded.append(_Decoded(tokens, avg_logprob, float(result.no_speech_prob), ratio, temperature))
+            decoded.append(_Decoded(tokens, float(avg_logprob), float(result.no_speech_prob), ratio, temperature))
         return decoded
 
-    def _split(self, job: WindowJob, tokenizer, d: _Decoded) -> list[dict]:
+    def _split(self, job: WindowJob, tokenizer: Tokenizer, d: _Decoded) -> list[dict]:
         """Timestamp tokens -> segments (window time), skipping a window Whisper judges silent."""
         if d.no_speech:
             return []
@@ -372,17 +385,15 @@ PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 
 
+@dataclass(frozen=True, slots=True)
 class _Decoded:
     """One window's decode at one temperature, with Whisper's quality checks on it."""
 
-    __slots__ = ("tokens", "avg_logprob", "no_speech_prob", "compression_ratio", "temperature")
-
-    def __init__(self, tokens, avg_logprob, no_speech_prob, compression_ratio, temperature) -> None:
-        self.tokens = tokens
-        self.avg_logprob = float(avg_logprob)
-        self.no_speech_prob = no_speech_prob
-        self.compression_ratio = compression_ratio
-        self.temperature = temperature
+    tokens: list[int]
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    temperature: float
 
     @property
     def no_speech(self) -> bool:
@@ -405,7 +416,7 @@ def _compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-def _loop_ratio(tokens: Sequence[int], tokenizer) -> float:
+def _loop_ratio(tokens: Sequence[int], tokenizer: Tokenizer) -> float:
     """Whisper's repetition check, per segment (the text between timestamp tokens), worst one.
 
     Sequential Whisper gzips a whole window of one file. A batched slot may hold several files,
