@@ -8,7 +8,7 @@ import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -66,10 +66,6 @@ def transcribe_kwargs(options: TranscribeOptions) -> dict:
     )
 
 class FasterWhisperEngine:
-    # How many WhisperModels this process has built: lets tests prove a model stays resident.
-    loads: ClassVar[int] = 0
-    _loads_lock: ClassVar[threading.Lock] = threading.Lock()
-
     def __init__(self, spec: EngineSpec) -> None:
         try:
             from faster_whisper import WhisperModel
@@ -93,8 +89,6 @@ class FasterWhisperEngine:
                 f"faster-whisper could not load model {spec.model!r} from {self.model_path} "
                 f"on {self.device} ({self.compute_type}): {type(exc).__name__}: {exc}"
             ) from exc
-        with FasterWhisperEngine._loads_lock:
-            FasterWhisperEngine.loads += 1
         self.batch_size = resolve_batch_size(spec, self.device)
         self._tokenizers: dict[tuple[str, str], Tokenizer] = {}
         self._tokenizers_lock = threading.Lock()

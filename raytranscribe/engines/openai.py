@@ -8,10 +8,8 @@ windows are fixed 30 s steps cut at quiet moments.
 from __future__ import annotations
 
 import logging
-import threading
 import zlib
 from collections.abc import Sequence
-from typing import ClassVar
 
 import numpy as np
 
@@ -45,10 +43,6 @@ ENGINE_NAME = "openai-whisper"
 
 
 class OpenAIWhisperEngine:
-    # How many models this process has loaded: lets tests prove a model stays resident.
-    loads: ClassVar[int] = 0
-    _loads_lock: ClassVar[threading.Lock] = threading.Lock()
-
     def __init__(self, spec: EngineSpec) -> None:
         try:
             import whisper
@@ -70,8 +64,6 @@ class OpenAIWhisperEngine:
                 reason = f"unknown openai-whisper model {source!r} (available: {', '.join(whisper.available_models())})"
             raise ModelLoadError(f"{reason}: {type(exc).__name__}: {exc}") from exc
         self.model.eval()
-        with OpenAIWhisperEngine._loads_lock:
-            OpenAIWhisperEngine.loads += 1
         log.info(
             "openai-whisper %r resident on %s (fp16=%s)", spec.model, self.device, self.fp16,
             extra={"stage": Stage.MODEL_LOAD.value},

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from raytranscribe.audio import SAMPLE_RATE, decode
+from raytranscribe.batching import transcribe_batch
 from raytranscribe.engines import Engine, load_engine, resolve_device, temperature_schedule
 from raytranscribe.engines.base import EngineSpec, Segment, Transcript, TranscribeOptions
 from raytranscribe.engines.faster import FasterWhisperEngine, default_compute_type
@@ -43,16 +44,32 @@ def test_transcript_records_what_produced_it(faster_engine):
     assert faster_engine.device == "cpu" and faster_engine.compute_type == "int8"
 
 
-def test_model_stays_resident(faster_engine):
+def _count_model_builds(monkeypatch) -> list[str]:
+    """Every WhisperModel built from now on, by model path: the real class, counted."""
+    import faster_whisper
+
+    built, real = [], faster_whisper.WhisperModel
+
+    def counted(path, *args, **kwargs):
+        built.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(faster_whisper, "WhisperModel", counted)
+    return built
+
+
+def test_model_stays_resident(faster_engine, monkeypatch):
     assert isinstance(faster_engine, Engine)
-    loads, model = FasterWhisperEngine.loads, faster_engine.model
+    built, model = _count_model_builds(monkeypatch), faster_engine.model
     audio = decode(sample_path("children.ogg")).samples
     first = faster_engine.transcribe(audio, FAST)
     second = faster_engine.transcribe(audio, FAST)
-    assert FasterWhisperEngine.loads == loads  # no reload between calls
+    batched = transcribe_batch(faster_engine, [audio, audio], FAST, batch_size=8)
+    assert built == []  # no reload between calls, sequential or batched
     assert faster_engine.model is model
     assert first == second
     assert normalize(first.text) == "the children played in the park after school"
+    assert [normalize(t.text) for t in batched] == [normalize(first.text)] * 2
 
 
 def test_silence_gives_an_empty_transcript(faster_engine):
@@ -76,10 +93,10 @@ def test_bad_audio_shape_is_a_permanent_transcription_error(faster_engine):
     assert info.value.transient is False and info.value.stage is Stage.TRANSCRIBE
 
 
-def test_batch_size_resolves_per_device():
-    loads = FasterWhisperEngine.loads
+def test_batch_size_resolves_per_device(monkeypatch):
+    built = _count_model_builds(monkeypatch)
     engine = load_engine(EngineSpec(model="tiny.en", device="cpu", cpu_threads=2, batch_size=2))
-    assert FasterWhisperEngine.loads == loads + 1
+    assert len(built) == 1  # each engine holds its own model
     assert engine.batch_size == 2 and engine.compute_type == "int8"
     default = load_engine(EngineSpec(model="tiny.en", device="cpu", cpu_threads=2, cpu_batch_size=5))
     assert default.batch_size == 5  # batch_size 0: the device's default

@@ -1,12 +1,11 @@
 """openai-whisper through a tiny random-weight checkpoint (real weights cannot be downloaded here).
 
 Random weights produce garbage text, so these tests check the contract: the model loads from a
-path, stays resident, and a Transcript of the right shape comes back quickly.
+path, stays resident, and a Transcript of the right shape comes back.
 """
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -27,21 +26,32 @@ def openai_engine(random_whisper_checkpoint):
     return load_engine(EngineSpec(engine="openai-whisper", model=str(random_whisper_checkpoint), device="cpu"))
 
 
-def test_loads_from_checkpoint_and_stays_resident(openai_engine, random_whisper_checkpoint):
+def _count_model_loads(monkeypatch) -> list[str]:
+    """Every whisper.load_model call from now on, by source: the real function, counted."""
+    import whisper
+
+    loaded, real = [], whisper.load_model
+
+    def counted(source, *args, **kwargs):
+        loaded.append(source)
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(whisper, "load_model", counted)
+    return loaded
+
+
+def test_loads_from_checkpoint_and_stays_resident(openai_engine, random_whisper_checkpoint, monkeypatch):
     assert isinstance(openai_engine, OpenAIWhisperEngine) and isinstance(openai_engine, Engine)
     assert openai_engine.device == "cpu" and openai_engine.fp16 is False
     assert next(openai_engine.model.parameters()).dtype.is_floating_point
-    loads, model = OpenAIWhisperEngine.loads, openai_engine.model
+    loaded, model = _count_model_loads(monkeypatch), openai_engine.model
     audio = decode(sample_path("doctor.flac")).samples[: 2 * SAMPLE_RATE]
 
-    started = time.perf_counter()
     first = openai_engine.transcribe(audio, ONE_PASS)
     second = openai_engine.transcribe(audio, ONE_PASS)
-    elapsed = time.perf_counter() - started
 
-    assert OpenAIWhisperEngine.loads == loads
+    assert loaded == []
     assert openai_engine.model is model
-    assert elapsed < 30.0, f"two short decodes took {elapsed:.1f} s"  # ~3 s each on 2 CPU cores
     for t in (first, second):
         assert isinstance(t, Transcript)
         assert (t.engine, t.model, t.language, t.options) == (
@@ -55,10 +65,10 @@ def test_loads_from_checkpoint_and_stays_resident(openai_engine, random_whisper_
             assert isinstance(s.avg_logprob, float) and 0.0 <= s.no_speech_prob <= 1.0
 
 
-def test_load_counter_counts_each_load(random_whisper_checkpoint):
-    loads = OpenAIWhisperEngine.loads
-    load_engine(EngineSpec(engine="openai-whisper", model=str(random_whisper_checkpoint), device="cpu"))
-    assert OpenAIWhisperEngine.loads == loads + 1
+def test_each_engine_loads_its_own_model(openai_engine, random_whisper_checkpoint, monkeypatch):
+    loaded = _count_model_loads(monkeypatch)
+    engine = load_engine(EngineSpec(engine="openai-whisper", model=str(random_whisper_checkpoint), device="cpu"))
+    assert loaded == [str(random_whisper_checkpoint)] and engine.model is not openai_engine.model
 
 
 def test_silence_gives_an_empty_transcript(openai_engine):
