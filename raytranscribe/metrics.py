@@ -25,6 +25,8 @@ class Metrics:
     audio_seconds: m.Counter
     real_time_factor: m.Gauge
     breaker_open: m.Gauge
+    database_up: m.Gauge
+    store_transient_errors: m.Counter
 
 
 _lock = threading.Lock()
@@ -56,6 +58,14 @@ def get() -> Metrics:
                 ),
                 breaker_open=m.Gauge(
                     "raytranscribe_circuit_open", "1 while a circuit breaker pauses dispatch", tag_keys=("stage",)
+                ),
+                database_up=m.Gauge(
+                    "raytranscribe_database_up", "1 while the driver reaches PostgreSQL, 0 while it waits it out"
+                ),
+                store_transient_errors=m.Counter(
+                    "raytranscribe_store_transient_errors",
+                    "Transient database errors (dropped connections, failovers, deadlocks) the driver's store met: "
+                    "it re-runs the operation a few times, then the driver waits the outage out",
                 ),
             )
         return _metrics

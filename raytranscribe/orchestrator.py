@@ -133,6 +133,7 @@ class Orchestrator:
         self._db_failures = 0
         self._pairs: list[tuple[str, str]] = list(options.pairs or [])
         self._outstanding: int | None = None
+        self._store_errors_seen = store.transient_errors  # how many the metric has been given
 
     # --- public ---------------------------------------------------------------------------------
 
@@ -437,17 +438,26 @@ class Orchestrator:
             log.info("database reachable again; resuming (%d outcome(s) buffered)", len(self._buffer))
         self._db_failures = 0
         self._db_down_until = 0.0
+        self._publish_database_health(up=True)
 
     def _db_down(self, exc: BaseException) -> None:
         self._db_failures += 1
         delay = min(30.0, 0.5 * 2 ** (self._db_failures - 1))
         self._db_down_until = time.monotonic() + delay
+        self._publish_database_health(up=False)
         log.error(
             "database unavailable (%s); claiming paused, %d outcome(s) kept in memory; next try in %.1fs",
             exc,
             len(self._buffer),
             delay,
         )
+
+    def _publish_database_health(self, *, up: bool) -> None:
+        m = metrics.get()
+        m.database_up.set(1 if up else 0)
+        errors, self._store_errors_seen = self.store.transient_errors - self._store_errors_seen, self.store.transient_errors
+        if errors:
+            m.store_transient_errors.inc(errors)
 
     # --- drain and shutdown ---------------------------------------------------------------------
 

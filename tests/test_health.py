@@ -23,6 +23,7 @@ from raytranscribe.breakers import BreakerState, CircuitBreaker
 from raytranscribe.orchestrator import NoWorkers, RunOptions
 from raytranscribe.store import TaskStatus
 from tests.support.faultserver import Fault
+from tests.support.metrics import lines, scrape, total
 from tests.support.system import FAULTY_ENGINE
 
 # --- circuit breaker (pure) ---------------------------------------------------------------------
@@ -222,11 +223,16 @@ def test_database_outage_buffers_outcomes_and_loses_nothing(system):
             time.sleep(1.0)
         admin.dispose()
 
+    errors_before = total(lines(ray, "raytranscribe_store_transient_errors"))
     system.run(during=outage, timeout=240)
 
     system.check_invariants()
     assert all(system.store.get(i).status is TaskStatus.COMPLETED for i in ids)
     assert any(outages), "the orchestrator never noticed the outage"
+    # What an operator's dashboard shows of it: the errors the store met, and the database back up.
+    scrape(ray, {"raytranscribe_store_transient_errors", "raytranscribe_database_up"},
+           ready=lambda f: total(f["raytranscribe_store_transient_errors"]) > errors_before
+           and [line.rsplit(" ", 1)[1] for line in f["raytranscribe_database_up"]] == ["1.0"])
 
 
 @pytest.mark.slow

@@ -727,7 +727,8 @@ class Store:
         url = sqlalchemy_url(url)  # postgresql://, postgres:// too: ConfigError for anything else
         self.url = url
         self.application_name = application_name
-        # Count of transient database errors survived by re-running a transaction (for tests and metrics).
+        # Transient database errors met, each try's (the orchestrator exports them as
+        # raytranscribe_store_transient_errors).
         self.transient_errors = 0
         self._claimed_since_vacuum = 0
         self.queue_vacuums = 0  # vacuums of the queue this store started (for tests and metrics)
