@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faster_whisper
 import numpy as np
 import pytest
 
@@ -14,6 +15,7 @@ from raytranscribe.engines.models import resolve_faster_whisper_model
 from raytranscribe.errors import Failure, ModelLoadError, Stage, TranscriptionError
 from raytranscribe.samples import expected_text, sample_names, sample_path
 from tests.support.speech import TINY_SPEC, normalize, wer
+from tests.support.spy import record_calls
 
 FAST = TranscribeOptions(beam_size=1)
 
@@ -44,23 +46,9 @@ def test_transcript_records_what_produced_it(faster_engine):
     assert faster_engine.device == "cpu" and faster_engine.compute_type == "int8"
 
 
-def _count_model_builds(monkeypatch) -> list[str]:
-    """Every WhisperModel built from now on, by model path: the real class, counted."""
-    import faster_whisper
-
-    built, real = [], faster_whisper.WhisperModel
-
-    def counted(path, *args, **kwargs):
-        built.append(path)
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(faster_whisper, "WhisperModel", counted)
-    return built
-
-
 def test_model_stays_resident(faster_engine, monkeypatch):
     assert isinstance(faster_engine, Engine)
-    built, model = _count_model_builds(monkeypatch), faster_engine.model
+    built, model = record_calls(monkeypatch, faster_whisper, "WhisperModel"), faster_engine.model
     audio = decode(sample_path("children.ogg")).samples
     first = faster_engine.transcribe(audio, FAST)
     second = faster_engine.transcribe(audio, FAST)
@@ -94,7 +82,7 @@ def test_bad_audio_shape_is_a_permanent_transcription_error(faster_engine):
 
 
 def test_batch_size_resolves_per_device(monkeypatch):
-    built = _count_model_builds(monkeypatch)
+    built = record_calls(monkeypatch, faster_whisper, "WhisperModel")
     engine = load_engine(EngineSpec(model="tiny.en", device="cpu", cpu_threads=2, batch_size=2))
     assert len(built) == 1  # each engine holds its own model
     assert engine.batch_size == 2 and engine.compute_type == "int8"

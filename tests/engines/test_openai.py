@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import whisper
 
 from raytranscribe.audio import SAMPLE_RATE, decode
 from raytranscribe.engines import Engine, load_engine
@@ -16,6 +17,7 @@ from raytranscribe.engines.base import EngineSpec, Segment, Transcript, Transcri
 from raytranscribe.engines.openai import OpenAIWhisperEngine
 from raytranscribe.errors import ModelLoadError, Stage
 from raytranscribe.samples import sample_path
+from tests.support.spy import record_calls
 
 # Temperature 1.0 is the top of the fallback ladder: one decoding pass, not six, on garbage.
 ONE_PASS = TranscribeOptions(beam_size=1, temperature=1.0)
@@ -26,25 +28,11 @@ def openai_engine(random_whisper_checkpoint):
     return load_engine(EngineSpec(engine="openai-whisper", model=str(random_whisper_checkpoint), device="cpu"))
 
 
-def _count_model_loads(monkeypatch) -> list[str]:
-    """Every whisper.load_model call from now on, by source: the real function, counted."""
-    import whisper
-
-    loaded, real = [], whisper.load_model
-
-    def counted(source, *args, **kwargs):
-        loaded.append(source)
-        return real(source, *args, **kwargs)
-
-    monkeypatch.setattr(whisper, "load_model", counted)
-    return loaded
-
-
 def test_loads_from_checkpoint_and_stays_resident(openai_engine, random_whisper_checkpoint, monkeypatch):
     assert isinstance(openai_engine, OpenAIWhisperEngine) and isinstance(openai_engine, Engine)
     assert openai_engine.device == "cpu" and openai_engine.fp16 is False
     assert next(openai_engine.model.parameters()).dtype.is_floating_point
-    loaded, model = _count_model_loads(monkeypatch), openai_engine.model
+    loaded, model = record_calls(monkeypatch, whisper, "load_model"), openai_engine.model
     audio = decode(sample_path("doctor.flac")).samples[: 2 * SAMPLE_RATE]
 
     first = openai_engine.transcribe(audio, ONE_PASS)
@@ -66,7 +54,7 @@ def test_loads_from_checkpoint_and_stays_resident(openai_engine, random_whisper_
 
 
 def test_each_engine_loads_its_own_model(openai_engine, random_whisper_checkpoint, monkeypatch):
-    loaded = _count_model_loads(monkeypatch)
+    loaded = record_calls(monkeypatch, whisper, "load_model")
     engine = load_engine(EngineSpec(engine="openai-whisper", model=str(random_whisper_checkpoint), device="cpu"))
     assert loaded == [str(random_whisper_checkpoint)] and engine.model is not openai_engine.model
 
