@@ -22,7 +22,6 @@ class Alerter:
         self._events: collections.deque[tuple[float, bool]] = collections.deque()
         self._failures = 0  # of the events in the window: kept, not counted, since observe runs per task
         self._rate_alerted = False
-        self.sent: list[dict] = []  # what was posted (or tried), for `status` and tests
 
     def task_dead(self, task_id: int, reason: str) -> None:
         self._post({"event": "task_dead", "task_id": task_id, "reason": reason})
@@ -52,10 +51,9 @@ class Alerter:
             self._rate_alerted = False
 
     def _post(self, payload: dict) -> None:
-        payload = {"source": "raytranscribe", "ts": time.time(), **payload}
-        self.sent.append(payload)
         if not self.s.webhook_url:
             return
+        payload = {"source": "raytranscribe", "ts": time.time(), **payload}
         # Fire and forget on a thread: a slow webhook must not stall the driver loop.
         threading.Thread(target=self._send, args=(payload,), daemon=True).start()
 

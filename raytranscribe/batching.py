@@ -169,10 +169,6 @@ class WindowScheduler:
         )
         return len(alone) + max(packed_s / (WINDOW_S + PACK_GAP_S), packable / PACK_MAX_WINDOWS)
 
-    def pending_audio_s(self) -> float:
-        """Seconds of audio held by tasks not finished yet (what bounds the actor's memory)."""
-        return sum(t.prepared.duration_s for t in self._tasks.values())
-
     def tasks(self) -> int:
         return len(self._tasks)
 

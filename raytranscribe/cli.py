@@ -385,21 +385,34 @@ def _print_orchestrators(console: Console, orchestrators) -> None:
         console.print("orchestrators: none running")
         return
     for o in orchestrators:
-        breakers = ", ".join(f"{k} {v}" for k, v in sorted((o.state.get("breakers") or {}).items()))
+        trips = o.state.get("breaker_trips") or {}
+        breakers = ", ".join(
+            f"{k} {v}" + (f" (tripped {trips[k]}x)" if trips.get(k) else "")
+            for k, v in sorted((o.state.get("breakers") or {}).items())
+        )
+        starts = ", ".join(f"{pool} {n}" for pool, n in sorted((o.state.get("actor_starts") or {}).items()))
         console.print(
             f"orchestrator {o.owner}: {o.state.get('in_flight', 0)} in flight, breakers: {breakers or '-'}, "
-            f"last heartbeat {_when(o.heartbeat_at)}"
+            f"actors started: {starts or '-'}, last heartbeat {_when(o.heartbeat_at)}"
         )
         actors = Table(title="actors")
-        for col in ("name", "pool", "state", "node", "gpus", "in flight", "done"):
+        for col in ("name", "pool", "state", "node", "gpus", "in flight", "done", "batch", "audio held"):
             actors.add_column(col)
         for a in o.state.get("actors", []):
             actors.add_row(
                 a["name"], a["pool"], f"{a['state']}: {a['loading']}" if a.get("loading") else a["state"],
                 (a.get("node_id") or "-")[:12], ",".join(a.get("gpu_ids") or []) or "-",
-                str(a["in_flight"]), str(a["tasks_done"]),
+                str(a["in_flight"]), str(a["tasks_done"]), _batching(a), f"{a.get('buffered_audio_s', 0.0):.0f} s",
             )  # fmt: skip
         console.print(actors)
+
+
+def _batching(actor: dict) -> str:
+    """``8, 6.2 a call``: slots per batch now, and how full its batches have run (windows per call)."""
+    size, calls = actor.get("batch_size", 1), actor.get("batches", 0)
+    if size <= 1:
+        return "1 (sequential)"
+    return f"{size}, {actor.get('windows_decoded', 0) / calls:.1f} a call" if calls else str(size)
 
 
 @app.command()

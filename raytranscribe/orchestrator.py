@@ -239,6 +239,8 @@ class Orchestrator:
             "owner": self.owner,
             "actors": [asdict(a) for a in self.pools.views()],
             "breakers": self.breaker_states(),
+            "breaker_trips": {s: b.trips for s, b in self.breakers.items()},
+            "actor_starts": self.pools.actor_starts(),
             "in_flight": self.pools.in_flight,
             "buffered": len(self._buffer),
         }

@@ -162,6 +162,11 @@ class ActorView:
     loading: str = ""  # while loading: how far (``downloading 12.0 of 75.5 MB``)
     bytes_done: int = 0  # while loading: model bytes on the node so far, of bytes_total
     bytes_total: int = 0
+    windows: tuple[tuple[int, int], ...] = ()  # per running task: windows decoded, of its total
+    batch_size: int = 1  # slots per batch now (halved after a device out of memory); 1: sequential
+    batches: int = 0  # batched model calls so far
+    windows_decoded: int = 0  # windows those calls decoded: over batches, how full batches run
+    buffered_audio_s: float = 0.0  # decoded audio the actor holds now
 
 
 class _Ledger:
@@ -865,11 +870,16 @@ class ActorPools:
                 loading=_describe(a.loading) if a.state is ActorState.LOADING else "",
                 bytes_done=a.loading.bytes_done if a.state is ActorState.LOADING and a.loading else 0,
                 bytes_total=a.loading.total_bytes if a.state is ActorState.LOADING and a.loading else 0,
+                **_batching_view(a.last_pong),
             )
             for p in list(self.pools.values())
             for a in list(p.actors)
             if a.state is not ActorState.DEAD
         ]
+
+    def actor_starts(self) -> dict[str, int]:
+        """Actors each pool has started over its life: more than its size means replacements."""
+        return {p.label: p.started for p in list(self.pools.values())}
 
     def live_count(self) -> int:
         return sum(len(p.alive()) for p in self.pools.values())
@@ -987,3 +997,16 @@ def new_owner_tag() -> str:
 
 
 __all__ = ["ActorPool", "ActorPools", "ActorState", "ActorView", "Attempt", "death_cause", "new_owner_tag"]
+
+
+def _batching_view(pong: PingReply | None) -> dict[str, object]:
+    """What an actor's last pong says of its batcher, for ``raytranscribe status``."""
+    if pong is None:
+        return {}
+    return {
+        "windows": tuple((r.windows_done, r.windows_total) for r in pong.running),
+        "batch_size": pong.batch_size,
+        "batches": pong.batches,
+        "windows_decoded": pong.windows_decoded,
+        "buffered_audio_s": pong.buffered_audio_s,
+    }

@@ -18,7 +18,7 @@ decodes windows of many tasks in one model call (``engine.batch_size`` at a time
 ``batch_wait_ms`` after the last arrival), so a GPU is kept busy with short files too, while other
 threads move files. A task is done when its last window is; then its thread renders and uploads.
 With ``batch_size == 1`` (or an engine that cannot batch) a compute lock runs ``engine.transcribe``
-one task at a time, as before. ``ping`` has its own group, so it answers while every pipeline
+one task at a time. ``ping`` has its own group, so it answers while every pipeline
 thread is busy.
 
 Start-up: the constructor only starts the thread that fetches the model (into the node's model

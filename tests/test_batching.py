@@ -90,7 +90,7 @@ def test_long_windows_go_alone_and_a_file_finishes_with_its_last_window():
     done = dict(scheduler.complete(second, [_segments_covering(i) for i in second]))
     assert [(s.start, s.end) for s in done["long"].segments] == [(0.0, 30.0), (30.0, 60.0), (60.0, 85.0)]
     assert done["short"].segments[0].end == 3.0
-    assert scheduler.tasks() == 0 and scheduler.pending_audio_s() == 0
+    assert scheduler.tasks() == 0 and scheduler.pending_windows() == 0
 
 
 def test_the_oldest_window_is_always_in_the_next_batch():

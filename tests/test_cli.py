@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from raytranscribe.cli import app
 from raytranscribe.contracts import TaskResult
 from raytranscribe.errors import Failure, Stage
+from raytranscribe.pool import ActorView
 from raytranscribe.store import TaskStatus
 from tests.store.test_schema import HEAD
 from tests.support.db import create_database, drop_database
@@ -276,6 +278,39 @@ def test_status_table_and_json(cli, store):
     assert doc["counts"] == {"pending": 1, "in_progress": 1, "completed": 1, "failed": 0, "dead": 1, "cancelled": 0}
     assert doc["top_failure_reasons"] == [{"reason": "download: 404 Not Found (permanent error)", "count": 1}]
     assert doc["audio_seconds_completed"] == 30.0 and doc["retries_scheduled"] == 0 and doc["total"] == 4
+
+
+def test_status_shows_each_actors_batching_and_what_the_breakers_and_pools_went_through(cli, store):
+    batched = ActorView(
+        name="worker-1.tiny-en.0a1b2c", pool="faster-whisper/tiny.en", state="alive", node_id="n" * 40,
+        gpu_ids=("0",), in_flight=12, tasks_done=340, windows=((3, 7), (0, 2)), batch_size=8, batches=100,
+        windows_decoded=620, buffered_audio_s=312.4,
+    )  # fmt: skip
+    halved = ActorView(
+        name="worker-2.tiny-en.0a1b2c", pool="faster-whisper/tiny.en", state="alive", node_id="m" * 40,
+        gpu_ids=("1",), in_flight=0, tasks_done=0, batch_size=4,
+    )  # fmt: skip
+    sequential = ActorView(
+        name="worker-3.tiny-en.0a1b2c", pool="faster-whisper/tiny.en", state="alive", node_id="k" * 40,
+        gpu_ids=("2",), in_flight=1, tasks_done=9,
+    )  # fmt: skip
+    store.publish_orchestrator("orch-a", {
+        "owner": "orch-a", "actors": [asdict(a) for a in (batched, halved, sequential)], "in_flight": 13,
+        "breakers": {"download": "open", "presign": "closed", "upload": "closed"},
+        "breaker_trips": {"download": 2, "presign": 0, "upload": 0},
+        "actor_starts": {"faster-whisper/tiny.en": 4},
+    }, ttl_s=60)  # fmt: skip
+
+    text = cli("status", env={"COLUMNS": "220"}).stdout
+
+    assert ("orchestrator orch-a: 13 in flight, breakers: download open (tripped 2x), presign closed, upload closed, "
+            "actors started: faster-whisper/tiny.en 4") in text, text  # fmt: skip
+    rows = {line.split()[1]: line for line in text.splitlines() if "worker-" in line}
+    assert "8, 6.2 a call" in rows["worker-1.tiny-en.0a1b2c"] and "312 s" in rows["worker-1.tiny-en.0a1b2c"]
+    assert "| 4 " in rows["worker-2.tiny-en.0a1b2c"].replace("│", "|") and "0 s" in rows["worker-2.tiny-en.0a1b2c"]
+    assert "1 (sequential)" in rows["worker-3.tiny-en.0a1b2c"]
+    (doc,) = json.loads(cli("status", "--json").stdout)["orchestrators"]
+    assert doc["actors"][0]["windows"] == [[3, 7], [0, 2]] and doc["breaker_trips"]["download"] == 2
 
 
 def test_tasks_listing(cli, store):
@@ -601,7 +636,7 @@ def _run_subprocess(url: str, *extra: str, timeout: float = 120) -> subprocess.C
 
 
 def test_run_on_an_unreachable_database_exits_3_before_starting_ray():
-    """It used to start Ray and log "claiming paused" forever; now the store's retries, then exit 3."""
+    """The store's retries, then exit 3: no Ray started, no "claiming paused" logged forever."""
     import time
 
     started = time.monotonic()

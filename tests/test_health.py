@@ -352,6 +352,9 @@ def test_status_shows_live_actors_and_breakers_during_a_run(system):
     assert {a["state"] for a in orch_doc["actors"]} == {"alive"}
     assert all(a["name"].startswith("worker-") and a["gpu_ids"] for a in orch_doc["actors"])
     assert orch_doc["breakers"] == {"download": "closed", "presign": "closed", "upload": "closed"}
+    assert orch_doc["breaker_trips"] == {"download": 0, "presign": 0, "upload": 0}
+    assert list(orch_doc["actor_starts"].values()) == [2]
+    assert all(a["batch_size"] >= 1 and a["buffered_audio_s"] >= 0 for a in orch_doc["actors"])
     assert "actors" in shown["text"] and "breakers: download closed" in shown["text"], shown["text"]
     # After the run the orchestrator retired its row.
     assert system.store.orchestrators() == []

@@ -179,15 +179,12 @@ def test_a_partial_batch_runs_after_batch_wait(ray_session, fault_server):
     actor = start_actor(spec, batch_wait_ms=1500)
     ((task, sentence),) = sample_specs(fault_server, spec, 1)
 
-    t0 = time.monotonic()
     (outcome,) = run_tasks(actor, [task], timeout=120, poll_s=0.1)
-    elapsed = time.monotonic() - t0
 
     assert outcome.ok and wer(sentence, outcome.result.text_preview) <= 0.25
     waited = timing(outcome, BATCHED)
     # One window, nothing else coming: it waits batch_wait_ms for company, then runs alone.
     assert 1.4 <= waited <= 3.0, outcome.timings
-    assert elapsed < 30
     pong = ray.get(actor.ping.remote())
     assert pong.batches >= 1 and pong.windows_decoded == pong.batches  # one window at a time, alone
     ray.kill(actor)

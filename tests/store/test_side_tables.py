@@ -237,7 +237,7 @@ def test_cancel_waits_for_a_claim_holding_the_queue_row_instead_of_deadlocking(s
             result: list[object] = []
             canceller = threading.Thread(target=lambda: result.append(store.cancel([1]).count))
             canceller.start()
-            time.sleep(0.5)  # cancel is now waiting; before the fix it held the task and waited for the queue row
+            time.sleep(0.5)  # cancel now waits for the queue row, holding nothing the claim needs
             assert canceller.is_alive()
             # The claim's second step: update the task. It must not wait for cancel (deadlock_timeout is 1 s).
             started = time.monotonic()

@@ -90,6 +90,7 @@ class RecordedRequest:
     query: str
     headers: Mapping[str, str] = field(default_factory=dict)  # keys lower-cased
     body_length: int = 0
+    posted: bytes = b""  # a POST's body (webhooks); uploads keep only their length
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -135,6 +136,7 @@ class _Handler(BaseHTTPRequestHandler):
                 query=parts.query,
                 headers={k.lower(): v for k, v in self.headers.items()},
                 body_length=len(body),
+                posted=body if method == "POST" else b"",
             )
         )
         fault = fs._next_fault(method, path)
