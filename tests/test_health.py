@@ -232,7 +232,7 @@ def test_database_outage_buffers_outcomes_and_loses_nothing(system):
     # What an operator's dashboard shows of it: the errors the store met, and the database back up.
     scrape(ray, {"raytranscribe_store_transient_errors", "raytranscribe_database_up"},
            ready=lambda f: total(f["raytranscribe_store_transient_errors"]) > errors_before
-           and [line.rsplit(" ", 1)[1] for line in f["raytranscribe_database_up"]] == ["1.0"])
+           and "1.0" in [line.rsplit(" ", 1)[1] for line in f["raytranscribe_database_up"]])
 
 
 @pytest.mark.slow
