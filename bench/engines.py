@@ -48,6 +48,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Self
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -285,10 +286,56 @@ def device_name(device: str) -> str:
     return f"{platform.machine()} CPU"
 
 
+def _gpu_used_mib() -> int | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        return int(out.split()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+class GpuMemoryPeak:
+    """The most GPU memory in use (MiB, as nvidia-smi reads it every 0.1 s) while the block runs: what
+    a batch size costs on top of the resident models. ``peak`` stays None off a GPU."""
+
+    def __init__(self, enabled: bool) -> None:
+        import threading
+
+        self.enabled = enabled
+        self.peak: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while True:
+            used = _gpu_used_mib()
+            if used is not None:
+                self.peak = max(self.peak or 0, used)
+            if self._stop.wait(0.1):
+                return
+
+    def __enter__(self) -> Self:
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._stop.set()
+            self._thread.join()
+
+    def __str__(self) -> str:
+        return "-" if self.peak is None else str(self.peak)
+
+
 def bench_sweep(device: str, models: list[str], sizes: list[int], sets: dict, source: str,
                 options: TranscribeOptions, threads: int) -> list[tuple[str, float]]:
     """RTFx at each batch size (1 is the sequential path) and its ratio to batch 1, per model and set,
-    with fitted windows (the default) and with every window padded to 30 s. Returns the headline
+    with fitted windows (the default) and with every window padded to 30 s, and on a GPU the peak
+    memory in use (both window shapes' models are resident throughout). Returns the headline
     ratios: the largest batch size against batch 1, per model, set and window shape."""
     import ctranslate2
     import faster_whisper
@@ -299,7 +346,7 @@ def bench_sweep(device: str, models: list[str], sizes: list[int], sets: dict, so
           f"CTranslate2 {ctranslate2.__version__}, beam {options.beam_size}, VAD on; speech from {source}; "
           "RTFx = audio s per wall s")
     head = (f"{'model':10s} {'type':>13s} {'set':24s} {'windows':>8s} {'batch':>5s} {'wall s':>8s} {'RTFx':>8s} "
-            f"{'vs 1':>6s} {'WER':>6s}")
+            f"{'vs 1':>6s} {'WER':>6s} {'GPU MiB':>8s}")
     print(head)
     print("-" * len(head))
     ratios = []
@@ -317,11 +364,13 @@ def bench_sweep(device: str, models: list[str], sizes: list[int], sets: dict, so
                 for size in sizes:
                     if size == 1 and base is not None:
                         continue
-                    out, wall = _timed(lambda: transcribe_batch(engine, audios, options, size))
+                    with GpuMemoryPeak(device == "cuda") as memory:
+                        out, wall = _timed(lambda: transcribe_batch(engine, audios, options, size))
                     base = base or wall
                     err = _mean_wer(refs, [t.text if not isinstance(t, Exception) else "" for t in out])
                     print(f"{model:10s} {engine.compute_type:>13s} {name:24s} {'-' if size == 1 else shape:>8s} "
-                          f"{size:5d} {wall:8.2f} {audio_s / wall:8.1f} {base / wall:5.2f}x {err:6.3f}", flush=True)
+                          f"{size:5d} {wall:8.2f} {audio_s / wall:8.1f} {base / wall:5.2f}x {err:6.3f} {memory!s:>8s}",
+                          flush=True)
                 ratios.append((f"batch {sizes[-1]}/batch {sizes[0]} {model} {name.split()[0]} {shape}", base / wall))
     return ratios
 
