@@ -266,12 +266,6 @@ class DispatchError(TransientError):
     stage = Stage.DISPATCH
 
 
-def _all_subclasses(cls: type) -> dict[str, type]:
-    out = {cls.__name__: cls}
-    for sub in cls.__subclasses__():
-        out.update(_all_subclasses(sub))
-    return out
-
 
 def is_transient(error: BaseException | Failure) -> bool:
     """Transient unless the error says otherwise; unknown exceptions count as transient (retries stay bounded)."""
@@ -311,8 +305,3 @@ class Failure:
     def reason(self) -> str:
         """The human sentence stored in ``failure_reason``: stage first, then what went wrong."""
         return f"{self.stage.value}: {self.message}"
-
-    def to_error(self) -> RayTranscribeError:
-        """Rebuild the error class this failure came from (unknown classes become a generic one)."""
-        cls = _all_subclasses(RayTranscribeError).get(self.error_class, RayTranscribeError)
-        return cls(self.message, stage=self.stage, http_status=self.http_status, transient=self.transient)
