@@ -265,18 +265,24 @@ def print_batching(figures: dict, label: str, source: str) -> None:
             print(f"{name:24s} {way:18s} {wall:8.2f} {f['audio_s'] / wall:7.1f} {seq_s / wall:6.2f}x {err:6.3f}")
 
 
-def device_name(device: str) -> str:
-    """What the sweep ran on, for the README: the GPU's name, or the CPU's."""
-    import platform
+def _nvidia_smi(query: str) -> str | None:
+    """The first GPU's answer to ``nvidia-smi --query-gpu=<query>``; None without a readable one."""
     import subprocess
 
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.splitlines()[0].strip() if out.strip() else None
+
+
+def device_name(device: str) -> str:
+    """What the sweep ran on, for the README: the GPU's name and memory (MiB), or the CPU's name."""
+    import platform
+
     if device == "cuda":
-        try:
-            names = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                                   capture_output=True, text=True, timeout=30, check=True).stdout.split("\n")
-            return names[0].strip() or "an unnamed GPU"
-        except (OSError, subprocess.SubprocessError):
-            return "a GPU nvidia-smi did not name"
+        return _nvidia_smi("name,memory.total") or "a GPU nvidia-smi did not name"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -287,14 +293,8 @@ def device_name(device: str) -> str:
 
 
 def _gpu_used_mib() -> int | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-        return int(out.split()[0])
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
+    used = _nvidia_smi("memory.used")
+    return int(used) if used is not None and used.isdigit() else None
 
 
 class GpuMemoryPeak:

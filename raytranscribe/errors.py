@@ -266,7 +266,6 @@ class DispatchError(TransientError):
     stage = Stage.DISPATCH
 
 
-
 def is_transient(error: BaseException | Failure) -> bool:
     """Transient unless the error says otherwise; unknown exceptions count as transient (retries stay bounded)."""
     if isinstance(error, (RayTranscribeError, Failure)):

@@ -52,7 +52,6 @@ def default_compute_type(device: str) -> str:
     return "float16" if device == "cuda" else "int8"
 
 
-
 def transcribe_kwargs(options: TranscribeOptions) -> dict:
     """``WhisperModel.transcribe`` keyword arguments for these options (benchmarks reuse them)."""
     return dict(
@@ -64,6 +63,7 @@ def transcribe_kwargs(options: TranscribeOptions) -> dict:
         initial_prompt=options.initial_prompt,
         temperature=list(temperature_schedule(options.temperature)),
     )
+
 
 class FasterWhisperEngine:
     def __init__(self, spec: EngineSpec) -> None:
