@@ -10,6 +10,7 @@ while its actor transcribes (a spot preemption) and the pool carries on. Lines p
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,13 +25,22 @@ from raytranscribe.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 BUSY = {"transcribe", "batched"}
+_say_lock = threading.Lock()
+
+
+def say(*parts: object) -> None:
+    """One marker line for the test to parse, written whole (two threads report)."""
+    with _say_lock:
+        sys.stdout.write(" ".join(str(p) for p in parts) + "\n")
+        sys.stdout.flush()
 
 
 def main() -> int:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
     first = cluster.add_node(num_cpus=2, num_gpus=1)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    # The nodes' own logs stay out of stdout: a raylet's dying words would land inside a marker line.
+    ray.init(address=cluster.address, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}}, log_to_driver=False)
     settings = Settings().with_(
         retry={"max_retries": 3, "base_delay_s": 0.2, "max_delay_s": 1.0},
         lease={"lease_s": 20.0, "heartbeat_s": 0.5},
@@ -56,28 +66,28 @@ def main() -> int:
 
     def scenario() -> None:
         if not wait(lambda: "alive" in states() and "pending" in states()):
-            print("NO_PENDING", states(), flush=True)
+            say("NO_PENDING", states())
             return
         time.sleep(2.0)  # two start timeouts: a pending actor must not be failed for waiting
         (pool,) = orch.pools.pools.values()
-        print("PENDING", states().count("pending"), "start_failures", pool.start_failures, flush=True)
+        say("PENDING", states().count("pending"), "start_failures", pool.start_failures)
         added = [cluster.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
         if not wait(lambda: states().count("alive") == 3):
-            print("NO_GROWTH", states(), flush=True)
+            say("NO_GROWTH", states())
             return
-        print("GREW", states().count("alive"), flush=True)
+        say("GREW", states().count("alive"))
         for node in [first, *added]:
             for v in orch.pools.views():
                 if v.state == "alive" and BUSY & set(v.stages) and v.node_id == node.node_id:
                     cluster.remove_node(node, allow_graceful=False)
-                    print("REMOVED_NODE", node.node_id[:12], "holding", v.name, flush=True)
+                    say("REMOVED_NODE", node.node_id[:12], "holding", v.name)
                     return
-        print("NOTHING_TO_REMOVE", flush=True)
+        say("NOTHING_TO_REMOVE")
 
     def trace() -> None:  # for a failing test's message: what the pool looked like over time
         started = time.monotonic()
         while True:
-            print("STATES", f"{time.monotonic() - started:.0f}s", ",".join(states()), flush=True)
+            say("STATES", f"{time.monotonic() - started:.0f}s", ",".join(states()))
             time.sleep(2.0)
 
     threading.Thread(target=trace, daemon=True).start()
@@ -92,14 +102,13 @@ def main() -> int:
     try:
         scenario()
     except Exception as exc:  # shown in the test's failure message
-        print("SCENARIO_FAILED", type(exc).__name__, exc, flush=True)
+        say("SCENARIO_FAILED", type(exc).__name__, exc)
     runner.join(300)
     summary = box["summary"]
     (pool,) = orch.pools.pools.values() or [None]
     if pool is not None:
-        print("POOL", "started", pool.started, "start_failures", pool.start_failures, "gave_up", pool.gave_up,
-              flush=True)
-    print("SUMMARY", summary.completed, summary.retried, summary.dead, flush=True)
+        say("POOL", "started", pool.started, "start_failures", pool.start_failures, "gave_up", pool.gave_up)
+    say("SUMMARY", summary.completed, summary.retried, summary.dead)
     store.close()
     ray.shutdown()
     cluster.shutdown()
