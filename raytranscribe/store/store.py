@@ -731,7 +731,6 @@ class Store:
         # raytranscribe_store_transient_errors).
         self.transient_errors = 0
         self._claimed_since_vacuum = 0
-        self.queue_vacuums = 0  # vacuums of the queue this store started (for tests and metrics)
         self._lock = threading.Lock()  # guards _claimed_since_vacuum and _held
         self._hot = threading.local()
         self._held: dict[threading.Thread, Any] = {}  # each thread's hot-path connection
@@ -1076,7 +1075,6 @@ class Store:
             # A table it could not lock, or may not vacuum, is skipped with a WARNING, not an error.
             return not any("skipping" in n for n in notices[seen:])
 
-        self.queue_vacuums += 1
         try:
             done = self._run("vacuum_queue", vacuum, raw=True)
         except StoreError as exc:  # maintenance only: the queue works without it
