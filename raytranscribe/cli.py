@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
@@ -83,7 +83,7 @@ def main(
     if database_url:
         update["database_url"] = database_url
     level = (log_level or settings.log_level).upper()
-    if level not in logging.getLevelNamesMapping():
+    if level not in LOG_LEVELS:
         where = "--log-level" if log_level else "RAYTRANSCRIBE_LOG_LEVEL"
         _fail(f"invalid {where} {level!r}: choose from {', '.join(LOG_LEVELS)}", EXIT_INVALID)
     if level != settings.log_level:
@@ -175,7 +175,7 @@ def _age(seconds: float | None) -> str:
 
 
 def _when(dt: datetime | None) -> str:
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if dt else "-"
+    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if dt else "-"
 
 
 # --- db ----------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ Read from ``RAYTRANSCRIBE_*`` environment variables; nested groups use ``__``
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 
 import platformdirs
@@ -29,7 +28,7 @@ class RetrySettings(_Group):
 
 class LeaseSettings(_Group):
     lease_s: float = Field(120.0, gt=0, description="How long a claim is valid without renewal")
-    heartbeat_s: float = Field(10.0, gt=0, description="How often the driver renews leases, reaps and pings")
+    heartbeat_s: float = Field(10.0, gt=0, description="How often the driver renews leases, reaps expired ones and publishes its state")
 
 
 class StoreSettings(_Group):
@@ -187,7 +186,7 @@ class Settings(BaseSettings):
         "database_url is unset: the URL then never sits in an environment a worker could inherit",
     )
     data_dir: Path = Field(default_factory=default_data_dir)
-    ray_address: str | None = Field(None, description="Ray cluster to join; None starts a local Ray")
+    ray_address: str | None = Field(None, description="Ray cluster to join; None: RAY_ADDRESS when set (as inside ray job submit), else a local Ray")
     namespace: str = Field("raytranscribe", description="Ray namespace of the named actors")
     log_level: str = "INFO"
 
@@ -218,7 +217,3 @@ class Settings(BaseSettings):
                 update[name] = fields
         return self.model_copy(update=update)
 
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return Settings()

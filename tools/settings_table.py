@@ -27,7 +27,7 @@ FACTORY_DEFAULTS = {
 # The meaning of settings whose Field has no description (a description in config.py wins).
 MEANINGS = {
     "data_dir": "Embedded PostgreSQL data (`pgdata/`) and the demo's copied outputs (`demo-output/`)",
-    "log_level": "Level of the `raytranscribe` loggers: DEBUG, INFO, WARNING, ERROR",
+    "log_level": "Level of the `raytranscribe` loggers: DEBUG, INFO, WARNING, ERROR, CRITICAL",
     "store.pool_size": "SQLAlchemy connection pool size (and as many overflow connections)",
     "store.connect_timeout_s": "Seconds to wait for a new database connection",
     "s3.region": "AWS region of the S3 client that lists, creates buckets and presigns",
