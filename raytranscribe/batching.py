@@ -172,9 +172,6 @@ class WindowScheduler:
     def tasks(self) -> int:
         return len(self._tasks)
 
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._tasks
-
     def next_batch(self, max_items: int) -> list[BatchItem]:
         """Up to ``max_items`` slots of pending windows, taken out of the queue.
 

@@ -145,12 +145,31 @@ class ModelManifest:
         return self.files[0].name if self.layout is ModelLayout.CHECKPOINT else None
 
 
+class LoadPhase(str, enum.Enum):
+    """Where a model's download into the node cache is (``modelcache.LoadProgress``)."""
+
+    WAITING = "waiting"  # another process on this node holds the entry's lock (downloading it)
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"  # MD5 of a downloaded file
+    READY = "ready"  # the folder is published (or was already: a cache hit)
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class ModelLoadState:
     """How far an actor's model download is, as its ping reports it (``modelcache.LoadProgress.snapshot``)."""
 
-    phase: str  # waiting | downloading | verifying | ready; "" before the download starts
+    phase: LoadPhase | None  # None before the download starts, and throughout for a model not from S3
     bytes_done: int
     total_bytes: int
     cache_hit: bool | None = None  # known once ready
-    seconds: float = 0.0  # since the load began, or how long it took once ready
+
+    def describe(self) -> str:
+        """One line for logs and ``raytranscribe status``: ``downloading 12.0 of 75.5 MB``."""
+        if self.phase is None:
+            return "loading the model"
+        if self.phase is LoadPhase.READY:  # the files are on the node; the engine loads them now
+            return "loading the model (cached)" if self.cache_hit else "loading the model (downloaded)"
+        return f"{self.phase.value} {self.bytes_done / 1e6:.1f} of {self.total_bytes / 1e6:.1f} MB"

@@ -34,7 +34,7 @@ import time
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -47,6 +47,7 @@ from raytranscribe import samples
 from raytranscribe.config import Settings
 from raytranscribe.errors import ConfigError, InvalidInput
 from raytranscribe.store import NewTask, Store, TaskStatus, TaskView
+from raytranscribe.uris import output_stem, parse_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +310,7 @@ class DemoReport:
 
 def new_run_id() -> str:
     """Sortable and unique: a timestamp plus a few random characters (two runs in one second differ)."""
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
 def _require_bundled_model() -> None:
@@ -361,8 +362,8 @@ def _settle_leftovers(store: Store, bucket: str, console: Console) -> None:
             "unset RAYTRANSCRIBE_DATABASE_URL to use embedded Postgres in the data directory"
         )
     if unfinished:
-        n = store.cancel([t.id for t in unfinished])
-        console.print(f"cancelled {n} unfinished task(s) left by an interrupted earlier demo run")
+        report = store.cancel([t.id for t in unfinished])
+        console.print(f"cancelled {report.count} unfinished task(s) left by an interrupted earlier demo run")
 
 
 class _DemoObserver:
@@ -515,8 +516,6 @@ def _inputs() -> list[tuple[str, str, str | None, bytes]]:
 
 
 def _upload_and_submit(store: Store, client, bucket: str, run_prefix: str, inputs) -> list[int]:
-    from raytranscribe.uris import output_stem, parse_s3_uri
-
     out_prefix = parse_s3_uri(f"s3://{bucket}/{run_prefix}/out/", allow_prefix=True)
     tasks = []
     for name, _role, _expected, body in inputs:
@@ -573,8 +572,9 @@ def _collect(store: Store, client, task_id: int, name: str, role: str, expected:
     local: list[Path] = []
     transcript = None
     for uri in view.output_uris if view.status is TaskStatus.COMPLETED else ():
-        bucket, key = uri[len("s3://") :].split("/", 1)
-        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        output = parse_s3_uri(uri, what="output URI")
+        key = output.key
+        body = client.get_object(Bucket=output.bucket, Key=key)["Body"].read()
         target = out_dir / (key[len(out_key_prefix) :] if key.startswith(out_key_prefix) else key.rsplit("/", 1)[-1])
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(body)

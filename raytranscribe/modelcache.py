@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import fcntl
 import hashlib
 import json
@@ -43,9 +42,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from raytranscribe.config import TransferSettings
-from raytranscribe.contracts import ModelLayout, ModelLoadState, ModelManifest, pick_model_files
+from raytranscribe.contracts import LoadPhase, ModelLayout, ModelLoadState, ModelManifest, pick_model_files
 from raytranscribe.engines.base import EngineSpec
 from raytranscribe.errors import ModelDownloadError, ModelLoadError, Stage, TransferError, TruncatedBody
+from raytranscribe.uris import SCHEME
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +65,6 @@ def cache_root(configured: str | os.PathLike[str] | None) -> Path:
     return Path(configured).expanduser() if configured else Path(tempfile.gettempdir()) / DEFAULT_DIR_NAME
 
 
-class LoadPhase(str, enum.Enum):
-    WAITING = "waiting"  # another process on this node holds the entry's lock (downloading it)
-    DOWNLOADING = "downloading"
-    VERIFYING = "verifying"  # MD5 of a downloaded file
-    READY = "ready"  # the folder is published (or was already: a cache hit)
-
-    def __str__(self) -> str:
-        return self.value
-
-
 class LoadProgress:
     """How far a materialise is: written by the thread that runs it, read by any other (a ping).
 
@@ -87,8 +77,6 @@ class LoadProgress:
         self.total_bytes = 0
         self.phase: LoadPhase | None = None  # None: not started
         self.cache_hit: bool | None = None  # known once READY
-        self.started = time.monotonic()
-        self.finished: float | None = None  # monotonic time of READY: start-up deadlines count from here
         self._watch: tuple[Path, str] | None = None  # (folder, staging-folder prefix) to measure
 
     def watch(self, folder: Path, prefix: str) -> None:
@@ -110,18 +98,8 @@ class LoadProgress:
         return min(done, self.total_bytes) if self.total_bytes else done
 
     def snapshot(self) -> ModelLoadState:
-        """Plain data for a ping reply."""
-        end = self.finished if self.finished is not None else time.monotonic()
-        phase = self.phase.value if self.phase is not None else ""
-        return ModelLoadState(phase, self.bytes_done, self.total_bytes, self.cache_hit, round(end - self.started, 3))
-
-    def describe(self) -> str:
-        """One line for logs, actor status and the dashboard: ``downloading 12.0 of 75.5 MB``."""
-        if self.phase is None:
-            return "loading"
-        if self.phase is LoadPhase.READY:
-            return "ready (cached)" if self.cache_hit else "ready"
-        return f"{self.phase.value} {self.bytes_done / 1e6:.1f} of {self.total_bytes / 1e6:.1f} MB"
+        """Plain data for a ping reply (and its ``describe()`` for the progress log)."""
+        return ModelLoadState(self.phase, self.bytes_done, self.total_bytes, self.cache_hit)
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -228,7 +206,7 @@ def entry_name(manifest: ModelManifest) -> str:
     h.update(b"\0" + manifest.layout.value.encode())
     for f in sorted(manifest.files, key=lambda f: f.name):
         h.update(f"\0{f.name}\0{f.size}\0{f.etag}".encode())
-    slug = _SLUG.sub("_", manifest.uri.removeprefix("s3://").rstrip("/").replace("/", "_"))[-48:].strip("._-")
+    slug = _SLUG.sub("_", manifest.uri.removeprefix(SCHEME).rstrip("/").replace("/", "_"))[-48:].strip("._-")
     return f"{slug or 'model'}-{h.hexdigest()[:16]}"
 
 
@@ -290,9 +268,8 @@ class ModelCache:
                 ) from exc
         progress.cache_hit = not built
         progress.phase = LoadPhase.READY
-        progress.finished = time.monotonic()
         if built:
-            seconds = progress.finished - started
+            seconds = time.monotonic() - started
             log.info(
                 "model %s: downloaded %d bytes in %.1f s (%.1f MB/s) to %s",
                 manifest.uri, manifest.total_bytes, seconds, manifest.total_bytes / 1e6 / max(seconds, 1e-6), final,
@@ -355,7 +332,7 @@ def _progress_logged(progress: LoadProgress) -> Iterator[None]:
 
     def report() -> None:
         while not stop.wait(PROGRESS_LOG_S):
-            log.info("model %s: %s", progress.uri, progress.describe(), extra=_EXTRA)
+            log.info("model %s: %s", progress.uri, progress.snapshot().describe(), extra=_EXTRA)
 
     thread = threading.Thread(target=report, name="model-progress", daemon=True)
     thread.start()
@@ -425,7 +402,7 @@ def engine_spec_on_node(
         if manifest.uri.rstrip("/") != spec.model.rstrip("/"):
             raise ModelLoadError(f"the actor for model {spec.model} was handed the files of {manifest.uri}")
         spec = dataclasses.replace(spec, model=str(cache.materialise(manifest, progress)))
-    elif spec.model.startswith("s3://"):
+    elif spec.model.startswith(SCHEME):
         raise ModelLoadError(
             f"model {spec.model} reached the worker without presigned URLs (workers hold no credentials: "
             "the driver lists it with S3Storage.model_files)"

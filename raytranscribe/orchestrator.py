@@ -422,8 +422,6 @@ class Orchestrator:
                 self.summary.retried += 1
                 finished["retry", stage] += 1
                 self.alerter.observe(ok=False)
-            elif result.status is TaskStatus.PENDING:
-                self.summary.released += 1
         if not finished:
             return
         m = metrics.get()

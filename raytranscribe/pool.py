@@ -2,8 +2,9 @@
 
 What the orchestrator sees (:class:`ActorPools`, every pool together):
 
-- ``ensure(engine_spec)`` a pool for that (engine, model); ``get(key).capacity()`` how many more tasks
-  its actors want now; ``get(key).submit(task_spec)`` hands a task to an actor (False: none wants it);
+- ``ensure(engine_spec)`` the pool for that (engine, model) (``pools`` holds them by that pair); a pool's
+  ``capacity()`` how many more tasks its actors want now, its ``submit(task_spec)`` hands a task to an
+  actor (False: none wants it);
   ``send()`` issues the Ray calls for what was submitted this turn: one ``take`` call per actor with
   all its tasks of the turn (an actor is refilled once a quarter of its slots is free, so a call
   carries many tasks);
@@ -43,7 +44,7 @@ from ray.actor import ActorClass, ActorHandle
 from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTaskError
 
 from raytranscribe.config import HealthSettings, Settings
-from raytranscribe.contracts import ModelLoadState, ModelManifest, Outcome, TaskSpec
+from raytranscribe.contracts import LoadPhase, ModelLoadState, ModelManifest, Outcome, TaskSpec
 from raytranscribe.engines.base import EngineSpec
 from raytranscribe.errors import (
     ActorUnavailable,
@@ -118,7 +119,7 @@ class _Actor:
     # Start-up progress: when the (phase, bytes done) its pings report last changed (placement first),
     # and what it was; the start-up deadline counts from then, so only a stalled download is hung.
     progress_at: float = 0.0
-    progress_mark: tuple[str, int] | None = None
+    progress_mark: tuple[LoadPhase | None, int] | None = None  # None: the last pong said the model is in
     loading: ModelLoadState | None = None  # from its last pong while loading
     ping_ref: ray.ObjectRef | None = None
     ping_sent_at: float = 0.0
@@ -461,7 +462,7 @@ class ActorPool:
         in (phase, bytes done); the start-up deadline counts from the last one."""
         actor.last_pong, actor.last_pong_at = pong, now  # node, GPUs and pid for status
         state = pong.loading
-        mark = (state.phase, state.bytes_done) if state is not None else ("loaded", 0)
+        mark = (state.phase, state.bytes_done) if state is not None else None
         if actor.state is not ActorState.LOADING:
             if actor.placed_at is None:  # answering proves it was placed (the actor table may lag)
                 actor.placed_at = now
@@ -479,12 +480,12 @@ class ActorPool:
         state = actor.loading
         if actor.state is ActorState.STARTING:
             return f"placed but not started within {t:.0f}s (its process or constructor hangs)"
-        if state is not None and state.phase in ("waiting", "downloading", "verifying"):
+        if state is not None and state.phase in (LoadPhase.WAITING, LoadPhase.DOWNLOADING, LoadPhase.VERIFYING):
             return (
-                f"model download made no progress for {t:.0f}s ({state.phase}, "
+                f"model download made no progress for {t:.0f}s ({state.phase.value}, "
                 f"{state.bytes_done / 1e6:.1f} of {state.total_bytes / 1e6:.1f} MB): presumed hung"
             )
-        after = " after its download" if state is not None and state.phase == "ready" else ""
+        after = " after its download" if state is not None and state.phase is LoadPhase.READY else ""
         return f"model not loaded within {t:.0f}s{after} (the model load hangs)"
 
     def _pong(self, actor: _Actor, pong: PingReply, now: float) -> None:
@@ -492,8 +493,7 @@ class ActorPool:
         actor.running = {(r.task_id, r.attempt): r for r in pong.running}
         # The actor's own wish (memory and threads), never past what the driver keeps in flight per actor.
         prefetch = self._env.settings.worker.prefetch
-        wants = getattr(pong, "wants", None)
-        actor.limit = prefetch if wants is None else min(prefetch, len(pong.running) + wants)
+        actor.limit = min(prefetch, len(pong.running) + pong.wants)
 
     def _check_ping(self, actor: _Actor, now: float, ready: set[ray.ObjectRef]) -> list[Outcome]:
         h = self._h
@@ -762,9 +762,6 @@ class ActorPools:
             self.pools[key] = ActorPool(spec, self._env, time.monotonic())
         return self.pools[key]
 
-    def get(self, key: PoolKey) -> ActorPool | None:
-        return self.pools.get(key)
-
     # --- attempts -------------------------------------------------------------------------------
 
     def send(self) -> None:
@@ -867,7 +864,7 @@ class ActorPools:
                 tasks_done=a.last_pong.tasks_done if a.last_pong else 0,
                 pid=a.last_pong.pid if a.last_pong else None,
                 stages=tuple(r.stage for r in a.last_pong.running) if a.last_pong else (),
-                loading=_describe(a.loading) if a.state is ActorState.LOADING else "",
+                loading=a.loading.describe() if a.state is ActorState.LOADING and a.loading else "",
                 bytes_done=a.loading.bytes_done if a.state is ActorState.LOADING and a.loading else 0,
                 bytes_total=a.loading.total_bytes if a.state is ActorState.LOADING and a.loading else 0,
                 **_batching_view(a.last_pong),
@@ -933,15 +930,6 @@ def _drain(stream: ObjectRefGenerator) -> list[list[Outcome] | BaseException]:
     except StopIteration:  # raced with its end
         pass
     return items
-
-
-def _describe(state: ModelLoadState | None) -> str:
-    """How far a loading actor is, for status: ``downloading 12.0 of 75.5 MB``."""
-    if state is None or not state.phase:
-        return "loading the model"
-    if state.phase == "ready":
-        return "loading the model (cached)" if state.cache_hit else "loading the model (downloaded)"
-    return f"{state.phase} {state.bytes_done / 1e6:.1f} of {state.total_bytes / 1e6:.1f} MB"
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

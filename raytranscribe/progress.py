@@ -7,9 +7,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from raytranscribe.breakers import BreakerState
 from raytranscribe.contracts import Outcome
 from raytranscribe.orchestrator import Orchestrator, RunSummary
-from raytranscribe.store import RecordResult
+from raytranscribe.store import RecordResult, TaskStatus
 
 
 class RichProgress:
@@ -35,10 +36,10 @@ class RichProgress:
         self.progress.stop()
 
     def recorded(self, outcome: Outcome, result: RecordResult) -> None:
-        if result.applied and result.status is not None and result.status.value in ("completed", "dead"):
+        if result.applied and result.status in (TaskStatus.COMPLETED, TaskStatus.DEAD):
             self.done += 1
             self.progress.update(self.task, completed=self.done)
-        if result.applied and result.status is not None and result.status.value == "dead":
+        if result.applied and result.status is TaskStatus.DEAD:
             self.console.print(f"[red]task {result.task_id} dead[/red]: {result.reason}")
 
     def heartbeat(self, orch: Orchestrator) -> None:
@@ -46,7 +47,8 @@ class RichProgress:
         total = None
         if orch.outstanding is not None:
             total = self.done + orch.outstanding
-        breakers = ",".join(f"{k}:{v}" for k, v in orch.breaker_states().items() if v != "closed") or "ok"
+        states = {stage: b.state for stage, b in orch.breakers.items()}
+        breakers = ",".join(f"{k}:{v.value}" for k, v in states.items() if v is not BreakerState.CLOSED) or "ok"
         detail = (
             f"ok {s.completed} retry {s.retried} dead {s.dead} | audio {s.audio_s / 3600:.2f} h "
             f"| {s.real_time_factor:.1f}x real time | actors {orch.pools.live_count()} | breakers {breakers}"

@@ -74,6 +74,6 @@ def decide(
     if not is_transient(error):
         return RetryDecision(Action.DEAD, 0.0, "permanent error")
     if retries >= policy.max_retries:
-        return RetryDecision(Action.DEAD, 0.0, f"retries exhausted ({retries} of {policy.max_retries})")
+        return RetryDecision(Action.DEAD, 0.0, f"retries exhausted {retries} of {policy.max_retries}")
     delay = rand() * policy.ceiling(retries)
     return RetryDecision(Action.RETRY, delay, f"transient error, retry {retries + 1} of {policy.max_retries}")

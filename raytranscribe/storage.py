@@ -297,16 +297,9 @@ class S3Storage:
                     if is_audio_key(obj["Key"]):
                         yield S3Uri(prefix.bucket, obj["Key"])
         except bex.ClientError as exc:
-            code, status = _error_code(exc), _http_status(exc)
-            if code == "NoSuchBucket":
+            if _error_code(exc) == "NoSuchBucket":
                 raise InvalidURI(f"cannot list {prefix}: bucket {prefix.bucket!r} does not exist") from exc
-            # Access denied will not fix itself; throttling and 5xx that outlived botocore's retries might.
-            transient = code not in ("AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch")
-            raise StorageError(
-                f"cannot list {prefix}: {status} {code}: {exc.response.get('Error', {}).get('Message', '')}".rstrip(": "),
-                http_status=status,
-                transient=transient,
-            ) from exc
+            raise _s3_call_error(exc, f"cannot list {prefix}") from exc
         except _CREDENTIAL_ERRORS as exc:
             raise StorageError(f"cannot list {prefix}: AWS credentials unavailable ({exc})") from exc
         except bex.ParamValidationError as exc:
@@ -422,9 +415,13 @@ class S3Storage:
 _MD5_HEX = re.compile(r"[0-9a-f]{32}")
 
 
+# S3 error codes that will not fix themselves; throttling and 5xx that outlived botocore's retries might.
+_REFUSALS = frozenset({"AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
+
+
 def _s3_call_error(exc: bex.ClientError, what: str) -> StorageError:
     """A driver-side S3 call's ClientError: permanent for refusals, transient for what may pass (throttling, 5xx)."""
     code, status = _error_code(exc), _http_status(exc)
-    transient = code not in ("AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch")
+    transient = code not in _REFUSALS
     message = exc.response.get("Error", {}).get("Message", "")
     return StorageError(f"{what}: {status} {code}: {message}".rstrip(": "), http_status=status, transient=transient)

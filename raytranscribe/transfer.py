@@ -10,7 +10,6 @@ Imports requests; never boto3, the store or ray.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import logging
@@ -262,7 +261,7 @@ class Transfer:
         task_id: int | None = None,
         attempt: int | None = None,
     ) -> Downloaded:
-        """Stream ``url`` into a new file in ``dest_dir``; the caller deletes it (or use :meth:`downloading`).
+        """Stream ``url`` into a new file in ``dest_dir``; the caller deletes it.
 
         The file keeps ``name_hint``'s extension. On any failure nothing is left behind in ``dest_dir``.
         """
@@ -299,23 +298,6 @@ class Transfer:
         content_type = resp.headers.get("Content-Type")
         log.debug("downloaded %d bytes from %s to %s", size, redact(url), path, extra=extra)
         return Downloaded(path=path, size=size, content_type=content_type)
-
-    @contextlib.contextmanager
-    def downloading(
-        self,
-        url: str,
-        dest_dir: Path,
-        name_hint: str = "input",
-        *,
-        task_id: int | None = None,
-        attempt: int | None = None,
-    ) -> Iterator[Downloaded]:
-        """:meth:`download`, and the file is deleted when the block ends, however it ends."""
-        downloaded = self.download(url, dest_dir, name_hint=name_hint, task_id=task_id, attempt=attempt)
-        try:
-            yield downloaded
-        finally:
-            downloaded.path.unlink(missing_ok=True)
 
     def _stream_body(
         self, resp: requests.Response, fh: BinaryIO, url: str, declared: int | None, extra: dict

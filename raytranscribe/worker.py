@@ -408,11 +408,6 @@ class TranscriptionWorker:
             loading=None if loaded else self.loading.snapshot(),
         )
 
-    def wants(self) -> int:
-        """How many more tasks this actor would take now: the cheap part of ``ping``."""
-        with self._state:
-            return self._wants_locked()
-
     def _running_task(self, p: _Progress, now: float) -> RunningTask:
         stage, stage_started = p.stage, p.stage_started
         done = total = 0
@@ -549,9 +544,12 @@ class TranscriptionWorker:
                     f"task wants {spec.engine.engine}/{spec.engine.model}, "
                     f"this actor serves {self.spec.engine}/{self.spec.model}"
                 )
-            name_hint = spec.input_uri.rsplit("/", 1)[-1] or "input"
             with stage(Stage.DOWNLOAD):
-                downloaded = self.transfer.download(spec.input_url, tmp, name_hint=name_hint)
+                # The temporary file is named after the URI's last segment and keeps its extension,
+                # which decoders sniff formats by.
+                downloaded = self.transfer.download(
+                    spec.input_url, tmp, name_hint=spec.input_uri, task_id=spec.task_id, attempt=spec.attempt
+                )
             waited = self._admit(progress)
             if waited:  # waited for room under worker.max_buffered_audio_s
                 timings.append(("memory", round(waited, 4)))
@@ -572,7 +570,13 @@ class TranscriptionWorker:
                 bodies = formats.render_all(transcript, [t.format for t in spec.outputs])
             with stage(Stage.UPLOAD):
                 for target in spec.outputs:
-                    self.transfer.upload(target.put_url, bodies[target.format], target.content_type)
+                    self.transfer.upload(
+                        target.put_url,
+                        bodies[target.format],
+                        target.content_type,
+                        task_id=spec.task_id,
+                        attempt=spec.attempt,
+                    )
             result = TaskResult(
                 audio_duration_s=duration_s,
                 language=transcript.language,
@@ -666,7 +670,6 @@ def method_groups() -> None:
     )
     TranscriptionWorker.ping = ray.method(concurrency_group="control")(TranscriptionWorker.ping)
     TranscriptionWorker.ready = ray.method(concurrency_group="startup")(TranscriptionWorker.ready)
-    TranscriptionWorker.wants = ray.method(concurrency_group="control")(TranscriptionWorker.wants)
 
 
 method_groups()

@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 
 from raytranscribe.audio import decode
-from raytranscribe.contracts import ModelFile, ModelLayout, ModelManifest
+from raytranscribe.contracts import LoadPhase, ModelFile, ModelLayout, ModelManifest
 from raytranscribe.engines import load_engine
 from raytranscribe.engines.base import EngineSpec, TranscribeOptions
 from raytranscribe.engines.models import bundled_model_path
 from raytranscribe.errors import ModelDownloadError, ModelLoadError, Stage
 from raytranscribe.modelcache import (
     MANIFEST_NAME,
-    LoadPhase,
     LoadProgress,
     ModelCache,
     cache_root,
@@ -98,7 +97,7 @@ def test_model_from_moto_is_cached_and_faster_whisper_transcribes_with_it(storag
     assert progress.total_bytes == sum(map(len, tiny_files.values()))
     state = progress.snapshot()
     assert (state.phase, state.bytes_done, state.total_bytes, state.cache_hit) == (
-        "ready", progress.total_bytes, progress.total_bytes, False)  # fmt: skip
+        LoadPhase.READY, progress.total_bytes, progress.total_bytes, False)  # fmt: skip
     assert leftovers(cache) == [path.name]  # no staging folder left behind
 
     engine = load_engine(EngineSpec(model=str(path), device="cpu", compute_type="int8", cpu_threads=2))
@@ -114,7 +113,7 @@ def test_a_second_materialise_is_a_cache_hit_without_any_get(fault_server, tiny_
     again = ModelCache(tmp_path).materialise(manifest, progress)  # a new actor on the same node
     assert again == first
     assert model_bin_gets(fault_server) == 1
-    assert progress.cache_hit is True and progress.describe() == "ready (cached)"
+    assert progress.cache_hit is True and progress.snapshot().describe() == "loading the model (cached)"
     assert ModelCache(tmp_path).lookup(manifest) == first
 
 
@@ -184,8 +183,9 @@ def test_a_waiter_sees_the_other_downloads_bytes(fault_server, tiny_files, tmp_p
     _until(lambda: second.phase is LoadPhase.WAITING, "the second one to wait")
     assert first.phase is LoadPhase.DOWNLOADING
     assert half - 2 * 1024 * 1024 <= second.bytes_done < second.total_bytes  # measured on the neighbour's staging
-    assert second.describe().startswith("waiting ") and " of " in second.describe()
-    assert second.snapshot().phase == "waiting" and first.snapshot().bytes_done > 0
+    line = second.snapshot().describe()
+    assert line.startswith("waiting ") and " of " in line
+    assert second.snapshot().phase is LoadPhase.WAITING and first.snapshot().bytes_done > 0
     fault_server.reset()  # ends the stall: the first fails (truncated), the second downloads it whole
     fault_manifest(fault_server, tiny_files)
     t1.join(30)
@@ -491,7 +491,7 @@ def test_an_actor_answers_pings_while_its_model_downloads_then_reports_ready(
         assert pong.wants == 0  # no work before the model is in
         seen.append((pong.loading.phase, pong.loading.bytes_done, pong.loading.total_bytes))
         time.sleep(0.3)
-    downloading = [done for phase, done, _ in seen if phase == "downloading"]
+    downloading = [done for phase, done, _ in seen if phase is LoadPhase.DOWNLOADING]
     assert len(set(downloading)) >= 3 and downloading == sorted(downloading), seen  # bytes advance
     assert {total for _, _, total in seen} == {manifest.total_bytes}
     final = ray.get(ready, timeout=60)

@@ -34,7 +34,7 @@ def test_permanent_error_is_dead_at_once():
 
 def test_exhausted_retries_are_dead():
     d = decide(ServerError("503"), 3, POLICY)
-    assert (d.action, d.reason) == (Action.DEAD, "retries exhausted (3 of 3)")
+    assert (d.action, d.reason) == (Action.DEAD, "retries exhausted 3 of 3")
     assert decide(ServerError("x"), 0, RetryPolicy(max_retries=0)).dead
 
 

@@ -27,6 +27,7 @@ from raytranscribe.errors import (
 from raytranscribe.storage import CONTENT_TYPES
 from raytranscribe.transfer import Downloaded, Transfer, redact
 from tests.support.faultserver import Fault, s3_error
+from tests.support.transfer import downloading
 
 AUDIO = bytes(range(256)) * 40  # 10,240 bytes
 PATH = "/bucket/in/talk.mp3"
@@ -91,14 +92,14 @@ def test_presign_download_and_upload_all_formats_through_moto(storage, s3_client
 
 def test_downloading_deletes_the_file_after_the_block_even_on_error(fault_server, transfer, dest):
     fault_server.put_object(PATH, AUDIO, "audio/mpeg")
-    with transfer.downloading(url(fault_server), dest, "talk.mp3") as got:
+    with downloading(transfer, url(fault_server), dest, "talk.mp3") as got:
         assert isinstance(got, Downloaded)
         assert (got.size, got.content_type, got.path.suffix) == (len(AUDIO), "audio/mpeg", ".mp3")
         assert got.path.read_bytes() == AUDIO
     assert not got.path.exists()
 
     with pytest.raises(RuntimeError, match="decoder blew up"):
-        with transfer.downloading(url(fault_server), dest, "talk.mp3") as got:
+        with downloading(transfer, url(fault_server), dest, "talk.mp3") as got:
             raise RuntimeError("decoder blew up")
     assert os.listdir(dest) == []
 

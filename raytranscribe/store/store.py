@@ -4,13 +4,15 @@ Each public operation is one transaction. Transient database errors (lost connec
 shutdown, serialization failure, deadlock) re-run the whole transaction up to
 ``settings.store.op_retries`` times with exponential backoff, then raise :class:`StoreUnavailable`.
 Re-running is safe: writes about a task are fenced by ``(status = 'in_progress', attempt)``, so a
-repeated ``complete`` or ``fail`` changes nothing, and a repeated ``claim`` simply claims other rows
+repeated ``record`` changes nothing, and a repeated ``claim`` simply claims other rows
 (rows claimed by a commit whose answer was lost come back through :meth:`Store.reap`).
 
 Claim order and lease expiry are read from ``task_queue`` and ``task_leases``, which triggers on
 ``tasks`` keep exact (migration 0005); counts per status, audio seconds, failure reasons and the
 ids of dead and cancelled tasks come from tables the same triggers keep (migration 0006), so no
-read here grows with the table's history. No statement here writes any of them.
+read here grows with the table's history. Statements here only read them, but for one:
+:meth:`Store.vacuum_queue` deletes the ``task_failure_counts`` rows whose count has fallen to zero
+(reasons no failed or dead task has any more).
 
 Statuses (the database enforces the transitions with a trigger, see migrations 0002 and 0004)::
 
@@ -35,13 +37,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import text
 
 from raytranscribe.config import Settings
-from raytranscribe.contracts import Outcome, TaskResult
+from raytranscribe.contracts import Outcome
 from raytranscribe.engines.base import ENGINES, FORMATS, TranscribeOptions
 from raytranscribe.errors import (
     ConfigError,
@@ -101,8 +103,10 @@ TEXT_PREVIEW_CHARS = 500
 # Session settings of the hot-path (autocommit) connections; see Store.__init__.
 HOT_PATH_OPTIONS = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off"
 SUBMIT_CHUNK = 5000
+# Statuses of a task that is not finished: it runs or may run again, so it may still write its outputs.
+UNFINISHED = (TaskStatus.PENDING, TaskStatus.IN_PROGRESS, TaskStatus.FAILED)
 REQUEUEABLE = (TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED)
-CANCELLABLE = (TaskStatus.PENDING, TaskStatus.IN_PROGRESS, TaskStatus.FAILED)
+CANCELLABLE = UNFINISHED  # cancelling stops what is not finished; a finished task has nothing to stop
 
 LEASE_EXPIRED = Failure.from_exception(LeaseExpired("lease expired"))
 
@@ -113,8 +117,6 @@ T = TypeVar("T")
 
 # The tasks table's integer columns (priority, max_retries) are PostgreSQL int4.
 INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
-# Outputs of these tasks may still be written: a new task must not share their output stem.
-UNFINISHED = (TaskStatus.PENDING, TaskStatus.IN_PROGRESS, TaskStatus.FAILED)
 # pg_advisory_xact_lock key serialising submits, so two of them cannot both pass the output check ("rtsb").
 SUBMIT_LOCK_KEY = 0x72747362
 
@@ -566,7 +568,7 @@ ORDER BY q.task_id FOR UPDATE OF q
 _CANCEL_SQL = """
 WITH old AS (
     SELECT id, attempt, status FROM tasks
-    WHERE id = ANY(CAST(:ids AS bigint[])) AND status IN ('pending', 'in_progress', 'failed')
+    WHERE id = ANY(CAST(:ids AS bigint[])) AND status = ANY(CAST(:cancellable AS task_status[]))
     ORDER BY id FOR UPDATE
 ), u AS (
     UPDATE tasks t SET status = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, retry_at = NULL,
@@ -711,22 +713,49 @@ class _Row:
     """The locked state of a task that ``_apply`` decides on."""
 
     id: int
-    status: str
+    status: TaskStatus
     attempt: int
     retries: int
     max_retries: int
     backoff_factor: float
+
+    @classmethod
+    def of(cls, r: sa.Row[Any]) -> _Row:
+        """From a row of _LOCK_FOR_RECORD_SQL or _LOCK_EXPIRED_SQL (the status comes as text)."""
+        return cls(r.id, TaskStatus(r.status), r.attempt, r.retries, r.max_retries, r.backoff_factor)
+
+
+class _Encoded(NamedTuple):
+    """An outcome's result and timings as the record statements take them: one encoding for
+    _COMPLETE and _APPLY_SQL alike."""
+
+    audio_duration_s: float | None
+    language: str | None
+    output_uris: str | None  # a JSON array of URIs
+    text_preview: str | None  # cut to TEXT_PREVIEW_CHARS; None for none
+    timings: str | None  # a JSON array of [stage, seconds]
+
+
+def _encode(o: Outcome) -> _Encoded:
+    """What ``o`` writes besides its status; a failure writes no result (the result columns stay NULL,
+    so the task keeps what an earlier attempt recorded)."""
+    timings = json.dumps([[s, float(t)] for s, t in o.timings]) if o.timings else None
+    r = o.result if o.failure is None else None
+    if r is None:
+        return _Encoded(None, None, None, None, timings)
+    preview = r.text_preview[:TEXT_PREVIEW_CHARS] if r.text_preview else None
+    return _Encoded(float(r.audio_duration_s), r.language, json.dumps(list(r.outputs)), preview, timings)
 
 
 class Store:
     """PostgreSQL-backed task queue and history. Thread-safe: share one per process."""
 
     def __init__(self, url: str, *, settings: Settings | None = None, application_name: str = "raytranscribe"):
+        """``application_name`` names this store's connections in ``pg_stat_activity``."""
         self.settings = settings if settings is not None else Settings()
         self.policy = RetryPolicy.from_settings(self.settings.retry)
         url = sqlalchemy_url(url)  # postgresql://, postgres:// too: ConfigError for anything else
         self.url = url
-        self.application_name = application_name
         # Transient database errors met, each try's (the orchestrator exports them as
         # raytranscribe_store_transient_errors).
         self.transient_errors = 0
@@ -1123,24 +1152,6 @@ class Store:
 
     # --- outcomes ------------------------------------------------------------------------------
 
-    def complete(
-        self,
-        task_id: int,
-        attempt: int,
-        result: TaskResult,
-        *,
-        actor: str | None = None,
-        node: str | None = None,
-        timings: Sequence[tuple[str, float]] = (),
-    ) -> RecordResult:
-        outcome = Outcome(task_id, attempt, result=result, actor=actor, node_id=node, timings=tuple(timings))
-        return self.record([outcome])[0]
-
-    def fail(
-        self, task_id: int, attempt: int, failure: Failure, *, actor: str | None = None, node: str | None = None
-    ) -> RecordResult:
-        return self.record([Outcome(task_id, attempt, failure=failure, actor=actor, node_id=node)])[0]
-
     def record(self, outcomes: Sequence[Outcome]) -> list[RecordResult]:
         """Record many outcomes in one transaction with a constant number of round trips.
 
@@ -1156,7 +1167,7 @@ class Store:
 
         def tx(conn: sa.Connection) -> list[RecordResult]:
             # Lock in id order so two recorders never deadlock on each other.
-            rows = {r.id: _Row(*r) for r in conn.execute(text(_LOCK_FOR_RECORD_SQL), {"ids": ids})}
+            rows = {r.id: _Row.of(r) for r in conn.execute(text(_LOCK_FOR_RECORD_SQL), {"ids": ids})}
             return self._apply(conn, outcomes, rows)
 
         return self._run("record", tx)
@@ -1167,26 +1178,28 @@ class Store:
         columns: tuple[list[Any], ...] = tuple([] for _ in range(9))
         ids, attempts, durations, languages, outputs, previews, actors, nodes, timings = columns
         for o in ordered:  # one pass: this runs for every batch on the hot path
-            r = o.result
+            e = _encode(o)
             ids.append(o.task_id)
             attempts.append(o.attempt)
-            durations.append(float(r.audio_duration_s) if r else None)
-            languages.append(r.language if r else None)
-            outputs.append((json.dumps(r.outputs) if r.outputs else "[]") if r else None)  # a tuple encodes as a list
-            previews.append(r.text_preview[:TEXT_PREVIEW_CHARS] if r and r.text_preview else None)
+            durations.append(e.audio_duration_s)
+            languages.append(e.language)
+            outputs.append(e.output_uris)
+            previews.append(e.text_preview)
             actors.append(o.actor)
             nodes.append(o.node_id)
-            timings.append(json.dumps([[st, float(t)] for st, t in o.timings]) if o.timings else None)
+            timings.append(e.timings)
         args = tuple(map(_pg_array, columns))
 
         applied = self._run("record", lambda raw: {r[0] for r in _COMPLETE.execute(raw, *args)}, raw=True)
-        fenced: dict[int, tuple[str, int]] = {}
+        fenced: dict[int, tuple[TaskStatus, int]] = {}
         missed = [o.task_id for o in outcomes if o.task_id not in applied]
         if missed:
             # Rare (stale worker, reaped or cancelled task): read why, for the result and the log.
             fenced = self._run(
                 "record",
-                lambda conn: {r.id: (r.status, r.attempt) for r in conn.execute(text(_FENCED_SQL), {"ids": missed})},
+                lambda conn: {
+                    r.id: (TaskStatus(r.status), r.attempt) for r in conn.execute(text(_FENCED_SQL), {"ids": missed})
+                },
                 single=True,
             )
         results = []
@@ -1195,13 +1208,17 @@ class Store:
             if o.task_id in applied:
                 results.append(RecordResult(o.task_id, o.attempt, True, TaskStatus.COMPLETED, None, None))
                 if debug:
-                    log.debug("task completed", extra={"task_id": o.task_id, "attempt": o.attempt, "stage": "store"})
+                    log.debug(
+                        "task completed", extra={"task_id": o.task_id, "attempt": o.attempt, "stage": Stage.STORE.value}
+                    )
                 continue
             row = fenced.get(o.task_id)
             why = "no such task" if row is None else f"fenced: task is {row[0]} at attempt {row[1]}"
             if row is not None:
                 log.info(
-                    "outcome ignored (%s)", why, extra={"task_id": o.task_id, "attempt": o.attempt, "stage": "store"}
+                    "outcome ignored (%s)",
+                    why,
+                    extra={"task_id": o.task_id, "attempt": o.attempt, "stage": Stage.STORE.value},
                 )
             results.append(RecordResult(o.task_id, o.attempt, False, None, None, why))
         return results
@@ -1211,7 +1228,7 @@ class Store:
         that kills every worker ends dead instead of looping."""
 
         def tx(conn: sa.Connection) -> list[RecordResult]:
-            rows = {r.id: _Row(*r) for r in conn.execute(text(_LOCK_EXPIRED_SQL), {"limit": limit})}
+            rows = {r.id: _Row.of(r) for r in conn.execute(text(_LOCK_EXPIRED_SQL), {"limit": limit})}
             outcomes = [Outcome(r.id, r.attempt, failure=LEASE_EXPIRED) for r in rows.values()]
             return self._apply(conn, outcomes, rows)
 
@@ -1233,44 +1250,42 @@ class Store:
             if row is None:
                 results.append(RecordResult(o.task_id, o.attempt, False, None, None, "no such task"))
                 continue
-            if row.status != TaskStatus.IN_PROGRESS.value or row.attempt != o.attempt or o.task_id in taken:
+            if row.status is not TaskStatus.IN_PROGRESS or row.attempt != o.attempt or o.task_id in taken:
                 why = (
                     f"fenced: task is {row.status} at attempt {row.attempt}"
                     if o.task_id not in taken
                     else "fenced: another outcome for this task in the same batch was recorded first"
                 )
                 log.info(
-                    "outcome ignored (%s)", why, extra={"task_id": o.task_id, "attempt": o.attempt, "stage": "store"}
+                    "outcome ignored (%s)",
+                    why,
+                    extra={"task_id": o.task_id, "attempt": o.attempt, "stage": Stage.STORE.value},
                 )
                 results.append(RecordResult(o.task_id, o.attempt, False, None, None, why))
                 continue
             taken.add(o.task_id)
             f = o.failure
             if f is None:
-                r = o.result
                 status, new_retries, delay, reason, error = TaskStatus.COMPLETED, row.retries, None, None, None
-                tasks["durations"].append(float(r.audio_duration_s) if r else None)
-                tasks["languages"].append(r.language if r else None)
-                tasks["outputs"].append(json.dumps(list(r.outputs)) if r else None)
-                tasks["previews"].append(r.text_preview[:TEXT_PREVIEW_CHARS] if r and r.text_preview else None)
                 outcome_word, decision_text = AttemptOutcome.COMPLETED, None
             else:
                 policy = self.policy.for_task(row.max_retries, row.backoff_factor)
                 decision = decide(f, row.retries, policy)
                 error = f"{f.error_class}: {f.message}" + (f" (HTTP {f.http_status})" if f.http_status else "")
                 if decision.dead:
-                    why = "permanent error" if not f.transient else (
-                        f"retries exhausted {row.retries} of {policy.max_retries}")  # fmt: skip
                     status, new_retries, delay = TaskStatus.DEAD, row.retries, None
-                    reason = f"{f.reason} ({why})"
+                    reason = f"{f.reason} ({decision.reason})"  # the policy's words: permanent, or retries exhausted
                     outcome_word = AttemptOutcome.DEAD
                 else:
                     status, new_retries, delay = TaskStatus.FAILED, row.retries + 1, decision.delay_s
                     reason = f.reason
                     outcome_word = AttemptOutcome.FAILED
                 decision_text = decision.reason
-                for k in ("durations", "languages", "outputs", "previews"):
-                    tasks[k].append(None)
+            e = _encode(o)
+            tasks["durations"].append(e.audio_duration_s)
+            tasks["languages"].append(e.language)
+            tasks["outputs"].append(e.output_uris)
+            tasks["previews"].append(e.text_preview)
             tasks["ids"].append(o.task_id)
             tasks["statuses"].append(status.value)
             tasks["retries"].append(new_retries)
@@ -1286,7 +1301,7 @@ class Store:
             attempts["actors"].append(o.actor)
             attempts["nodes"].append(o.node_id)
             attempts["decisions"].append(decision_text)
-            attempts["timings"].append(json.dumps([[s, float(t)] for s, t in o.timings]) if o.timings else None)
+            attempts["timings"].append(e.timings)
             applied.append((len(results), o, status, reason))
             results.append(None)  # filled below, once retry_at is known
         if applied:
@@ -1296,7 +1311,7 @@ class Store:
                 extra = {
                     "task_id": o.task_id,
                     "attempt": o.attempt,
-                    "stage": o.failure.stage.value if o.failure else "store",
+                    "stage": o.failure.stage.value if o.failure else Stage.STORE.value,
                 }
                 if status is TaskStatus.DEAD:
                     log.warning("task dead: %s", reason, extra=extra)
@@ -1323,8 +1338,8 @@ class Store:
             raise InvalidInput("requeue needs task ids or a status")
         if out_of_range and not ids:
             return StatusChange((), (), out_of_range)
-        where = ["t.status IN ('failed', 'dead', 'cancelled')"]
-        params: dict[str, Any] = {}
+        where = ["t.status = ANY(CAST(:requeueable AS task_status[]))"]
+        params: dict[str, Any] = {"requeueable": [s.value for s in REQUEUEABLE]}
         if ids:
             where.append("t.id = ANY(CAST(:ids AS bigint[]))")
             params["ids"] = ids
@@ -1352,7 +1367,7 @@ class Store:
         ids, out_of_range = _task_ids(ids)
         if not ids:
             return StatusChange((), (), out_of_range)
-        params = {"ids": ids}
+        params = {"ids": ids, "cancellable": [s.value for s in CANCELLABLE]}
 
         def write(conn: sa.Connection) -> StatusChange:
             changed = list(conn.execute(text(_CANCEL_SQL), params).scalars())
@@ -1482,14 +1497,14 @@ class Store:
         """Tasks not yet settled (pending, in progress, or waiting for a retry); 0 means drained.
         ``pairs`` counts only those (engine, model) pools, as ``claim`` does."""
         # The counts per (engine, model, status) of migration 0006: a few rows, however long the queue.
-        params: dict[str, Any] = {}
+        params: dict[str, Any] = {"s": [s.value for s in UNFINISHED]}
         sql = (
             "SELECT CAST(COALESCE(sum(tasks), 0) AS bigint) FROM task_counts "
-            "WHERE status IN ('pending', 'in_progress', 'failed')"
+            "WHERE status = ANY(CAST(:s AS task_status[]))"
         )
         if pairs is not None:
             sql += " AND (engine, model) IN (SELECT * FROM unnest(CAST(:e AS text[]), CAST(:m AS text[])))"
-            params = {"e": [e for e, _ in pairs], "m": [m for _, m in pairs]}
+            params |= {"e": [e for e, _ in pairs], "m": [m for _, m in pairs]}
         return self._run("outstanding", lambda conn: int(conn.execute(text(sql), params).scalar_one()))
 
     def count_by_status(self, ids: Sequence[int]) -> dict[TaskStatus, int]:

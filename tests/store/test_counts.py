@@ -24,7 +24,7 @@ from raytranscribe.contracts import Outcome, TaskResult
 from raytranscribe.errors import Failure, Stage
 from raytranscribe.store import NewTask, Store, TaskStatus
 from raytranscribe.store.store import MIGRATIONS_DIR
-from tests.support.db import TEST_SETTINGS, create_database, drop_database, side_table_violations
+from tests.support.db import TEST_SETTINGS, complete, create_database, drop_database, fail, side_table_violations
 
 UNAVAILABLE = Failure(Stage.DOWNLOAD, "ServerError", "503 Service Unavailable", transient=True, http_status=503)
 MISSING = Failure(Stage.DOWNLOAD, "InputMissing", "404 Not Found", transient=False, http_status=404)
@@ -289,7 +289,7 @@ def test_heartbeat_pools_and_outstanding_come_from_the_counts(store):
         NewTask("s3://bkt/counts/y.wav", "s3://bkt/out/y", model="base"),
     ])  # fmt: skip
     (c,) = store.claim(1, "orch", lease_s=60, pairs=[("openai-whisper", "base")])
-    store.fail(c.id, c.attempt, UNAVAILABLE)
+    fail(store, c.id, c.attempt, UNAVAILABLE)
     sql(store, "UPDATE tasks SET retry_at = now() + interval '1 hour' WHERE id = :i", i=c.id)  # its retry is later
     (d,) = store.claim(1, "orch", lease_s=60, pairs=[("faster-whisper", "base")])
     assert store.outstanding() == 4
@@ -301,7 +301,7 @@ def test_heartbeat_pools_and_outstanding_come_from_the_counts(store):
     sql(store, "UPDATE tasks SET retry_at = now() - interval '1 second' WHERE id = :i", i=c.id)  # now due
     assert store.claimable_pairs() == [
         ("faster-whisper", "base"), ("faster-whisper", "tiny.en"), ("openai-whisper", "base")]  # fmt: skip
-    store.complete(d.id, d.attempt, result())
+    complete(store, d.id, d.attempt, result())
     assert ("faster-whisper", "base") not in store.claimable_pairs()
     assert store.stats().oldest_pending_age_s is not None
     store.cancel([1, 2])

@@ -11,7 +11,7 @@ from raytranscribe.contracts import Outcome, TaskResult
 from raytranscribe.engines.base import TranscribeOptions
 from raytranscribe.errors import Failure, InvalidInput, InvalidURI, Stage
 from raytranscribe.store import NewTask, Store, TaskStatus
-from tests.support.db import TEST_SETTINGS
+from tests.support.db import TEST_SETTINGS, complete, fail
 
 UNAVAILABLE = Failure(Stage.DOWNLOAD, "ServerError", "503 Service Unavailable", transient=True, http_status=503)
 NOT_FOUND = Failure(Stage.DOWNLOAD, "InputMissing", "404 Not Found for s3://bkt/a.wav", transient=False, http_status=404)
@@ -155,8 +155,8 @@ def test_complete_records_result_summary(store):
     store.submit([new(1)])
     (c,) = store.claim(1, "o", lease_s=60)
     long_preview = TaskResult(12.5, "en", ("s3://bkt/out/00001.json",), "x" * 2000)
-    r = store.complete(c.id, c.attempt, long_preview, actor="actor-1", node="node-9",
-                       timings=[("download", 0.25), ("transcribe", 1.5)])  # fmt: skip
+    r = complete(store, c.id, c.attempt, long_preview, actor="actor-1", node="node-9",
+                 timings=[("download", 0.25), ("transcribe", 1.5)])  # fmt: skip
     assert (r.applied, r.status, r.retry_at, r.reason) == (True, TaskStatus.COMPLETED, None, None)
     t = store.get(1)
     assert (t.status, t.audio_duration_s, t.language, t.output_uris) == (
@@ -180,23 +180,23 @@ def test_stale_attempt_is_fenced_out(store):
     assert new_claim.attempt == 2
     before = store.get(1)
 
-    stale_ok = store.complete(old.id, old.attempt, result(1))
-    stale_fail = store.fail(old.id, old.attempt, UNAVAILABLE)
+    stale_ok = complete(store, old.id, old.attempt, result(1))
+    stale_fail = fail(store, old.id, old.attempt, UNAVAILABLE)
     for r in (stale_ok, stale_fail):
         assert (r.applied, r.status, r.retry_at) == (False, None, None)
         assert r.reason == "fenced: task is in_progress at attempt 2"
     after = store.get(1)
     assert after == before  # not a single column changed, updated_at included
 
-    fresh = store.complete(new_claim.id, new_claim.attempt, result(1))
+    fresh = complete(store, new_claim.id, new_claim.attempt, result(1))
     assert (fresh.applied, fresh.status) == (True, TaskStatus.COMPLETED)
-    again = store.complete(new_claim.id, new_claim.attempt, result(1))  # a repeated complete is harmless
+    again = complete(store, new_claim.id, new_claim.attempt, result(1))  # a repeated complete is harmless
     assert (again.applied, again.reason) == (False, "fenced: task is completed at attempt 2")
     assert attempts_of(store, 1) == [(1, "failed", "lease", "LeaseExpired"), (2, "completed", None, None)]
 
 
 def test_unknown_task_is_reported_not_raised(store):
-    r = store.complete(999, 1, result())
+    r = complete(store, 999, 1, result())
     assert (r.task_id, r.applied, r.status, r.reason) == (999, False, None, "no such task")
 
 
@@ -230,7 +230,7 @@ def test_transient_failure_schedules_retry_within_jitter_bounds(make_store, stor
         conn.execute(sa.text("UPDATE tasks SET retry_at = now() WHERE id = 21"))
     (c,) = slow.claim(1, "o", lease_s=60)
     assert (c.id, c.attempt, c.retries) == (21, 2, 1)
-    r = slow.fail(c.id, c.attempt, UNAVAILABLE)
+    r = fail(slow, c.id, c.attempt, UNAVAILABLE)
     assert 0 <= (r.retry_at - db_now(slow)).total_seconds() <= 30.0
     assert slow.get(21).retries == 2
 
@@ -245,7 +245,7 @@ def test_dead_after_max_retries(store):
             time.sleep(0.02)
             continue
         (c,) = claimed
-        r = store.fail(c.id, c.attempt, UNAVAILABLE)
+        r = fail(store, c.id, c.attempt, UNAVAILABLE)
         outcomes.append((c.attempt, c.retries, r.status))
         if r.status is TaskStatus.DEAD:
             break
@@ -255,14 +255,14 @@ def test_dead_after_max_retries(store):
     assert t.failure_reason == "download: 503 Service Unavailable (retries exhausted 2 of 2)"
     assert t.completed_at is not None
     assert [a.outcome for a in t.attempts] == ["failed", "failed", "dead"]
-    assert t.attempts[-1].decision == "retries exhausted (2 of 2)"
+    assert t.attempts[-1].decision == "retries exhausted 2 of 2"
     assert store.outstanding() == 0
 
 
 def test_permanent_error_is_dead_at_once(store):
     store.submit([new(1)])
     (c,) = store.claim(1, "o", lease_s=60)
-    r = store.fail(c.id, c.attempt, NOT_FOUND, actor="a1", node="n1")
+    r = fail(store, c.id, c.attempt, NOT_FOUND, actor="a1", node="n1")
     assert (r.applied, r.status, r.retry_at) == (True, TaskStatus.DEAD, None)
     assert r.reason == "download: 404 Not Found for s3://bkt/a.wav (permanent error)"
     t = store.get(1)
@@ -376,9 +376,9 @@ def test_release_returns_tasks_without_charging_a_retry(store):
 def test_requeue_dead_and_failed(store):
     store.submit([new(1), new(2), new(3), new(4)])
     c = {x.id: x for x in store.claim(4, "o", lease_s=60)}
-    store.fail(1, c[1].attempt, NOT_FOUND)
-    store.fail(2, c[2].attempt, UNAVAILABLE)
-    store.complete(3, c[3].attempt, result(3))
+    fail(store, 1, c[1].attempt, NOT_FOUND)
+    fail(store, 2, c[2].attempt, UNAVAILABLE)
+    complete(store, 3, c[3].attempt, result(3))
     with pytest.raises(InvalidInput, match="cannot requeue completed tasks"):
         store.requeue(status=TaskStatus.COMPLETED)
     with pytest.raises(InvalidInput, match="requeue needs task ids or a status"):
@@ -398,14 +398,14 @@ def test_requeue_dead_and_failed(store):
 def test_cancel_non_terminal_tasks_and_fence_the_worker(store):
     store.submit([new(i) for i in range(1, 6)])
     c = {x.id: x for x in store.claim(3, "o", lease_s=60)}  # 1, 2, 3 in progress; 4, 5 pending
-    store.fail(2, c[2].attempt, UNAVAILABLE)  # failed, waiting for retry
-    store.complete(3, c[3].attempt, result(3))
+    fail(store, 2, c[2].attempt, UNAVAILABLE)  # failed, waiting for retry
+    complete(store, 3, c[3].attempt, result(3))
     assert store.cancel([1, 2, 3, 4, 999]).count == 3
     assert [store.get(i).status for i in range(1, 6)] == [
         TaskStatus.CANCELLED, TaskStatus.CANCELLED, TaskStatus.COMPLETED, TaskStatus.CANCELLED, TaskStatus.PENDING
     ]
     assert attempts_of(store, 1) == [(1, "cancelled", None, None)]
-    late = store.complete(1, c[1].attempt, result(1))
+    late = complete(store, 1, c[1].attempt, result(1))
     assert (late.applied, late.reason) == (False, "fenced: task is cancelled at attempt 1")
     assert store.requeue(status=TaskStatus.CANCELLED).count == 3
     assert store.outstanding() == 4
@@ -417,7 +417,7 @@ def test_requeue_and_cancel_report_which_ids_they_left_alone_and_why(store):
 
     store.submit([new(i) for i in range(1, 5)])
     c = {x.id: x for x in store.claim(2, "o", lease_s=60)}  # 1, 2 in progress; 3, 4 pending
-    store.complete(1, c[1].attempt, result(1))
+    complete(store, 1, c[1].attempt, result(1))
     assert store.cancel([4, 1, 2, 999, 4, 2**64]) == StatusChange(
         changed=(2, 4), refused=((1, TaskStatus.COMPLETED),), missing=(999, 2**64)
     )
@@ -436,10 +436,10 @@ def test_requeue_and_cancel_report_which_ids_they_left_alone_and_why(store):
 def test_stats_list_and_outstanding(store):
     store.submit([new(i) for i in range(1, 7)])
     c = {x.id: x for x in store.claim(5, "o", lease_s=60)}
-    store.complete(1, c[1].attempt, result(1))
-    store.complete(2, c[2].attempt, TaskResult(7.5, "en", (), ""))
-    store.fail(3, c[3].attempt, NOT_FOUND)
-    store.fail(4, c[4].attempt, UNAVAILABLE)
+    complete(store, 1, c[1].attempt, result(1))
+    complete(store, 2, c[2].attempt, TaskResult(7.5, "en", (), ""))
+    fail(store, 3, c[3].attempt, NOT_FOUND)
+    fail(store, 4, c[4].attempt, UNAVAILABLE)
     time.sleep(0.05)
     s = store.stats()
     assert s.counts == {

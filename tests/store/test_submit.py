@@ -15,6 +15,7 @@ from raytranscribe.engines.base import TranscribeOptions
 from raytranscribe.errors import Failure, InvalidInput, Stage
 from raytranscribe.store import NewTask, TaskStatus
 from raytranscribe.store.store import SUBMIT_LOCK_KEY
+from tests.support.db import complete, fail
 
 IN = "s3://bkt/in/dedupe.wav"
 STEM = "s3://bkt/out/dedupe"
@@ -77,11 +78,11 @@ def _to_status(store, task_id: int, status: TaskStatus) -> None:
     (claimed,) = store.claim(1, "orch-test", lease_s=60)
     assert claimed.id == task_id
     if status is TaskStatus.COMPLETED:
-        store.complete(task_id, claimed.attempt, TaskResult(1.0, "en", (f"{STEM}.txt",), "hi"))
+        complete(store, task_id, claimed.attempt, TaskResult(1.0, "en", (f"{STEM}.txt",), "hi"))
     elif status is TaskStatus.FAILED:
-        store.fail(task_id, claimed.attempt, TRANSIENT)
+        fail(store, task_id, claimed.attempt, TRANSIENT)
     elif status is TaskStatus.DEAD:
-        store.fail(task_id, claimed.attempt, PERMANENT)
+        fail(store, task_id, claimed.attempt, PERMANENT)
     assert store.get(task_id).status is status
 
 

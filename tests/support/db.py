@@ -9,19 +9,30 @@ empty tables.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from raytranscribe.config import Settings
+from raytranscribe.contracts import Outcome, TaskResult
+from raytranscribe.errors import Failure
 from raytranscribe.local import embedded_postgres_url, server_answers
-from raytranscribe.store import Store
+from raytranscribe.store import RecordResult, Store
 from raytranscribe.store.admin import LOCAL_SERVER, create_database, drop_database, local_server_url
 from raytranscribe.store.url import sqlalchemy_url
 
-__all__ = ["TEST_SETTINGS", "create_database", "drop_database", "hot_sql", "local_server_url", "side_table_violations"]
+__all__ = [
+    "TEST_SETTINGS",
+    "complete",
+    "create_database",
+    "drop_database",
+    "fail",
+    "hot_sql",
+    "local_server_url",
+    "side_table_violations",
+]
 
 # Short delays so retry scheduling is observable within a test.
 TEST_SETTINGS = Settings(database_url=None).with_(
@@ -126,3 +137,27 @@ def hot_sql(store: Store, statement: str) -> list[tuple]:
             return cursor.fetchall() if cursor.description else []
 
     return store._run_raw(run)
+
+
+def complete(
+    store: Store,
+    task_id: int,
+    attempt: int,
+    result: TaskResult,
+    *,
+    actor: str | None = None,
+    node: str | None = None,
+    timings: Sequence[tuple[str, float]] = (),
+) -> RecordResult:
+    """Record one completion as the orchestrator does (``store.record``); its result. A fenced-out
+    outcome is reported (``applied`` False, with the reason), not raised."""
+    (r,) = store.record([Outcome(task_id, attempt, result=result, actor=actor, node_id=node, timings=tuple(timings))])
+    return r
+
+
+def fail(
+    store: Store, task_id: int, attempt: int, failure: Failure, *, actor: str | None = None, node: str | None = None
+) -> RecordResult:
+    """Record one failure as the orchestrator does (``store.record``); its result, fenced or not."""
+    (r,) = store.record([Outcome(task_id, attempt, failure=failure, actor=actor, node_id=node)])
+    return r
