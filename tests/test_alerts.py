@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 from raytranscribe.alerts import Alerter
@@ -10,12 +11,24 @@ from raytranscribe.config import AlertSettings
 from tests.support.faultserver import Fault
 
 
-def _posts(fault_server, n: int, settle_s: float = 0.0) -> list[dict]:
-    """The JSON bodies POSTed to /hook, once at least ``n`` arrived (and ``settle_s`` more passed:
-    alerts go out on threads of their own, so one too many could still be on its way)."""
-    fault_server.wait_for_requests(n, timeout=5)
-    time.sleep(settle_s)
-    return [json.loads(r.posted) for r in fault_server.requests if r.path == "/hook" and r.method == "POST"]
+def _posts(fault_server, n: int, timeout: float = 10.0) -> list[dict]:
+    """The JSON bodies POSTed to /hook, once at least ``n`` arrived (a bounded poll: alerts go out
+    on threads of their own)."""
+    deadline = time.monotonic() + timeout
+    while len(hooks := fault_server.requests_for("/hook", "POST")) < n:
+        assert time.monotonic() < deadline, f"{len(hooks)} POSTs to /hook within {timeout} s, wanted {n}"
+        time.sleep(0.01)
+    return [json.loads(r.posted) for r in hooks]
+
+
+def _sent(before: set[threading.Thread], timeout: float = 10.0) -> None:
+    """Return once every thread started since ``before`` has ended. Each alert is POSTed on a thread
+    of its own that ends only once the webhook answered, and the fault server records a request
+    before answering it: after this, no alert started so far can still be on its way."""
+    deadline = time.monotonic() + timeout
+    for thread in set(threading.enumerate()) - before:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        assert not thread.is_alive(), f"{thread.name} still running after {timeout} s"
 
 
 def test_dead_task_posts_json(fault_server):
@@ -31,32 +44,52 @@ def test_failure_rate_alert_once_per_excursion(fault_server):
     now = [0.0]
     settings = AlertSettings(webhook_url=fault_server.url("/hook"), failure_rate_threshold=0.5, window_s=60, min_tasks=4)
     alerter = Alerter(settings, clock=lambda: now[0])
+    before = set(threading.enumerate())
     for ok in (True, False, False, False):
         alerter.observe(ok)
     alerter.observe(False)  # still above: no second alert
-    (first,) = _posts(fault_server, 1, settle_s=0.3)
+    _sent(before)  # every alert of these observations has arrived
+    (first,) = _posts(fault_server, 1)
     assert first["event"] == "failure_rate" and first["failure_rate"] == 0.75
     assert (first["attempts"], first["failures"], first["window_s"]) == (4, 3, 60)
+    before = set(threading.enumerate())
     now[0] = 120.0  # the window slides past the failures; recovery re-arms the alert
     for _ in range(4):
         alerter.observe(True)
     for _ in range(4):
         alerter.observe(False)
-    posts = _posts(fault_server, 2, settle_s=0.3)
+    _sent(before)
+    posts = _posts(fault_server, 2)
     assert [p["event"] for p in posts] == ["failure_rate", "failure_rate"]
     assert posts[1]["attempts"] == 8 and posts[1]["failure_rate"] == 0.5
+
+
+def _warnings(caplog, prefix: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "raytranscribe.alerts" and r.levelname == "WARNING" and r.getMessage().startswith(prefix)]
+
+
+def _wait_for_warnings(caplog, prefix: str, timeout: float = 10.0) -> list[str]:
+    """The warnings starting with ``prefix`` once at least one was logged (alerts go out on threads)."""
+    deadline = time.monotonic() + timeout
+    while not (found := _warnings(caplog, prefix)):
+        assert time.monotonic() < deadline, f"no {prefix!r} warning within {timeout} s: {caplog.text}"
+        time.sleep(0.02)
+    return found
 
 
 def test_webhook_failure_is_logged_not_fatal(fault_server, caplog):
     fault_server.script("/hook", Fault(500))
     alerter = Alerter(AlertSettings(webhook_url=fault_server.url("/hook")))
     with caplog.at_level("WARNING", logger="raytranscribe.alerts"):
-        alerter.task_dead(1, "x")
-        alerter._send({"event": "probe"})  # the same code the thread runs, here synchronously
-    assert any("500" in r.getMessage() for r in caplog.records)
+        alerter.task_dead(1, "x")  # returns at once: the POST goes out on a thread of its own
+        (answered,) = _wait_for_warnings(caplog, "alert webhook answered ")
+    assert "500" in answered, answered
+    (post,) = [json.loads(r.posted) for r in fault_server.requests if r.path == "/hook" and r.method == "POST"]
+    assert (post["event"], post["task_id"], post["reason"]) == ("task_dead", 1, "x")
     # An unreachable webhook is only a warning too.
     unreachable = Alerter(AlertSettings(webhook_url="http://127.0.0.1:9/hook"))
     with caplog.at_level("WARNING", logger="raytranscribe.alerts"):
-        unreachable._send({"event": "probe"})
-    failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("alert webhook failed: ")]
+        unreachable.task_dead(2, "y")
+        failed = _wait_for_warnings(caplog, "alert webhook failed: ")
     assert len(failed) == 1 and "127.0.0.1" in failed[0], failed

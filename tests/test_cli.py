@@ -260,11 +260,12 @@ def test_missing_manifest_file(cli, tmp_path):
 
 def _populate(store) -> None:
     from raytranscribe.store import NewTask
+    from tests.support.db import complete, fail
 
     store.submit([NewTask(f"s3://bkt/in/{i}.wav", f"s3://bkt/out/{i}") for i in range(1, 5)])
     c = {x.id: x for x in store.claim(3, "orch-test", lease_s=60)}
-    store.complete(1, c[1].attempt, TaskResult(30.0, "en", ("s3://bkt/out/1.json",), "hi"), actor="actor-7")
-    store.fail(2, c[2].attempt, Failure(Stage.DOWNLOAD, "InputMissing", "404 Not Found", False, 404))
+    complete(store, 1, c[1].attempt, TaskResult(30.0, "en", ("s3://bkt/out/1.json",), "hi"), actor="actor-7")
+    fail(store, 2, c[2].attempt, Failure(Stage.DOWNLOAD, "InputMissing", "404 Not Found", False, 404))
 
 
 def test_status_table_and_json(cli, store):
@@ -453,6 +454,7 @@ def test_listed_key_with_dot_segments_refuses_the_whole_submission(cli, store, l
     assert result.exit_code == 2 and "key 'dbl/a//b.wav' has an empty segment" in result.stderr
 
 
+@pytest.mark.timeout(600)  # above the run's own 420 s watchdog (and its 30 s stop), so that one reports
 def test_dot_segments_never_reach_s3_in_a_real_run(cli, system, local_s3, s3_client, tmp_path):
     """Issue 11 item 2 through a real run (Ray, tiny.en, moto over HTTP): what is refused writes nothing,
     a row stored before the check existed dies at presign, and every object written lies under its prefix."""
@@ -584,13 +586,10 @@ def test_an_unmigrated_database_says_to_run_db_upgrade(cli, unmigrated_url, args
 
 
 def test_a_database_that_refuses_the_role_fails_at_once_with_exit_2(cli, database_url):
-    import time
-
     url = sa.engine.make_url(database_url).set(username="rt_no_such_role").render_as_string(hide_password=False)
-    started = time.monotonic()
     result = cli("--database-url", url, "status", env={"RAYTRANSCRIBE_STORE__OP_RETRIES": "5",
                                                          "RAYTRANSCRIBE_STORE__OP_RETRY_BASE_S": "1"})  # fmt: skip
-    assert time.monotonic() - started < 1.0  # five retries with a 1 s base would take far longer
+    assert "transient database error" not in result.stderr  # refused at once: not one retry logged
     line = _one_error_line(result, 2)
     assert 'role "rt_no_such_role" does not exist' in line and "not retried" in line
 
@@ -637,13 +636,10 @@ def _run_subprocess(url: str, *extra: str, timeout: float = 120) -> subprocess.C
 
 def test_run_on_an_unreachable_database_exits_3_before_starting_ray():
     """The store's retries, then exit 3: no Ray started, no "claiming paused" logged forever."""
-    import time
-
-    started = time.monotonic()
     proc = _run_subprocess("postgresql://postgres@127.0.0.1:1/x", "RAYTRANSCRIBE_STORE__OP_RETRIES=2",
                            "RAYTRANSCRIBE_STORE__OP_RETRY_BASE_S=0.05")  # fmt: skip
     assert proc.returncode == 3, proc.stderr
-    assert time.monotonic() - started < 60
+    assert "claiming paused" not in proc.stderr  # it gave up before any orchestrator ran
     assert "error: store current_revision: database unavailable after 3 tries: " in proc.stderr
     assert "port 1 failed: Connection refused" in proc.stderr
     assert "ray" not in proc.stderr.lower().replace("raytranscribe", "")  # Ray never started

@@ -34,6 +34,7 @@ def _wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.timeout(600)  # above the subprocess's own 420 s watchdog
 def test_pool_grows_when_nodes_join_and_carries_on_when_one_is_lost(system):
     """One GPU node and work for three; two nodes join mid-run, then one is removed (a separate
     multi-node Ray in a subprocess, as tests/support/elastic.py describes)."""
@@ -168,15 +169,54 @@ def test_a_slow_model_download_shows_loading_with_bytes_and_is_not_a_hang(system
     assert model_gets(fault_server, model, "model.bin") == 1  # one actor, never replaced: one download
 
 
-def test_an_actor_is_refilled_once_a_quarter_of_its_slots_is_free():
-    # One take() call then carries that many tasks: the driver pays one Ray call per batch.
-    from raytranscribe.pool import _Actor
+def test_an_actor_is_refilled_once_a_quarter_of_its_slots_is_free(ray_session):
+    """A pool offers an actor more work only once a quarter of its slots is free, so one take() call
+    carries that many tasks: the driver pays one Ray call per batch. Small limits refill slot by slot.
 
-    actor = _Actor(name="a", handle=None, pool=None, created_at=0.0, limit=64)  # type: ignore[arg-type]
-    actor.attempts = dict.fromkeys(((i, 1) for i in range(49)))  # type: ignore[arg-type]
-    assert actor.free() == 15 and not actor.wants_refill()
-    actor.attempts = dict.fromkeys(((i, 1) for i in range(48)))  # type: ignore[arg-type]
-    assert actor.free() == 16 and actor.wants_refill()
-    small = _Actor(name="b", handle=None, pool=None, created_at=0.0, limit=2)  # type: ignore[arg-type]
-    small.attempts = dict.fromkeys([(1, 1)])  # type: ignore[arg-type]
-    assert small.wants_refill()  # small limits refill slot by slot
+    Real actors (faster-whisper, tiny.en): an idle one asks for ``max_tasks_in_hand`` tasks, held to
+    ``prefetch``; tasks submitted and not yet sent hold their slots."""
+    from raytranscribe.config import Settings
+    from raytranscribe.contracts import TaskSpec
+    from raytranscribe.engines.base import EngineSpec
+    from raytranscribe.pool import ActorPools, new_owner_tag
+
+    base = Settings(database_url=None).with_(
+        engine={"cpu_threads": 1},
+        worker={"min_actors": 1, "max_actors": 1, "num_gpus": 1, "num_cpus": 1},
+        health={"ping_interval_s": 0.5},
+    )
+    engine = EngineSpec.from_settings(base.engine)
+    big = ActorPools(base.with_(worker={"prefetch": 64, "max_tasks_in_hand": 64}), new_owner_tag())
+    small = ActorPools(base.with_(worker={"prefetch": 2, "max_tasks_in_hand": 2}), new_owner_tag())
+    try:
+        pools = [p.ensure(engine) for p in (big, small)]
+
+        def started() -> bool:
+            for p in (big, small):
+                p.tick()
+                assert not p.gave_up(), p.gave_up()
+            return all(pool.capacity() for pool in pools)
+
+        _wait_for(started, timeout=180, what="an idle live actor in each pool")
+        big_pool, small_pool = pools
+        assert [v.state for p in (big, small) for v in p.views()] == ["alive", "alive"]
+        assert (big_pool.capacity(), small_pool.capacity()) == (64, 2)  # each idle actor's whole limit
+
+        def task(n: int) -> TaskSpec:  # never sent: submitted tasks wait for send()
+            return TaskSpec(task_id=n, attempt=1, input_url="http://127.0.0.1:9/never.wav",
+                            input_uri=f"s3://never/{n}.wav", outputs=(), engine=engine)
+
+        assert all(big_pool.submit(task(n)) for n in range(47))
+        assert big_pool.capacity() == 17
+        assert big_pool.submit(task(47))
+        assert big_pool.capacity() == 16  # 48 of 64 held: a quarter free, worth a call
+        assert big_pool.submit(task(48))
+        assert big_pool.capacity() == 0  # 49 held: 15 free, not yet worth one
+        assert big.in_flight == 49
+        assert small_pool.submit(task(100))
+        assert small_pool.capacity() == 1  # limit 2, one held: the free slot is offered at once
+        assert small_pool.submit(task(101)) and small_pool.capacity() == 0
+        assert not small_pool.submit(task(102))  # full: the orchestrator releases it
+    finally:
+        big.shutdown()
+        small.shutdown()

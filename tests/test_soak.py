@@ -33,6 +33,7 @@ def _silence_wav(seconds: float = 1.0) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.timeout(600)  # above the run's own 420 s watchdog (and its 30 s stop), so that one reports
 def test_mixed_soak_of_300_tasks(system, fault_server):
     settings = system.use_fault_server(
         fault_server,

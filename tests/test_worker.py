@@ -155,22 +155,29 @@ def test_one_take_call_streams_each_outcome_back_as_its_task_ends(ray_session, f
     actor = start_actor(spec)
     tasks = sample_specs(fault_server, spec, 4)
     slow = tasks[0][0]
-    fault_server.script("/b/in/" + slow.input_uri.rsplit("/", 1)[1], Fault(delay_s=6.0), method="GET")
+    # Task 1's download is held until the test lets it go below (or, at the latest, for 50 s: under the
+    # actor's 60 s read timeout). The held response carries the audio itself, so releasing it with
+    # fault_server.reset() (which also forgets the stored objects) still serves the file.
+    slow_key = slow.input_uri.rsplit("/", 1)[1]
+    held = Fault(delay_s=50.0, body=fault_server.get_object(f"/b/in/{slow_key}").body)
+    fault_server.script(f"/b/in/{slow_key}", held, method="GET")
     stream = actor.results.remote()
 
-    t0 = time.monotonic()
-    ray.get(actor.take.remote([t for t, _ in tasks]), timeout=30)  # returns at once: the work goes on
-    assert time.monotonic() - t0 < 3.0
-    arrived: list[tuple[float, list[Outcome]]] = []
-    while sum(len(batch) for _, batch in arrived) < len(tasks):
-        batch = ray.get(next(stream), timeout=120)
-        arrived.append((time.monotonic() - t0, batch))
-
-    by_task = {o.task_id: (at, o) for at, batch in arrived for o in batch}
-    assert sorted(by_task) == [1, 2, 3, 4] and all(o.ok for _, o in by_task.values()), by_task
+    # take() returns at once, the work going on behind it: were it to wait for the work, it would wait
+    # on the held download, past this timeout.
+    ray.get(actor.take.remote([t for t, _ in tasks]), timeout=30)
+    arrived: list[Outcome] = []  # in the order the stream yielded them
+    while len(arrived) < 3:
+        arrived += ray.get(next(stream), timeout=120)
     # The three quick tasks came back while the slow download still held the fourth.
-    assert max(by_task[i][0] for i in (2, 3, 4)) < by_task[1][0] - 2.0, arrived
-    assert all(by_task[i][1].result.outputs for i in by_task)
+    assert sorted(o.task_id for o in arrived) == [2, 3, 4], arrived
+    fault_server.reset()  # lets the held download go
+    while len(arrived) < len(tasks):
+        arrived += ray.get(next(stream), timeout=120)
+
+    by_task = {o.task_id: o for o in arrived}
+    assert sorted(by_task) == [1, 2, 3, 4] and all(o.ok for o in by_task.values()), by_task
+    assert all(o.result.outputs for o in by_task.values())
     ray.kill(actor)
 
 
@@ -183,8 +190,8 @@ def test_a_partial_batch_runs_after_batch_wait(ray_session, fault_server):
 
     assert outcome.ok and wer(sentence, outcome.result.text_preview) <= 0.25
     waited = timing(outcome, BATCHED)
-    # One window, nothing else coming: it waits batch_wait_ms for company, then runs alone.
-    assert 1.4 <= waited <= 3.0, outcome.timings
+    # One window, nothing else coming: it waits batch_wait_ms for company, then runs alone (it came back).
+    assert waited >= 1.4, outcome.timings
     pong = ray.get(actor.ping.remote())
     assert pong.batches >= 1 and pong.windows_decoded == pong.batches  # one window at a time, alone
     ray.kill(actor)
@@ -315,6 +322,7 @@ def _worker_handles(namespace: str):
             if a["namespace"] == namespace and a["name"].startswith("worker-")]
 
 
+@pytest.mark.timeout(1200)  # above the run's own 900 s watchdog (and its 30 s stop), so that one reports
 def test_a_twenty_minute_file_completes_through_the_system_in_bounded_memory(system):
     import psutil
 

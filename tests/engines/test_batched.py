@@ -14,10 +14,19 @@ import pytest
 from raytranscribe.audio import SAMPLE_RATE, decode
 from raytranscribe.batching import transcribe_batch
 from raytranscribe.engines import load_engine
-from raytranscribe.engines.base import WINDOW_S, BatchEngine, EngineSpec, Segment, TranscribeOptions, WindowJob
+from raytranscribe.engines.base import (
+    WINDOW_S,
+    BatchEngine,
+    EngineSpec,
+    Segment,
+    TranscribeOptions,
+    Window,
+    WindowJob,
+)
 from raytranscribe.engines.models import bundled_base_model_path, resolve_faster_whisper_model
 from raytranscribe.samples import expected_text, sample_names, sample_path
 from tests.support.speech import normalize, wer
+from tests.support.spy import record_calls
 from tests.support.tts import SENTENCES, fixture, fixture_language, fixture_text
 
 ONE_PASS = TranscribeOptions(beam_size=1, temperature=1.0)
@@ -62,17 +71,30 @@ def _mean_wer(refs: list[str], transcripts) -> float:
     return float(np.mean([wer(r, t.text) for r, t in zip(refs, transcripts, strict=True)]))
 
 
-def test_30_s_windows_batched_are_word_for_word_the_sequential_path(faster_engine):
+def _encoded_frames(engine, monkeypatch, seconds: float) -> set[int]:
+    """The input lengths (mel frames, 100 a second) the model's encoder got while ``engine`` decoded
+    one window of ``seconds`` of speech."""
+    speech = np.concatenate([decode(sample_path(n)).samples for n in sample_names()] * 2)
+    assert speech.size >= seconds * SAMPLE_RATE
+    window = Window(start_s=0.0, samples=speech[: round(seconds * SAMPLE_RATE)])
+    with monkeypatch.context() as patch:
+        fed = record_calls(patch, engine.model, "encode")
+        engine.decode_windows([WindowJob(window, "en", ONE_PASS)])
+    assert fed
+    return {features.shape[-1] for features in fed}
+
+
+def test_30_s_windows_batched_are_word_for_word_the_sequential_path(faster_engine, monkeypatch):
     """engine.fit_windows = false: batching across files changes nothing Whisper hears."""
     padded = load_engine(replace(faster_engine.spec, fit_windows=False))
-    assert padded._frames(4.0) == 3000
+    assert _encoded_frames(padded, monkeypatch, 4.0) == {3000}  # a short window is encoded padded to 30 s
     _, audios = _english_clips()
     batched = transcribe_batch(padded, audios, TranscribeOptions(), batch_size=8)
     sequential = transcribe_batch(padded, audios, TranscribeOptions(), batch_size=1)
     assert [t.text for t in batched] == [t.text for t in sequential]
 
 
-def test_fitted_windows_encode_short_windows_short(faster_engine):
+def test_fitted_windows_encode_short_windows_short(faster_engine, monkeypatch):
     """engine.fit_windows (the default): a window is encoded at its length plus 4 s of silence,
     rounded up to 2 s, not 30 s; segments stay inside the audio.
 
@@ -80,7 +102,8 @@ def test_fitted_windows_encode_short_windows_short(faster_engine):
     (river.mp3's "boats", library.m4a's "The") come out right only at exactly 30 s of input on
     some CPUs, whatever the fitted length; the multilingual base below is held to it."""
     assert faster_engine.spec.fit_windows
-    assert (faster_engine._frames(4.0), faster_engine._frames(4.1), faster_engine._frames(27.0)) == (800, 1000, 3000)
+    encoded = [_encoded_frames(faster_engine, monkeypatch, s) for s in (4.0, 4.1, 27.0)]
+    assert encoded == [{800}, {1000}, {3000}]  # 8 s, 8.1 s rounded up to 10 s, 31 s capped at 30 s
     refs, audios = _english_clips()
     fitted = transcribe_batch(faster_engine, audios, TranscribeOptions(), batch_size=8)
     for t in fitted:

@@ -130,10 +130,8 @@ def test_store_unavailable_after_bounded_retries():
         settings=TEST_SETTINGS.with_(store={"op_retries": 2, "op_retry_base_s": 0.01}),
     )
     try:
-        started = time.monotonic()
         with pytest.raises(StoreUnavailable) as info:
             store.claim(5, "o", lease_s=10)
-        elapsed = time.monotonic() - started
     finally:
         store.close()
     err = info.value
@@ -141,5 +139,4 @@ def test_store_unavailable_after_bounded_retries():
     assert f"port {port} failed: Connection refused" in str(err)
     assert isinstance(err.__cause__, sa.exc.OperationalError)
     assert (err.transient, err.stage) == (True, Stage.STORE)
-    assert store.transient_errors == 3
-    assert elapsed < 5
+    assert store.transient_errors == 3  # bounded: the first try and op_retries more, then it gave up

@@ -7,7 +7,6 @@ older schema.
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
@@ -99,11 +98,9 @@ def _refused(url: str, pattern: str) -> StoreMisconfigured:
     """The store refuses at once (no retry, no backoff) with a StoreMisconfigured naming the cause."""
     s = Store(url, settings=SLOW_RETRIES)
     try:
-        started = time.monotonic()
         with pytest.raises(StoreMisconfigured, match=pattern) as info:
             s.stats()
-        assert time.monotonic() - started < 0.5  # five retries would sleep 0.25 s or more before the first
-        assert s.transient_errors == 0
+        assert s.transient_errors == 0  # not one retry (the store counts each one before sleeping)
         with pytest.raises(StoreMisconfigured, match=pattern):
             s.claim(1, "orch", lease_s=60)  # the hot path (its own connection) says the same
         assert s.transient_errors == 0

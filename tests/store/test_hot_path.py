@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from raytranscribe.contracts import Outcome, TaskResult
 from raytranscribe.store import NewTask, TaskStatus
-from tests.support.db import TEST_SETTINGS, hot_sql
+from tests.support.db import TEST_SETTINGS, complete, hot_sql
 
 RESULT = TaskResult(3.5, "en", ("s3://bkt/out/a.json",), "hi")
 
@@ -119,7 +119,7 @@ def test_stale_pooled_connection_is_replaced_without_pre_ping(store, make_store,
     store = make_store(TEST_SETTINGS.with_(store={"pool_size": 1, "op_retry_base_s": 0.01}), application_name=app)
     store.submit([new(i) for i in range(4)])
     (first,) = store.claim(1, "o", lease_s=60)  # leaves an idle, prepared connection in each pool
-    assert store.complete(first.id, first.attempt, RESULT).applied
+    assert complete(store, first.id, first.attempt, RESULT).applied
     killer = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
     try:
         with killer.connect() as conn:
@@ -133,7 +133,7 @@ def test_stale_pooled_connection_is_replaced_without_pre_ping(store, make_store,
     (second,) = store.claim(1, "o", lease_s=60)  # dead connection found, pool replaced, re-run
     assert (second.id, second.attempt) == (2, 1)
     assert store.transient_errors == 1
-    assert store.complete(second.id, second.attempt, RESULT).applied  # re-prepared on the new connection
+    assert complete(store, second.id, second.attempt, RESULT).applied  # re-prepared on the new connection
     assert store.stats().counts[TaskStatus.COMPLETED] == 2
 
 
@@ -216,16 +216,19 @@ def test_updated_at_is_stamped_unless_the_update_sets_it(store):
     assert claimed_at > stamped
 
 
-def test_threads_that_end_give_their_hot_path_connection_back(store, make_store):
+def test_threads_that_end_give_their_hot_path_connection_back(store, make_store, database_url):
     """Each thread holds one hot-path connection; one that ended returns it, so the pool never runs dry."""
     import threading
 
-    store = make_store(TEST_SETTINGS.with_(store={"pool_size": 1}))  # two autocommit connections at most
+    app = f"rt-threads-{uuid.uuid4().hex[:8]}"
+    # Two autocommit connections at most; it only claims (tasks are submitted through ``store``), so
+    # every connection named ``app`` is a hot-path one.
+    claimer = make_store(TEST_SETTINGS.with_(store={"pool_size": 1}), application_name=app)
     store.submit([new(i) for i in range(12)])
     got: list[int] = []
 
     def claim_once() -> None:
-        got.extend(c.id for c in store.claim(1, "o", lease_s=60))
+        got.extend(c.id for c in claimer.claim(1, "o", lease_s=60))
 
     for _ in range(12):  # one after another: each new thread finds the last one's connection free
         t = threading.Thread(target=claim_once)
@@ -233,4 +236,14 @@ def test_threads_that_end_give_their_hot_path_connection_back(store, make_store)
         t.join(30)
         assert not t.is_alive(), "a claim waited for a connection that an ended thread still held"
     assert sorted(got) == list(range(1, 13))
-    assert len(store._held) == 1  # only the last thread's, until the next checkout sweeps it
+    # One backend served all twelve threads: each ended thread's connection went back to the pool and
+    # the next thread took it up; the last thread's stays open until the next checkout sweeps it.
+    watcher = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        with watcher.connect() as conn:
+            backends = conn.execute(
+                sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :a"), {"a": app}
+            ).scalar_one()
+    finally:
+        watcher.dispose()
+    assert backends == 1

@@ -16,7 +16,15 @@ import sqlalchemy as sa
 from raytranscribe.contracts import Outcome, TaskResult
 from raytranscribe.errors import Failure, Stage
 from raytranscribe.store import NewTask, Store, TaskStatus
-from tests.support.db import TEST_SETTINGS, create_database, drop_database, hot_sql, side_table_violations
+from tests.support.db import (
+    TEST_SETTINGS,
+    complete,
+    create_database,
+    drop_database,
+    fail,
+    hot_sql,
+    side_table_violations,
+)
 
 RESULT = TaskResult(1.5, "en", ("s3://bkt/out/a.json",), "hello")
 UNAVAILABLE = Failure(Stage.DOWNLOAD, "ServerError", "503 Service Unavailable", transient=True, http_status=503)
@@ -95,14 +103,14 @@ def test_an_operators_own_sql_keeps_them_exact_too(store):
 def test_outstanding_and_pools_come_from_the_side_tables(store):
     store.submit([new(1), new(2), NewTask("s3://bkt/side/x.wav", "s3://bkt/out/x", engine="openai-whisper", model="base")])
     (c,) = store.claim(1, "orch", lease_s=60, pairs=[("openai-whisper", "base")])
-    store.fail(c.id, c.attempt, UNAVAILABLE)
+    fail(store, c.id, c.attempt, UNAVAILABLE)
     sql(store, "UPDATE tasks SET retry_at = now() + interval '1 hour' WHERE id = :i", i=c.id)  # its retry is later
     assert store.outstanding() == 3
     assert store.outstanding([("openai-whisper", "base")]) == 1
     assert store.claimable_pairs() == [("faster-whisper", "tiny.en")]
     (d,) = store.claim(1, "orch", lease_s=60)
     assert store.claimable_pairs() == [("faster-whisper", "tiny.en")]  # one queued, one in flight
-    store.complete(d.id, d.attempt, RESULT)
+    complete(store, d.id, d.attempt, RESULT)
     assert store.outstanding([("faster-whisper", "tiny.en")]) == 1
 
 
@@ -251,17 +259,26 @@ def test_cancel_waits_for_a_claim_holding_the_queue_row_instead_of_deadlocking(s
             # The claim's first step, in a transaction held open: the queue row of task 1 is ours.
             assert conn.execute(sa.text(
                 "SELECT task_id FROM task_queue WHERE task_id = 1 FOR UPDATE SKIP LOCKED")).all() == [(1,)]  # fmt: skip
+            claim_pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
             result: list[object] = []
             canceller = threading.Thread(target=lambda: result.append(store.cancel([1]).count))
             canceller.start()
-            time.sleep(0.5)  # cancel now waits for the queue row, holding nothing the claim needs
+            # Cancel now waits for the queue row (a lock our claim holds), holding nothing the claim needs.
+            blocked_by_claim = sa.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                       "AND CAST(:claim AS int) = ANY(pg_blocking_pids(pid))")  # fmt: skip
+            with claimer.connect() as watcher:
+                deadline = time.monotonic() + 30
+                while not watcher.execute(blocked_by_claim, {"claim": claim_pid}).scalar_one():
+                    assert canceller.is_alive(), f"cancel ended without waiting for the claim: {result}"
+                    assert time.monotonic() < deadline, "cancel never waited for the claim's queue row"
+                    time.sleep(0.02)
             assert canceller.is_alive()
-            # The claim's second step: update the task. It must not wait for cancel (deadlock_timeout is 1 s).
-            started = time.monotonic()
+            # The claim's second step: update the task. It must not wait for cancel: were the two to wait
+            # for each other, PostgreSQL would detect the deadlock (deadlock_timeout is 1 s) and fail one,
+            # this UPDATE (it raises) or the cancel (a transient error the store counts, checked below).
             conn.execute(sa.text(
                 "UPDATE tasks SET status = 'in_progress', attempt = 1, lease_owner = 'orch', "
                 "lease_expires_at = now() + interval '1 minute' WHERE id = 1"))  # fmt: skip
-            assert time.monotonic() - started < 0.5
             tx.commit()
             canceller.join(10)
     finally:

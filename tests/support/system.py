@@ -8,6 +8,7 @@ must keep.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -64,6 +65,7 @@ class System:
     database_url: str
     runs: list[RunSummary] = field(default_factory=list)
     fault_server: object | None = None  # when set, S3 is the fault server, not moto
+    _started: list[tuple[Orchestrator, threading.Thread]] = field(default_factory=list, repr=False)
 
     def use_fault_server(self, fault_server, **groups) -> Settings:
         """Settings whose presigned URLs point at the fault server, which then holds inputs and outputs."""
@@ -123,7 +125,10 @@ class System:
         return self.run_orchestrators([orch], timeout=timeout, during=during)[0]
 
     def run_orchestrators(self, orchs: Sequence[Orchestrator], *, timeout: float = 180, during=None) -> list[RunSummary]:
+        """Run ``orchs`` in threads until each returns; ``during(orchs[0])`` runs in another thread
+        meanwhile, and whatever it raises fails the test (after the orchestrators' own errors)."""
         results: list[RunSummary | BaseException | None] = [None] * len(orchs)
+        helper_error: list[BaseException] = []
 
         def go(i: int) -> None:
             try:
@@ -131,29 +136,47 @@ class System:
             except BaseException as exc:  # surfaced below
                 results[i] = exc
 
+        def helping() -> None:
+            try:
+                during(orchs[0])
+            except BaseException as exc:  # surfaced below: an assertion in a thread must fail the test
+                helper_error.append(exc)
+
         threads = [threading.Thread(target=go, args=(i,), daemon=True) for i in range(len(orchs))]
+        self._started.extend(zip(orchs, threads))
         for t in threads:
             t.start()
         helper = None
         if during is not None:
-            helper = threading.Thread(target=during, args=(orchs[0],), daemon=True)
+            helper = threading.Thread(target=helping, daemon=True)
             helper.start()
         deadline = time.monotonic() + timeout
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
         if any(t.is_alive() for t in threads):
-            for o in orchs:
-                o.request_stop()
-            for t in threads:
-                t.join(30)
-            pytest.fail(f"orchestrator did not drain within {timeout}s; statuses: {self.statuses()}")
+            self.stop_orchestrators()
+            why = f"; `during` raised {helper_error[0]!r}" if helper_error else ""
+            pytest.fail(f"orchestrator did not drain within {timeout}s{why}; statuses: {self.statuses()}")
         if helper is not None:
             helper.join(30)
+            assert not helper.is_alive(), "`during` did not return within 30 s of the run's end"
         for r in results:
             if isinstance(r, BaseException):
                 raise r
+        if helper_error:
+            raise helper_error[0]
         self.runs.extend(results)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
+
+    def stop_orchestrators(self, join_s: float = 30.0) -> None:
+        """Ask every orchestrator this System started to stop, and wait (bounded) for their threads:
+        a test that failed or timed out must not leave one claiming work in the next test."""
+        for orch, _ in self._started:
+            orch.request_stop()
+        deadline = time.monotonic() + join_s
+        for _, thread in self._started:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._started = [(o, t) for o, t in self._started if t.is_alive()]
 
     # --- reading the truth back ------------------------------------------------------------------
 
@@ -176,6 +199,23 @@ class System:
             return stored.body.decode("utf-8")
         return self.s3_client.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
 
+    def _check_outputs(self, view) -> None:
+        """Every output of a completed task was uploaded and holds its transcript. A transcript with no
+        words (silence) legitimately gives an empty txt and srt; json and vtt are never empty."""
+        spoken = bool(view.text_preview)  # the transcript's first characters, stored when it completed
+        for fmt in view.options.formats:
+            uri = str(output_uri(view.output_uri, fmt))
+            body = self.object_text(uri)
+            if fmt == "json":
+                assert bool(json.loads(body)["text"].strip()) == spoken, (uri, view.text_preview, body[:500])
+            elif fmt == "vtt":
+                assert body.startswith("WEBVTT"), (uri, body[:500])
+                assert ("-->" in body) == spoken, (uri, view.text_preview, body[:500])
+            elif fmt == "srt":
+                assert body.startswith("1\n") if spoken else body == "", (uri, view.text_preview, body[:500])
+            elif fmt == "txt":
+                assert bool(body.strip()) == spoken, (uri, view.text_preview, body[:500])
+
     def check_invariants(self) -> None:
         """What must hold after every scenario (issue 6)."""
         tasks = self.store.list_tasks(limit=100_000)
@@ -187,9 +227,7 @@ class System:
             completed_attempts = [a for a in view.attempts if a.outcome == "completed"]
             if t.status is TaskStatus.COMPLETED:
                 assert len(completed_attempts) == 1, (t.id, view.attempts)
-                for fmt in t.options.formats:
-                    uri = str(output_uri(t.output_uri, fmt))
-                    assert self.object_text(uri) is not None
+                self._check_outputs(view)
             else:
                 assert not completed_attempts, (t.id, view.attempts)
             if t.status is TaskStatus.DEAD:
@@ -199,8 +237,12 @@ class System:
 
 
 @pytest.fixture
-def system(database_url, store, make_store, s3_settings, s3_client, bucket, ray_session) -> System:
+def system(database_url, store, make_store, s3_settings, s3_client, bucket, ray_session):
     # `store` empties the tables; the system's own store uses the system's retry policy.
     settings = system_settings(database_url, s3_settings)
-    return System(settings=settings, store=make_store(settings), bucket=bucket, s3_client=s3_client,
-                  database_url=database_url)
+    system = System(settings=settings, store=make_store(settings), bucket=bucket, s3_client=s3_client,
+                    database_url=database_url)
+    yield system
+    # A test that failed (or hit its timeout) mid-run leaves its orchestrators running: stop them here.
+    system.stop_orchestrators()
+    assert not system._started, f"orchestrator threads still running after teardown: {system._started}"
