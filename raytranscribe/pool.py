@@ -58,10 +58,10 @@ from raytranscribe.errors import (
 from raytranscribe.isolation import worker_runtime_env
 from raytranscribe.logs import task_extra
 from raytranscribe.worker import (
-    QUEUED,
     PingReply,
     RunningTask,
     TranscriptionWorker,
+    Waiting,
     WorkerConfig,
     worker_actor_class,
 )
@@ -552,7 +552,7 @@ class ActorPool:
         run = actor.running.get(attempt.lease)
         base, per_audio = self._h.task_deadline_base_s, self._h.task_deadline_per_audio_s
         if run is not None:
-            if run.stage == QUEUED:
+            if run.stage is Waiting.QUEUED:
                 return None
             deadline = base + per_audio * (run.audio_duration_s or 0.0)
             elapsed = run.stage_s + (now - actor.last_pong_at)

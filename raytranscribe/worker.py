@@ -33,6 +33,7 @@ ping reply) tells the driver how many more tasks this actor can take.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import os
 import queue
@@ -86,21 +87,24 @@ class WorkerConfig:
 # cost the driver less, and a transcript a few milliseconds later costs nobody anything.
 _RESULTS_GATHER_S = 0.01
 
-# Stages a ping reports besides the Stage values of work in progress:
-QUEUED = "queued"  # sequential path: waiting for the compute lock behind another task (not judged)
-# Batched path: waiting for room to decode (memory bound), for a batch, or inside one. Its stage_s
-# counts from the batcher's last progress, not from when the task started waiting, so a long queue
-# on a healthy actor never looks hung while a batcher stuck in one model call does.
-BATCHED = "batched"
+
+class Waiting(enum.StrEnum):
+    """What a ping reports of a task that waits instead of working in one of its Stages."""
+
+    QUEUED = "queued"  # sequential path: waiting for the compute lock behind another task (not judged)
+    # Batched path: waiting for room to decode (memory bound), for a batch, or inside one. Its stage_s
+    # counts from the batcher's last progress, not from when the task started waiting, so a long queue
+    # on a healthy actor never looks hung while a batcher stuck in one model call does.
+    BATCHED = "batched"
 
 
 @dataclass(frozen=True)
 class RunningTask:
     task_id: int
     attempt: int
-    stage: str  # a Stage value, QUEUED or BATCHED
+    stage: Stage | Waiting
     running_s: float  # since process() began
-    stage_s: float  # in the current stage (BATCHED: since the later of entering it and the batcher's last progress)
+    stage_s: float  # in the current stage (Waiting.BATCHED: since the later of entering it and the batcher's last progress)
     audio_duration_s: float | None
     windows_done: int = 0  # windows decoded so far (batched path); 0/0 before prepare
     windows_total: int = 0
@@ -131,11 +135,11 @@ class _Progress:
     task_id: int
     attempt: int
     started: float
-    stage: str = Stage.DOWNLOAD.value
+    stage: Stage | Waiting = Stage.DOWNLOAD
     stage_started: float = 0.0
     audio_duration_s: float | None = None
 
-    def enter(self, stage: str) -> None:
+    def enter(self, stage: Stage | Waiting) -> None:
         self.stage, self.stage_started = stage, time.monotonic()
 
 
@@ -411,7 +415,7 @@ class TranscriptionWorker:
     def _running_task(self, p: _Progress, now: float) -> RunningTask:
         stage, stage_started = p.stage, p.stage_started
         done = total = 0
-        if self.batcher is not None and stage == BATCHED:
+        if self.batcher is not None and stage is Waiting.BATCHED:
             stage_started = max(stage_started, self.batcher.last_progress)
             done, total = self.batcher.progress((p.task_id, p.attempt))
         return RunningTask(
@@ -455,7 +459,7 @@ class TranscriptionWorker:
             if self._room_locked():
                 self._decoding += 1
                 return 0.0
-            progress.enter(BATCHED if self.batcher else QUEUED)
+            progress.enter(Waiting.BATCHED if self.batcher else Waiting.QUEUED)
             for_audio = False
             while not self._room_locked():
                 for_audio = for_audio or self._buffered_s > 0
@@ -528,7 +532,7 @@ class TranscriptionWorker:
 
         @contextmanager
         def stage(s: Stage):
-            progress.enter(s.value)
+            progress.enter(s)
             t = time.monotonic()
             try:
                 yield
@@ -591,8 +595,8 @@ class TranscriptionWorker:
             )
             return Outcome(spec.task_id, spec.attempt, result=result, timings=tuple(timings), **ident)
         except Exception as exc:
-            waiting = progress.stage in (QUEUED, BATCHED)
-            failure = Failure.from_exception(exc, Stage.TRANSCRIBE if waiting else Stage(progress.stage))
+            at = progress.stage
+            failure = Failure.from_exception(exc, Stage.TRANSCRIBE if isinstance(at, Waiting) else at)
             log.warning(
                 "task failed: %s",
                 failure.message,
@@ -621,27 +625,27 @@ class TranscriptionWorker:
         assert engine is not None  # process() checked it
         try:
             if self.batcher is None:
-                progress.enter(QUEUED)
+                progress.enter(Waiting.QUEUED)
                 queued_at = time.monotonic()
                 with self._compute:  # one transcription at a time owns the device
                     # Time spent waiting for the device: the pipelining at work, not overhead.
-                    timings.append((QUEUED, round(time.monotonic() - queued_at, 4)))
-                    progress.enter(Stage.TRANSCRIBE.value)
+                    timings.append((Waiting.QUEUED.value, round(time.monotonic() - queued_at, 4)))
+                    progress.enter(Stage.TRANSCRIBE)
                     t = time.monotonic()
                     try:
                         return engine.transcribe(samples, spec.options)
                     finally:
                         timings.append((Stage.TRANSCRIBE.value, round(time.monotonic() - t, 4)))
-            progress.enter(Stage.TRANSCRIBE.value)
+            progress.enter(Stage.TRANSCRIBE)
             t = time.monotonic()
             prepared = engine.prepare(samples, spec.options)  # type: ignore[attr-defined]
             timings.append(("prepare", round(time.monotonic() - t, 4)))
-            progress.enter(BATCHED)
+            progress.enter(Waiting.BATCHED)
             t = time.monotonic()
             transcript, decoding_s = self.batcher.transcribe((spec.task_id, spec.attempt), prepared, spec.options)
             # "batched": waiting for a batch; "transcribe": first window in a batch -> last window done.
             total = time.monotonic() - t
-            timings.append((BATCHED, round(max(0.0, total - decoding_s), 4)))
+            timings.append((Waiting.BATCHED.value, round(max(0.0, total - decoding_s), 4)))
             timings.append((Stage.TRANSCRIBE.value, round(decoding_s, 4)))
             return transcript
         except RayTranscribeError:

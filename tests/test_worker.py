@@ -24,7 +24,9 @@ from raytranscribe.config import WorkerSettings
 from raytranscribe.contracts import Outcome, OutputTarget, TaskSpec
 from raytranscribe.engines.base import SAMPLE_RATE, EngineSpec, TranscribeOptions
 from raytranscribe.store import TaskStatus
-from raytranscribe.worker import BATCHED, QUEUED, PingReply, WorkerConfig, worker_actor_class
+from raytranscribe.worker import PingReply, Waiting, WorkerConfig, worker_actor_class
+
+QUEUED, BATCHED = Waiting.QUEUED, Waiting.BATCHED
 from tests.support.speech import wer
 
 pytestmark = pytest.mark.slow
