@@ -67,16 +67,6 @@ def _wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _noticed(predicate, timeout: float) -> bool:
-    """Whether ``predicate`` held at some point within ``timeout`` seconds (polled)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def _busy_actor(orch):
     """An actor that is transcribing a task right now (its ping says so)."""
     for actor in orch.pools.views():
@@ -221,13 +211,25 @@ def test_database_outage_buffers_outcomes_and_loses_nothing(system):
         from sqlalchemy import create_engine, text
 
         admin = create_engine(admin_url.replace("postgresql://", "postgresql+psycopg2://", 1), isolation_level="AUTOCOMMIT")
+
+        def noticed_before_the_end() -> bool:
+            """Whether a database call failed (an outcome write, a heartbeat, a claim) within 30 s,
+            polled until the run ends: a finished orchestrator makes no more calls."""
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and orch.summary.finished is None:
+                if not orch.db_available:
+                    return True
+                time.sleep(0.05)
+            return not orch.db_available
+
         for _ in range(2):
             _wait_for(lambda: orch.in_flight > 0 or orch.summary.completed > 0, what="work in flight")
+            if orch.summary.finished is not None:  # drained before this outage: nothing left to cut off
+                break
             with admin.connect() as c:
                 c.execute(text(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false'))
                 c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"), {"d": dbname})
-            # Noticed when a database call fails: an outcome write, a heartbeat, a claim.
-            outages.append(_noticed(lambda: not orch.db_available, timeout=30))
+            outages.append(noticed_before_the_end())
             with admin.connect() as c:
                 c.execute(text(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true'))
             time.sleep(1.0)
