@@ -15,7 +15,9 @@ import numpy as np
 from raytranscribe.config import EngineSettings
 from raytranscribe.errors import EngineOutOfMemory, RayTranscribeError, TranscriptionError
 
-_ENGINE_DEFAULTS = EngineSettings()  # the batch defaults live in config.py, once
+_ENGINE_DEFAULTS = EngineSettings()  # the engine group's defaults live in config.py, once
+DEFAULT_ENGINE: str = _ENGINE_DEFAULTS.engine  # what a task or spec that names none runs
+DEFAULT_MODEL: str = _ENGINE_DEFAULTS.model
 
 SAMPLE_RATE = 16_000
 FORMATS: tuple[str, ...] = ("json", "srt", "vtt", "txt")
@@ -24,11 +26,11 @@ ENGINES: tuple[str, ...] = ("faster-whisper", "openai-whisper")
 
 @dataclass(frozen=True)
 class EngineSpec:
-    engine: str = "faster-whisper"
-    model: str = "tiny.en"
-    device: str = "auto"  # auto | cuda | cpu
-    compute_type: str = "default"  # default: float16 on CUDA, int8 on CPU (faster-whisper)
-    cpu_threads: int = 0
+    engine: str = DEFAULT_ENGINE
+    model: str = DEFAULT_MODEL
+    device: str = _ENGINE_DEFAULTS.device  # auto | cuda | cpu
+    compute_type: str = _ENGINE_DEFAULTS.compute_type  # default: float16 on CUDA, int8 on CPU (faster-whisper)
+    cpu_threads: int = _ENGINE_DEFAULTS.cpu_threads
     # 30 s windows per batched decode across files (raytranscribe.batching); 0: the device's
     # default below; 1: the sequential path, Engine.transcribe one file at a time.
     batch_size: int = _ENGINE_DEFAULTS.batch_size

@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from raytranscribe.engines.base import FORMATS, TranscribeOptions
+from raytranscribe.engines.base import DEFAULT_ENGINE, DEFAULT_MODEL, FORMATS, TranscribeOptions
 from raytranscribe.errors import InvalidInput, ManifestError
 from raytranscribe.store.store import NewTask, check_task_numbers
 from raytranscribe.uris import output_stem, parse_s3_uri
@@ -29,8 +29,8 @@ MANIFEST_FIELDS = REQUIRED_FIELDS + OPTIONAL_FIELDS
 class ManifestDefaults:
     """What a line that leaves a field out gets (the CLI fills this from its flags)."""
 
-    engine: str = "faster-whisper"
-    model: str = "tiny.en"
+    engine: str = DEFAULT_ENGINE
+    model: str = DEFAULT_MODEL
     language: str | None = None
     formats: tuple[str, ...] = FORMATS
     priority: int = 0

@@ -44,7 +44,7 @@ from sqlalchemy import text
 
 from raytranscribe.config import Settings
 from raytranscribe.contracts import Outcome
-from raytranscribe.engines.base import ENGINES, FORMATS, TranscribeOptions
+from raytranscribe.engines.base import DEFAULT_ENGINE, DEFAULT_MODEL, ENGINES, FORMATS, TranscribeOptions
 from raytranscribe.errors import (
     ConfigError,
     Failure,
@@ -179,8 +179,8 @@ class NewTask:
 
     input_uri: str
     output_uri: str
-    engine: str = "faster-whisper"
-    model: str = "tiny.en"
+    engine: str = DEFAULT_ENGINE
+    model: str = DEFAULT_MODEL
     options: TranscribeOptions = field(default_factory=TranscribeOptions)
     priority: int = 0
     max_retries: int | None = None  # None: the store's RetryPolicy default, written into the row
