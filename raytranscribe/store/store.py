@@ -41,6 +41,8 @@ from typing import Any, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import text
+from sqlalchemy.engine.interfaces import DBAPICursor
+from sqlalchemy.pool import PoolProxiedConnection
 
 from raytranscribe.config import Settings
 from raytranscribe.contracts import Outcome
@@ -663,7 +665,7 @@ class _Prepared:
     def __post_init__(self) -> None:
         object.__setattr__(self, "call", f"EXECUTE {self.name} ({', '.join(f'CAST(%s AS {t})' for t in self.types)})")
 
-    def execute(self, raw: Any, *args: Any) -> list[tuple]:
+    def execute(self, raw: PoolProxiedConnection, *args: Any) -> list[tuple]:
         """EXECUTE on ``raw`` (a pooled DBAPI connection), preparing first where needed; all rows."""
         info = raw.info
         prepared: set[str] = info.setdefault("raytranscribe_prepared", set())
@@ -683,7 +685,7 @@ class _Prepared:
             cursor.execute(self.call, args)
         return cursor.fetchall()
 
-    def _prepare(self, cursor: Any) -> None:
+    def _prepare(self, cursor: DBAPICursor) -> None:
         try:
             cursor.execute(f"PREPARE {self.name} ({', '.join(self.types)}) AS {self.body}")
         except Exception as exc:
@@ -762,7 +764,7 @@ class Store:
         self._claimed_since_vacuum = 0
         self._lock = threading.Lock()  # guards _claimed_since_vacuum and _held
         self._hot = threading.local()
-        self._held: dict[threading.Thread, Any] = {}  # each thread's hot-path connection
+        self._held: dict[threading.Thread, PoolProxiedConnection] = {}  # each thread's hot-path connection
         st = self.settings.store
         try:
             # No pool_pre_ping: it costs a round trip per operation. A pooled connection killed while
@@ -869,7 +871,7 @@ class Store:
             f"store {op}: database unavailable after {retries + 1} tries: {_pg_message(last)}"
         ) from last
 
-    def _run_raw(self, fn: Callable[[Any], T]) -> T:
+    def _run_raw(self, fn: Callable[[PoolProxiedConnection], T]) -> T:
         """``fn`` on this thread's hot-path connection; its errors come out as SQLAlchemy's."""
         try:
             raw = self._hot_connection()
@@ -887,7 +889,7 @@ class Store:
                 None, None, exc, self._dbapi_error, connection_invalidated=gone, dialect=self._autocommit.dialect
             ) from exc
 
-    def _hot_connection(self) -> Any:
+    def _hot_connection(self) -> PoolProxiedConnection:
         """The autocommit pool connection this thread keeps for the hot path, checked out once.
 
         Checking a connection out of the pool and back in for every claim and every completion
@@ -1046,7 +1048,7 @@ class Store:
         else:
             stmt, args = _CLAIM_PAIRS, (n, owner, float(lease_s), [e for e, _ in pairs], [m for _, m in pairs])
 
-        def tx(raw: Any) -> list[ClaimedTask]:
+        def tx(raw: PoolProxiedConnection) -> list[ClaimedTask]:
             return [
                 ClaimedTask(
                     id=r[0],
@@ -1092,7 +1094,7 @@ class Store:
         when they are few next to a long queue.
         """
 
-        def vacuum(raw: Any) -> bool:
+        def vacuum(raw: PoolProxiedConnection) -> bool:
             notices = raw.dbapi_connection.notices
             seen = len(notices)
             with raw.cursor() as cursor:
@@ -1516,7 +1518,7 @@ class Store:
         return counts
 
 
-def _task_view(r: Any, attempts: tuple[AttemptView, ...] = ()) -> TaskView:
+def _task_view(r: sa.Row[Any], attempts: tuple[AttemptView, ...] = ()) -> TaskView:
     return TaskView(
         id=r.id,
         input_uri=r.input_uri,
