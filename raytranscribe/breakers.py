@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from raytranscribe.config import BreakerSettings
+from raytranscribe.errors import Stage
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class CircuitBreaker:
     pauses dispatch for a cool-down instead of burning every task's retries. After the cool-down it
     lets one probe batch through (half-open) and closes on the first success."""
 
-    def __init__(self, stage: str, settings: BreakerSettings, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, stage: Stage, settings: BreakerSettings, clock: Callable[[], float] = time.monotonic):
         self.stage = stage
         self.s = settings
         self.clock = clock
@@ -50,7 +51,9 @@ class CircuitBreaker:
     def record(self, ok: bool) -> None:
         if ok:
             if self.opened_at is not None:
-                log.info("circuit breaker for %s closed: a transfer succeeded", self.stage, extra={"stage": self.stage})
+                log.info(
+                    "circuit breaker for %s closed: a transfer succeeded", self.stage, extra={"stage": self.stage.value}
+                )
             self.opened_at = None
             self.window.append(True)
             return
@@ -72,7 +75,7 @@ class CircuitBreaker:
                 self.stage,
                 failures,
                 self.s.cooldown_s,
-                extra={"stage": self.stage},
+                extra={"stage": self.stage.value},
             )
 
 

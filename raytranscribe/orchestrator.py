@@ -43,7 +43,7 @@ from raytranscribe.worker import TranscriptionWorker
 log = logging.getLogger(__name__)
 
 # Presign is here too: credentials that vanish on the driver must pause dispatch, not burn retries.
-BREAKER_STAGES = (Stage.PRESIGN.value, Stage.DOWNLOAD.value, Stage.UPLOAD.value)
+BREAKER_STAGES = (Stage.PRESIGN, Stage.DOWNLOAD, Stage.UPLOAD)
 
 
 class NoWorkers(RayTranscribeError):
@@ -120,7 +120,7 @@ class Orchestrator:
         self.pools = ActorPools(
             settings, tag, runtime_env=runtime_env, model_source=storage.model_for_actor, worker=worker
         )
-        self.breakers = {s: CircuitBreaker(s, settings.breaker) for s in BREAKER_STAGES}
+        self.breakers: dict[Stage, CircuitBreaker] = {s: CircuitBreaker(s, settings.breaker) for s in BREAKER_STAGES}
         self.alerter = Alerter(settings.alerts)
         self.summary = RunSummary()
         self._probe: Lease | None = None  # the one task a half-open breaker lets through
@@ -157,7 +157,7 @@ class Orchestrator:
         return time.monotonic() >= self._db_down_until
 
     def breaker_states(self) -> dict[str, str]:
-        return {s: b.state.value for s, b in self.breakers.items()}
+        return {s.value: b.state.value for s, b in self.breakers.items()}
 
     def run(self) -> RunSummary:
         log.info("orchestrator %s starting", self.owner, extra={"owner": self.owner})
@@ -228,7 +228,7 @@ class Orchestrator:
         for pool in self.pools.pools.values():
             m.live_actors.set(len(pool.alive()), tags={"pool": pool.label})
         for stage, b in self.breakers.items():
-            m.breaker_open.set(1 if b.state is BreakerState.OPEN else 0, tags={"stage": stage})
+            m.breaker_open.set(1 if b.state is BreakerState.OPEN else 0, tags={"stage": stage.value})
         self._publish_state()
         self.observer.heartbeat(self)
 
@@ -239,7 +239,7 @@ class Orchestrator:
             "owner": self.owner,
             "actors": [asdict(a) for a in self.pools.views()],
             "breakers": self.breaker_states(),
-            "breaker_trips": {s: b.trips for s, b in self.breakers.items()},
+            "breaker_trips": {s.value: b.trips for s, b in self.breakers.items()},
             "actor_starts": self.pools.actor_starts(),
             "in_flight": self.pools.in_flight,
             "buffered": len(self._buffer),
@@ -309,7 +309,7 @@ class Orchestrator:
 
     def _presign(self, pool: ActorPool, task: ClaimedTask) -> TaskSpec | None:
         """The task as a worker sees it (presigned URLs only); None when presigning failed (recorded)."""
-        presign = self.breakers[Stage.PRESIGN.value]
+        presign = self.breakers[Stage.PRESIGN]
         try:
             input_url, outputs = self.storage.presign_task(task.input_uri, task.output_uri, task.options.formats)
         except Exception as exc:
@@ -373,8 +373,8 @@ class Orchestrator:
         if f is None:
             for b in self.breakers.values():
                 b.record(True)
-        elif f.stage.value in self.breakers and f.transient:
-            self.breakers[f.stage.value].record(False)
+        elif f.stage in self.breakers and f.transient:
+            self.breakers[f.stage].record(False)
 
     # --- writing outcomes -----------------------------------------------------------------------
 

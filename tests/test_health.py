@@ -20,6 +20,7 @@ import ray
 from raytranscribe.config import BreakerSettings
 from raytranscribe.engines.base import TranscribeOptions
 from raytranscribe.breakers import BreakerState, CircuitBreaker
+from raytranscribe.errors import Stage
 from raytranscribe.orchestrator import NoWorkers, RunOptions
 from raytranscribe.store import TaskStatus
 from tests.support.faultserver import Fault
@@ -31,7 +32,7 @@ from tests.support.system import FAULTY_ENGINE
 
 def test_breaker_opens_on_mostly_failing_transfers_and_closes_after_a_good_probe():
     now = [0.0]
-    b = CircuitBreaker("download", BreakerSettings(window=10, failure_ratio=0.8, min_samples=5, cooldown_s=30),
+    b = CircuitBreaker(Stage.DOWNLOAD, BreakerSettings(window=10, failure_ratio=0.8, min_samples=5, cooldown_s=30),
                        clock=lambda: now[0])
     for _ in range(4):
         b.record(False)
@@ -48,7 +49,7 @@ def test_breaker_opens_on_mostly_failing_transfers_and_closes_after_a_good_probe
 
 
 def test_breaker_ignores_a_few_failures_among_successes():
-    b = CircuitBreaker("upload", BreakerSettings(window=10, failure_ratio=0.8, min_samples=5, cooldown_s=30))
+    b = CircuitBreaker(Stage.UPLOAD, BreakerSettings(window=10, failure_ratio=0.8, min_samples=5, cooldown_s=30))
     for ok in [True, False, True, False, True, False, True, False, True, False]:
         b.record(ok)
     assert b.state == "closed"
