@@ -85,20 +85,19 @@ def _http_status(exc: bex.ClientError) -> int | None:
 class S3Storage:
     """A boto3 S3 client built from :class:`S3Settings`, wrapped so that every failure is classified."""
 
-    def __init__(self, settings: S3Settings, *, client=None) -> None:
+    def __init__(self, settings: S3Settings) -> None:
         self.settings = settings
-        self._client = client
+        self._client = None
         self._manifests: dict[tuple[str, str], tuple[float, ModelManifest]] = {}  # model_for_actor's
         # (method, bucket, signs a content type) -> how its URLs look; None: no shortcut for it
         self._templates: dict[tuple[str, str, bool], _UrlTemplate | None] = {}
-        if client is None:
-            try:
-                self._client = self._build_client(settings)
-            except _CREDENTIAL_ERRORS as exc:
-                # Credentials that cannot be fetched right now (a failing credential_process, SSO
-                # expired) must not stop the driver: the next call builds again and, failing, is
-                # classified as a transient PresignError / StorageError.
-                log.warning("S3 credentials unavailable, will retry on first use: %s: %s", type(exc).__name__, exc)
+        try:
+            self._client = self._build_client(settings)
+        except _CREDENTIAL_ERRORS as exc:
+            # Credentials that cannot be fetched right now (a failing credential_process, SSO
+            # expired) must not stop the driver: the next call builds again and, failing, is
+            # classified as a transient PresignError / StorageError.
+            log.warning("S3 credentials unavailable, will retry on first use: %s: %s", type(exc).__name__, exc)
 
     @property
     def client(self):

@@ -252,15 +252,14 @@ def test_engine_crash_is_transient_and_bounded(system):
     system.check_invariants()
 
 
-def test_presign_failure_is_recorded_on_the_task(system):
+def test_presign_failure_is_recorded_on_the_task(system, no_aws_credentials):
     """Credentials vanish on the driver: every attempt fails at presign, transiently, then the task is dead."""
     from raytranscribe.orchestrator import Orchestrator, RunOptions
     from raytranscribe.storage import S3Storage
-    from tests.test_storage import no_credentials_client
 
     (uri, _), = system.upload_samples(["fox.wav"])
     (task_id,) = system.submit([uri])
-    storage = S3Storage(system.settings.s3, client=no_credentials_client(system.settings.s3.endpoint_url))
+    storage = S3Storage(system.settings.s3)  # the standard chain, found empty
     orch = Orchestrator(system.settings, system.store, storage, options=RunOptions(until_drained=True, idle_poll_s=0.2))
 
     system.run_orchestrators([orch])
@@ -272,12 +271,11 @@ def test_presign_failure_is_recorded_on_the_task(system):
     assert "AWS credentials unavailable" in view.failure_reason and view.failure_reason.startswith("presign:")
 
 
-def test_presign_outage_opens_the_breaker_instead_of_burning_retries(system):
+def test_presign_outage_opens_the_breaker_instead_of_burning_retries(system, no_aws_credentials):
     """Credentials gone on the driver with many tasks queued: a few attempts fail, the presign breaker
     opens, the rest of the claimed batch goes back uncharged, and no task is buried."""
     from raytranscribe.orchestrator import Orchestrator, RunOptions
     from raytranscribe.storage import S3Storage
-    from tests.test_storage import no_credentials_client
 
     (uri, _), = system.upload_samples(["fox.wav"])
     uris = [uri] + [system.put(f"in/copy-{n}.wav", b"x") for n in range(15)]
@@ -287,7 +285,7 @@ def test_presign_outage_opens_the_breaker_instead_of_burning_retries(system):
         retry={"max_retries": 5},
         worker={"min_actors": 1, "max_actors": 1, "prefetch": 8},  # one claim of 8: the breaker opens after the 4th presign
     )
-    storage = S3Storage(settings.s3, client=no_credentials_client(settings.s3.endpoint_url))
+    storage = S3Storage(settings.s3)  # the standard chain, found empty
     recorder = _Recorder()
     orch = Orchestrator(settings, system.store, storage, options=RunOptions(idle_poll_s=0.1, grace_s=2),
                         observer=recorder)

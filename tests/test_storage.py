@@ -6,12 +6,8 @@ import socket
 import stat
 import uuid
 
-import boto3
 import botocore.exceptions as bex
-import botocore.session
 import pytest
-from botocore.config import Config
-from botocore.credentials import CredentialResolver
 
 from raytranscribe.config import S3Settings
 from raytranscribe.errors import ConfigError, InvalidURI, PresignError, Stage, StorageError
@@ -69,17 +65,8 @@ def test_presign_task_gives_one_target_per_format(storage):
     assert targets[0].put_url.startswith(f"{storage.settings.endpoint_url}/out-bkt/r/a.srt?")
 
 
-def no_credentials_client(endpoint_url: str):
-    """A real boto3 client whose credential chain is empty: nothing to sign with."""
-    session = botocore.session.get_session()
-    session.register_component("credential_provider", CredentialResolver(providers=[]))
-    return boto3.session.Session(botocore_session=session).client(
-        "s3", endpoint_url=endpoint_url, region_name="us-east-1", config=Config(signature_version="s3v4")
-    )
-
-
-def test_missing_credentials_is_a_transient_presign_error(s3_settings):
-    storage = S3Storage(s3_settings, client=no_credentials_client(s3_settings.endpoint_url))
+def test_missing_credentials_is_a_transient_presign_error(s3_settings, no_aws_credentials):
+    storage = S3Storage(s3_settings)
     with pytest.raises(PresignError) as info:
         storage.presign_task("s3://in-bkt/a.wav", "s3://out-bkt/a", ["json"])
     err = info.value
@@ -259,13 +246,7 @@ def test_list_with_the_endpoint_down_is_a_transient_storage_error(s3_settings):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    client = boto3.client(
-        "s3",
-        endpoint_url=f"http://127.0.0.1:{port}",
-        region_name="us-east-1",
-        config=Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=1),
-    )
-    storage = S3Storage(s3_settings, client=client)
+    storage = S3Storage(s3_settings.model_copy(update={"endpoint_url": f"http://127.0.0.1:{port}"}))
     with pytest.raises(StorageError) as info:
         list(storage.list_audio(S3Uri("bkt", "in/")))
     err = info.value

@@ -6,6 +6,8 @@ fault-injecting HTTP server for the failures moto cannot produce.
 * ``s3_client``    a plain boto3 client on it, for arranging and checking objects in tests.
 * ``storage``      an :class:`S3Storage` built from ``s3_settings``.
 * ``bucket``       a fresh, uniquely named, empty bucket per test.
+* ``no_aws_credentials``  this process's standard AWS credential chain emptied for the test: what a
+                   driver whose credentials vanished meets (clients built before keep theirs).
 * ``fault_server`` a :class:`tests.support.faultserver.FaultServer`, shared by the session and reset
                    (scripts, objects, recorded requests) before each test.
 """
@@ -50,6 +52,17 @@ def bucket(local_s3, s3_client) -> str:
     name = f"rt-test-{uuid.uuid4().hex[:12]}"
     s3_client.create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def no_aws_credentials(monkeypatch, tmp_path) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_DEFAULT_PROFILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata lookups either
 
 
 @pytest.fixture(scope="session")
