@@ -28,7 +28,9 @@ class RetrySettings(_Group):
 
 class LeaseSettings(_Group):
     lease_s: float = Field(120.0, gt=0, description="How long a claim is valid without renewal")
-    heartbeat_s: float = Field(10.0, gt=0, description="How often the driver renews leases, reaps expired ones and publishes its state")
+    heartbeat_s: float = Field(
+        10.0, gt=0, description="How often the driver renews leases, reaps expired ones and publishes its state"
+    )
 
 
 class StoreSettings(_Group):
@@ -186,7 +188,10 @@ class Settings(BaseSettings):
         "database_url is unset: the URL then never sits in an environment a worker could inherit",
     )
     data_dir: Path = Field(default_factory=default_data_dir)
-    ray_address: str | None = Field(None, description="Ray cluster to join; None: RAY_ADDRESS when set (as inside ray job submit), else a local Ray")
+    ray_address: str | None = Field(
+        None,
+        description="Ray cluster to join; None: RAY_ADDRESS when set (as inside ray job submit), else a local Ray",
+    )
     namespace: str = Field("raytranscribe", description="Ray namespace of the named actors")
     log_level: str = "INFO"
 

@@ -229,6 +229,7 @@ class Orchestrator:
             m.live_actors.set(len(pool.alive()), tags={"pool": pool.label})
         for stage, b in self.breakers.items():
             m.breaker_open.set(1 if b.state is BreakerState.OPEN else 0, tags={"stage": stage.value})
+        self._publish_database_health()
         self._publish_state()
         self.observer.heartbeat(self)
 
@@ -434,17 +435,17 @@ class Orchestrator:
             m.real_time_factor.set(self.summary.real_time_factor)
 
     def _db_ok(self) -> None:
-        if self._db_failures:
+        if self._db_failures:  # only on the way back up: this runs after every claim and record
             log.info("database reachable again; resuming (%d outcome(s) buffered)", len(self._buffer))
-        self._db_failures = 0
-        self._db_down_until = 0.0
-        self._publish_database_health(up=True)
+            self._db_failures = 0
+            self._db_down_until = 0.0
+            self._publish_database_health()
 
     def _db_down(self, exc: BaseException) -> None:
         self._db_failures += 1
         delay = min(30.0, 0.5 * 2 ** (self._db_failures - 1))
         self._db_down_until = time.monotonic() + delay
-        self._publish_database_health(up=False)
+        self._publish_database_health()
         log.error(
             "database unavailable (%s); claiming paused, %d outcome(s) kept in memory; next try in %.1fs",
             exc,
@@ -452,12 +453,13 @@ class Orchestrator:
             delay,
         )
 
-    def _publish_database_health(self, *, up: bool) -> None:
+    def _publish_database_health(self) -> None:
+        """At every heartbeat and at once when the database goes down or comes back."""
         m = metrics.get()
-        m.database_up.set(1 if up else 0)
-        errors, self._store_errors_seen = self.store.transient_errors - self._store_errors_seen, self.store.transient_errors
-        if errors:
-            m.store_transient_errors.inc(errors)
+        m.database_up.set(0 if self._db_failures else 1)
+        seen, self._store_errors_seen = self._store_errors_seen, self.store.transient_errors
+        if self._store_errors_seen > seen:
+            m.store_transient_errors.inc(self._store_errors_seen - seen)
 
     # --- drain and shutdown ---------------------------------------------------------------------
 

@@ -104,7 +104,8 @@ class RunningTask:
     attempt: int
     stage: Stage | Waiting
     running_s: float  # since process() began
-    stage_s: float  # in the current stage (Waiting.BATCHED: since the later of entering it and the batcher's last progress)
+    # In the current stage; Waiting.BATCHED: since the later of entering it and the batcher's last progress.
+    stage_s: float
     audio_duration_s: float | None
     windows_done: int = 0  # windows decoded so far (batched path); 0/0 before prepare
     windows_total: int = 0

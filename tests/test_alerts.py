@@ -9,15 +9,17 @@ import time
 from raytranscribe.alerts import Alerter
 from raytranscribe.config import AlertSettings
 from tests.support.faultserver import Fault
+from tests.support.wait import wait_for
 
 
 def _posts(fault_server, n: int, timeout: float = 10.0) -> list[dict]:
     """The JSON bodies POSTed to /hook, once at least ``n`` arrived (a bounded poll: alerts go out
     on threads of their own)."""
-    deadline = time.monotonic() + timeout
-    while len(hooks := fault_server.requests_for("/hook", "POST")) < n:
-        assert time.monotonic() < deadline, f"{len(hooks)} POSTs to /hook within {timeout} s, wanted {n}"
-        time.sleep(0.01)
+    def enough():
+        hooks = fault_server.requests_for("/hook", "POST")
+        return hooks if len(hooks) >= n else None
+
+    hooks = wait_for(enough, timeout, what=f"{n} POSTs to /hook", every=0.01)
     return [json.loads(r.posted) for r in hooks]
 
 
@@ -71,11 +73,7 @@ def _warnings(caplog, prefix: str) -> list[str]:
 
 def _wait_for_warnings(caplog, prefix: str, timeout: float = 10.0) -> list[str]:
     """The warnings starting with ``prefix`` once at least one was logged (alerts go out on threads)."""
-    deadline = time.monotonic() + timeout
-    while not (found := _warnings(caplog, prefix)):
-        assert time.monotonic() < deadline, f"no {prefix!r} warning within {timeout} s: {caplog.text}"
-        time.sleep(0.02)
-    return found
+    return wait_for(lambda: _warnings(caplog, prefix), timeout, what=f"a {prefix!r} warning", every=0.02)
 
 
 def test_webhook_failure_is_logged_not_fatal(fault_server, caplog):

@@ -17,15 +17,16 @@ import time
 import pytest
 import ray
 
+from raytranscribe.breakers import BreakerState, CircuitBreaker
 from raytranscribe.config import BreakerSettings
 from raytranscribe.engines.base import TranscribeOptions
-from raytranscribe.breakers import BreakerState, CircuitBreaker
 from raytranscribe.errors import Stage
 from raytranscribe.orchestrator import NoWorkers, RunOptions
 from raytranscribe.store import TaskStatus
 from tests.support.faultserver import Fault
 from tests.support.metrics import lines, scrape, total
 from tests.support.system import FAULTY_ENGINE
+from tests.support.wait import wait_for
 
 # --- circuit breaker (pure) ---------------------------------------------------------------------
 
@@ -58,16 +59,6 @@ def test_breaker_ignores_a_few_failures_among_successes():
 # --- failure scenarios on real actors -----------------------------------------------------------
 
 
-def _wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _busy_actor(orch):
     """An actor that is transcribing a task right now (its ping says so)."""
     for actor in orch.pools.views():
@@ -94,7 +85,7 @@ def test_actor_killed_mid_transcription_fails_over(system, how):
     killed = {}
 
     def kill(orch):
-        actor = _wait_for(lambda: _busy_actor(orch), what="an actor mid-transcription")
+        actor = wait_for(lambda: _busy_actor(orch), what="an actor mid-transcription")
         killed["name"] = actor.name
         if how == "ray.kill":
             ray.kill(ray.get_actor(actor.name, namespace=orch.settings.namespace), no_restart=True)
@@ -224,7 +215,7 @@ def test_database_outage_buffers_outcomes_and_loses_nothing(system):
             return not orch.db_available
 
         for _ in range(2):
-            _wait_for(lambda: orch.in_flight > 0 or orch.summary.completed > 0, what="work in flight")
+            wait_for(lambda: orch.in_flight > 0 or orch.summary.completed > 0, what="work in flight")
             if orch.summary.finished is not None:  # drained before this outage: nothing left to cut off
                 break
             with admin.connect() as c:
@@ -265,7 +256,7 @@ def test_orchestrator_killed_mid_run_next_one_finishes_via_lease_expiry(system, 
     proc = subprocess.Popen([sys.executable, "-m", "raytranscribe.cli", "run", "--actors", "2"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for(lambda: "in_progress" in system.statuses().values(), timeout=90, what="a claimed task")
+        wait_for(lambda: "in_progress" in system.statuses().values(), timeout=90, what="a claimed task")
     finally:
         proc.kill()  # SIGKILL: no cleanup, no release; its actors die with it
         proc.wait(30)
@@ -319,15 +310,15 @@ def test_frozen_actor_is_quarantined_then_killed_and_replaced(system):
     seen: dict[str, object] = {}
 
     def freeze(orch):
-        actor = _wait_for(lambda: _busy_actor(orch), what="an actor mid-transcription")
+        actor = wait_for(lambda: _busy_actor(orch), what="an actor mid-transcription")
         seen["name"] = actor.name
         os.kill(actor.pid, signal.SIGSTOP)
-        quarantined = _wait_for(lambda: (a := _actor(orch, actor.name)) and a.state == "quarantined" and a,
+        quarantined = wait_for(lambda: (a := _actor(orch, actor.name)) and a.state == "quarantined" and a,
                                 timeout=20, what="quarantine")
         seen["quarantined_with"] = quarantined.in_flight
-        _wait_for(lambda: _actor(orch, actor.name) is None, timeout=30, what="the frozen actor's death")
+        wait_for(lambda: _actor(orch, actor.name) is None, timeout=30, what="the frozen actor's death")
         (pool,) = orch.pools.pools.values()
-        _wait_for(lambda: pool.started >= 3 and len(pool.alive()) == 2, timeout=30, what="a live replacement")
+        wait_for(lambda: pool.started >= 3 and len(pool.alive()) == 2, timeout=30, what="a live replacement")
         seen["replaced"] = True
 
     system.run(settings, during=freeze)
@@ -355,9 +346,9 @@ def test_status_shows_live_actors_and_breakers_during_a_run(system):
     shown: dict[str, object] = {}
 
     def look(orch):
-        _wait_for(lambda: orch.pools.live_count() == 2 and orch.in_flight > 0, what="two live actors at work")
+        wait_for(lambda: orch.pools.live_count() == 2 and orch.in_flight > 0, what="two live actors at work")
         # A heartbeat publishes the state: wait until the published row shows both live actors.
-        _wait_for(lambda: any(len([a for a in o.state.get("actors", []) if a["state"] == "alive"]) == 2
+        wait_for(lambda: any(len([a for a in o.state.get("actors", []) if a["state"] == "alive"]) == 2
                               for o in system.store.orchestrators()),
                   timeout=30, what="the state with two live actors published")
         shown["doc"] = __import__("json").loads(cli("status", "--json"))
@@ -392,9 +383,9 @@ def test_a_pool_with_no_work_left_gives_its_gpus_back(system):
 
     def watch(orch):
         key = ("faster-whisper", "tiny.en")
-        _wait_for(lambda: key in orch.pools.pools, what="the faster-whisper pool")
-        _wait_for(lambda: system.store.get(fast[0]).status is TaskStatus.COMPLETED, what="the quick task")
-        _wait_for(lambda: key not in orch.pools.pools, timeout=30, what="the idle pool to retire")
+        wait_for(lambda: key in orch.pools.pools, what="the faster-whisper pool")
+        wait_for(lambda: system.store.get(fast[0]).status is TaskStatus.COMPLETED, what="the quick task")
+        wait_for(lambda: key not in orch.pools.pools, timeout=30, what="the idle pool to retire")
         seen["slow_in_flight"] = orch.in_flight
         seen["pools"] = sorted(orch.pools.pools)
 
@@ -439,7 +430,7 @@ def test_actors_that_cannot_be_placed_wait_pending_and_are_never_start_failures(
     seen: dict[str, object] = {}
 
     def look(orch):
-        _wait_for(lambda: orch.pools.views(), what="an actor")
+        wait_for(lambda: orch.pools.views(), what="an actor")
         time.sleep(3.0)  # six start timeouts' worth
         seen["views"] = orch.pools.views()
         (pool,) = orch.pools.pools.values()

@@ -28,7 +28,8 @@ def _backfill(system, ray_address: str, prefix: str) -> subprocess.CompletedProc
     }
     return subprocess.run(
         [sys.executable, "jobs/backfill.py", prefix, "--output", f"s3://{system.bucket}/out/", "--actors", "1"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,  # under pytest's 300 s, so a hang is reported with its output
+        # 240 s: under pytest's 300, so a hang is reported with its output.
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
     )
 
 

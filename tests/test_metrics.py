@@ -37,4 +37,5 @@ def test_a_run_exports_outcome_stage_and_audio_metrics(system):
     assert any('status="pending"' in line for line in found["raytranscribe_queue_depth"])
     # One series per driver process that ran an orchestrator in this Ray session; this one's is up.
     assert 1.0 in [float(line.rsplit(" ", 1)[1]) for line in found["raytranscribe_database_up"]]
-    assert expected_audio > 5.0 and total(found["raytranscribe_audio_seconds"]) - before == pytest.approx(expected_audio, abs=0.01)
+    assert expected_audio > 5.0
+    assert total(found["raytranscribe_audio_seconds"]) - before == pytest.approx(expected_audio, abs=0.01)

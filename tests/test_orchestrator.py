@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import timedelta
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from raytranscribe.store import TaskStatus
 from tests.support.faultserver import Fault
 from tests.support.speech import wer
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -61,14 +61,6 @@ class _Recorder:
 
     def heartbeat(self, orchestrator) -> None:
         self.heartbeats += 1
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 def _fault_settings(system, fault_server):
@@ -208,7 +200,7 @@ def test_sigterm_releases_or_finishes_in_flight_work(system, ray_address, tmp_pa
     )
     # Wait until something is in progress (or already done), then ask it to stop.
     try:
-        _wait_for(lambda: any(s in ("in_progress", "completed") for s in system.statuses().values()),
+        wait_for(lambda: any(s in ("in_progress", "completed") for s in system.statuses().values()),
                   timeout=90, what="a task claimed by the subprocess")
     except AssertionError:
         proc.kill()
@@ -292,12 +284,12 @@ def test_presign_outage_opens_the_breaker_instead_of_burning_retries(system, no_
 
     def stop_once_settled(orch) -> None:
         # The breaker opened, the rest of the batch went back and the failed attempts were written...
-        _wait_for(lambda: orch.breakers["presign"].trips >= 1 and orch.summary.released >= 4
+        wait_for(lambda: orch.breakers["presign"].trips >= 1 and orch.summary.released >= 4
                   and orch.summary.retried >= 4, timeout=45, what="the breaker to open and the batch to settle")
         # ...then two more heartbeats, so that at least one whole turn (claims included) ran with the
         # breaker open: whatever it would wrongly claim or charge then is counted below.
         settled = recorder.heartbeats
-        _wait_for(lambda: recorder.heartbeats >= settled + 2, timeout=30, what="two more heartbeats")
+        wait_for(lambda: recorder.heartbeats >= settled + 2, timeout=30, what="two more heartbeats")
         orch.request_stop()
 
     system.run_orchestrators([orch], timeout=90, during=stop_once_settled)

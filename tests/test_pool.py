@@ -18,20 +18,11 @@ from raytranscribe.engines.base import TranscribeOptions
 from raytranscribe.store import TaskStatus
 from tests.support.speech import wer
 from tests.support.system import FAULTY_ENGINE
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.timeout(600)  # above the subprocess's own 420 s watchdog
@@ -79,7 +70,7 @@ def test_two_fractional_actors_share_one_gpu_and_both_work(system):
     seen: dict[str, object] = {}
 
     def look(orch):
-        views = _wait_for(lambda: (v := orch.pools.views()) and [a for a in v if a.state == "alive"] == v
+        views = wait_for(lambda: (v := orch.pools.views()) and [a for a in v if a.state == "alive"] == v
                           and len(v) == 2 and v, what="two live actors")
         seen["gpus"] = [v.gpu_ids for v in views]
 
@@ -108,13 +99,13 @@ def test_pool_grows_while_work_waits_and_sheds_idle_actors_down_to_min(system):
 
     def watch(orch):
         alive = lambda: [v for v in orch.pools.views() if v.state == "alive"]  # noqa: E731
-        seen["grew"] = len(_wait_for(lambda: len(alive()) == 2 and alive(), timeout=90, what="a second actor"))
-        _wait_for(lambda: all(system.store.get(i).status is TaskStatus.COMPLETED for i in short), timeout=90,
+        seen["grew"] = len(wait_for(lambda: len(alive()) == 2 and alive(), timeout=90, what="a second actor"))
+        wait_for(lambda: all(system.store.get(i).status is TaskStatus.COMPLETED for i in short), timeout=90,
                   what="the short tasks")
-        shrunk = _wait_for(lambda: len(orch.pools.views()) == 1 and orch.pools.views(), timeout=30, what="shrinking")
+        shrunk = wait_for(lambda: len(orch.pools.views()) == 1 and orch.pools.views(), timeout=30, what="shrinking")
         seen["left"] = [(v.state, v.in_flight) for v in shrunk]
         seen["long_then"] = system.store.get(long).status
-        _wait_for(lambda: system.store.get(long).status is TaskStatus.COMPLETED, timeout=60, what="the long task")
+        wait_for(lambda: system.store.get(long).status is TaskStatus.COMPLETED, timeout=60, what="the long task")
         orch.request_stop()
 
     system.run_orchestrators([orch], during=watch, timeout=180)
@@ -197,7 +188,7 @@ def test_an_actor_is_refilled_once_a_quarter_of_its_slots_is_free(ray_session):
                 assert not p.gave_up(), p.gave_up()
             return all(pool.capacity() for pool in pools)
 
-        _wait_for(started, timeout=180, what="an idle live actor in each pool")
+        wait_for(started, timeout=180, what="an idle live actor in each pool")
         big_pool, small_pool = pools
         assert [v.state for p in (big, small) for v in p.views()] == ["alive", "alive"]
         assert (big_pool.capacity(), small_pool.capacity()) == (64, 2)  # each idle actor's whole limit
