@@ -136,19 +136,25 @@ class WindowScheduler:
     pack: bool | None = None  # short windows share slots (PACK_MAX_S); None: spec.pack_windows
     _tasks: dict[Hashable, _Task] = field(default_factory=dict)
     _pending: list[WindowRef] = field(default_factory=list)  # oldest first
+    _alone: set[Hashable] = field(default_factory=set)  # tasks whose windows share no batch with another's
 
     def __post_init__(self) -> None:
         if self.pack is None:
             self.pack = self.spec.pack_windows
 
-    def add(self, key: Hashable, prepared: PreparedAudio, options: TranscribeOptions) -> Transcript | None:
+    def add(
+        self, key: Hashable, prepared: PreparedAudio, options: TranscribeOptions, *, alone: bool = False
+    ) -> Transcript | None:
         """Queue a task's windows. A file with no windows (silence, empty VAD) is done at once:
-        its empty transcript comes back here and the scheduler keeps nothing of it."""
+        its empty transcript comes back here and the scheduler keeps nothing of it. ``alone``: its
+        windows go into batches of their own (it may crash the process; no neighbour shares the call)."""
         if key in self._tasks:
             raise ValueError(f"task {key!r} is already scheduled")
         if not prepared.windows:
             return _transcript(self.spec, prepared, options, [])
         self._tasks[key] = _Task(prepared, options, list(prepared.windows), [None] * len(prepared.windows))
+        if alone:
+            self._alone.add(key)
         for i, window in enumerate(prepared.windows):
             self._pending.append(WindowRef(key, i, WindowJob(window, prepared.language, options)))
         return None
@@ -184,7 +190,19 @@ class WindowScheduler:
         """
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
-        pool = self._pending[: LOOKAHEAD * max_items]
+        queue = self._pending
+        if not self._alone:
+            batch = self._pick(queue, max_items)
+        elif queue[0].key in self._alone:  # its turn: a batch of its own windows, one to a slot
+            batch = [BatchItem.single(ref) for ref in queue if ref.key == queue[0].key][:max_items]
+        else:
+            batch = self._pick([ref for ref in queue if ref.key not in self._alone], max_items)
+        taken = {id(ref) for item in batch for ref in item.refs}
+        self._pending = [ref for ref in queue if id(ref) not in taken]
+        return batch
+
+    def _pick(self, queue: Sequence[WindowRef], max_items: int) -> list[BatchItem]:
+        pool = queue[: LOOKAHEAD * max_items]
         bins = self._bins(pool)
         oldest = next(b for b in bins if 0 in b)
         target = self._length(pool, oldest)
@@ -192,8 +210,6 @@ class WindowScheduler:
             (b for b in bins if b is not oldest), key=lambda b: (abs(self._length(pool, b) - target), min(b))
         )
         chosen = [oldest, *rest[: max_items - 1]]
-        taken = {i for b in chosen for i in b}
-        self._pending = [ref for i, ref in enumerate(pool) if i not in taken] + self._pending[len(pool) :]
         return [BatchItem.packed([pool[i] for i in sorted(b)]) for b in chosen]
 
     def _bins(self, pool: Sequence[WindowRef]) -> list[list[int]]:
@@ -259,6 +275,7 @@ class WindowScheduler:
                     self._continue(task, ref, part, packed=len(item.refs) > 1)
                 if task.done == len(task.results):
                     del self._tasks[ref.key]
+                    self._alone.discard(ref.key)
                     segments = _file_segments(task)
                     finished.append((ref.key, _transcript(self.spec, task.prepared, task.options, segments)))
         return finished
@@ -291,6 +308,7 @@ class WindowScheduler:
     def fail(self, key: Hashable) -> None:
         """Drop a task (it failed, or was cancelled): its pending windows are not decoded."""
         task = self._tasks.pop(key, None)
+        self._alone.discard(key)
         if task is None:
             return
         task.failed = True

@@ -57,6 +57,7 @@ app.add_typer(db_app, name="db")
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_ERROR, EXIT_INVALID, EXIT_UNAVAILABLE = 1, 2, 3
+EXIT_STOPPED = 130  # stopped by a signal before the work was done (the shell's code for an interrupt)
 DUPLICATES_SHOWN = 10  # submit's text output names this many duplicates, then counts
 
 # The settings of the running invocation, set by the root callback (root options applied).
@@ -453,6 +454,7 @@ def _show_task(t: TaskView) -> None:
         ("priority", str(t.priority)),
         ("attempt", str(t.attempt)),
         ("retries", f"{t.retries} of {t.max_retries} (backoff x{t.backoff_factor:g})"),
+        ("crashes / releases", f"{t.crashes} worker crash(es) charged / {t.releases} handed back uncharged"),
         ("retry at", _when(t.retry_at)),
         ("lease", f"{t.lease_owner} until {_when(t.lease_expires_at)}" if t.lease_owner else "-"),
         ("failure reason", t.failure_reason or "-"),
@@ -611,7 +613,7 @@ def run(
     engine: Optional[str] = typer.Option(None, "--engine", help="Serve only this engine (with --model).", show_default=False),
     model: Optional[str] = typer.Option(None, "--model", help="Serve only this model (with --engine).", show_default=False),
     until_drained: bool = typer.Option(False, "--until-drained", help="Exit 0 once nothing is pending, running or waiting for retry."),
-    grace: float = typer.Option(30.0, "--grace", min=0, help="On SIGTERM/SIGINT: seconds in-flight tasks may finish."),
+    grace: float = typer.Option(0.0, "--grace", min=0, help="On SIGTERM/SIGINT: seconds in-flight tasks may finish before the rest is handed back uncharged (under `ray job stop`, raise RAY_JOB_STOP_WAIT_TIME_S above it)."),
     local_cpus: Optional[int] = typer.Option(None, "--local-cpus", help="CPUs of a local Ray (default: all).", show_default=False),
     local_gpus: Optional[float] = typer.Option(None, "--local-gpus", help="GPUs of a local Ray (logical GPUs allowed).", show_default=False),
 ) -> None:
@@ -642,6 +644,7 @@ def backfill(
     address: Optional[str] = typer.Option(None, "--address", show_default=False),
     actors: Optional[int] = typer.Option(None, "--actors", min=1, show_default=False),
     gpus_per_actor: Optional[float] = typer.Option(None, "--gpus-per-actor", min=0, show_default=False),
+    grace: float = typer.Option(0.0, "--grace", min=0, help="On SIGTERM/SIGINT (`ray job stop`): seconds in-flight tasks may finish before the rest is handed back uncharged (raise RAY_JOB_STOP_WAIT_TIME_S above it)."),
 ) -> None:
     """Submit everything under a prefix, run until drained, exit 1 if any task ended dead."""
     from raytranscribe.orchestrator import RunOptions
@@ -658,9 +661,16 @@ def backfill(
         store.upgrade()
         report = _submit(store, [prefix], output, None, defaults)
         typer.echo(f"submitted {len(report.inserted)} task(s); {len(report.duplicates)} duplicate(s) skipped", err=True)
-        _run(settings, RunOptions(until_drained=True), local_cpus=None, local_gpus=None, store=store)
+        summary = _run(settings, RunOptions(until_drained=True, grace_s=grace), local_cpus=None, local_gpus=None,
+                       store=store)  # fmt: skip
         # This backfill's tasks only: an old dead task elsewhere in the queue must not fail this job.
-        dead = store.count_by_status(report.inserted)[TaskStatus.DEAD]
+        counts = store.count_by_status(report.inserted)
+    if summary.stopped:
+        left = counts[TaskStatus.PENDING] + counts[TaskStatus.FAILED]
+        typer.echo(f"stopped before the backfill finished: {left} task(s) wait for the next run "
+                   "(handed back uncharged)", err=True)  # fmt: skip
+        raise typer.Exit(EXIT_STOPPED)
+    dead = counts[TaskStatus.DEAD]
     if dead:
         typer.echo(f"{dead} task(s) of this backfill are dead: see `raytranscribe tasks --status dead`", err=True)
         raise typer.Exit(EXIT_ERROR)

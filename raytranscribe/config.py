@@ -24,6 +24,16 @@ class RetrySettings(_Group):
     base_delay_s: float = Field(5.0, ge=0, description="Delay before the first retry, before jitter")
     backoff_factor: float = Field(2.0, ge=1.0, description="Each retry waits this many times longer")
     max_delay_s: float = Field(900.0, ge=0, description="Cap on a single retry delay")
+    alone_after_crashes: int = Field(
+        1, ge=1,
+        description="A task charged for this many worker crashes runs alone next (a batch of its own), so a file "
+        "that kills the process costs no neighbour another retry",
+    )  # fmt: skip
+    alone_after_releases: int = Field(
+        5, ge=1,
+        description="A task handed back uncharged this many times (its actor or node died, its node drained) "
+        "runs alone next (a batch of its own)",
+    )  # fmt: skip
 
 
 class LeaseSettings(_Group):
@@ -151,6 +161,12 @@ class HealthSettings(_Group):
     )  # fmt: skip
     quarantine_timeout_s: float = Field(120.0, gt=0, description="An actor unreachable this long is killed and replaced")
     max_consecutive_failures: int = Field(3, ge=1, description="Transcriptions failing in a row on one actor before it is replaced")
+    death_verdict_s: float = Field(
+        30.0, gt=0,
+        description="An actor that vanished without Ray saying why (its process or its node): how long to wait for "
+        "Ray to tell before its computing tasks are charged as a crash (a node death charges nobody)",
+    )  # fmt: skip
+    drain_check_s: float = Field(2.0, gt=0, description="How often the driver asks Ray which nodes are draining")
 
 
 class BreakerSettings(_Group):

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from raytranscribe.engines.base import EngineSpec, TranscribeOptions
-from raytranscribe.errors import Failure, ModelNotFound
+from raytranscribe.errors import Failure, ModelNotFound, Stage
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ class TaskSpec:
     outputs: tuple[OutputTarget, ...]
     engine: EngineSpec
     options: TranscribeOptions = field(default_factory=TranscribeOptions)
+    # Run in a batch of its own: it was charged for a worker crash (or handed back many times), so
+    # should it kill the process again, no neighbour is inside the same engine call.
+    alone: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,18 +44,38 @@ class TaskResult:
 
 
 @dataclass(frozen=True)
+class Release:
+    """An attempt handed back uncharged: what ended it was not the task's doing (its actor or node
+    died while the task only waited, the node is draining, the orchestrator stops)."""
+
+    stage: Stage  # worker-death, dispatch (moved off a draining node) or shutdown
+    cause: str
+
+
+@dataclass(frozen=True)
 class Outcome:
     task_id: int
     attempt: int
     result: TaskResult | None = None
     failure: Failure | None = None
+    release: Release | None = None  # neither result nor failure: back to pending, retries unchanged
     actor: str | None = None
     node_id: str | None = None
     timings: tuple[tuple[str, float], ...] = ()  # (stage, seconds) in order
 
     @property
     def ok(self) -> bool:
-        return self.failure is None
+        return self.failure is None and self.release is None
+
+
+@dataclass(frozen=True)
+class Computing:
+    """An item of a worker's results stream besides outcomes: the attempts its process is computing
+    on now (inside the engine, or decoding), sent whenever that set changes. Should the process die,
+    these are the suspects, charged for the crash; whatever else it held only waited, and goes back
+    uncharged."""
+
+    leases: frozenset[tuple[int, int]]
 
 
 # --- models from S3 (the driver lists and presigns, the worker downloads into its node's cache) -----

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 # Presign is here too: credentials that vanish on the driver must pause dispatch, not burn retries.
 BREAKER_STAGES = (Stage.PRESIGN, Stage.DOWNLOAD, Stage.UPLOAD)
+# On stop, how long the tasks already rendering or uploading may take to land before the rest is
+# handed back: short enough that the whole stop fits in Ray's 3 s between SIGTERM and SIGKILL.
+FINISHING_WAIT_S = 1.0
 
 
 class NoWorkers(RayTranscribeError):
@@ -56,8 +59,9 @@ class RunSummary:
     retried: int = 0
     dead: int = 0
     fenced: int = 0  # outcomes refused by fencing (a newer attempt owns the task)
-    released: int = 0
+    released: int = 0  # handed back uncharged: on stop, or by a dead actor or node the task did not kill
     audio_s: float = 0.0
+    stopped: bool = False  # a stop request (a signal) ended the run, not the work running out
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
 
@@ -90,7 +94,7 @@ class _NullObserver:
 class RunOptions:
     until_drained: bool = False
     pairs: tuple[tuple[str, str], ...] | None = None  # None: serve whatever is claimable
-    grace_s: float = 30.0  # on stop: how long in-flight work may finish
+    grace_s: float = 0.0  # on stop: how long in-flight work may finish (0: hand it back at once, uncharged)
     idle_poll_s: float = 1.0  # how often an idle pool asks the database for work
     tick_s: float = 0.25  # longest ray.wait
     turn_s: float = 0.05  # shortest turn: what finishes meanwhile is recorded, and refilled, in one batch
@@ -138,9 +142,13 @@ class Orchestrator:
     # --- public ---------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """Stop claiming; let in-flight work finish within the grace period; release the rest."""
+        """Stop claiming; let in-flight work finish within the grace period (none by default); write
+        what finished and hand the rest back, uncharged, for the next run to pick up at once."""
         if not self._stop.is_set():
-            log.info("stop requested: no new claims; %d task(s) in flight", self.pools.in_flight)
+            log.info(
+                "stop requested: no new claims; %d task(s) in flight, %s", self.pools.in_flight,
+                f"{self.options.grace_s:g}s to finish" if self.options.grace_s else "handing them back",
+            )  # fmt: skip
         self._stop.set()
 
     @property
@@ -169,6 +177,7 @@ class Orchestrator:
                 if self._stop.is_set() and stop_deadline is None:
                     stop_deadline = now + self.options.grace_s
                 if stop_deadline is not None and (not self.pools.in_flight or now >= stop_deadline):
+                    self.summary.stopped = True
                     break
                 self._flush()  # before the heartbeat, so the reaper never sees our own finished work
                 if now >= self._next_heartbeat:
@@ -323,6 +332,7 @@ class Orchestrator:
             self._buffer.append(Outcome(task.id, task.attempt, failure=Failure.from_exception(err, Stage.PRESIGN)))
             return None
         presign.record(True)
+        r = self.settings.retry
         return TaskSpec(
             task_id=task.id,
             attempt=task.attempt,
@@ -331,6 +341,7 @@ class Orchestrator:
             outputs=outputs,
             engine=pool.spec,
             options=task.options,
+            alone=task.crashes >= r.alone_after_crashes or task.releases >= r.alone_after_releases,
         )
 
     def _release(self, leases: list[tuple[int, int]]) -> None:
@@ -371,6 +382,8 @@ class Orchestrator:
 
     def _observe_transfer(self, outcome: Outcome) -> None:
         f = outcome.failure
+        if outcome.release is not None:
+            return  # handed back: says nothing of S3
         if f is None:
             for b in self.breakers.values():
                 b.record(True)
@@ -423,6 +436,9 @@ class Orchestrator:
                 self.summary.retried += 1
                 finished["retry", stage] += 1
                 self.alerter.observe(ok=False)
+            elif result.status is TaskStatus.PENDING:  # handed back uncharged: nobody's failure
+                self.summary.released += 1
+                finished["released", outcome.release.stage.value if outcome and outcome.release else ""] += 1
         if not finished:
             return
         m = metrics.get()
@@ -483,10 +499,21 @@ class Orchestrator:
             return False
         return self._outstanding == 0
 
+    def _land_finishing(self) -> None:
+        """Wait a moment for the tasks already rendering or uploading: their work is done."""
+        finishing = self.pools.finishing()
+        deadline = time.monotonic() + FINISHING_WAIT_S
+        while finishing and time.monotonic() < deadline:
+            self._take(self.pools.collect(self._wait(0.1, time.monotonic())))
+            finishing &= set(self.pools.leases())
+
     def _shutdown(self) -> None:
+        """Write what finished, hand back every other lease (attempt closed as released, retries
+        unchanged), stop the actors; in about a second, so that ``ray job stop`` (SIGKILL 3 s after
+        SIGTERM) finds nothing owed and the next run starts on it at once."""
+        self._land_finishing()
         leftovers = self.pools.leases()
-        self.pools.shutdown()
-        deadline = time.monotonic() + max(5.0, self.options.grace_s)
+        deadline = time.monotonic() + 5.0
         while (self._buffer or leftovers) and time.monotonic() < deadline:
             try:
                 if self._buffer:
@@ -506,6 +533,7 @@ class Orchestrator:
                 len(self._buffer),
                 len(leftovers),
             )
+        self.pools.shutdown()  # after the release: whatever the actors still send is fenced out
         try:
             self.store.retire_orchestrator(self.owner)
         except StoreUnavailable:

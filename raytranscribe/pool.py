@@ -44,10 +44,9 @@ from ray.actor import ActorClass, ActorHandle
 from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTaskError
 
 from raytranscribe.config import HealthSettings, Settings
-from raytranscribe.contracts import LoadPhase, ModelLoadState, ModelManifest, Outcome, TaskSpec
+from raytranscribe.contracts import Computing, LoadPhase, ModelLoadState, ModelManifest, Outcome, Release, TaskSpec
 from raytranscribe.engines.base import EngineSpec
 from raytranscribe.errors import (
-    ActorUnavailable,
     DispatchError,
     Failure,
     RayTranscribeError,
@@ -76,6 +75,8 @@ ModelSource = Callable[[str, str], ModelManifest | None]
 _CHECK_EVERY_S = 0.05  # start-ups and pings are read at most this often under load
 _REFILL_FRACTION = 4  # an actor is refilled once this fraction of its slots is free (see _Actor.wants_refill)
 _DEADLINES_EVERY_S = 0.5  # deadlines are seconds to minutes long: no need to judge every attempt each turn
+_VERDICT_EVERY_S = 0.5  # how often Ray is asked what killed an actor whose suspects wait for the answer
+_FINISHING = (Stage.RENDER, Stage.UPLOAD)  # a task past its transcript: moments from its outcome
 
 
 class ActorState(str, enum.Enum):
@@ -84,10 +85,20 @@ class ActorState(str, enum.Enum):
     LOADING = "loading"  # answers pings while its model downloads and loads; gets no work yet
     ALIVE = "alive"
     QUARANTINED = "quarantined"  # unreachable for now: keeps its tasks, gets no new ones
+    DRAINING = "draining"  # its node drains (preemption notice): finishes what it computes, gets nothing new
     DEAD = "dead"
 
 
+class DeathKind(enum.Enum):
+    """What Ray says killed an actor, which decides who pays for it."""
+
+    PROCESS = "process"  # its process died (a crash, an OOM kill, a kill): the tasks it computed on pay
+    NODE = "node"  # its node died or was preempted: nobody pays
+    UNKNOWN = "unknown"  # not told yet (the connection broke first; Ray learns of a lost node in seconds)
+
+
 _STARTING_UP = (ActorState.PENDING, ActorState.STARTING, ActorState.LOADING)
+_SERVING = (ActorState.ALIVE, ActorState.QUARANTINED, ActorState.DRAINING)  # pinged, its deadlines judged
 
 
 @dataclass(eq=False)
@@ -135,6 +146,8 @@ class _Actor:
     idle_since: float | None = None
     consecutive_failures: int = 0  # transcriptions in a row that failed here (a sick GPU shows up so)
     death_cause: str | None = None
+    # What its process computes on now (engine or decoder), from the Computing notes on its results stream.
+    computing: frozenset[Lease] = frozenset()
 
     @property
     def node_id(self) -> str | None:
@@ -147,6 +160,17 @@ class _Actor:
         """Free slots worth a call: a quarter of what it holds at most (one, for small limits), so one
         call carries many tasks while the actor still has plenty in hand."""
         return self.free() >= max(1, self.limit // _REFILL_FRACTION)
+
+
+@dataclass(eq=False)
+class _Verdict:
+    """The suspects of an actor that vanished before Ray said whether its process or its node died:
+    they stay in flight (leases renewed) until Ray tells, or ``health.death_verdict_s`` passes."""
+
+    actor: _Actor
+    attempts: list[Attempt]
+    deadline: float
+    next_check: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -237,6 +261,7 @@ class ActorPool:
         self.work_waits = True
         self.short_since: float | None = None
         self.idle_since: float | None = None  # since when its pair had no work and it had nothing in flight
+        self._verdicts: list[_Verdict] = []
         self._resize(now)
 
     @property
@@ -251,7 +276,7 @@ class ActorPool:
         return [a for a in self.actors if a.state is ActorState.ALIVE]
 
     def in_flight(self) -> int:
-        return sum(len(a.attempts) for a in self.actors)
+        return sum(len(a.attempts) for a in self.actors) + sum(len(v.attempts) for v in self._verdicts)
 
     # --- what the orchestrator asks -------------------------------------------------------------
 
@@ -299,7 +324,7 @@ class ActorPool:
                 # results stream, each as soon as its task ends.
                 ref = actor.handle.take.remote([attempt.spec for attempt in batch])
             except RayActorError as exc:  # its attempts, sent or not, fail over with it
-                out.extend(self._die(actor, death_cause(exc), now))
+                out.extend(self._die(actor, death_cause(exc), now, error=exc))
                 continue
             actor.takes[ref] = batch
             for attempt in batch:
@@ -320,16 +345,22 @@ class ActorPool:
             self._env.ledger.by_stream.pop(actor.results, None)
             actor.results = None
 
-    def _received(self, actor: _Actor, value: list[Outcome] | BaseException, now: float) -> list[Outcome]:
-        """One item of an actor's results stream: outcomes of some of its attempts, or what ended it."""
+    def _received(
+        self, actor: _Actor, value: list[Outcome | Computing] | BaseException, now: float
+    ) -> list[Outcome]:
+        """One item of an actor's results stream: outcomes of some of its attempts and notes of what
+        it computes on, or what ended it."""
         if isinstance(value, BaseException):
             if isinstance(value, RayActorError) and not isinstance(value, ActorUnavailableError):
-                return self._die(actor, death_cause(value), now)  # every attempt it held fails over
+                return self._die(actor, death_cause(value), now, error=value)  # every attempt it held fails over
             # Unreachable for now, or the stream itself broke: what it holds may never come back.
-            return self._die(actor, f"its results stream failed: {death_cause(value)}", now)
+            return self._die(actor, f"its results stream failed: {death_cause(value)}", now, error=value)
         ledger = self._env.ledger
         out: list[Outcome] = []
         for outcome in value:
+            if isinstance(outcome, Computing):
+                actor.computing = outcome.leases
+                continue
             attempt = actor.attempts.get((outcome.task_id, outcome.attempt))
             if attempt is None:  # failed over already (a late result of a quarantined actor)
                 continue
@@ -349,21 +380,23 @@ class ActorPool:
                 ray.get(ref)
                 continue
             except ActorUnavailableError as exc:
-                # The actor may come back (a network blip), but these tasks' fate is unknown: retry them
-                # elsewhere and keep the actor out of rotation until it answers a ping.
+                # The actor may come back (a network blip), but these tasks' fate is unknown: run them
+                # elsewhere, uncharged (the call that carried them failed, not they), and keep the actor
+                # out of rotation until it answers a ping.
                 self._quarantine(actor, f"call failed: {death_cause(exc)}", now)
-                message = f"actor {actor.name} became unreachable while holding the task: {death_cause(exc)}"
-                failure = Failure.from_exception(ActorUnavailable(message))
+                message = f"actor {actor.name} became unreachable as the task was handed to it: {death_cause(exc)}"
+                outcome: dict[str, Failure | Release] = {"release": Release(Stage.DISPATCH, message)}
             except RayActorError as exc:
-                return out + self._die(actor, death_cause(exc), now)
+                return out + self._die(actor, death_cause(exc), now, error=exc)
             except RayError as exc:  # take itself raised: the actor is broken for these tasks
                 failure = Failure(Stage.DISPATCH, type(exc).__name__, str(exc).splitlines()[0][:500], True)
+                outcome = {"failure": failure}
             for attempt in batch:
                 if actor.attempts.get(attempt.lease) is not attempt:
                     continue
                 self._env.ledger.remove(attempt, now)
                 if not attempt.abandoned:
-                    out.append(Outcome(*attempt.lease, failure=failure, actor=actor.name))
+                    out.append(Outcome(*attempt.lease, actor=actor.name, **outcome))  # type: ignore[arg-type]
         return out
 
     def _observe(self, actor: _Actor, outcome: Outcome, now: float) -> list[Outcome]:
@@ -377,7 +410,7 @@ class ActorPool:
             return []
         cause = f"{actor.consecutive_failures} transcriptions in a row failed on this actor (last: {f.message})"
         log.error("replacing actor %s: %s", actor.name, cause, extra={"actor": actor.name})
-        return self._die(actor, cause, now)
+        return self._die(actor, cause, now, deliberate=True)  # the actor is sick, not the tasks it holds
 
     # --- the tick -------------------------------------------------------------------------------
 
@@ -388,10 +421,14 @@ class ActorPool:
                 out.extend(self._check_start(actor, now, ready))
             if actor.takes and actor.state is not ActorState.DEAD:
                 out.extend(self._check_takes(actor, now, ready))
-            if actor.state in (ActorState.ALIVE, ActorState.QUARANTINED):
+            if actor.state in _SERVING:
                 out.extend(self._check_ping(actor, now, ready))
-            if deadlines and actor.state in (ActorState.ALIVE, ActorState.QUARANTINED):
+            if deadlines and actor.state in _SERVING:
                 out.extend(self._check_deadlines(actor, now))
+            if actor.state is ActorState.DRAINING and not actor.attempts:
+                out.extend(self._die(actor, "its node drains; its work is done or moved", now, deliberate=True))
+        if self._verdicts:
+            out.extend(self._judge(now))
         return out
 
     def _check_start(self, actor: _Actor, now: float, ready: set[ray.ObjectRef]) -> list[Outcome]:
@@ -400,7 +437,7 @@ class ActorPool:
             try:
                 pong = ray.get(actor.ready_ref)
             except RayError as exc:  # the model did not load, the constructor raised, or its node died
-                return self._die(actor, death_cause(exc), now)
+                return self._die(actor, death_cause(exc), now, error=exc)
             actor.ready_ref = None
             # A ping still in flight from the loading phase would report wanting nothing: ready's reply is newer.
             actor.ping_ref = None
@@ -510,11 +547,11 @@ class ActorPool:
                     self._pong(actor, ray.get(actor.ping_ref), now)
                     if actor.state is ActorState.QUARANTINED:
                         log.info("actor %s answers again; back in service", actor.name, extra={"actor": actor.name})
-                    actor.state, actor.quarantined_since = ActorState.ALIVE, None
+                        actor.state, actor.quarantined_since = ActorState.ALIVE, None
                 except ActorUnavailableError as exc:
                     self._quarantine(actor, f"unavailable: {death_cause(exc)}", now)
                 except RayActorError as exc:
-                    return self._die(actor, death_cause(exc), now)
+                    return self._die(actor, death_cause(exc), now, error=exc)
                 actor.ping_ref = None
             elif now - actor.ping_sent_at > h.ping_timeout_s:
                 actor.ping_ref = None
@@ -526,12 +563,13 @@ class ActorPool:
                 actor.ping_ref = actor.handle.ping.remote()
                 actor.ping_sent_at = now
             except RayActorError as exc:
-                return self._die(actor, death_cause(exc), now)
+                return self._die(actor, death_cause(exc), now, error=exc)
         return []
 
     def _quarantine(self, actor: _Actor, why: str, now: float) -> None:
-        """No new work for this actor until a ping answers (or it is declared dead)."""
-        if actor.state is ActorState.DEAD:
+        """No new work for this actor until a ping answers (or it is declared dead). A draining actor
+        gets none anyway, and stays draining (its node's death ends it)."""
+        if actor.state in (ActorState.DEAD, ActorState.DRAINING):
             return
         if actor.state is not ActorState.QUARANTINED:
             log.warning("actor %s quarantined: %s", actor.name, why, extra={"actor": actor.name})
@@ -573,16 +611,19 @@ class ActorPool:
                 "the actor was presumed hung and killed"
             )
             log.error(cause, extra=task_extra(*attempt.lease, Stage.TIMEOUT, actor=actor.name))
-            return self._die(actor, cause, now, hung=attempt)
+            return self._die(actor, cause, now, hung=attempt, kind=DeathKind.PROCESS)
         return []
 
     # --- the one way an actor dies ---------------------------------------------------------------
 
     def _die(self, actor: _Actor, cause: str, now: float, *, hung: Attempt | None = None,
-             deliberate: bool = False) -> list[Outcome]:
+             deliberate: bool = False, error: BaseException | None = None,
+             kind: DeathKind | None = None) -> list[Outcome]:
         """Kill (to be sure: an unreachable actor must not keep its GPU as a zombie), count a start-up
-        failure if it never became ready, and fail over every attempt it held: the hung one as a
-        timeout, the others as a worker death, unless a result had already come back."""
+        failure if it never became ready, and hand back every attempt it held (:meth:`_failover`).
+        ``deliberate``: the pool stops it (shrinking, retiring, draining, replacing a sick actor), so
+        none of its tasks is to blame. ``error``: what Ray raised, which may tell a node's death
+        from a process's; ``kind``: what the caller already knows of it."""
         if actor.state is ActorState.DEAD:
             return []
         was_starting = actor.state in _STARTING_UP
@@ -613,40 +654,153 @@ class ActorPool:
             log.error("actor %s died: %s", actor.name, cause, extra=extra)
             if self.start_failures == 0:
                 self.next_start_at = now + self._h.replace_backoff_s
-        return self._failover(actor, hung, now, quiet=deliberate)
+        return self._failover(actor, hung, now, deliberate=deliberate, error=error, kind=kind)
 
-    def _failover(self, actor: _Actor, hung: Attempt | None, now: float, *, quiet: bool) -> list[Outcome]:
+    def _failover(self, actor: _Actor, hung: Attempt | None, now: float, *, deliberate: bool,
+                  error: BaseException | None, kind: DeathKind | None) -> list[Outcome]:
+        """Every attempt the dead actor held, judged by what it was doing. An outcome that came back
+        before the death stands; the hung attempt of a deadline kill is a timeout. Of the rest, only
+        the suspects pay (:meth:`_suspects`: what the process computed on), and only for a process's
+        death: after a node's, nobody does, and while Ray has not said which, the suspects wait
+        (:meth:`_judge`). Everything else goes back to pending uncharged."""
         ledger = self._env.ledger
         actor.outbox.clear()
         attempts = list(actor.attempts.values())
         finished: dict[Lease, Outcome] = {}
         if actor.results is not None:
-            for value in _drain(actor.results):  # outcomes that reached us before it died
+            for value in _drain(actor.results):  # outcomes and notes that reached us before it died
                 if isinstance(value, BaseException):
                     break  # the stream died with the actor: the rest fail over
-                finished.update(((o.task_id, o.attempt), o) for o in value)
+                for item in value:
+                    if isinstance(item, Computing):
+                        actor.computing = item.leases
+                    else:
+                        finished[(item.task_id, item.attempt)] = item
             self._close_results(actor)
         actor.takes.clear()
-        where = f" on node {actor.node_id[:12]}" if actor.node_id else ""
+        suspects = set() if deliberate else self._suspects(actor, attempts)
+        if suspects and kind is None:
+            kind = _death_kind(actor, error)
+        node = f" on node {actor.node_id[:12]}" if actor.node_id else ""
         out: list[Outcome] = []
+        waiting: list[Attempt] = []
         for attempt in attempts:
+            kept = finished.get(attempt.lease)
+            if attempt.lease in suspects and kept is None and attempt is not hung and not attempt.abandoned:
+                if kind is DeathKind.UNKNOWN:
+                    waiting.append(attempt)  # stays in flight, its lease renewed, until Ray says
+                    continue
+                ledger.remove(attempt, now)
+                out.append(self._crash_outcome(actor, attempt, kind is DeathKind.NODE))
+                continue
             ledger.remove(attempt, now)
             if attempt.abandoned:
                 continue  # its lease is gone already: nothing to record
-            kept = finished.get(attempt.lease)
             if kept is not None:  # it finished before its actor died: keep the real outcome
                 out.append(kept)
-                continue
-            if attempt is hung:
+            elif attempt is hung:
                 failure = Failure.from_exception(TaskTimedOut(actor.death_cause or "deadline"))
+                out.append(Outcome(*attempt.lease, failure=failure, actor=actor.name, node_id=actor.node_id))
             else:
-                message = f"actor {actor.name}{where} died while holding the task: {actor.death_cause}"
-                failure = Failure.from_exception(WorkerDied(message))
-                if not quiet:
-                    log.warning(
-                        "failing over: %s", message, extra=task_extra(*attempt.lease, failure.stage, actor=actor.name)
-                    )
-            out.append(Outcome(*attempt.lease, failure=failure, actor=actor.name, node_id=actor.node_id))
+                run = actor.running.get(attempt.lease)
+                doing = f"the task was {run.stage}" if run is not None else "the task had not started"
+                release = Release(Stage.WORKER_DEATH, f"actor {actor.name}{node} died ({actor.death_cause}) "
+                                                      f"while {doing}: not its doing, not charged")
+                out.append(Outcome(*attempt.lease, release=release, actor=actor.name, node_id=actor.node_id))
+        if waiting:
+            log.warning(
+                "actor %s vanished while computing %d task(s); waiting for Ray to say whether its node died",
+                actor.name, len(waiting), extra={"actor": actor.name},
+            )  # fmt: skip
+            deadline = now + self._h.death_verdict_s
+            self._verdicts.append(_Verdict(actor, waiting, deadline, now + _VERDICT_EVERY_S))
+        return out
+
+    def _suspects(self, actor: _Actor, attempts: list[Attempt]) -> set[Lease]:
+        """The attempts that could have killed the process: those it computed on, as its last
+        Computing note said (a task entering the engine waits until its note has left, so a crash
+        inside finds the driver told). A task that runs alone has crashed a worker before: if one
+        was computing, it alone is suspected, not the neighbours preparing meanwhile."""
+        computing = actor.computing & {a.lease for a in attempts}
+        alone = {a.lease for a in attempts if a.spec.alone} & computing
+        return alone or computing
+
+    def _crash_outcome(self, actor: _Actor, attempt: Attempt, node_died: bool) -> Outcome:
+        where = f" on node {actor.node_id[:12]}" if actor.node_id else ""
+        if node_died:
+            release = Release(Stage.WORKER_DEATH, f"the node of actor {actor.name}{where[3:]} died "
+                                                  f"({actor.death_cause}): not the task's doing, not charged")
+            return Outcome(*attempt.lease, release=release, actor=actor.name, node_id=actor.node_id)
+        message = f"actor {actor.name}{where} died while computing the task: {actor.death_cause}"
+        log.warning("charged for a worker crash: %s", message,
+                    extra=task_extra(*attempt.lease, Stage.WORKER_DEATH, actor=actor.name))  # fmt: skip
+        failure = Failure.from_exception(WorkerDied(message))
+        return Outcome(*attempt.lease, failure=failure, actor=actor.name, node_id=actor.node_id)
+
+    def _judge(self, now: float) -> list[Outcome]:
+        """Suspects waiting for Ray's word: released once it says the node died, charged once it says
+        the process did, or once ``health.death_verdict_s`` passes without a word (a lost node is
+        known within seconds, so silence means the process)."""
+        out: list[Outcome] = []
+        for v in list(self._verdicts):
+            if now < v.next_check:
+                continue
+            v.next_check = now + _VERDICT_EVERY_S
+            kind = _death_kind(v.actor, None)
+            if kind is DeathKind.UNKNOWN and now < v.deadline:
+                continue
+            self._verdicts.remove(v)
+            for attempt in v.attempts:
+                self._env.ledger.remove(attempt, now)
+                if not attempt.abandoned:
+                    out.append(self._crash_outcome(v.actor, attempt, kind is DeathKind.NODE))
+        return out
+
+    # --- draining nodes -------------------------------------------------------------------------
+
+    def _drain(self, draining: set[str], now: float) -> list[Outcome]:
+        """Actors on nodes Ray drains (``ray drain-node``, a spot interruption notice) take no more
+        work; what they hold and have not started goes to other actors, uncharged; what they
+        compute on (and what is past its transcript) finishes; then they stop."""
+        out: list[Outcome] = []
+        for actor in list(self.actors):
+            node = actor.node_id
+            if node is None or node not in draining:
+                continue
+            if actor.state in _STARTING_UP:
+                out.extend(self._die(actor, f"its node {node[:12]} drains", now, deliberate=True))
+                continue
+            if actor.state in (ActorState.ALIVE, ActorState.QUARANTINED):
+                actor.state = ActorState.DRAINING
+                log.warning("actor %s: its node %s drains; moving its waiting tasks to other actors",
+                            actor.name, node[:12], extra={"actor": actor.name, "node": node[:12]})  # fmt: skip
+                out.extend(self._withdraw(actor, now))
+        return out
+
+    def _withdraw(self, actor: _Actor, now: float) -> list[Outcome]:
+        node = (actor.node_id or "")[:12]
+        keep = set(actor.computing)
+        for lease, run in actor.running.items():
+            if run.stage in _FINISHING or run.windows_done > 0:
+                keep.add(lease)
+        out: list[Outcome] = []
+        sent: list[Lease] = []
+        for attempt in list(actor.attempts.values()):
+            if attempt.lease in keep:
+                continue
+            if attempt in actor.outbox:
+                actor.outbox.remove(attempt)
+            elif attempt.sent:
+                sent.append(attempt.lease)
+            self._env.ledger.remove(attempt, now)
+            if not attempt.abandoned:
+                release = Release(Stage.DISPATCH, f"node {node} drains: moved off actor {actor.name}, not charged")
+                out.append(Outcome(*attempt.lease, release=release, actor=actor.name, node_id=actor.node_id))
+        if sent:
+            try:  # spare it the work; their outcomes are dropped anyway (no longer in flight)
+                actor.handle.withdraw.remote(sent)
+            except RayActorError:
+                pass
         return out
 
     # --- size -----------------------------------------------------------------------------------
@@ -698,7 +852,8 @@ class ActorPool:
         log.error("giving up on starting actors: %s", self.gave_up)
 
     def _resize(self, now: float) -> list[Outcome]:
-        live = [a for a in self.actors if a.state is not ActorState.DEAD]
+        # A draining actor's node is going: its replacement starts now, elsewhere.
+        live = [a for a in self.actors if a.state not in (ActorState.DEAD, ActorState.DRAINING)]
         waiting = [a for a in live if a.state in _STARTING_UP]
         if not self.gave_up and now >= self.next_start_at:
             want = self.min_actors
@@ -753,6 +908,7 @@ class ActorPools:
         self._control_ready = False
         self._next_check = 0.0
         self._next_deadlines = 0.0
+        self._next_drain_check = 0.0
 
     # --- pools ----------------------------------------------------------------------------------
 
@@ -821,6 +977,12 @@ class ActorPools:
         deadlines = now >= self._next_deadlines
         if deadlines:
             self._next_deadlines = now + _DEADLINES_EVERY_S
+        if now >= self._next_drain_check and any(p.actors for p in self.pools.values()):
+            self._next_drain_check = now + self.settings.health.drain_check_s
+            draining = _draining_nodes()
+            if draining:
+                for pool in self.pools.values():
+                    out.extend(pool._drain(draining, now))
         for pool in self.pools.values():
             out.extend(pool._tick(now, ready, deadlines))
             out.extend(pool._resize(now))
@@ -841,6 +1003,17 @@ class ActorPools:
     def leases(self) -> list[Lease]:
         """The leases of every attempt in flight (abandoned ones excluded)."""
         return [lease for lease, a in self._ledger.by_lease.items() if not a.abandoned]
+
+    def finishing(self) -> set[Lease]:
+        """Attempts past their transcript (rendering or uploading, as their actors last said): a
+        stopping driver waits a moment for these rather than hand them back."""
+        return {
+            lease
+            for p in self.pools.values()
+            for a in p.actors
+            for lease, run in a.running.items()
+            if run.stage in _FINISHING and lease in a.attempts and not a.attempts[lease].abandoned
+        }
 
     def holds(self, lease: Lease) -> bool:
         a = self._ledger.by_lease.get(lease)
@@ -950,8 +1123,14 @@ def death_cause(exc: BaseException) -> str:
             m = _EXC_LINE.match(line.strip())
             if m:
                 return f"start-up failed: {m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"[:500]
-    first = lines[0] if lines else ""
+    # Ray's own sentence for why (its process died, its node died, ray.kill), not its generic first line.
+    because = next((line.strip().split(" Some common causes")[0] for line in lines if line.strip().startswith(_BECAUSE)),
+                   None)  # fmt: skip
+    first = because or (lines[0] if lines else "")
     return first[:500] or type(exc).__name__
+
+
+_BECAUSE = ("The actor is dead because", "The actor died because")
 
 
 def _actor_entry(handle: ActorHandle) -> dict | None:
@@ -978,6 +1157,72 @@ def _placed(handle: ActorHandle) -> bool | None:
 def _ray_actor_state(handle: ActorHandle) -> str | None:
     entry = _actor_entry(handle)
     return entry.get("State") if entry else None
+
+
+def _death_kind(actor: _Actor, error: BaseException | None) -> DeathKind:
+    """Whether Ray says the actor's node died (nobody pays) or its process did (its suspects pay).
+
+    Ray's error says so when the GCS already knew (a SIGKILL, a crash: the raylet reports the
+    process at once). A lost node breaks the connection first (ActorUnavailableError) and is known
+    only when the GCS misses its heartbeats; then the actor's table entry says "its node has died".
+    Our own ray.kill marks the actor dead too, so a death cause naming neither leaves the node's
+    own state to decide, and UNKNOWN while it lives.
+    """
+    if error is not None:
+        if isinstance(error, RayActorError) and error.preempted:
+            return DeathKind.NODE
+        text = str(error)
+        verdict = _kind_from_text(text)
+        if verdict is not None:
+            return verdict
+        if _KILLED in text:
+            return DeathKind.PROCESS
+    entry = _actor_entry(actor.handle)
+    if entry is not None and entry.get("State") == "DEAD":
+        cause = entry.get("DeathCause")
+        if cause is not None and cause.HasField("oom_context"):
+            return DeathKind.PROCESS  # Ray's memory monitor killed it: the work it held needed the memory
+        if cause is not None and cause.HasField("actor_died_error_context"):
+            ctx = cause.actor_died_error_context
+            if ctx.HasField("node_death_info"):
+                return DeathKind.NODE
+            verdict = _kind_from_text(ctx.error_message)
+            if verdict is not None:
+                return verdict
+    if actor.node_id and _node_dead(actor.node_id):
+        return DeathKind.NODE
+    return DeathKind.UNKNOWN
+
+
+def _kind_from_text(text: str) -> DeathKind | None:
+    if "its node has died" in text or "node was terminated" in text:
+        return DeathKind.NODE
+    if "worker process has died" in text:
+        return DeathKind.PROCESS
+    return None
+
+
+# Someone killed the actor (an operator, an outside tool): an actor loss like any other. Read only
+# from the error a call raised, never from the actor table, where the pool's own kill says the same.
+_KILLED = "killed by `ray.kill`"
+
+
+def _node_dead(node_id: str) -> bool:
+    try:
+        return any(n.get("NodeID") == node_id and not n.get("Alive") for n in ray.nodes())
+    except Exception:  # best-effort: without it the verdict waits for the actor's own entry
+        return False
+
+
+def _draining_nodes() -> set[str]:
+    """Nodes Ray drains now (hex ids): ``ray drain-node``, or the autoscaler acting on a spot
+    interruption notice. Ray places nothing new there; the pools move their waiting work off."""
+    try:
+        from ray._private.state import state as gcs
+
+        return set(gcs.get_draining_nodes())
+    except Exception:  # best-effort: a failed look-up only delays the move to the next check
+        return set()
 
 
 def new_owner_tag() -> str:

@@ -64,16 +64,22 @@ def decide(
     retries: int,
     policy: RetryPolicy,
     *,
+    crashes: int = 0,
     rand: Callable[[], float] = random.random,
 ) -> RetryDecision:
     """Retry transient errors with capped exponential backoff and full jitter; bury the rest.
 
     ``retries`` counts the retries already granted (so a task runs at most ``max_retries + 1``
-    times, and ``retries <= max_retries`` always holds in the table).
+    times, and ``retries <= max_retries`` always holds in the table). ``crashes`` counts the worker
+    crashes the task was charged for, this one included (0 when this failure is not one): a task
+    buried by them says so.
     """
     if not is_transient(error):
         return RetryDecision(Action.DEAD, 0.0, "permanent error")
     if retries >= policy.max_retries:
-        return RetryDecision(Action.DEAD, 0.0, f"retries exhausted {retries} of {policy.max_retries}")
+        exhausted = f"retries exhausted {retries} of {policy.max_retries}"
+        if crashes:
+            return RetryDecision(Action.DEAD, 0.0, f"crashed the worker {crashes} times; {exhausted}")
+        return RetryDecision(Action.DEAD, 0.0, exhausted)
     delay = rand() * policy.ceiling(retries)
     return RetryDecision(Action.RETRY, delay, f"transient error, retry {retries + 1} of {policy.max_retries}")

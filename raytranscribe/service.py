@@ -59,7 +59,8 @@ def connect_ray(settings: Settings, local: LocalRay = LocalRay()) -> bool:
 
 @contextmanager
 def stop_on_signals(orchestrator: Orchestrator) -> Iterator[None]:
-    """SIGTERM/SIGINT ask the orchestrator to drain; a second signal is the user insisting."""
+    """SIGTERM/SIGINT ask the orchestrator to stop: it hands back what is in flight, uncharged, within
+    about a second (``--grace`` lets that work finish first); a second signal is the user insisting."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -70,7 +71,12 @@ def stop_on_signals(orchestrator: Orchestrator) -> Iterator[None]:
         hits["n"] += 1
         if hits["n"] > 1:
             raise KeyboardInterrupt
-        log.warning("received %s: finishing in-flight work, then releasing the rest", signal.Signals(signum).name)
+        grace = orchestrator.options.grace_s
+        log.warning(
+            "received %s: stopping; %s", signal.Signals(signum).name,
+            f"in-flight work may finish for {grace:g}s, the rest goes back to pending" if grace
+            else "in-flight work goes back to pending, uncharged",
+        )  # fmt: skip
         orchestrator.request_stop()
 
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -41,7 +41,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,7 +52,7 @@ import ray
 from raytranscribe import audio, formats, metrics
 from raytranscribe.batching import BatchItem, PerWindow, WindowResult, WindowScheduler, is_batch_engine, run_batch
 from raytranscribe.config import EngineSettings, TransferSettings, WorkerSettings
-from raytranscribe.contracts import ModelLoadState, ModelManifest, Outcome, TaskResult, TaskSpec
+from raytranscribe.contracts import Computing, ModelLoadState, ModelManifest, Outcome, Release, TaskResult, TaskSpec
 from raytranscribe.engines import load_engine
 from raytranscribe.engines.base import BatchEngine, Engine, EngineSpec, PreparedAudio, Transcript, TranscribeOptions
 from raytranscribe.errors import (
@@ -86,6 +86,25 @@ class WorkerConfig:
 # How long results() lets outcomes gather after the first before sending them: fewer, fuller items
 # cost the driver less, and a transcript a few milliseconds later costs nobody anything.
 _RESULTS_GATHER_S = 0.01
+
+Lease = tuple[int, int]  # (task id, attempt)
+
+
+# How long a task entering the engine waits for its Computing note to leave on the results stream:
+# the note has to be out before a crash it might cause, and it goes in about a millisecond.
+_NOTE_SENT_WAIT_S = 1.0
+
+
+class Withdrawn(Exception):
+    """The driver took the task back (its node drains): stop working on it."""
+
+
+@dataclass(frozen=True)
+class _Note:
+    """A Computing note on its way to results(); ``sent`` is set once it has been yielded."""
+
+    computing: Computing
+    sent: threading.Event | None = None
 
 
 class Waiting(enum.StrEnum):
@@ -154,8 +173,18 @@ class Batcher:
     memory halves the batch size for the rest of the actor's life and retries the same windows.
     """
 
-    def __init__(self, engine: BatchEngine, batch_size: int, wait_s: float, name: str) -> None:
+    def __init__(
+        self,
+        engine: BatchEngine,
+        batch_size: int,
+        wait_s: float,
+        name: str,
+        computing: Callable[[frozenset[Hashable], bool], None] | None = None,
+    ) -> None:
+        """``computing(keys, True)`` before each model call and ``(keys, False)`` after it: the tasks
+        inside the engine, for the worker's crash suspects."""
         self.engine = engine
+        self._computing = computing
         self.batch_size = max(1, batch_size)
         self.wait_s = wait_s
         self.name = name
@@ -168,20 +197,22 @@ class Batcher:
         self._last_arrival = 0.0
         self._last_progress = time.monotonic()
         self._busy = False  # a batch is being decoded
+        self._in_call: frozenset[Hashable] = frozenset()  # the tasks of the batch being decoded
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
     # --- pipeline threads -----------------------------------------------------------------------
 
     def transcribe(
-        self, key: Hashable, prepared: PreparedAudio, options: TranscribeOptions
+        self, key: Hashable, prepared: PreparedAudio, options: TranscribeOptions, *, alone: bool = False
     ) -> tuple[Transcript, float]:
         """Block until ``key``'s last window is decoded: its transcript, and the seconds from its
         first window entering a batch to the end (the rest of the wait was for a batch). Raises the
-        error that failed this task alone."""
+        error that failed this task alone (:class:`Withdrawn` once :meth:`withdraw` took it out).
+        ``alone``: its windows share no model call with another task's."""
         arrived = time.monotonic()
         with self._cond:
-            done = self._scheduler.add(key, prepared, options)
+            done = self._scheduler.add(key, prepared, options, alone=alone)
             if done is not None:  # no windows (silence, empty VAD): nothing to decode
                 return done, 0.0
             if not self._busy and self._scheduler.tasks() == 1:
@@ -199,6 +230,16 @@ class Batcher:
     def progress(self, key: Hashable) -> tuple[int, int]:
         with self._cond:
             return self._scheduler.progress(key)
+
+    def withdraw(self, key: Hashable) -> None:
+        """Take a waiting task out: its windows not yet in a model call are dropped, and its
+        transcribe() raises Withdrawn. A task inside the running call is left to finish."""
+        with self._cond:
+            if key in self._results or key in self._in_call or self._scheduler.progress(key) == (0, 0):
+                return
+            self._scheduler.fail(key)
+            self._results[key] = Withdrawn("taken back by the driver")
+            self._cond.notify_all()
 
     @property
     def last_progress(self) -> float:
@@ -232,6 +273,9 @@ class Batcher:
         while True:
             with self._cond:
                 batch = self._take()
+                self._in_call = frozenset(key for item in batch for key in item.keys)
+            if self._computing is not None:
+                self._computing(self._in_call, True)
             try:
                 self._run(batch)
             except Exception as exc:  # a bug here must fail the batch's tasks, not leave them waiting
@@ -244,6 +288,11 @@ class Batcher:
                         self._results[key] = error
                     self._busy = False
                     self._cond.notify_all()
+            finally:
+                if self._computing is not None:
+                    self._computing(self._in_call, False)
+                with self._cond:
+                    self._in_call = frozenset()
 
     def _run(self, batch: list[BatchItem]) -> None:
         t0 = time.monotonic()
@@ -324,7 +373,8 @@ class TranscriptionWorker:
         threads = max(config.worker.prefetch, config.worker.max_tasks_in_hand)
         self._pipeline = ThreadPoolExecutor(threads, thread_name_prefix="pipeline")
         self.transfer = Transfer(config.transfer, connections=threads)
-        self._finished: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        # Outcomes for results(), and Computing notes in their order among them.
+        self._finished: queue.SimpleQueue[Outcome | _Note] = queue.SimpleQueue()
         self._compute = threading.Lock()
         self._state = threading.Condition()  # guards the fields below; notified when audio is freed
         self._running: dict[tuple[int, int], _Progress] = {}
@@ -332,6 +382,9 @@ class TranscriptionWorker:
         self._buffered_s = 0.0  # decoded audio held (decode -> transcript back)
         self._decoding = 0  # tasks admitted to decode, not decoded yet
         self._mean_audio_s: float | None = None  # running mean of decoded durations: the size of the unknown
+        self._computing: set[Lease] = set()  # in the engine or the decoder now: the suspects should this process die
+        self._withdrawn: set[Lease] = set()  # taken back by the driver; dropped at their next step
+        self._streaming = False  # results() has a reader: Computing notes have somewhere to go
         ctx = ray.get_runtime_context()
         self._actor_id = ctx.get_actor_id() or ""
         self._node_id = ctx.get_node_id() or ""
@@ -352,7 +405,9 @@ class TranscriptionWorker:
             # An engine that cannot batch (a plugin with transcribe only), or batch_size 1: sequential.
             batch_size = engine.batch_size if is_batch_engine(engine) else 1
             if batch_size > 1:
-                self.batcher = Batcher(engine, batch_size, config.batch_wait_ms / 1000.0, config.name)
+                self.batcher = Batcher(
+                    engine, batch_size, config.batch_wait_ms / 1000.0, config.name, computing=self._note_computing
+                )
             self.engine = engine
         except BaseException as exc:  # re-raised by ready(): the pool counts a start-up failure with it
             self._load_error = exc
@@ -412,6 +467,45 @@ class TranscriptionWorker:
             buffered_audio_s=round(buffered, 3),
             loading=None if loaded else self.loading.snapshot(),
         )
+
+    def withdraw(self, leases: Sequence[Lease]) -> None:
+        """The driver took these tasks back (their node drains): each stops at its next step, or
+        leaves the batcher's queue; one inside a model call finishes it. Their outcomes say released."""
+        keys = {(int(t), int(a)) for t, a in leases}
+        with self._state:
+            self._withdrawn |= keys & self._running.keys()
+        if self.batcher is not None:
+            for key in keys:
+                self.batcher.withdraw(key)
+
+    def _check_withdrawn(self, key: Lease) -> None:
+        with self._state:
+            if key in self._withdrawn:
+                raise Withdrawn("taken back by the driver")
+
+    def _note_computing(self, keys: frozenset[Hashable] | set[Lease], on: bool) -> None:
+        """Tasks entering (``on``) or leaving the engine or the decoder: the set goes out on the results
+        stream at once, ahead of any outcome that follows, for the driver to judge a crash by. On the
+        way in, wait until it has left: a crash in the engine must find the driver told."""
+        with self._state:
+            if on:
+                self._computing |= keys  # type: ignore[arg-type]
+            else:
+                self._computing -= keys  # type: ignore[arg-type]
+            if not self._streaming:  # driven by process() calls (gpu_check): no driver to tell
+                return
+            sent = threading.Event() if on else None
+            self._finished.put(_Note(Computing(frozenset(self._computing)), sent))
+        if sent is not None:
+            sent.wait(_NOTE_SENT_WAIT_S)
+
+    @contextmanager
+    def _computing_on(self, key: Lease) -> Iterator[None]:
+        self._note_computing({key}, True)
+        try:
+            yield
+        finally:
+            self._note_computing({key}, False)
 
     def _running_task(self, p: _Progress, now: float) -> RunningTask:
         stage, stage_started = p.stage, p.stage_started
@@ -489,20 +583,28 @@ class TranscriptionWorker:
         for spec in specs:
             self._pipeline.submit(self._process_into_results, spec)
 
-    def results(self) -> Iterator[list[Outcome]]:
+    def results(self) -> Iterator[list[Outcome | Computing]]:
         """The outcomes of taken tasks as they finish, for this actor's life (a Ray streaming
         generator: each item reaches the driver when it is yielded, so an outcome survives this
-        actor's later death). Each item holds every outcome that finished since the last one.
+        actor's later death). Each item holds every outcome that finished since the last one, and
+        the Computing notes among them (which tasks the engine or decoder holds now).
         One reader: its concurrency group has one thread, which this call keeps."""
+        with self._state:
+            self._streaming = True
         while True:
             batch = [self._finished.get()]
-            time.sleep(_RESULTS_GATHER_S)
+            if not isinstance(batch[0], _Note):  # notes go at once: a crash may follow
+                time.sleep(_RESULTS_GATHER_S)
             while True:
                 try:
                     batch.append(self._finished.get_nowait())
                 except queue.Empty:
                     break
-            yield batch
+            yield [item.computing if isinstance(item, _Note) else item for item in batch]
+            # Resumed: Ray has handed the item to its RPC to the driver.
+            for item in batch:
+                if isinstance(item, _Note) and item.sent is not None:
+                    item.sent.set()
 
     def _process_into_results(self, spec: TaskSpec) -> None:
         try:
@@ -555,11 +657,13 @@ class TranscriptionWorker:
                 downloaded = self.transfer.download(
                     spec.input_url, tmp, name_hint=spec.input_uri, task_id=spec.task_id, attempt=spec.attempt
                 )
+            self._check_withdrawn(key)
             waited = self._admit(progress)
             if waited:  # waited for room under worker.max_buffered_audio_s
                 timings.append(("memory", round(waited, 4)))
             try:
-                with stage(Stage.DECODE):
+                self._check_withdrawn(key)
+                with stage(Stage.DECODE), self._computing_on(key):
                     decoded = audio.decode(downloaded.path)
                     downloaded.path.unlink(missing_ok=True)  # free scratch space before the long part
             except BaseException:
@@ -595,6 +699,9 @@ class TranscriptionWorker:
                 extra=task_extra(spec.task_id, spec.attempt, Stage.UPLOAD, actor=self.config.name),
             )
             return Outcome(spec.task_id, spec.attempt, result=result, timings=tuple(timings), **ident)
+        except Withdrawn:
+            release = Release(Stage.DISPATCH, f"taken back from actor {self.config.name} (its node drains)")
+            return Outcome(spec.task_id, spec.attempt, release=release, timings=tuple(timings), **ident)
         except Exception as exc:
             at = progress.stage
             failure = Failure.from_exception(exc, Stage.TRANSCRIBE if isinstance(at, Waiting) else at)
@@ -617,6 +724,7 @@ class TranscriptionWorker:
                 self._release(held_s)
             with self._state:
                 self._running.pop(key, None)
+                self._withdrawn.discard(key)
                 self._done += 1
 
     def _transcribe(self, spec: TaskSpec, samples, progress: _Progress, timings: list[tuple[str, float]]) -> Transcript:
@@ -624,6 +732,7 @@ class TranscriptionWorker:
         the compute lock and ``engine.transcribe``. Timings name the wait and the work apart."""
         engine = self.engine
         assert engine is not None  # process() checked it
+        key = (spec.task_id, spec.attempt)
         try:
             if self.batcher is None:
                 progress.enter(Waiting.QUEUED)
@@ -634,22 +743,25 @@ class TranscriptionWorker:
                     progress.enter(Stage.TRANSCRIBE)
                     t = time.monotonic()
                     try:
-                        return engine.transcribe(samples, spec.options)
+                        with self._computing_on(key):
+                            return engine.transcribe(samples, spec.options)
                     finally:
                         timings.append((Stage.TRANSCRIBE.value, round(time.monotonic() - t, 4)))
             progress.enter(Stage.TRANSCRIBE)
             t = time.monotonic()
-            prepared = engine.prepare(samples, spec.options)  # type: ignore[attr-defined]
+            with self._computing_on(key):
+                prepared = engine.prepare(samples, spec.options)  # type: ignore[attr-defined]
             timings.append(("prepare", round(time.monotonic() - t, 4)))
+            self._check_withdrawn(key)
             progress.enter(Waiting.BATCHED)
             t = time.monotonic()
-            transcript, decoding_s = self.batcher.transcribe((spec.task_id, spec.attempt), prepared, spec.options)
+            transcript, decoding_s = self.batcher.transcribe(key, prepared, spec.options, alone=spec.alone)
             # "batched": waiting for a batch; "transcribe": first window in a batch -> last window done.
             total = time.monotonic() - t
             timings.append((Waiting.BATCHED.value, round(max(0.0, total - decoding_s), 4)))
             timings.append((Stage.TRANSCRIBE.value, round(decoding_s, 4)))
             return transcript
-        except RayTranscribeError:
+        except (RayTranscribeError, Withdrawn):
             raise
         except Exception as exc:  # an engine bug is still this task's failure
             raise TranscriptionError(f"{type(exc).__name__}: {exc}") from exc
@@ -674,6 +786,7 @@ def method_groups() -> None:
         TranscriptionWorker.results
     )
     TranscriptionWorker.ping = ray.method(concurrency_group="control")(TranscriptionWorker.ping)
+    TranscriptionWorker.withdraw = ray.method(concurrency_group="control")(TranscriptionWorker.withdraw)
     TranscriptionWorker.ready = ray.method(concurrency_group="startup")(TranscriptionWorker.ready)
 
 

@@ -102,6 +102,26 @@ def test_the_oldest_window_is_always_in_the_next_batch():
     assert len(batch) == 3 and batch[0].keys == ("old",)
 
 
+def test_a_task_that_runs_alone_shares_no_batch():
+    scheduler = WindowScheduler(SPEC)
+    scheduler.add("a", _prepared(4.0), OPTS)
+    scheduler.add("suspect", _prepared(4.0, 4.0, 4.0), OPTS, alone=True)
+    scheduler.add("b", _prepared(4.0), OPTS)
+    scheduler.add("c", _prepared(4.0), OPTS)
+    first = scheduler.next_batch(8)  # the oldest window is a's: the others that may share go with it
+    assert sorted(k for item in first for k in item.keys) == ["a", "b", "c"]
+    assert scheduler.complete(first, [_segments_covering(i) for i in first])
+    second = scheduler.next_batch(2)  # its turn: its own windows only, one to a slot, never packed
+    assert [item.keys for item in second] == [("suspect",), ("suspect",)]
+    assert scheduler.complete(second, [_segments_covering(i) for i in second]) == []
+    scheduler.add("d", _prepared(4.0), OPTS)
+    third = scheduler.next_batch(8)
+    assert [item.keys for item in third] == [("suspect",)]  # d waits: the suspect's last window goes alone
+    done = dict(scheduler.complete(third, [_segments_covering(i) for i in third]))
+    assert [s.end for s in done["suspect"].segments] == [4.0, 8.0, 12.0]
+    assert [item.keys for item in scheduler.next_batch(8)] == [("d",)]
+
+
 def test_segments_leave_no_window_and_stay_in_order():
     scheduler = WindowScheduler(SPEC)
     scheduler.add("f", _prepared(30.0, 10.0), OPTS)

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from raytranscribe.store import TaskStatus
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,3 +63,103 @@ def test_backfill_exits_nonzero_when_a_task_is_dead(system, ray_address):
     system.upload_samples(["river.mp3"], prefix="clean/")
     again = _backfill(system, ray_address, f"s3://{system.bucket}/clean/")
     assert again.returncode == 0, again.stderr[-3000:]
+
+
+# --- `ray job stop`: a head of our own with Ray's job server ---------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def job_head():
+    """A Ray head with its dashboard (the job server), `ray start --block` in a process group of its
+    own: stopping that group stops this head alone (`ray stop` would stop every Ray on the host)."""
+    temp = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    port, dashboard = _free_port(), _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_JOB_STOP_WAIT_TIME_S", None)  # Ray's default: SIGKILL 3 s after SIGTERM
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    head_log = open(temp / "head.log", "w")  # noqa: SIM115 (the head outlives this statement)
+    head = subprocess.Popen(
+        [ray_cli, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--num-cpus=4", "--num-gpus=2",
+         f"--temp-dir={temp}", "--disable-usage-stats"],
+        env=env, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    address = f"http://127.0.0.1:{dashboard}"
+
+    def job(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        out = subprocess.run([ray_cli, "job", *args, "--address", address], env=env, capture_output=True,
+                             text=True, timeout=120, check=False)  # fmt: skip
+        assert not check or out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        return out
+
+    def up() -> bool:
+        assert head.poll() is None, (temp / "head.log").read_text()[-3000:]
+        return job("list", check=False).returncode == 0
+
+    try:
+        wait_for(up, timeout=180, every=1.0, what="Ray's job server")
+        yield job
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        head_log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _submit_backfill(job, system, submission_id: str, prefix: str) -> None:
+    env_vars = {
+        "RAYTRANSCRIBE_DATABASE_URL": system.database_url,
+        "RAYTRANSCRIBE_S3__ENDPOINT_URL": system.settings.s3.endpoint_url,
+        "RAYTRANSCRIBE_ENGINE__CPU_THREADS": "1",
+        "RAYTRANSCRIBE_ENGINE__DEVICE": "cpu",
+        "RAYTRANSCRIBE_WORKER__MAX_ACTORS": "2",
+        "RAYTRANSCRIBE_LEASE__HEARTBEAT_S": "0.5",
+        "RAYTRANSCRIBE_NAMESPACE": system.settings.namespace + "-" + submission_id,
+    }
+    job("submit", "--no-wait", "--submission-id", submission_id, "--runtime-env-json", json.dumps({"env_vars": env_vars}),
+        "--", sys.executable, str(ROOT / "jobs" / "backfill.py"), prefix, "--output", f"s3://{system.bucket}/out/")  # fmt: skip
+
+
+def _job_status(job, submission_id: str) -> str:
+    found = re.search(r"Status for job '[^']+': (\w+)", job("status", submission_id).stdout)
+    return found.group(1) if found else ""
+
+
+@pytest.mark.timeout(600)
+def test_ray_job_stop_hands_everything_back_and_the_next_job_charges_nothing(system, job_head):
+    """`ray job stop` with Ray's default wait (SIGKILL 3 s after SIGTERM): the driver writes what
+    finished and hands back the rest in time, so nothing stays in progress, no attempt is failed or
+    dead, and the next job runs everything at once with every retries 0."""
+    for i in range(2):
+        system.upload_samples(prefix=f"stop/{i}/")
+    prefix = f"s3://{system.bucket}/stop/"
+    _submit_backfill(job_head, system, "backfill-1", prefix)
+    wait_for(lambda: len(system.store.list_tasks(status=TaskStatus.IN_PROGRESS)) >= 2, timeout=240, every=0.2,
+             what="tasks in flight under the first job")  # fmt: skip
+
+    job_head("stop", "backfill-1")
+
+    logs = job_head("logs", "backfill-1").stdout
+    assert "received SIGTERM" in logs and "stopped" in logs.rsplit("received SIGTERM", 1)[1], logs[-3000:]
+    assert not system.store.list_tasks(status=TaskStatus.IN_PROGRESS), system.statuses()
+    attempts = [a for t in system.store.list_tasks(limit=1000) for a in system.store.get(t.id).attempts]
+    assert not [a for a in attempts if a.outcome in ("failed", "dead") or a.finished_at is None], attempts
+    assert any(a.outcome == "released" and a.stage == "shutdown" for a in attempts), attempts
+
+    _submit_backfill(job_head, system, "backfill-2", prefix)
+    wait_for(lambda: _job_status(job_head, "backfill-2") in ("SUCCEEDED", "FAILED", "STOPPED"), timeout=300,
+             every=1.0, what="the second job to end")  # fmt: skip
+    assert _job_status(job_head, "backfill-2") == "SUCCEEDED", job_head("logs", "backfill-2").stdout[-3000:]
+    system.check_invariants()
+    tasks = system.store.list_tasks(limit=1000)
+    assert len(tasks) == 12 and all(t.status is TaskStatus.COMPLETED and t.retries == 0 for t in tasks), tasks

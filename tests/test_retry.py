@@ -7,7 +7,7 @@ import math
 import pytest
 
 from raytranscribe.config import RetrySettings
-from raytranscribe.errors import AudioDecodeError, Failure, InputMissing, ServerError, Stage
+from raytranscribe.errors import AudioDecodeError, Failure, InputMissing, ServerError, Stage, WorkerDied
 from raytranscribe.retry import Action, RetryPolicy, decide
 
 POLICY = RetryPolicy(max_retries=3, base_delay_s=5.0, backoff_factor=2.0, max_delay_s=60.0)
@@ -36,6 +36,13 @@ def test_exhausted_retries_are_dead():
     d = decide(ServerError("503"), 3, POLICY)
     assert (d.action, d.reason) == (Action.DEAD, "retries exhausted 3 of 3")
     assert decide(ServerError("x"), 0, RetryPolicy(max_retries=0)).dead
+
+
+def test_a_task_buried_by_worker_crashes_says_how_many():
+    crash = WorkerDied("actor worker-3 died while computing the task")
+    assert decide(crash, 1, POLICY, crashes=2).action is Action.RETRY
+    d = decide(crash, 3, POLICY, crashes=4)
+    assert (d.action, d.reason) == (Action.DEAD, "crashed the worker 4 times; retries exhausted 3 of 3")
 
 
 def test_failure_records_and_unknown_exceptions():

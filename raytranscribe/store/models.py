@@ -79,6 +79,9 @@ class Task(Base):
     status: Mapped[TaskStatus] = mapped_column(task_status_enum, server_default=sa.text("'pending'"))
     attempt: Mapped[int] = mapped_column(sa.Integer, server_default=sa.text("0"))  # fencing token
     retries: Mapped[int] = mapped_column(sa.Integer, server_default=sa.text("0"))  # retries granted
+    # Worker crashes charged to it, and hand-backs that were not its doing (migration 0008).
+    crashes: Mapped[int] = mapped_column(sa.Integer, server_default=sa.text("0"))
+    releases: Mapped[int] = mapped_column(sa.Integer, server_default=sa.text("0"))
     max_retries: Mapped[int] = mapped_column(sa.Integer)
     backoff_factor: Mapped[float] = mapped_column(sa.Float)
     retry_at: Mapped[datetime | None] = mapped_column(TZ)
@@ -105,6 +108,8 @@ class Task(Base):
         sa.CheckConstraint("retries <= max_retries", name="retries_within_max"),
         sa.CheckConstraint("backoff_factor >= 1", name="backoff_factor_min"),
         sa.CheckConstraint("attempt >= 0", name="attempt_nonnegative"),
+        sa.CheckConstraint("crashes >= 0", name="crashes_nonnegative"),
+        sa.CheckConstraint("releases >= 0", name="releases_nonnegative"),
         sa.CheckConstraint("status <> 'failed' OR retry_at IS NOT NULL", name="failed_has_retry_at"),
         sa.CheckConstraint(
             "status <> 'in_progress' OR (lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL)",

@@ -252,6 +252,8 @@ class ClaimedTask:
     max_retries: int
     backoff_factor: float
     lease_expires_at: datetime
+    crashes: int = 0  # worker crashes it was charged for
+    releases: int = 0  # times it was handed back uncharged by a dead actor or node, or a drain
 
 
 @dataclass(frozen=True)
@@ -296,6 +298,8 @@ class TaskView:
     max_retries: int
     backoff_factor: float
     retry_at: datetime | None
+    crashes: int
+    releases: int
     lease_owner: str | None
     lease_expires_at: datetime | None
     failure_reason: str | None
@@ -353,7 +357,7 @@ def _jsonable(value: Any) -> Any:
 
 _TASK_COLUMNS = (
     "id, input_uri, output_uri, engine, model, options, priority, status, attempt, retries, max_retries, "
-    "backoff_factor, retry_at, lease_owner, lease_expires_at, failure_reason, last_error, created_at, "
+    "backoff_factor, retry_at, crashes, releases, lease_owner, lease_expires_at, failure_reason, last_error, created_at, "
     "updated_at, started_at, completed_at, audio_duration_s, language, output_uris, text_preview"
 )
 
@@ -380,14 +384,14 @@ WITH q AS (
     WHERE t.id = ANY(ARRAY(SELECT task_id FROM q))
       AND t.status IN ('pending', 'failed') AND (t.status = 'pending' OR t.retry_at <= now())
     RETURNING t.id, t.attempt, t.input_uri, t.output_uri, t.engine, t.model, t.options, t.priority,
-              t.retries, t.max_retries, t.backoff_factor, t.lease_expires_at, t.created_at
+              t.retries, t.max_retries, t.backoff_factor, t.lease_expires_at, t.created_at, t.crashes, t.releases
 ), a AS (
     INSERT INTO task_attempts (task_id, attempt, worker, started_at)
     SELECT id, attempt, $2, now() FROM u
 )
 -- options as text: one parse per distinct options document (_options), not one per row.
 SELECT id, attempt, input_uri, output_uri, engine, model, CAST(options AS text) AS options, priority, retries,
-       max_retries, backoff_factor, lease_expires_at
+       max_retries, backoff_factor, lease_expires_at, crashes, releases
 FROM u ORDER BY priority DESC, created_at, id
 """
 
@@ -487,12 +491,13 @@ SELECT id, status::text AS status, attempt FROM tasks WHERE id = ANY(CAST(:ids A
 """
 
 _LOCK_FOR_RECORD_SQL = """
-SELECT id, status::text AS status, attempt, retries, max_retries, backoff_factor
+SELECT id, status::text AS status, attempt, retries, max_retries, backoff_factor, crashes, releases
 FROM tasks WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR UPDATE
 """
 
 _LOCK_EXPIRED_SQL = """
-SELECT t.id, t.status::text AS status, t.attempt, t.retries, t.max_retries, t.backoff_factor
+SELECT t.id, t.status::text AS status, t.attempt, t.retries, t.max_retries, t.backoff_factor, t.crashes,
+       t.releases
 FROM task_leases l JOIN tasks t ON t.id = l.task_id
 WHERE l.expires_at < now() AND t.status = 'in_progress' AND t.lease_expires_at < now()
 ORDER BY l.expires_at, t.id LIMIT :limit FOR UPDATE OF t SKIP LOCKED
@@ -506,14 +511,18 @@ WITH v AS (
         CAST(:delays AS float8[]), CAST(:reasons AS text[]), CAST(:errors AS text[]), CAST(:durations AS float8[]),
         CAST(:languages AS text[]), CAST(:outputs AS text[]), CAST(:previews AS text[]), CAST(:outcomes AS text[]),
         CAST(:stages AS text[]), CAST(:classes AS text[]), CAST(:messages AS text[]), CAST(:https AS int[]),
-        CAST(:actors AS text[]), CAST(:nodes AS text[]), CAST(:decisions AS text[]), CAST(:timings AS text[]))
+        CAST(:actors AS text[]), CAST(:nodes AS text[]), CAST(:decisions AS text[]), CAST(:timings AS text[]),
+        CAST(:crashes AS int[]), CAST(:releases AS int[]))
     AS v(id, attempt, status, retries, delay_s, failure_reason, last_error, audio_duration_s, language, output_uris,
-         text_preview, outcome, stage, error_class, error_message, http_status, actor, node, decision, timings)
+         text_preview, outcome, stage, error_class, error_message, http_status, actor, node, decision, timings,
+         crashes, releases)
 ), u AS (
     UPDATE tasks t SET
         status = CAST(v.status AS task_status),
         updated_at = now(),
         retries = v.retries,
+        crashes = v.crashes,
+        releases = v.releases,
         retry_at = CASE WHEN v.status = 'failed' THEN now() + make_interval(secs => v.delay_s) END,
         lease_owner = NULL,
         lease_expires_at = NULL,
@@ -720,11 +729,15 @@ class _Row:
     retries: int
     max_retries: int
     backoff_factor: float
+    crashes: int
+    releases: int
 
     @classmethod
     def of(cls, r: sa.Row[Any]) -> _Row:
         """From a row of _LOCK_FOR_RECORD_SQL or _LOCK_EXPIRED_SQL (the status comes as text)."""
-        return cls(r.id, TaskStatus(r.status), r.attempt, r.retries, r.max_retries, r.backoff_factor)
+        return cls(
+            r.id, TaskStatus(r.status), r.attempt, r.retries, r.max_retries, r.backoff_factor, r.crashes, r.releases
+        )
 
 
 class _Encoded(NamedTuple):
@@ -1063,6 +1076,8 @@ class Store:
                     max_retries=r[9],
                     backoff_factor=r[10],
                     lease_expires_at=r[11],
+                    crashes=r[12],
+                    releases=r[13],
                 )
                 for r in stmt.execute(raw, *args)
             ]
@@ -1164,7 +1179,7 @@ class Store:
         if not outcomes:
             return []
         ids = sorted({o.task_id for o in outcomes})
-        if len(ids) == len(outcomes) and all(o.failure is None for o in outcomes):
+        if len(ids) == len(outcomes) and all(o.failure is None and o.release is None for o in outcomes):
             return self._record_completions(outcomes)
 
         def tx(conn: sa.Connection) -> list[RecordResult]:
@@ -1241,7 +1256,7 @@ class Store:
         results: list[RecordResult | None] = []
         tasks: dict[str, list] = {k: [] for k in (
             "ids", "statuses", "retries", "delays", "reasons", "errors", "durations", "languages", "outputs",
-            "previews")}  # fmt: skip
+            "previews", "crashes", "releases")}  # fmt: skip
         attempts: dict[str, list] = {k: [] for k in (
             "attempts", "outcomes", "stages", "classes", "messages", "https", "actors", "nodes", "decisions",
             "timings")}  # fmt: skip
@@ -1267,12 +1282,20 @@ class Store:
                 continue
             taken.add(o.task_id)
             f = o.failure
-            if f is None:
+            crashes, releases = row.crashes, row.releases
+            if o.release is not None:
+                # Handed back through no fault of its own: pending again at once, retries unchanged.
+                status, new_retries, delay, reason, error = TaskStatus.PENDING, row.retries, None, None, None
+                outcome_word, decision_text = AttemptOutcome.RELEASED, f"released: {o.release.cause}"
+                releases += 1
+            elif f is None:
                 status, new_retries, delay, reason, error = TaskStatus.COMPLETED, row.retries, None, None, None
                 outcome_word, decision_text = AttemptOutcome.COMPLETED, None
             else:
                 policy = self.policy.for_task(row.max_retries, row.backoff_factor)
-                decision = decide(f, row.retries, policy)
+                if f.stage is Stage.WORKER_DEATH:  # the pool charges only a crash's suspects
+                    crashes += 1
+                decision = decide(f, row.retries, policy, crashes=crashes if f.stage is Stage.WORKER_DEATH else 0)
                 error = f"{f.error_class}: {f.message}" + (f" (HTTP {f.http_status})" if f.http_status else "")
                 if decision.dead:
                     status, new_retries, delay = TaskStatus.DEAD, row.retries, None
@@ -1294,11 +1317,13 @@ class Store:
             tasks["delays"].append(delay)
             tasks["reasons"].append(reason)
             tasks["errors"].append(error)
+            tasks["crashes"].append(crashes)
+            tasks["releases"].append(releases)
             attempts["attempts"].append(o.attempt)
             attempts["outcomes"].append(outcome_word.value)
-            attempts["stages"].append(f.stage.value if f else None)
+            attempts["stages"].append(f.stage.value if f else o.release.stage.value if o.release else None)
             attempts["classes"].append(f.error_class if f else None)
-            attempts["messages"].append(f.message if f else None)
+            attempts["messages"].append(f.message if f else o.release.cause if o.release else None)
             attempts["https"].append(f.http_status if f else None)
             attempts["actors"].append(o.actor)
             attempts["nodes"].append(o.node_id)
@@ -1313,10 +1338,12 @@ class Store:
                 extra = {
                     "task_id": o.task_id,
                     "attempt": o.attempt,
-                    "stage": o.failure.stage.value if o.failure else Stage.STORE.value,
+                    "stage": (o.failure or o.release).stage.value if (o.failure or o.release) else Stage.STORE.value,
                 }
                 if status is TaskStatus.DEAD:
                     log.warning("task dead: %s", reason, extra=extra)
+                elif status is TaskStatus.PENDING:
+                    log.info("task released, not charged: %s", o.release.cause if o.release else "", extra=extra)
                 elif status is TaskStatus.FAILED:
                     log.info("task failed, retry at %s: %s", retry_at.get(o.task_id), reason, extra=extra)
                 else:
@@ -1533,6 +1560,8 @@ def _task_view(r: sa.Row[Any], attempts: tuple[AttemptView, ...] = ()) -> TaskVi
         max_retries=r.max_retries,
         backoff_factor=r.backoff_factor,
         retry_at=r.retry_at,
+        crashes=r.crashes,
+        releases=r.releases,
         lease_owner=r.lease_owner,
         lease_expires_at=r.lease_expires_at,
         failure_reason=r.failure_reason,

@@ -415,6 +415,16 @@ def _alembic(store: Store, action, revision: str) -> None:
         tx(conn)
 
 
+def _claim_at_0005(store: Store, where: str) -> list[int]:
+    rows = sql(store, "UPDATE tasks SET status = 'in_progress', attempt = attempt + 1, lease_owner = 'orch', "
+                      f"lease_expires_at = now() + interval '60 seconds', started_at = now() WHERE {where} RETURNING id")
+    return sorted(r[0] for r in rows)
+
+
+def _finish_at_0005(store: Store, task_id: int, changes: str) -> None:
+    sql(store, f"UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, {changes} WHERE id = :id", id=task_id)
+
+
 def test_upgrade_counts_existing_rows_and_downgrade_goes_back_to_0005(database_url):
     admin = sa.engine.make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
     url = create_database(admin, prefix="rt_mig")
@@ -422,19 +432,24 @@ def test_upgrade_counts_existing_rows_and_downgrade_goes_back_to_0005(database_u
     try:
         s.upgrade("0005")
         s.submit([new(i) for i in range(9)] + [new(20, model="base")])  # at 0005
-        claimed = {c.id: c for c in s.claim(7, "orch", lease_s=60)}
-        s.record([Outcome(1, claimed[1].attempt, result=result(3.5)), Outcome(2, claimed[2].attempt, failure=MISSING),
-                  Outcome(3, claimed[3].attempt, failure=UNAVAILABLE), Outcome(4, claimed[4].attempt, result=result())])
+        # Today's claim and record read columns of later migrations: the work is done in 0005's own terms.
+        _claim_at_0005(s, "id <= 7")
+        _finish_at_0005(s, 1, "status = 'completed', completed_at = now(), audio_duration_s = 3.5")
+        _finish_at_0005(s, 2, "status = 'dead', completed_at = now(), failure_reason = 'download: 404 Not Found'")
+        _finish_at_0005(s, 3, "status = 'failed', retries = 1, failure_reason = 'download: 503 Service Unavailable', "
+                              "retry_at = now() + interval '1 hour'")  # waits through the test
+        _finish_at_0005(s, 4, "status = 'completed', completed_at = now(), audio_duration_s = 1.5")
         s.cancel([5, 8])  # fmt: skip
-        sql(s, "UPDATE tasks SET retry_at = now() + interval '1 hour' WHERE id = 3")  # waits through the test
         before = by_status(s)
         s.upgrade("0006")
         assert s.current_revision() == "0006"
         assert differences(s) == []
         assert s.stats().counts == before
         assert s.stats().audio_seconds_completed == 5.0
-        assert [v.id for v in s.list_tasks(status=TaskStatus.DEAD)] == [2]
-        assert [v.id for v in s.list_tasks(status=TaskStatus.CANCELLED)] == [5, 8]
+        # What `tasks --status` reads (task rows themselves carry columns of later migrations).
+        stopped = "SELECT task_id FROM task_stopped WHERE status = :s ORDER BY task_id"
+        assert sql(s, stopped, s="dead") == [(2,)]
+        assert sql(s, stopped, s="cancelled") == [(5,), (8,)]
 
         _alembic(s, command.downgrade, "0005")
         s.close()
@@ -443,9 +458,9 @@ def test_upgrade_counts_existing_rows_and_downgrade_goes_back_to_0005(database_u
         tables = {r[0] for r in sql(s, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
         assert not tables & {"task_counts", "task_failure_counts", "task_stopped"}
         # 0005's trigger is back and keeps its side tables: work goes on at 0005.
-        more = s.claim(10, "orch", lease_s=60)
-        assert [c.id for c in more] == [9, 10]
-        s.record([Outcome(c.id, c.attempt, result=result()) for c in more])
+        assert _claim_at_0005(s, "status = 'pending'") == [9, 10]
+        for task_id in (9, 10):
+            _finish_at_0005(s, task_id, "status = 'completed', completed_at = now(), audio_duration_s = 1.5")
         assert sql(s, "SELECT count(*) FROM task_queue") == [(1,)]  # task 3, waiting for its retry
         s.upgrade()
         assert differences(s) == []

@@ -7,7 +7,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from raytranscribe.contracts import Outcome, TaskResult
+from raytranscribe.contracts import Outcome, Release, TaskResult
 from raytranscribe.engines.base import TranscribeOptions
 from raytranscribe.errors import Failure, InvalidInput, InvalidURI, Stage
 from raytranscribe.store import NewTask, Store, TaskStatus
@@ -368,6 +368,41 @@ def test_release_returns_tasks_without_charging_a_retry(store):
     assert [(a.outcome, a.stage) for a in t.attempts] == [("released", "shutdown")]
     again = store.claim(2, "next", lease_s=60)
     assert sorted((c.id, c.attempt, c.retries) for c in again) == [(1, 2, 0), (2, 2, 0)]
+
+
+def test_a_task_handed_back_by_a_dead_actor_is_not_charged(store):
+    store.submit([new(1)])
+    (c,) = store.claim(1, "o", lease_s=60)
+    cause = "actor worker-3 died (its process died) while the task was download: not its doing, not charged"
+    (r,) = store.record([Outcome(1, c.attempt, release=Release(Stage.WORKER_DEATH, cause), actor="worker-3")])
+    assert (r.applied, r.status, r.retry_at) == (True, TaskStatus.PENDING, None)
+    t = store.get(1)
+    assert (t.status, t.retries, t.crashes, t.releases, t.lease_owner) == (TaskStatus.PENDING, 0, 0, 1, None)
+    (a,) = t.attempts
+    assert (a.outcome, a.stage, a.error_class, a.actor) == ("released", "worker-death", None, "worker-3")
+    assert a.error_message == cause and a.decision == f"released: {cause}"
+    # Pending at once: the next claim takes it, and carries what it went through.
+    (again,) = store.claim(1, "o", lease_s=60)
+    assert (again.attempt, again.retries, again.crashes, again.releases) == (2, 0, 0, 1)
+    # A late outcome of the released attempt is fenced out.
+    assert not store.record([Outcome(1, c.attempt, result=result(1))])[0].applied
+
+
+def test_crashes_are_counted_and_a_task_buried_by_them_says_how_many(store):
+    store.submit([new(1, max_retries=1)])
+    crash = Failure(Stage.WORKER_DEATH, "WorkerDied", "actor worker-1 died while computing the task", True)
+    for expected in (TaskStatus.FAILED, TaskStatus.DEAD):
+        deadline = time.monotonic() + 10
+        while not (claimed := store.claim(1, "o", lease_s=60)):
+            assert time.monotonic() < deadline, "the retry never became claimable"
+            time.sleep(0.02)
+        assert claimed[0].crashes == (0 if expected is TaskStatus.FAILED else 1)
+        assert store.record([Outcome(1, claimed[0].attempt, failure=crash)])[0].status is expected
+    t = store.get(1)
+    assert (t.crashes, t.retries, t.releases) == (2, 1, 0)
+    assert t.failure_reason == (
+        "worker-death: actor worker-1 died while computing the task (crashed the worker 2 times; retries exhausted 1 of 1)"
+    )
 
 
 # --- operator actions --------------------------------------------------------------------------
