@@ -93,8 +93,8 @@ def job_head():
     )  # fmt: skip
     address = f"http://127.0.0.1:{dashboard}"
 
-    def job(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        out = subprocess.run([ray_cli, "job", *args, "--address", address], env=env, capture_output=True,
+    def job(command: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        out = subprocess.run([ray_cli, "job", command, "--address", address, *args], env=env, capture_output=True,
                              text=True, timeout=120, check=False)  # fmt: skip
         assert not check or out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
         return out
@@ -126,8 +126,15 @@ def _submit_backfill(job, system, submission_id: str, prefix: str) -> None:
         "RAYTRANSCRIBE_LEASE__HEARTBEAT_S": "0.5",
         "RAYTRANSCRIBE_NAMESPACE": system.settings.namespace + "-" + submission_id,
     }
-    job("submit", "--no-wait", "--submission-id", submission_id, "--runtime-env-json", json.dumps({"env_vars": env_vars}),
-        "--", sys.executable, str(ROOT / "jobs" / "backfill.py"), prefix, "--output", f"s3://{system.bucket}/out/")  # fmt: skip
+    args = ("--no-wait", "--submission-id", submission_id, "--runtime-env-json", json.dumps({"env_vars": env_vars}),
+            "--", sys.executable, str(ROOT / "jobs" / "backfill.py"), prefix, "--output", f"s3://{system.bucket}/out/")
+
+    def submitted() -> bool:  # a fresh head's job agent comes up a little after its job server
+        out = job("submit", *args, check=False)
+        assert out.returncode == 0 or "No available agent" in out.stderr, out.stdout[-2000:] + out.stderr[-2000:]
+        return out.returncode == 0
+
+    wait_for(submitted, timeout=120, every=2.0, what="the head's job agent to take the job")
 
 
 def _job_status(job, submission_id: str) -> str:
