@@ -77,8 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-gpus", type=float, default=1.0)
     parser.add_argument("--device", default="auto", help="auto (what a backfill uses), cuda or cpu")
     parser.add_argument("--compute-type", default="default")
-    parser.add_argument("--host", default="127.0.0.1", help="address the actors reach this script's HTTP server on")
+    parser.add_argument("--host", default="auto",
+                        help="address the actors reach this script's HTTP server on; auto: this node's IP as Ray "
+                             "sees it (a `ray job` driver on the head, actors on GPU nodes)")
     args = parser.parse_args(argv)
+    if args.host == "auto":
+        args.host = ray.util.get_node_ip_address()
 
     _Store.files = {f"/in/{p.name}": p.read_bytes() for p in sample_paths()}
     server = ThreadingHTTPServer((args.host, 0), _Store)
