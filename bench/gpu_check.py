@@ -110,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         failures += on_cpu
         actors.append(actor)
         pings.append(ping)
-        print(f"actor {ping.name}: GPU ids {list(ping.gpu_ids)} {ping.gpu_name or ''}, engine {ping.engine} "
-              f"{ping.model} on {ping.device} ({ping.compute_type})"
+        gpu = f" ({ping.gpu_name})" if ping.gpu_name else ""
+        print(f"actor {ping.name}: GPU ids {list(ping.gpu_ids)}{gpu}, engine {ping.engine} {ping.model} "
+              f"on {ping.device} ({ping.compute_type})"
               + ("   <-- reserved a GPU but runs on the CPU" if on_cpu else ""))  # fmt: skip
 
     task_id = 0

@@ -54,7 +54,15 @@ from raytranscribe.batching import BatchItem, PerWindow, WindowResult, WindowSch
 from raytranscribe.config import EngineSettings, TransferSettings, WorkerSettings
 from raytranscribe.contracts import ModelLoadState, ModelManifest, Outcome, TaskResult, TaskSpec
 from raytranscribe.engines import compute_type_of, gpu_name, load_engine, resolve_device
-from raytranscribe.engines.base import ENGINES, BatchEngine, Engine, EngineSpec, PreparedAudio, Transcript, TranscribeOptions
+from raytranscribe.engines.base import (
+    ENGINES,
+    BatchEngine,
+    Engine,
+    EngineSpec,
+    PreparedAudio,
+    Transcript,
+    TranscribeOptions,
+)
 from raytranscribe.errors import (
     DispatchError,
     EngineOutOfMemory,

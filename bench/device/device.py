@@ -1,7 +1,8 @@
 """On the lent GPU machine: gather the parts bench/device/pack.py built, then run the GPU checks.
 
     python3 bench/device/device.py            # one call per part; the call that completes the set runs
-    python3 bench/device/device.py --cpu-quick   # here, all parts at once: install, then sweep --quick on the CPU
+    python3 bench/device/device.py --cpu-quick   # here, all parts at once: install, sweep --quick and
+                                                 # the GPU check's flow with a CPU actor, on the CPU
 
 Each call carries one part (``.devpack/part-NN``) and the manifest; this keeps every verified part
 outside the repository (``RT_DEVPACK``, default /tmp/rt-devpack), which lives as long as the machine
@@ -151,18 +152,19 @@ def main() -> int:
     if manifest is None:
         return 0
     site = install(manifest)
-    env = {**os.environ, "PYTHONPATH": f"{site}:{ROOT}", "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
+    # RAY_ADDRESS=local: the GPU check starts a Ray of its own, never joins one found on the machine.
+    env = {**os.environ, "PYTHONPATH": f"{site}:{ROOT}", "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0",
+           "RAY_ADDRESS": "local"}
     py = sys.executable
     sets = str(PACK / "x" / "sets.npz")
     if "--cpu-quick" in sys.argv[1:]:  # the packaging proof on a machine without a GPU
         global BUDGET_S
-        STEP_LIMITS_S["sweep"] = BUDGET_S = 1800
-        return step("sweep", [py, "bench/device/sweep.py", "--quick", "--sets", sets], env)
-    step("report", ["bash", "-c", "nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; "
-                    f"{py} -c 'import ctranslate2, faster_whisper; from raytranscribe.engines import cuda_missing; "
-                    "print(\"ctranslate2\", ctranslate2.__version__, \"faster-whisper\", faster_whisper.__version__, "
-                    "\"cuda devices\", ctranslate2.get_cuda_device_count(), \"missing\", cuda_missing(\"faster-whisper\"))'"],
-         env)  # fmt: skip
+        STEP_LIMITS_S["sweep"] = STEP_LIMITS_S["gpu check"] = BUDGET_S = 1800
+        sweep = step("sweep", [py, "bench/device/sweep.py", "--quick", "--sets", sets], env)
+        # Ray and the production worker from the parts too (a CPU actor: no GPU to reserve here).
+        return sweep or step("gpu check", [py, "bench/gpu_check.py", "--num-gpus", "0", "--device", "cpu"], env)
+    smi = "nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv"
+    step("report", ["bash", "-c", f"{smi}; {py} bench/device/sweep.py --report"], env)
     step("honest check", [py, "bench/gpu_check.py"], env)
     probe = [py, "-c", "import ctypes; ctypes.CDLL('libcublas.so.12'); print('libcublas.so.12 loads')"]
     if subprocess.run(probe, env=env, capture_output=True).returncode != 0:

@@ -3,6 +3,7 @@
     python3 bench/device/sweep.py --device cuda --sets /tmp/rt-devpack/x/sets.npz   # the GPU run
     python bench/device/sweep.py --quick --sets sets.npz                           # on a CPU: it runs
     python3 bench/device/sweep.py --check --sets sets.npz   # tiny.en on cuda against the CPU, 4 clips
+    python3 bench/device/sweep.py --report                  # CTranslate2's CUDA devices, missing libraries
 
 The speech is what bench/device/pack.py synthesised (espeak-ng) and stored as 16-bit samples: the
 full sets (48 clips of 2-12 s, one 10-minute file) or, with ``--quick``, 12 clips and 2 minutes.
@@ -48,16 +49,32 @@ def check(sets: dict[str, list]) -> int:
     return 0
 
 
+def report() -> int:
+    import ctranslate2
+    import faster_whisper
+
+    from raytranscribe.engines import cuda_missing
+
+    print(f"CTranslate2 {ctranslate2.__version__}, faster-whisper {faster_whisper.__version__}: "
+          f"{ctranslate2.get_cuda_device_count()} CUDA device(s); missing: {cuda_missing('faster-whisper') or 'none'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", type=Path, required=True, help="sets.npz from bench/device/pack.py")
+    parser.add_argument("--sets", type=Path, help="sets.npz from bench/device/pack.py")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="12 clips and 2 minutes, batch 1/8, tiny.en")
     parser.add_argument("--check", action="store_true", help="tiny.en on cuda against the CPU, then stop")
     parser.add_argument("--sizes", default=None, help="default: 1,8,16,32 (1,8 with --quick)")
     parser.add_argument("--models", default=None, help="default: tiny.en,base (tiny.en with --quick)")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--report", action="store_true", help="CTranslate2's view of CUDA, then stop")
     args = parser.parse_args(argv)
+    if args.report:
+        return report()
+    if args.sets is None:
+        parser.error("--sets is required")
     sets, source = load_sets(args.sets, "quick" if args.quick or args.check else "full")
     if args.check:
         return check(sets)
