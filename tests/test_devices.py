@@ -7,6 +7,10 @@ with ``device = cpu`` (the operator's choice) it runs on the CPU and says so.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from raytranscribe.engines import cuda_missing, resolve_device
@@ -101,3 +105,34 @@ def test_logical_gpus_with_device_cpu_complete_and_show_where_they_compute(syste
         assert f"{view.name} on cpu" in seen["reprs"], seen["reprs"]
     lines = seen["metric"]["raytranscribe_live_actors"]
     assert any('device="cpu"' in line and 'compute_type="int8"' in line and "tiny.en" in line for line in lines)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_the_issues_command_now_exits_1_naming_the_cuda_problem(system):
+    """`raytranscribe run --gpus-per-actor 1 --local-gpus 1` with device auto on a machine without
+    CUDA: it used to transcribe on the CPU and exit 0; now one line names the problem, exit 1."""
+    if _cuda_usable():
+        pytest.fail("this test needs a machine where CTranslate2 cannot use CUDA (logical GPUs only)")
+    (task_id,) = system.submit([system.upload_samples(["fox.wav"])[0][0]])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RAYTRANSCRIBE_"))}
+    env.update({
+        "RAYTRANSCRIBE_DATABASE_URL": system.database_url,
+        "RAYTRANSCRIBE_S3__ENDPOINT_URL": system.settings.s3.endpoint_url,
+        "RAYTRANSCRIBE_ENGINE__CPU_THREADS": "1",
+        "RAYTRANSCRIBE_HEALTH__MAX_START_FAILURES": "1",
+        "RAYTRANSCRIBE_LOG_LEVEL": "WARNING",
+        "RAYTRANSCRIBE_NAMESPACE": system.settings.namespace + "-cli",
+    })  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "raytranscribe.cli", "run", "--until-drained", "--gpus-per-actor", "1",
+         "--local-gpus", "1", "--local-cpus", "2"],
+        capture_output=True, text=True, timeout=200, env=env,
+    )  # fmt: skip
+
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    # "nothing left that can run: 1 task(s) wait for faster-whisper/tiny.en (... start-up failed: ...)"
+    assert last.startswith("error: ") and "ModelLoadError: reserved GPU 0 but CTranslate2 sees no CUDA device" in last
+    task = system.store.get(task_id)
+    assert task.status is TaskStatus.PENDING and task.attempts == (), task
