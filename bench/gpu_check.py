@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-gpus", type=float, default=1.0)
     parser.add_argument("--device", default="auto", help="auto (what a backfill uses), cuda or cpu")
     parser.add_argument("--compute-type", default="default")
+    parser.add_argument("--start-timeout", type=float, default=1800.0,
+                        help="seconds an actor may take to start: on a fresh cluster the autoscaler first boots a "
+                             "GPU node and pulls the image")
     parser.add_argument("--host", default="auto",
                         help="address the actors reach this script's HTTP server on; auto: this node's IP as Ray "
                              "sees it (a `ray job` driver on the head, actors on GPU nodes)")
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     actors, pings = [], []
     for i, actor in enumerate(started):
         try:
-            ping = ray.get(actor.ready.remote(), timeout=600)
+            ping = ray.get(actor.ready.remote(), timeout=args.start_timeout)
         except ray.exceptions.RayError as exc:  # the actor refused to start: say why, once
             failures += 1
             print(f"actor gpu-check-{i}: did not start: {death_cause(exc)}")
