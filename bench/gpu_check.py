@@ -7,10 +7,12 @@
 It starts (or joins) Ray, starts ``--actors`` production ``TranscriptionWorker`` actors reserving
 ``--num-gpus`` each, serves the shipped speech samples from a local HTTP server that also takes the
 uploads (standing in for presigned S3 URLs: no database, no AWS), processes every sample on every
-actor, and prints per actor its GPU ids and the device its engine resolved, and per task the
-transcribe time and WER. Exit status 1 when an actor with a GPU ran on the CPU, or a task failed.
-Run it on a new cluster before a backfill: it checks the CUDA libraries, the model and Ray's GPU
-accounting together, in a minute.
+actor, and prints per actor its GPU ids, the device and compute type its engine resolved and the
+GPU's name, and per task the transcribe time and WER. Exit status 1 when an actor with a GPU would
+run on the CPU (with ``--device auto``, the default, such an actor refuses to start and this prints
+why: a missing libcublas.so.12, no driver), or a task failed. Run it on a new cluster before a
+backfill (``ray job submit -- python bench/gpu_check.py``): it checks the CUDA libraries, the model
+and Ray's GPU accounting together, in a minute.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import ray  # noqa: E402
 from raytranscribe.contracts import OutputTarget, TaskSpec  # noqa: E402
 from raytranscribe.engines.base import EngineSpec, TranscribeOptions  # noqa: E402
 from raytranscribe.formats import CONTENT_TYPES  # noqa: E402
+from raytranscribe.pool import death_cause  # noqa: E402
 from raytranscribe.samples import expected_text, sample_paths  # noqa: E402
 from raytranscribe.worker import WorkerConfig, worker_actor_class  # noqa: E402
 
@@ -72,28 +75,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--actors", type=int, default=1)
     parser.add_argument("--num-gpus", type=float, default=1.0)
-    parser.add_argument("--host", default="127.0.0.1", help="address the actors reach this script's HTTP server on")
+    parser.add_argument("--device", default="auto", help="auto (what a backfill uses), cuda or cpu")
+    parser.add_argument("--compute-type", default="default")
+    parser.add_argument("--start-timeout", type=float, default=1800.0,
+                        help="seconds an actor may take to start: on a fresh cluster the autoscaler first boots a "
+                             "GPU node and pulls the image")
+    parser.add_argument("--host", default="auto",
+                        help="address the actors reach this script's HTTP server on; auto: this node's IP as Ray "
+                             "sees it (a `ray job` driver on the head, actors on GPU nodes)")
     args = parser.parse_args(argv)
+    if args.host == "auto":
+        args.host = ray.util.get_node_ip_address()
 
     _Store.files = {f"/in/{p.name}": p.read_bytes() for p in sample_paths()}
     server = ThreadingHTTPServer((args.host, 0), _Store)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://{args.host}:{server.server_address[1]}"
 
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     print(f"ray: {ray.cluster_resources().get('GPU', 0):g} GPU(s) in the cluster")
     cls = worker_actor_class()
-    engine = EngineSpec(engine=args.engine, model=args.model, device="auto")
-    actors = [
+    engine = EngineSpec(engine=args.engine, model=args.model, device=args.device, compute_type=args.compute_type)
+    started = [
         cls.options(num_gpus=args.num_gpus, num_cpus=1).remote(WorkerConfig(name=f"gpu-check-{i}", engine=engine))
         for i in range(args.actors)
     ]
-    pings = ray.get([a.ready.remote() for a in actors], timeout=600)
     failures = 0
-    for ping in pings:
+    actors, pings = [], []
+    for i, actor in enumerate(started):
+        try:
+            ping = ray.get(actor.ready.remote(), timeout=args.start_timeout)
+        except ray.exceptions.RayError as exc:  # the actor refused to start: say why, once
+            failures += 1
+            print(f"actor gpu-check-{i}: did not start: {death_cause(exc)}")
+            continue
         on_cpu = bool(ping.gpu_ids) and ping.device != "cuda"
         failures += on_cpu
-        print(f"actor {ping.name}: GPU ids {list(ping.gpu_ids)}, engine {ping.engine} {ping.model} on {ping.device}"
+        actors.append(actor)
+        pings.append(ping)
+        gpu = f" ({ping.gpu_name})" if ping.gpu_name else ""
+        print(f"actor {ping.name}: GPU ids {list(ping.gpu_ids)}{gpu}, engine {ping.engine} {ping.model} "
+              f"on {ping.device} ({ping.compute_type})"
               + ("   <-- reserved a GPU but runs on the CPU" if on_cpu else ""))  # fmt: skip
 
     task_id = 0

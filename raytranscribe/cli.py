@@ -397,15 +397,21 @@ def _print_orchestrators(console: Console, orchestrators) -> None:
             f"actors started: {starts or '-'}, last heartbeat {_when(o.heartbeat_at)}"
         )
         actors = Table(title="actors")
-        for col in ("name", "pool", "state", "node", "gpus", "in flight", "done", "batch", "audio held"):
+        for col in ("name", "pool", "state", "node", "gpus", "device", "in flight", "done", "batch", "audio held"):
             actors.add_column(col)
         for a in o.state.get("actors", []):
             actors.add_row(
                 a["name"], a["pool"], f"{a['state']}: {a['loading']}" if a.get("loading") else a["state"],
-                (a.get("node_id") or "-")[:12], ",".join(a.get("gpu_ids") or []) or "-",
+                (a.get("node_id") or "-")[:12], ",".join(a.get("gpu_ids") or []) or "-", _device(a),
                 str(a["in_flight"]), str(a["tasks_done"]), _batching(a), f"{a.get('buffered_audio_s', 0.0):.0f} s",
             )  # fmt: skip
         console.print(actors)
+
+
+def _device(actor: dict) -> str:
+    """``cuda float16 (NVIDIA A10G)``: where the actor computes, in what, and on which GPU."""
+    text = " ".join(x for x in (actor.get("device"), actor.get("compute_type")) if x) or "-"
+    return f"{text} ({actor['gpu_name']})" if actor.get("gpu_name") else text
 
 
 def _batching(actor: dict) -> str:

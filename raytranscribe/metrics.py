@@ -51,7 +51,11 @@ def get() -> Metrics:
                 ),
                 queue_depth=m.Gauge("raytranscribe_queue_depth", "Tasks by status", tag_keys=("status",)),
                 in_flight=m.Gauge("raytranscribe_tasks_in_flight", "Tasks dispatched and not yet recorded"),
-                live_actors=m.Gauge("raytranscribe_live_actors", "Worker actors answering pings", tag_keys=("pool",)),
+                live_actors=m.Gauge(
+                    "raytranscribe_live_actors",
+                    "Worker actors answering pings, by pool and where they compute (device, compute type)",
+                    tag_keys=("pool", "device", "compute_type"),
+                ),
                 audio_seconds=m.Counter("raytranscribe_audio_seconds", "Audio seconds transcribed"),
                 real_time_factor=m.Gauge(
                     "raytranscribe_real_time_factor", "Audio seconds per wall second since the run started"
@@ -77,3 +81,18 @@ def observe_stages(timings: Sequence[tuple[str, float]]) -> None:
     histogram = get().stage_seconds
     for stage, seconds in timings:
         histogram.observe(seconds, tags={"stage": stage})
+
+
+_live_seen: set[tuple[str, str, str]] = set()
+
+
+def set_live_actors(counts: dict[tuple[str, str, str], int]) -> None:
+    """Live actors by (pool, device, compute type); a combination seen before and gone now reads 0
+    (a gauge keeps its last value otherwise, and a retired pool would look alive forever)."""
+    gauge = get().live_actors
+    with _lock:
+        keys = _live_seen | set(counts)
+        _live_seen.update(counts)
+    for pool, device, compute_type in keys:
+        tags = {"pool": pool, "device": device, "compute_type": compute_type}
+        gauge.set(counts.get((pool, device, compute_type), 0), tags=tags)

@@ -234,8 +234,9 @@ class Orchestrator:
             self.pools.retire_idle(set(self._pairs), now)
         m = metrics.get()
         m.in_flight.set(self.pools.in_flight)
-        for pool in self.pools.pools.values():
-            m.live_actors.set(len(pool.alive()), tags={"pool": pool.label})
+        # By pool and where each computes: a GPU pool's actors on the CPU show as device "cpu".
+        live = collections.Counter((v.pool, v.device, v.compute_type) for v in self.pools.views() if v.state == "alive")
+        metrics.set_live_actors({(p.label, "", ""): 0 for p in self.pools.pools.values()} | live)
         for stage, b in self.breakers.items():
             m.breaker_open.set(1 if b.state is BreakerState.OPEN else 0, tags={"stage": stage.value})
         self._publish_database_health()

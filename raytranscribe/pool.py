@@ -192,6 +192,9 @@ class ActorView:
     batches: int = 0  # batched model calls so far
     windows_decoded: int = 0  # windows those calls decoded: over batches, how full batches run
     buffered_audio_s: float = 0.0  # decoded audio the actor holds now
+    device: str = ""  # where it computes once resolved: cuda or cpu ("" before its first pong)
+    compute_type: str = ""  # float16, int8, ... ("" until its model is in)
+    gpu_name: str = ""  # its reserved GPU's name, "" on the CPU
 
 
 class _Ledger:
@@ -1041,6 +1044,7 @@ class ActorPools:
                 bytes_done=a.loading.bytes_done if a.state is ActorState.LOADING and a.loading else 0,
                 bytes_total=a.loading.total_bytes if a.state is ActorState.LOADING and a.loading else 0,
                 **_batching_view(a.last_pong),
+                **_device_view(a.last_pong),
             )
             for p in list(self.pools.values())
             for a in list(p.actors)
@@ -1243,3 +1247,10 @@ def _batching_view(pong: PingReply | None) -> dict[str, object]:
         "windows_decoded": pong.windows_decoded,
         "buffered_audio_s": pong.buffered_audio_s,
     }
+
+
+def _device_view(pong: PingReply | None) -> dict[str, object]:
+    """Where an actor's last pong says it computes, for ``raytranscribe status`` and the metrics."""
+    if pong is None:
+        return {}
+    return {"device": pong.device, "compute_type": pong.compute_type, "gpu_name": pong.gpu_name}

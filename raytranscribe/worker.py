@@ -53,12 +53,21 @@ from raytranscribe import audio, formats, metrics
 from raytranscribe.batching import BatchItem, PerWindow, WindowResult, WindowScheduler, is_batch_engine, run_batch
 from raytranscribe.config import EngineSettings, TransferSettings, WorkerSettings
 from raytranscribe.contracts import Computing, ModelLoadState, ModelManifest, Outcome, Release, TaskResult, TaskSpec
-from raytranscribe.engines import load_engine
-from raytranscribe.engines.base import BatchEngine, Engine, EngineSpec, PreparedAudio, Transcript, TranscribeOptions
+from raytranscribe.engines import compute_type_of, gpu_name, load_engine, resolve_device
+from raytranscribe.engines.base import (
+    ENGINES,
+    BatchEngine,
+    Engine,
+    EngineSpec,
+    PreparedAudio,
+    Transcript,
+    TranscribeOptions,
+)
 from raytranscribe.errors import (
     DispatchError,
     EngineOutOfMemory,
     Failure,
+    ModelLoadError,
     RayTranscribeError,
     Stage,
     TranscriptionError,
@@ -148,6 +157,8 @@ class PingReply:
     windows_decoded: int = 0  # windows those calls decoded (windows_decoded / batches: how full batches run)
     buffered_audio_s: float = 0.0  # decoded audio held now
     loading: ModelLoadState | None = None  # while the model downloads and loads: how far; None once ready
+    compute_type: str = ""  # what the engine computes in (float16, int8, ...); "" before the model is in
+    gpu_name: str = ""  # the reserved GPU's name (nvidia-smi), "" on the CPU
 
 
 @dataclass
@@ -356,10 +367,21 @@ class TranscriptionWorker:
             )
         self.config = config
         spec = config.engine
-        if spec.device == "auto" and not ray.get_gpu_ids():
+        self.gpu_ids = tuple(str(g) for g in ray.get_gpu_ids())
+        self._load_error: BaseException | None = None
+        if spec.device == "auto" and not self.gpu_ids:
             # No GPU reserved for this actor: never grab one that belongs to a neighbour.
             spec = dataclasses.replace(spec, device="cpu")
+        elif self.gpu_ids and spec.device != "cpu" and spec.engine in ENGINES:
+            # Honest devices: a reserved GPU runs on CUDA or the actor does not start (the cheap probe
+            # here, before any download; the model-load thread re-raises its error through ready()).
+            try:
+                spec = dataclasses.replace(spec, device=resolve_device(spec.device, spec.engine, self.gpu_ids))
+            except ModelLoadError as exc:
+                self._load_error = exc
         self.spec = spec
+        self.gpu_name = gpu_name(self.gpu_ids) if spec.device == "cuda" else ""
+        self.compute_type = ""
         # The model downloads (into the node's cache: one copy per node) and loads on a thread of its
         # own, so the actor answers pings meanwhile with its ``loading`` state and bytes done; ready()
         # waits for that thread and re-raises its error, so a model that cannot be fetched or loaded
@@ -368,7 +390,6 @@ class TranscriptionWorker:
         self.engine: Engine | None = None
         self.batcher: Batcher | None = None
         self._loaded = threading.Event()
-        self._load_error: BaseException | None = None
         # One thread per task in hand (take() hands each task to one), and the outcomes they leave for results().
         threads = max(config.worker.prefetch, config.worker.max_tasks_in_hand)
         self._pipeline = ThreadPoolExecutor(threads, thread_name_prefix="pipeline")
@@ -391,17 +412,28 @@ class TranscriptionWorker:
         threading.Thread(target=self._load, name=f"model-load-{config.name}", daemon=True).start()
 
     def __repr__(self) -> str:
-        # Ray prefixes this actor's log lines (and names it in the dashboard) with its repr: the
-        # pool's name for it, so a download's progress lines say which actor they belong to.
-        return self.config.name
+        # Ray prefixes this actor's log lines (and names it in the dashboard and `ray list actors`)
+        # with its repr: the pool's name for it and its device, so a download's progress lines say
+        # which actor they belong to and an operator sees where each actor computes.
+        on = f"{self.config.name} on {self.spec.device}"
+        return f"{on} ({self.gpu_name})" if self.gpu_name else on
 
     def _load(self) -> None:
         config, spec = self.config, self.spec
         t0 = time.monotonic()
         try:
+            if self._load_error is not None:  # the device probe failed: nothing to download or load
+                raise self._load_error
             # A model from S3 (or the Hub) lands in the node's model cache first: one download per node.
             cache = ModelCache(config.model_cache_dir, config.transfer)
             engine = load_engine(engine_spec_on_node(spec, config.model, cache, self.loading))
+            device = getattr(engine, "device", spec.device)
+            if self.gpu_ids and spec.device != "cpu" and device != "cuda":  # a plugin engine that chose the CPU
+                raise ModelLoadError(
+                    f"reserved GPU {','.join(self.gpu_ids)} but {spec.engine} loaded {spec.model!r} on {device}; "
+                    "set device = cpu to run on the CPU on purpose"
+                )
+            self.compute_type = compute_type_of(engine)
             # An engine that cannot batch (a plugin with transcribe only), or batch_size 1: sequential.
             batch_size = engine.batch_size if is_batch_engine(engine) else 1
             if batch_size > 1:
@@ -466,6 +498,8 @@ class TranscriptionWorker:
             windows_decoded=batcher.windows_decoded if batcher else 0,
             buffered_audio_s=round(buffered, 3),
             loading=None if loaded else self.loading.snapshot(),
+            compute_type=self.compute_type,
+            gpu_name=self.gpu_name,
         )
 
     def withdraw(self, leases: Sequence[Lease]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import asdict
@@ -651,3 +652,23 @@ def test_run_on_an_unmigrated_database_exits_2_saying_db_upgrade(unmigrated_url)
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: the database has no raytranscribe schema: run `raytranscribe db upgrade`"
     )
+
+
+def test_status_shows_each_actors_device_compute_type_and_gpu(cli, store):
+    cuda = ActorView(name="worker-1.large-v3-turbo.0a1b2c", pool="faster-whisper/large-v3-turbo", state="alive",
+                     node_id="n" * 40, gpu_ids=("0",), in_flight=3, tasks_done=10, device="cuda",
+                     compute_type="float16", gpu_name="NVIDIA A10G")  # fmt: skip
+    loading = ActorView(name="worker-2.large-v3-turbo.0a1b2c", pool="faster-whisper/large-v3-turbo",
+                        state="loading", node_id=None, gpu_ids=(), in_flight=0, tasks_done=0)  # fmt: skip
+    store.publish_orchestrator("orch-d", {"owner": "orch-d", "actors": [asdict(cuda), asdict(loading)],
+                                          "in_flight": 3}, ttl_s=60)  # fmt: skip
+
+    rows = {line.split()[1]: line for line in cli("status", env={"COLUMNS": "250"}).stdout.splitlines()
+            if "worker-" in line}  # fmt: skip
+
+    (alive,) = [row for name, row in rows.items() if name.startswith("worker-1")]
+    (loading_row,) = [row for name, row in rows.items() if name.startswith("worker-2")]
+    assert "cuda float16 (NVIDIA" in alive, alive  # the GPU's name wraps onto the next line in a narrow table
+    assert re.search(r"loading\W+-\W+-\W+-\W+0", loading_row), loading_row  # node, gpus, device unknown yet
+    (doc,) = json.loads(cli("status", "--json").stdout)["orchestrators"]
+    assert (doc["actors"][0]["device"], doc["actors"][0]["compute_type"]) == ("cuda", "float16")

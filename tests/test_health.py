@@ -254,6 +254,7 @@ def test_orchestrator_killed_mid_run_next_one_finishes_via_lease_expiry(system, 
         "RAYTRANSCRIBE_DATABASE_URL": system.database_url,
         "RAYTRANSCRIBE_S3__ENDPOINT_URL": system.settings.s3.endpoint_url,
         "RAYTRANSCRIBE_ENGINE__CPU_THREADS": "1",
+        "RAYTRANSCRIBE_ENGINE__DEVICE": "cpu",  # logical GPUs: cpu by choice
         "RAYTRANSCRIBE_LEASE__LEASE_S": "4",
         "RAYTRANSCRIBE_LEASE__HEARTBEAT_S": "0.5",
         "RAYTRANSCRIBE_NAMESPACE": system.settings.namespace + "-doomed",

@@ -29,6 +29,7 @@ def _backfill(system, ray_address: str, prefix: str) -> subprocess.CompletedProc
         "RAYTRANSCRIBE_DATABASE_URL": system.database_url,
         "RAYTRANSCRIBE_S3__ENDPOINT_URL": system.settings.s3.endpoint_url,
         "RAYTRANSCRIBE_ENGINE__CPU_THREADS": "1",
+        "RAYTRANSCRIBE_ENGINE__DEVICE": "cpu",  # logical GPUs: cpu by choice
         "RAYTRANSCRIBE_LEASE__HEARTBEAT_S": "0.5",
         "RAYTRANSCRIBE_RETRY__BASE_DELAY_S": "0.2",
         "RAYTRANSCRIBE_NAMESPACE": system.settings.namespace + "-job",

@@ -187,6 +187,7 @@ def test_sigterm_releases_or_finishes_in_flight_work(system, ray_address, tmp_pa
         "RAYTRANSCRIBE_DATABASE_URL": system.database_url,
         "RAYTRANSCRIBE_S3__ENDPOINT_URL": system.settings.s3.endpoint_url,
         "RAYTRANSCRIBE_ENGINE__CPU_THREADS": "1",
+        "RAYTRANSCRIBE_ENGINE__DEVICE": "cpu",  # logical GPUs: cpu by choice
         "RAYTRANSCRIBE_WORKER__NUM_GPUS": "1",
         "RAYTRANSCRIBE_LEASE__HEARTBEAT_S": "0.5",
         "RAYTRANSCRIBE_NAMESPACE": system.settings.namespace + "-sub",

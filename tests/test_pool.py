@@ -174,7 +174,7 @@ def test_an_actor_is_refilled_once_a_quarter_of_its_slots_is_free(ray_session):
     from raytranscribe.pool import ActorPools, new_owner_tag
 
     base = Settings(database_url=None).with_(
-        engine={"cpu_threads": 1},
+        engine={"cpu_threads": 1, "device": "cpu"},  # logical GPUs: cpu by choice
         worker={"min_actors": 1, "max_actors": 1, "num_gpus": 1, "num_cpus": 1},
         health={"ping_interval_s": 0.5},
     )

@@ -6,9 +6,13 @@ faster-whisper or torch installed; a missing library becomes a ModelLoadError at
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import shutil
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -20,6 +24,8 @@ __all__ = [
     "Engine",
     "EngineSpec",
     "SILENCE_PEAK",
+    "compute_type_of",
+    "gpu_name",
     "load_engine",
     "prepare_audio",
     "resolve_batch_size",
@@ -105,27 +111,96 @@ def _openai_class() -> type:
     return OpenAIWhisperEngine
 
 
-def resolve_device(device: str, engine: str = "faster-whisper") -> str:
+def resolve_device(device: str, engine: str = "faster-whisper", gpu_ids: Sequence[str] = ()) -> str:
     """``"auto"`` -> ``"cuda"`` when the engine's library sees a GPU, else ``"cpu"``.
 
     faster-whisper asks CTranslate2 (``get_cuda_device_count``); openai-whisper asks torch.
-    ``"cpu"`` and ``"cuda"`` pass through; anything else is a ModelLoadError.
+    ``"cpu"`` passes through; anything else is a ModelLoadError.
+
+    ``gpu_ids`` are the GPUs Ray reserved for the caller. With any, ``"auto"`` and ``"cuda"`` must get
+    a CUDA device the engine can use: if its library sees none, or (faster-whisper) cannot load
+    cuBLAS, this raises a ModelLoadError naming what is missing, rather than run on the CPU while
+    holding a GPU. Only ``"cpu"`` runs on the CPU with a GPU reserved, as the operator's choice.
     """
-    if device in ("cpu", "cuda"):
+    if device == "cpu" or (device == "cuda" and not gpu_ids):
         return device
-    if device != "auto":
+    if device not in ("auto", "cuda"):
         raise ModelLoadError(f"unknown device {device!r}; choose 'auto', 'cuda' or 'cpu'")
     if engine == "openai-whisper":
         try:
             import torch
         except ImportError as exc:
             raise ModelLoadError(f"openai-whisper needs torch: {_INSTALL_HINT[engine]}") from exc
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        seen = torch.cuda.is_available()
+    else:
+        try:
+            import ctranslate2
+        except ImportError as exc:
+            raise ModelLoadError(f"faster-whisper is not installed: {_INSTALL_HINT['faster-whisper']}") from exc
+        seen = ctranslate2.get_cuda_device_count() > 0
+    if not gpu_ids:
+        return "cuda" if seen else "cpu"
+    missing = cuda_missing(engine)
+    if not seen or missing:
+        library = "torch" if engine == "openai-whisper" else "CTranslate2"
+        reserved = f"reserved GPU {','.join(gpu_ids)}"
+        if not seen:
+            why = f"{'; '.join(missing)} not found" if missing else (
+                "the driver and CUDA libraries load, so the driver may be too old for CUDA 12 (see nvidia-smi)"
+            )
+            problem = f"{reserved} but {library} sees no CUDA device: {why}"
+        else:
+            problem = f"{reserved} but {library} cannot use it: {'; '.join(missing)} not found"
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+        raise ModelLoadError(f"{problem}{where}; set device = cpu to run on the CPU on purpose")
+    return "cuda"
+
+
+# Shared libraries each engine loads at run time to use a GPU, beyond the driver's libcuda.so.1.
+# CTranslate2's wheels (4.5 and later) dlopen cuBLAS 12 on first use; torch's wheels bring their own.
+_CUDA_LIBRARIES: dict[str, tuple[str, ...]] = {
+    "faster-whisper": ("libcublas.so.12",),
+    "openai-whisper": (),
+}
+
+
+def cuda_missing(engine: str) -> list[str]:
+    """The CUDA libraries ``engine`` needs that this process cannot load (as the engine's library
+    would look for them: LD_LIBRARY_PATH and the linker cache), each named with what it is."""
+    wanted = [("libcuda.so.1", "the NVIDIA driver")] + [(lib, "") for lib in _CUDA_LIBRARIES.get(engine, ())]
+    missing = []
+    for lib, what in wanted:
+        try:
+            ctypes.CDLL(lib)
+        except OSError:
+            missing.append(f"{lib} ({what})" if what else lib)
+    return missing
+
+
+def gpu_name(gpu_ids: Sequence[str]) -> str:
+    """The name of the first reserved GPU (``NVIDIA A10G``) as nvidia-smi reports it; "" when there
+    is none or nvidia-smi is absent. Ray's GPU ids are the physical indices nvidia-smi uses."""
+    smi = shutil.which("nvidia-smi")
+    if not gpu_ids or smi is None:
+        return ""
     try:
-        import ctranslate2
-    except ImportError as exc:
-        raise ModelLoadError(f"faster-whisper is not installed: {_INSTALL_HINT['faster-whisper']}") from exc
-    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        out = subprocess.run(
+            [smi, "--query-gpu=name", "--format=csv,noheader", "-i", str(gpu_ids[0])],
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
+
+
+def compute_type_of(engine: Engine) -> str:
+    """What the engine computes in: CTranslate2's compute type, or float16/float32 for torch."""
+    compute_type = getattr(engine, "compute_type", None)
+    if isinstance(compute_type, str):
+        return compute_type
+    fp16 = getattr(engine, "fp16", None)
+    return "" if fp16 is None else ("float16" if fp16 else "float32")
 
 
 def resolve_batch_size(spec: EngineSpec, device: str) -> int:

@@ -44,7 +44,7 @@ def main() -> int:
     settings = Settings().with_(
         retry={"max_retries": 3, "base_delay_s": 0.2, "max_delay_s": 1.0},
         lease={"lease_s": 20.0, "heartbeat_s": 0.5},
-        engine={"cpu_threads": 1},
+        engine={"cpu_threads": 1, "device": "cpu"},  # logical GPUs: cpu by choice
         worker={"min_actors": 1, "max_actors": 3, "num_gpus": 1, "num_cpus": 1, "prefetch": 1},
         health={"ping_interval_s": 0.3, "ping_timeout_s": 5.0, "replace_backoff_s": 0.2,
                 "start_timeout_s": 1.0, "pool_idle_s": 60.0},

@@ -59,7 +59,7 @@ def main(mode: str) -> int:
     settings = Settings().with_(
         retry={"max_retries": 3, "base_delay_s": 0.2, "max_delay_s": 1.0},
         lease={"lease_s": 20.0, "heartbeat_s": 0.5},
-        engine={"cpu_threads": 1, "device": "cpu"},
+        engine={"cpu_threads": 1, "device": "cpu"},  # logical GPUs: cpu by choice
         worker={"min_actors": 2, "max_actors": 2, "num_gpus": 1, "num_cpus": 1, "prefetch": 3},
         health={"ping_interval_s": 0.5, "ping_timeout_s": 5.0, "replace_backoff_s": 0.2, "drain_check_s": 0.5,
                 "death_verdict_s": 60.0},

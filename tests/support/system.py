@@ -48,7 +48,8 @@ def system_settings(database_url: str, s3: S3Settings, **groups) -> Settings:
         lease=LeaseSettings(lease_s=20.0, heartbeat_s=0.5),
         store=StoreSettings(op_retries=4, op_retry_base_s=0.05),
         transfer=TransferSettings(connect_timeout_s=2.0, read_timeout_s=2.0),
-        engine=EngineSettings(cpu_threads=1),
+        # Logical GPUs: reserved, never usable, so the device is cpu by choice (auto would refuse to start).
+        engine=EngineSettings(cpu_threads=1, device="cpu"),
         worker=WorkerSettings(min_actors=2, max_actors=2, num_gpus=1, num_cpus=1, prefetch=2),
         health=HealthSettings(ping_interval_s=0.5, ping_timeout_s=5.0, task_deadline_base_s=60.0),
         namespace=f"rt-test-{uuid.uuid4().hex[:6]}",
