@@ -80,7 +80,8 @@ def job_head():
     """A Ray head with its dashboard (the job server), `ray start --block` in a process group of its
     own: stopping that group stops this head alone (`ray stop` would stop every Ray on the host)."""
     temp = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))  # short: Ray's socket paths have a length limit
-    port, dashboard = _free_port(), _free_port()
+    # Every port of our own: the suite's Ray (and any other on the host) holds Ray's default ones.
+    port, dashboard, agent, client = _free_port(), _free_port(), _free_port(), _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_JOB_STOP_WAIT_TIME_S", None)  # Ray's default: SIGKILL 3 s after SIGTERM
@@ -88,7 +89,8 @@ def job_head():
     head_log = open(temp / "head.log", "w")  # noqa: SIM115 (the head outlives this statement)
     head = subprocess.Popen(
         [ray_cli, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard}",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--num-cpus=4", "--num-gpus=2",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-agent-listen-port={agent}",
+         f"--ray-client-server-port={client}", "--num-cpus=4", "--num-gpus=2",
          f"--temp-dir={temp}", "--disable-usage-stats"],
         env=env, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
