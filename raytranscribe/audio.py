@@ -380,8 +380,15 @@ def _child_main(decoder: str) -> None:
     writes to fd 1 (a print, FFmpeg) is sent to stderr."""
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
+    logging.getLogger("raytranscribe").setLevel(logging.ERROR)  # warnings travel as frames, logged by the reader
     open_fn = _resolve(decoder)
+    try:
+        _serve(open_fn, out)
+    except BrokenPipeError:  # the reader is gone (its actor died): so is the work
+        pass
 
+
+def _serve(open_fn: Callable[[Path], DecodeStream], out: BinaryIO) -> None:
     def send(kind: bytes, payload: bytes = b"") -> None:
         out.write(_FRAME.pack(kind, len(payload)))
         out.write(payload)
@@ -439,13 +446,18 @@ class _Helper:
 class Decoders:
     """Helper processes that decode for this process: ``open(path)`` lends one for a file.
 
-    Helpers are reused (starting one costs an interpreter and PyAV, a few hundred ms); up to
-    ``keep`` idle ones are kept, and one is started at construction so the first file does not wait.
+    Helpers are reused (starting one costs an interpreter and PyAV, a few hundred ms): up to
+    ``slots`` decode at once (decoding is CPU work: more than the cores gain nothing, and a burst of
+    short files must not start a helper each), and as many are kept idle; one is started at
+    construction so the first file does not wait. A long file's helper waits, paused by the pipe,
+    while its reader transcribes a piece: from its first piece on it holds no slot.
     """
 
-    def __init__(self, decoder: str = DEFAULT_DECODER, keep: int = 4) -> None:
+    def __init__(self, decoder: str = DEFAULT_DECODER, slots: int | None = None) -> None:
         _resolve(decoder)  # a plug-in that cannot be imported is the worker's error, at start-up
-        self.decoder, self.keep = decoder, keep
+        self.decoder = decoder
+        self.slots = slots or max(2, min(8, os.cpu_count() or 2))
+        self._free = threading.BoundedSemaphore(self.slots)
         self._lock = threading.Lock()
         self._idle: list[_Helper] = [_Helper(decoder)]
         self._closed = False
@@ -454,19 +466,27 @@ class Decoders:
         """Start decoding ``path``: its info is read before this returns. Raises AudioDecodeError
         (the file's own, or a crash of the helper on it)."""
         request = (json.dumps({"path": str(path)}) + "\n").encode()
-        for attempt in (0, 1):
-            helper = self._lend()
-            try:
-                assert helper.proc.stdin is not None
-                helper.proc.stdin.write(request)
-                helper.proc.stdin.flush()
-            except OSError:  # an idle helper that died meanwhile: not this file's doing
-                helper.stop()
-                if attempt:
-                    raise
-                continue
-            return ChildStream(self, helper, path)
-        raise AssertionError("unreachable")
+        self._free.acquire()
+        try:
+            for attempt in (0, 1):
+                helper = self._lend()
+                try:
+                    assert helper.proc.stdin is not None
+                    helper.proc.stdin.write(request)
+                    helper.proc.stdin.flush()
+                except OSError:  # an idle helper that died meanwhile: not this file's doing
+                    helper.stop()
+                    if attempt:
+                        raise
+                    continue
+                break
+        except BaseException:
+            self._free.release()
+            raise
+        return ChildStream(self, helper, path)  # it holds the slot now, and frees it
+
+    def _slot_done(self) -> None:
+        self._free.release()
 
     def _lend(self) -> _Helper:
         with self._lock:
@@ -479,7 +499,7 @@ class Decoders:
 
     def _give_back(self, helper: _Helper) -> None:
         with self._lock:
-            if not self._closed and helper.alive() and len(self._idle) < self.keep:
+            if not self._closed and helper.alive() and len(self._idle) < self.slots:
                 self._idle.append(helper)
                 return
         helper.stop()
@@ -506,6 +526,7 @@ class ChildStream:
         self._pending_n = 0
         self._ended = False  # the helper said done (or failed): nothing more will come
         self._closed = False
+        self._slot = True  # holds one of the owner's decode slots (until its first piece or its end)
         self.decoded_samples = 0
         self.info: StreamInfo | None = None
         try:
@@ -556,12 +577,19 @@ class ChildStream:
             else:
                 self._pending[0] = piece[k:]
         self._pending_n -= take
+        self._free_slot()  # done, or paused by the pipe until the next read: no longer decoding
         return out
+
+    def _free_slot(self) -> None:
+        if self._slot:
+            self._slot = False
+            self._owner._slot_done()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._free_slot()
         self._pending.clear()
         if self._ended:
             self._owner._give_back(self._helper)
