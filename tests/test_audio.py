@@ -515,3 +515,22 @@ def test_a_reader_that_stops_early_does_not_get_the_rest_later(decoders, tmp_pat
     fox = sample_path("fox.wav")
     with decoders.open(fox) as stream:
         np.testing.assert_array_equal(_read_all(stream), decode(fox).samples)
+
+
+def test_a_long_file_paused_between_pieces_leaves_room_for_others(tmp_path):
+    """One decode slot: a long file read one piece at a time (its helper paused by the pipe) does
+    not hold it, so short files decode meanwhile; each gets its own samples, in order."""
+    helpers = Decoders(slots=1)
+    try:
+        long = media.encode(tmp_path / "long.flac", media.tone(90.0), rate=48000, layout="5.1", codec="flac")
+        fox = sample_path("fox.wav")
+        parts = []
+        with helpers.open(long) as slow:
+            while (part := slow.read(20 * SAMPLE_RATE)).size:
+                parts.append(part)
+                with helpers.open(fox) as quick:  # would wait forever were the slot still held
+                    np.testing.assert_array_equal(_read_all(quick), decode(fox).samples)
+        assert len(parts) == 5
+        np.testing.assert_array_equal(np.concatenate(parts), decode(long).samples)
+    finally:
+        helpers.close()
