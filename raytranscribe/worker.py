@@ -689,7 +689,9 @@ class TranscriptionWorker:
         the compute lock and ``engine.transcribe``. Timings name the wait and the work apart."""
         engine = self.engine
         assert engine is not None  # process() checked it
-        options = spec.options if language is None or spec.options.language else replace(spec.options, language=language)
+        options = spec.options
+        if language is not None and options.language is None:
+            options = replace(options, language=language)
         offset_s = offset / SAMPLE_RATE
         try:
             if self.batcher is None:

@@ -500,7 +500,7 @@ def test_a_bad_file_is_the_helpers_answer_not_its_end(decoders, tmp_path):
     junk = tmp_path / "junk.wav"
     junk.write_bytes(b"not audio at all" * 100)
     for _ in range(2):
-        with pytest.raises(AudioDecodeError, match="corrupt or truncated audio: WAV header could not be read|not an audio file"):
+        with pytest.raises(AudioDecodeError, match="WAV header could not be read|not an audio file"):
             decoders.open(junk)
     with decoders.open(sample_path("doctor.flac")) as stream:
         assert stream.info.source_channels == 2 and _read_all(stream).size > SAMPLE_RATE

@@ -481,7 +481,7 @@ def test_a_long_file_is_transcribed_in_pieces_into_one_transcript_in_file_time(r
 def test_a_six_hour_file_completes_in_bounded_memory(ray_session, fault_server, tmp_path):
     """Six hours of a FLAC (silence: no windows to decode, the test is about decoding and pieces)
     through a real actor: one transcript of the whole length, and the actor's peak RSS well under
-    what holding it whole needs (1.4 GB of float32 alone; 3.6 GB peak before pieces)."""
+    what holding it whole needs (1.4 GB of float32 alone; the actor peaked at 4.1 GB before pieces)."""
     seconds = 6 * 3600
     path = media.silent_flac(tmp_path / "six-hours.flac", seconds)
     spec = replace(TINY, batch_size=4)

@@ -25,7 +25,8 @@ def encode(path: Path, mono: np.ndarray, *, rate: int, layout: str, codec: str,
     with av.open(str(path), "w") as out:
         stream = out.add_stream(codec, rate=rate, layout=layout)
         fmt = stream.codec_context.codec.audio_formats[0].name
-        to_file = av.AudioResampler(format=fmt, layout=layout, rate=rate, frame_size=stream.codec_context.frame_size or None)
+        frame_size = stream.codec_context.frame_size or None
+        to_file = av.AudioResampler(format=fmt, layout=layout, rate=rate, frame_size=frame_size)
         step = source_rate * 10  # ten seconds a frame: memory stays flat for long files
         for at in range(0, mono.size, step):
             piece = np.ascontiguousarray(mono[at : at + step], dtype=np.float32)
