@@ -19,7 +19,15 @@ whose message names what was wrong:
 
 Partial decodes are errors, never results: if decoding stops early (a decode error part-way, or
 fewer samples than the container header promises), the whole file fails. Silently transcribing
-half a file would hand the user a transcript that looks complete and is not.
+half a file would hand the user a transcript that looks complete and is not. A decode error once
+the whole length the file declares is in (a partial last block, as GSM 6.10 WAVs end) is only a
+warning: nothing is missing.
+
+Any channel layout and rate FFmpeg reads is mixed down to mono by FFmpeg's resampler.
+
+A worker decodes in helper processes (:class:`Decoders`): a crash inside FFmpeg fails that file
+alone (``decoder crashed with SIGSEGV on an 8-channel 48 kHz wav stream``), and the samples come
+back in pieces, so no file is held whole. ``decode``/``decode_bytes`` decode whole in this process.
 
 What can be checked depends on the container. A CBR MP3 without a Xing/Info/VBRI header and a
 live-written WebM (no Duration element) state no length anywhere, so a cut one just looks shorter.
@@ -31,11 +39,22 @@ Pure silence is *not* an error: a valid file of zeros decodes to zeros.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib
 import io
+import json
 import logging
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NoReturn, Protocol
 
 import av
 import numpy as np
@@ -43,7 +62,18 @@ import numpy as np
 from raytranscribe.engines.base import SAMPLE_RATE
 from raytranscribe.errors import AudioDecodeError
 
-__all__ = ["SAMPLE_RATE", "DecodedAudio", "decode", "decode_bytes"]
+__all__ = [
+    "DEFAULT_DECODER",
+    "SAMPLE_RATE",
+    "ChildStream",
+    "DecodeStream",
+    "DecodedAudio",
+    "Decoders",
+    "StreamInfo",
+    "decode",
+    "decode_bytes",
+    "open_stream",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +90,43 @@ class DecodedAudio:
     source_format: str  # FFmpeg demuxer name(s), e.g. "wav", "mov,mp4,m4a,3gp,3g2,mj2"
     source_rate: int
     source_channels: int
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What an opened file holds, known before a sample is decoded."""
+
+    source_format: str
+    source_rate: int
+    source_channels: int
+    declared_s: float | None  # the length the file itself states (see _declared_duration), None if none
+
+    def describe(self) -> str:
+        """e.g. "an 8-channel 48 kHz wav stream"."""
+        what = f"{self.source_channels}-channel {self.source_rate / 1000:g} kHz {self.source_format} stream"
+        return f"{'an' if what.startswith(('8', '11-', '18-')) else 'a'} {what}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class DecodeStream(Protocol):
+    """An opened audio file decoding on demand (what a ``worker.decoder`` plug-in returns).
+
+    ``pieces`` yields 16 kHz mono float32 arrays in order and raises AudioDecodeError when the file
+    turns out corrupt or truncated (checked at its end too); ``warnings`` holds what was forgiven.
+    """
+
+    info: StreamInfo
+    warnings: list[str]
+
+    def pieces(self) -> Iterator[np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> DecodeStream: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 class _Peek(Protocol):
@@ -94,7 +161,36 @@ class _FilePeek:
 
 
 def decode(path: Path | str) -> DecodedAudio:
-    """Decode the audio file at ``path``. Raises AudioDecodeError (permanent) when it cannot."""
+    """Decode the audio file at ``path`` whole, in this process. Raises AudioDecodeError (permanent)
+    when it cannot. Untrusted files in a worker go through :class:`Decoders` instead."""
+    with open_stream(path) as stream:
+        return _whole(stream)
+
+
+def decode_bytes(data: bytes, name_hint: str = "input") -> DecodedAudio:
+    """Decode audio held in memory (``name_hint`` only appears in logs)."""
+    if len(data) == 0:
+        raise AudioDecodeError("empty file (0 bytes)")
+    with _AvStream(io.BytesIO(data), label=name_hint, head=data[:_HEAD_BYTES], peek=_BytesPeek(data)) as stream:
+        return _whole(stream)
+
+
+def _whole(stream: DecodeStream) -> DecodedAudio:
+    chunks = list(stream.pieces())
+    samples = np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+    info = stream.info
+    return DecodedAudio(
+        samples=samples,
+        duration_s=samples.size / SAMPLE_RATE,
+        source_format=info.source_format,
+        source_rate=info.source_rate,
+        source_channels=info.source_channels,
+    )
+
+
+def open_stream(path: Path | str) -> DecodeStream:
+    """Open the audio file at ``path`` for decoding piece by piece (the default ``worker.decoder``).
+    Raises AudioDecodeError when it is no audio file at all."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -108,20 +204,16 @@ def decode(path: Path | str) -> DecodedAudio:
         fh = path.open("rb")
     except OSError as exc:  # no permission: nothing a retry would change
         raise AudioDecodeError(f"cannot read {path}: {exc}") from exc
-    with fh:
-        try:
-            peek = _FilePeek(fh, size)
-            head = peek(0, _HEAD_BYTES)
-        except OSError as exc:
-            raise AudioDecodeError(f"cannot read {path}: {exc}") from exc
-        return _decode(str(path), label=path.name, head=head, peek=peek)
-
-
-def decode_bytes(data: bytes, name_hint: str = "input") -> DecodedAudio:
-    """Decode audio held in memory (``name_hint`` only appears in logs)."""
-    if len(data) == 0:
-        raise AudioDecodeError("empty file (0 bytes)")
-    return _decode(io.BytesIO(data), label=name_hint, head=data[:_HEAD_BYTES], peek=_BytesPeek(data))
+    try:
+        peek = _FilePeek(fh, size)
+        head = peek(0, _HEAD_BYTES)
+        return _AvStream(str(path), label=path.name, head=head, peek=peek, owned=fh)
+    except OSError as exc:
+        fh.close()
+        raise AudioDecodeError(f"cannot read {path}: {exc}") from exc
+    except BaseException:
+        fh.close()
+        raise
 
 
 def _reason(exc: BaseException) -> str:
@@ -131,81 +223,408 @@ def _reason(exc: BaseException) -> str:
     return str(exc)
 
 
-def _decode(source: str | BinaryIO, label: str, head: bytes, peek: _Peek) -> DecodedAudio:
-    try:
-        container = av.open(source, mode="r")
-    except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError) as exc:
-        kind = _sniff(head)
-        if kind is not None:
-            # A known container signature FFmpeg cannot parse: a cut or damaged file, not a stranger.
-            raise AudioDecodeError(
-                f"corrupt or truncated audio: {kind} header could not be read: {_reason(exc)}"
-            ) from exc
-        raise AudioDecodeError(f"not an audio file: {_reason(exc)}") from exc
+class _AvStream:
+    """One file through PyAV: opened (and judged a file of audio) at construction, decoded by ``pieces``."""
 
-    with container:
+    def __init__(
+        self, source: str | BinaryIO, label: str, head: bytes, peek: _Peek, owned: BinaryIO | None = None
+    ) -> None:
+        self.label, self._peek, self._owned = label, peek, owned
+        self.warnings: list[str] = []
+        try:
+            self._container = av.open(source, mode="r")
+        except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError) as exc:
+            kind = _sniff(head)
+            if kind is not None:
+                # A known container signature FFmpeg cannot parse: a cut or damaged file, not a stranger.
+                raise AudioDecodeError(
+                    f"corrupt or truncated audio: {kind} header could not be read: {_reason(exc)}"
+                ) from exc
+            raise AudioDecodeError(f"not an audio file: {_reason(exc)}") from exc
+        container = self._container
         fmt = container.format.name
         if not container.streams.audio:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
+            container.close()
             raise AudioDecodeError(f"no audio stream in {fmt} (streams: {', '.join(kinds)})")
-        stream = container.streams.audio[0]
-        source_rate = int(stream.rate or 0)
-        source_channels = int(stream.channels or 0)
-        declared = _declared_duration(container, stream, head, peek)
+        self._stream = container.streams.audio[0]
+        declared = _declared_duration(container, self._stream, head, peek)
+        self._what = declared[1] if declared else None
+        self.info = StreamInfo(
+            source_format=fmt,
+            source_rate=int(self._stream.rate or 0),
+            source_channels=int(self._stream.channels or 0),
+            declared_s=declared[0] if declared else None,
+        )
 
-        # The resampler converts sample format and rate, keeping the channels; we average them
-        # ourselves because FFmpeg's stereo->mono mix sums at -3 dB (a full-scale stereo file
-        # would peak at 1.41). Frame by frame keeps memory flat.
-        resampler = av.AudioResampler(format="fltp", rate=SAMPLE_RATE)
-        chunks: list[np.ndarray] = []
+    def __enter__(self) -> _AvStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._container.close()
+        if self._owned is not None:
+            self._owned.close()
+
+    def pieces(self) -> Iterator[np.ndarray]:
+        # FFmpeg's resampler mixes down (any layout, any channel count) and resamples; its mix is
+        # scaled so that identical channels keep their level (_downmix_gain). Frame by frame keeps
+        # memory flat whatever the file's length.
+        info = self.info
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        gain: float | None = None
         decoded = 0
         try:
-            for frame in container.decode(stream):
+            for frame in self._container.decode(self._stream):
                 frame.pts = None  # timestamps from broken muxers must not make the resampler drop audio
+                if gain is None:
+                    gain = _downmix_gain(frame.layout)
                 for out in resampler.resample(frame):
-                    decoded += _append_mono(chunks, out)
-            for out in resampler.resample(None):
-                decoded += _append_mono(chunks, out)
+                    piece = _mono(out, gain)
+                    decoded += piece.size
+                    yield piece
         except (av.FFmpegError, ValueError) as exc:  # ValueError: PyAV on a mid-stream layout change
-            raise AudioDecodeError(
-                f"corrupt or truncated audio: {_reason(exc)} after {decoded / SAMPLE_RATE:.2f} s decoded"
-            ) from exc
-
-    if decoded == 0:
-        raise AudioDecodeError("no audio samples decoded")
-    samples = np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
-    duration_s = samples.size / SAMPLE_RATE
-    if declared is not None:
-        declared_s, what = declared
-        if declared_s - duration_s > max(_TRUNCATION_SLACK_S, _TRUNCATION_SLACK_RATIO * declared_s):
-            raise AudioDecodeError(
-                f"truncated audio: decoded {duration_s:.2f} s of the {declared_s:.2f} s {what} declares"
+            at = decoded / SAMPLE_RATE
+            if info.declared_s is None or info.declared_s - at > _slack(info.declared_s):
+                raise AudioDecodeError(f"corrupt or truncated audio: {_reason(exc)} after {at:.2f} s decoded") from exc
+            # The whole declared length is in: what failed is a partial block after it (a GSM WAV's last one).
+            self.warnings.append(
+                f"ignored a decoder error after the {info.declared_s:.2f} s {self._what} declares "
+                f"had been decoded: {_reason(exc)}"
             )
-    if fmt == "ogg":
-        cut = _ogg_cut_page(peek)
-        if cut is not None:
-            have, need = cut
-            where = f"{have} of its {need} bytes" if need is not None else f"its header cut after {have} bytes"
+            log.warning("%s: %s", self.label, self.warnings[-1])
+        for out in resampler.resample(None):
+            piece = _mono(out, gain or 1.0)
+            decoded += piece.size
+            yield piece
+        self._check_end(decoded)
+
+    def _check_end(self, decoded: int) -> None:
+        info = self.info
+        if decoded == 0:
+            raise AudioDecodeError("no audio samples decoded")
+        duration_s = decoded / SAMPLE_RATE
+        if info.declared_s is not None and info.declared_s - duration_s > _slack(info.declared_s):
             raise AudioDecodeError(
-                f"truncated audio: the file ends inside an Ogg page ({where}) after {duration_s:.2f} s decoded"
+                f"truncated audio: decoded {duration_s:.2f} s of the {info.declared_s:.2f} s {self._what} declares"
             )
-    log.debug(
-        "decoded %s: %s %d Hz x%d -> %.2f s", label, fmt, source_rate, source_channels, duration_s,
-    )
-    return DecodedAudio(
-        samples=samples,
-        duration_s=duration_s,
-        source_format=fmt,
-        source_rate=source_rate,
-        source_channels=source_channels,
-    )
+        if info.source_format == "ogg":
+            cut = _ogg_cut_page(self._peek)
+            if cut is not None:
+                have, need = cut
+                where = f"{have} of its {need} bytes" if need is not None else f"its header cut after {have} bytes"
+                raise AudioDecodeError(
+                    f"truncated audio: the file ends inside an Ogg page ({where}) after {duration_s:.2f} s decoded"
+                )
+        log.debug(
+            "decoded %s: %s %d Hz x%d -> %.2f s",
+            self.label, info.source_format, info.source_rate, info.source_channels, duration_s,
+        )  # fmt: skip
 
 
-def _append_mono(chunks: list[np.ndarray], frame: av.AudioFrame) -> int:
-    planes = frame.to_ndarray()  # (channels, samples) for planar formats
-    mono = planes[0] if planes.shape[0] == 1 else planes.mean(axis=0, dtype=np.float32)
-    chunks.append(mono)
-    return mono.size
+def _slack(declared_s: float) -> float:
+    return max(_TRUNCATION_SLACK_S, _TRUNCATION_SLACK_RATIO * declared_s)
+
+
+def _mono(frame: av.AudioFrame, gain: float) -> np.ndarray:
+    mono = frame.to_ndarray().reshape(-1)  # packed mono: one plane
+    return mono * np.float32(gain) if gain != 1.0 else mono
+
+
+@functools.lru_cache(maxsize=64)
+def _layout_gain(layout: str, channels: int) -> float:
+    if channels <= 1:
+        return 1.0
+    ones = av.AudioFrame.from_ndarray(np.ones((1, 256 * channels), dtype=np.float32), format="flt", layout=layout)
+    ones.sample_rate = SAMPLE_RATE
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    out = [f.to_ndarray().reshape(-1) for f in (*resampler.resample(ones), *resampler.resample(None))]
+    level = float(np.max(np.concatenate(out))) if out else 0.0
+    return 1.0 / level if level > 0 else 1.0
+
+
+def _downmix_gain(layout: av.AudioLayout) -> float:
+    """What scales FFmpeg's mono mix of ``layout`` so identical channels keep their level: its matrix
+    sums them at -3 dB per pair (a full-scale stereo file would peak at 1.41, a 7.1 one at 4.4).
+    Measured by mixing a frame of ones, once per layout."""
+    return _layout_gain(layout.name, len(layout.channels))
+
+
+# --- decoding in a child process ------------------------------------------------------------------
+#
+# FFmpeg is C: a decoder bug on a hostile file is a signal, not an exception, and would kill the
+# process with every task it holds. A worker decodes untrusted files in helper processes instead:
+# each is started once (``python -m raytranscribe.audio <decoder>``), takes one request at a time
+# on its stdin (a JSON line naming the file) and answers on its stdout with frames: the stream's
+# info, its PCM (16 kHz mono float32) in pieces as it decodes, warnings, then done or an error.
+# The worker reads the PCM as it needs it (a pipe: the helper waits while the worker transcribes),
+# so no file is ever held whole. A helper that dies mid-answer fails that file alone.
+
+DEFAULT_DECODER = "raytranscribe.audio:open_stream"
+_FRAME = struct.Struct("<cI")  # kind, payload length
+_INFO, _PCM, _WARNING, _DONE, _ERROR = b"I", b"P", b"W", b"D", b"E"
+_PIPE_PIECE = SAMPLE_RATE * 4  # samples per PCM frame: 4 s of audio, 256 KB
+
+
+def _resolve(decoder: str) -> Callable[[Path], DecodeStream]:
+    module, _, name = decoder.partition(":")
+    if not module or not name:
+        raise ValueError(f"worker.decoder must be 'module:function', got {decoder!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def _child_main(decoder: str) -> None:
+    """The helper's loop (runs in the child). Its stdout carries frames only: anything else that
+    writes to fd 1 (a print, FFmpeg) is sent to stderr."""
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    logging.getLogger("raytranscribe").setLevel(logging.ERROR)  # warnings travel as frames, logged by the reader
+    open_fn = _resolve(decoder)
+    try:
+        _serve(open_fn, out)
+    except BrokenPipeError:  # the reader is gone (its actor died): so is the work
+        pass
+
+
+def _serve(open_fn: Callable[[Path], DecodeStream], out: BinaryIO) -> None:
+    def send(kind: bytes, payload: bytes = b"") -> None:
+        out.write(_FRAME.pack(kind, len(payload)))
+        out.write(payload)
+
+    for line in sys.stdin.buffer:
+        path = Path(json.loads(line)["path"])
+        try:
+            with open_fn(path) as stream:
+                send(_INFO, json.dumps(stream.info.to_dict()).encode())
+                out.flush()
+                held: list[np.ndarray] = []
+                n = 0
+                for piece in stream.pieces():
+                    held.append(piece)
+                    n += piece.size
+                    if n >= _PIPE_PIECE:
+                        send(_PCM, np.concatenate(held).astype("<f4", copy=False).tobytes())
+                        held, n = [], 0
+                if held:
+                    send(_PCM, np.concatenate(held).astype("<f4", copy=False).tobytes())
+                for warning in stream.warnings:
+                    send(_WARNING, warning.encode())
+            send(_DONE)
+        except AudioDecodeError as exc:
+            send(_ERROR, exc.message.encode())
+        except Exception as exc:  # a decoder plug-in's bug: this file's failure, the helper goes on
+            send(_ERROR, f"decoder failed: {type(exc).__name__}: {exc}".encode())
+        out.flush()
+
+
+class _Helper:
+    """One helper process and its pipes."""
+
+    def __init__(self, decoder: str) -> None:
+        env = dict(os.environ)
+        # The helper imports what this process imports (a plug-in from the actor's runtime_env too).
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "raytranscribe.audio", decoder],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
+        )  # fmt: skip
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            self.proc.kill()
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+class Decoders:
+    """Helper processes that decode for this process: ``open(path)`` lends one for a file.
+
+    Helpers are reused (starting one costs an interpreter and PyAV, a few hundred ms): up to
+    ``slots`` decode at once (decoding is CPU work: more than the cores gain nothing, and a burst of
+    short files must not start a helper each), and as many are kept idle; one is started at
+    construction so the first file does not wait. A long file's helper waits, paused by the pipe,
+    while its reader transcribes a piece: from its first piece on it holds no slot.
+    """
+
+    def __init__(self, decoder: str = DEFAULT_DECODER, slots: int | None = None) -> None:
+        _resolve(decoder)  # a plug-in that cannot be imported is the worker's error, at start-up
+        self.decoder = decoder
+        self.slots = slots or max(2, min(8, os.cpu_count() or 2))
+        self._free = threading.BoundedSemaphore(self.slots)
+        self._lock = threading.Lock()
+        self._idle: list[_Helper] = [_Helper(decoder)]
+        self._closed = False
+
+    def open(self, path: Path) -> ChildStream:
+        """Start decoding ``path``: its info is read before this returns. Raises AudioDecodeError
+        (the file's own, or a crash of the helper on it)."""
+        request = (json.dumps({"path": str(path)}) + "\n").encode()
+        self._free.acquire()
+        try:
+            for attempt in (0, 1):
+                helper = self._lend()
+                try:
+                    assert helper.proc.stdin is not None
+                    helper.proc.stdin.write(request)
+                    helper.proc.stdin.flush()
+                except OSError:  # an idle helper that died meanwhile: not this file's doing
+                    helper.stop()
+                    if attempt:
+                        raise
+                    continue
+                break
+        except BaseException:
+            self._free.release()
+            raise
+        return ChildStream(self, helper, path)  # it holds the slot now, and frees it
+
+    def _slot_done(self) -> None:
+        self._free.release()
+
+    def _lend(self) -> _Helper:
+        with self._lock:
+            while self._idle:
+                helper = self._idle.pop()
+                if helper.alive():
+                    return helper
+                helper.stop()
+        return _Helper(self.decoder)
+
+    def _give_back(self, helper: _Helper) -> None:
+        with self._lock:
+            if not self._closed and helper.alive() and len(self._idle) < self.slots:
+                self._idle.append(helper)
+                return
+        helper.stop()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for helper in idle:
+            helper.stop()
+
+
+class ChildStream:
+    """A file decoding in a helper: ``info`` at once, then its samples ``read`` in chunks.
+
+    ``close`` gives the helper back when the answer was read to its end; otherwise (the reader
+    stopped early) the helper is stopped, since it is still writing a file nobody wants.
+    """
+
+    def __init__(self, owner: Decoders, helper: _Helper, path: Path) -> None:
+        self._owner, self._helper, self._path = owner, helper, path
+        self.warnings: list[str] = []
+        self._pending: list[np.ndarray] = []  # PCM received and not yet read
+        self._pending_n = 0
+        self._ended = False  # the helper said done (or failed): nothing more will come
+        self._closed = False
+        self._slot = True  # holds one of the owner's decode slots (until its first piece or its end)
+        self.decoded_samples = 0
+        self.info: StreamInfo | None = None
+        try:
+            kind, payload = self._frame()
+            if kind == _INFO:
+                self.info = StreamInfo(**json.loads(payload))
+            else:
+                self._unexpected(kind, payload)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> ChildStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def exhausted(self) -> bool:
+        return self._ended and self._pending_n == 0
+
+    def read(self, n: int) -> np.ndarray:
+        """Up to ``n`` samples (fewer only at the end; empty after it). Raises AudioDecodeError."""
+        while self._pending_n < n and not self._ended:
+            kind, payload = self._frame()
+            if kind == _PCM:
+                piece = np.frombuffer(payload, dtype="<f4")
+                self._pending.append(piece)
+                self._pending_n += piece.size
+                self.decoded_samples += piece.size
+            elif kind == _WARNING:
+                self.warnings.append(payload.decode())
+            elif kind == _DONE:
+                self._ended = True
+            else:
+                self._unexpected(kind, payload)
+        take = min(n, self._pending_n)
+        out = np.empty(take, dtype=np.float32)
+        at = 0
+        while at < take:
+            piece = self._pending[0]
+            k = min(piece.size, take - at)
+            out[at : at + k] = piece[:k]
+            at += k
+            if k == piece.size:
+                self._pending.pop(0)
+            else:
+                self._pending[0] = piece[k:]
+        self._pending_n -= take
+        self._free_slot()  # done, or paused by the pipe until the next read: no longer decoding
+        return out
+
+    def _free_slot(self) -> None:
+        if self._slot:
+            self._slot = False
+            self._owner._slot_done()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._free_slot()
+        self._pending.clear()
+        if self._ended:
+            self._owner._give_back(self._helper)
+        else:
+            self._helper.stop()
+
+    def _unexpected(self, kind: bytes, payload: bytes) -> NoReturn:
+        self._ended = True
+        if kind == _ERROR:
+            raise AudioDecodeError(payload.decode())
+        self._helper.stop()
+        raise AudioDecodeError(f"decoder sent an unknown frame {kind!r} on {self._what()}")
+
+    def _what(self) -> str:
+        return self.info.describe() if self.info is not None else f"{self._path.name}"
+
+    def _frame(self) -> tuple[bytes, bytes]:
+        pipe = self._helper.proc.stdout
+        assert pipe is not None
+        head = pipe.read(_FRAME.size)
+        if len(head) == _FRAME.size:
+            kind, size = _FRAME.unpack(head)
+            payload = pipe.read(size)
+            if len(payload) == size:
+                return kind, payload
+        # The helper died mid-answer: a signal inside FFmpeg, the OOM killer, a plug-in's exit.
+        self._ended = False  # nothing to give back
+        self._helper.stop()
+        code = self._helper.proc.returncode
+        if code is not None and code < 0:
+            how = f"crashed with {signal.Signals(-code).name}"
+        else:
+            how = f"exited with status {code}"
+        after = f" after {self.decoded_samples / SAMPLE_RATE:.2f} s decoded" if self.info is not None else ""
+        raise AudioDecodeError(f"decoder {how} on {self._what()}{after}")
 
 
 def _declared_duration(
@@ -417,3 +836,7 @@ def _ogg_cut_page(peek: _Peek) -> tuple[int, int | None] | None:
         length = _ogg_page_length(tail, pos)
         if length is None or pos + length > len(tail):
             return len(rest), length  # needed: unknown while the header itself is cut
+
+
+if __name__ == "__main__":  # a decode helper: python -m raytranscribe.audio <module:function>
+    _child_main(sys.argv[1])

@@ -138,6 +138,16 @@ class WorkerSettings(_Group):
         description="Decoded audio an actor holds at most (seconds; 1 h is about 230 MB of float32): "
         "past it, downloaded files wait to be decoded and the actor asks for no more tasks",
     )  # fmt: skip
+    stream_chunk_s: float = Field(
+        600.0, ge=60,
+        description="Longest piece of a file an actor holds decoded (seconds): a longer file is decoded, "
+        "windowed and transcribed piece by piece, cut at a quiet moment, into one transcript",
+    )  # fmt: skip
+    decoder: str = Field(
+        "raytranscribe.audio:open_stream",
+        description="module:function that opens a file for decoding in the actor's decode helper processes "
+        "(a plug-in returning an audio.DecodeStream)",
+    )
 
 
 class HealthSettings(_Group):

@@ -71,7 +71,7 @@ class Outcome:
 @dataclass(frozen=True)
 class Computing:
     """An item of a worker's results stream besides outcomes: the attempts its process is computing
-    on now (inside the engine, or decoding), sent whenever that set changes. Should the process die,
+    on now (inside the engine), sent whenever that set changes. Should the process die,
     these are the suspects, charged for the crash; whatever else it held only waited, and goes back
     uncharged."""
 

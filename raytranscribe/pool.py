@@ -146,7 +146,7 @@ class _Actor:
     idle_since: float | None = None
     consecutive_failures: int = 0  # transcriptions in a row that failed here (a sick GPU shows up so)
     death_cause: str | None = None
-    # What its process computes on now (engine or decoder), from the Computing notes on its results stream.
+    # What its process computes on now (inside the engine), from the Computing notes on its results stream.
     computing: frozenset[Lease] = frozenset()
 
     @property

@@ -25,9 +25,15 @@ Start-up: the constructor only starts the thread that fetches the model (into th
 cache) and loads it; until then ``ping`` reports ``loading`` with bytes done of total, and
 ``ready`` (a group of its own) returns once the model is in, or raises what stopped it.
 
-Memory: decoded audio is held from decode until the task's transcript is back; past
-``worker.max_buffered_audio_s`` of it, downloaded files wait before decoding, and ``wants`` (in the
-ping reply) tells the driver how many more tasks this actor can take.
+Decoding: each file is decoded in one of the actor's decode helper processes (``audio.Decoders``),
+so a crash inside FFmpeg fails that task alone, with a permanent ``decode`` error.
+
+Memory: decoded audio is held from decode until its transcript is back. A file comes back from its
+helper in pieces of at most ``worker.stream_chunk_s`` (cut at a quiet moment), each prepared and
+transcribed before the next is read, so a task holds one piece whatever the recording's length; the
+pieces' segments join into one transcript in file time. Past ``worker.max_buffered_audio_s`` of held
+audio, downloaded files wait before decoding, and ``wants`` (in the ping reply) tells the driver how
+many more tasks this actor can take.
 """
 
 from __future__ import annotations
@@ -44,9 +50,10 @@ import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import ray
 
 from raytranscribe import audio, formats, metrics
@@ -56,13 +63,17 @@ from raytranscribe.contracts import Computing, ModelLoadState, ModelManifest, Ou
 from raytranscribe.engines import compute_type_of, gpu_name, load_engine, resolve_device
 from raytranscribe.engines.base import (
     ENGINES,
+    SAMPLE_RATE,
+    WINDOW_SAMPLES,
     BatchEngine,
     Engine,
     EngineSpec,
     PreparedAudio,
     Transcript,
     TranscribeOptions,
+    Window,
 )
+from raytranscribe.engines.windows import quietest_cut
 from raytranscribe.errors import (
     DispatchError,
     EngineOutOfMemory,
@@ -403,9 +414,14 @@ class TranscriptionWorker:
         self._buffered_s = 0.0  # decoded audio held (decode -> transcript back)
         self._decoding = 0  # tasks admitted to decode, not decoded yet
         self._mean_audio_s: float | None = None  # running mean of decoded durations: the size of the unknown
-        self._computing: set[Lease] = set()  # in the engine or the decoder now: the suspects should this process die
+        self._computing: set[Lease] = set()  # inside the engine now: the suspects should this process die
         self._withdrawn: set[Lease] = set()  # taken back by the driver; dropped at their next step
         self._streaming = False  # results() has a reader: Computing notes have somewhere to go
+        # Untrusted media decode in helper processes (a crash inside FFmpeg fails one file, not this
+        # actor), streamed back in pieces of at most stream_chunk_s: what a task holds is bounded.
+        self._decoders = audio.Decoders(config.worker.decoder)
+        chunk_s = min(config.worker.stream_chunk_s, max(config.worker.max_buffered_audio_s, 60.0))
+        self._chunk_samples = int(chunk_s * SAMPLE_RATE)
         ctx = ray.get_runtime_context()
         self._actor_id = ctx.get_actor_id() or ""
         self._node_id = ctx.get_node_id() or ""
@@ -518,7 +534,7 @@ class TranscriptionWorker:
                 raise Withdrawn("taken back by the driver")
 
     def _note_computing(self, keys: frozenset[Hashable] | set[Lease], on: bool) -> None:
-        """Tasks entering (``on``) or leaving the engine or the decoder: the set goes out on the results
+        """Tasks entering (``on``) or leaving the engine: the set goes out on the results
         stream at once, ahead of any outcome that follows, for the driver to judge a crash by. On the
         way in, wait until it has left: a crash in the engine must find the driver told."""
         with self._state:
@@ -605,6 +621,12 @@ class TranscriptionWorker:
                 m = self._mean_audio_s
                 self._mean_audio_s = seconds if m is None else 0.9 * m + 0.1 * seconds
             self._state.notify_all()
+
+    def _hold(self, seconds: float) -> None:
+        """The next piece of a file being transcribed is decoded: held, without waiting (its task is
+        already in; it replaces the piece just released)."""
+        with self._state:
+            self._buffered_s += seconds
 
     def _release(self, seconds: float) -> None:
         with self._state:
@@ -695,18 +717,49 @@ class TranscriptionWorker:
             waited = self._admit(progress)
             if waited:  # waited for room under worker.max_buffered_audio_s
                 timings.append(("memory", round(waited, 4)))
+            stream: audio.ChildStream | None = None
             try:
                 self._check_withdrawn(key)
-                with stage(Stage.DECODE), self._computing_on(key):
-                    decoded = audio.decode(downloaded.path)
-                    downloaded.path.unlink(missing_ok=True)  # free scratch space before the long part
+                with stage(Stage.DECODE):  # in a helper process: a crash there is this file's, not the actor's
+                    stream = self._decoders.open(downloaded.path)
+                    chunks = _Chunks(stream, self._chunk_samples)
+                    chunk = chunks.next()
             except BaseException:
                 self._decoded(None)
+                if stream is not None:
+                    stream.close()
                 raise
-            progress.audio_duration_s = duration_s = held_s = decoded.duration_s
-            self._decoded(held_s)
-            transcript = self._transcribe(spec, decoded.samples, progress, timings)
-            del decoded  # the samples: the transcript is all that is left to render
+            with stream:
+                held_s = chunk.size / SAMPLE_RATE
+                info = stream.info
+                assert info is not None  # open() read it
+                progress.audio_duration_s = held_s if chunks.done else (info.declared_s or held_s)
+                self._decoded(held_s)
+                parts: list[Transcript] = []
+                while True:
+                    if chunks.done:  # the whole rest is in: the helper and the scratch file can go
+                        stream.close()
+                        downloaded.path.unlink(missing_ok=True)
+                    parts.append(self._transcribe(spec, chunk, progress, timings, chunks.offset, _language(parts)))
+                    if chunks.done:
+                        break
+                    del chunk  # the samples of this piece: the next replaces them
+                    self._release(held_s)
+                    held_s = 0.0
+                    with stage(Stage.DECODE):
+                        chunk = chunks.next()
+                    held_s = chunk.size / SAMPLE_RATE
+                    self._hold(held_s)
+                    if chunks.done:
+                        progress.audio_duration_s = chunks.total_s
+            for warning in stream.warnings:
+                log.warning(
+                    "decoded with a warning: %s", warning,
+                    extra=task_extra(spec.task_id, spec.attempt, Stage.DECODE, actor=self.config.name),
+                )  # fmt: skip
+            duration_s = chunks.total_s
+            transcript = _joined(parts, spec.options, duration_s)
+            del chunk  # the samples: the transcript is all that is left to render
             self._release(held_s)
             held_s = 0.0
             with stage(Stage.RENDER):
@@ -732,10 +785,10 @@ class TranscriptionWorker:
                 time.monotonic() - progress.started,
                 extra=task_extra(spec.task_id, spec.attempt, Stage.UPLOAD, actor=self.config.name),
             )
-            return Outcome(spec.task_id, spec.attempt, result=result, timings=tuple(timings), **ident)
+            return Outcome(spec.task_id, spec.attempt, result=result, timings=_summed(timings), **ident)
         except Withdrawn:
             release = Release(Stage.DISPATCH, f"taken back from actor {self.config.name} (its node drains)")
-            return Outcome(spec.task_id, spec.attempt, release=release, timings=tuple(timings), **ident)
+            return Outcome(spec.task_id, spec.attempt, release=release, timings=_summed(timings), **ident)
         except Exception as exc:
             at = progress.stage
             failure = Failure.from_exception(exc, Stage.TRANSCRIBE if isinstance(at, Waiting) else at)
@@ -751,7 +804,7 @@ class TranscriptionWorker:
                     http_status=failure.http_status,
                 ),
             )
-            return Outcome(spec.task_id, spec.attempt, failure=failure, timings=tuple(timings), **ident)
+            return Outcome(spec.task_id, spec.attempt, failure=failure, timings=_summed(timings), **ident)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             if held_s:
@@ -761,12 +814,21 @@ class TranscriptionWorker:
                 self._withdrawn.discard(key)
                 self._done += 1
 
-    def _transcribe(self, spec: TaskSpec, samples, progress: _Progress, timings: list[tuple[str, float]]) -> Transcript:
-        """Batched: prepare (windows, language) in this thread, then wait for the batcher. Sequential:
+    def _transcribe(
+        self, spec: TaskSpec, samples: np.ndarray, progress: _Progress, timings: list[tuple[str, float]],
+        offset: int = 0, language: str | None = None,
+    ) -> Transcript:
+        """One piece of a file (``offset`` samples into it; all of it for most files), its segments
+        in file time. ``language``: the one its first piece settled, for the pieces after it.
+        Batched: prepare (windows, language) in this thread, then wait for the batcher. Sequential:
         the compute lock and ``engine.transcribe``. Timings name the wait and the work apart."""
         engine = self.engine
         assert engine is not None  # process() checked it
         key = (spec.task_id, spec.attempt)
+        options = spec.options
+        if language is not None and options.language is None:
+            options = replace(options, language=language)
+        offset_s = offset / SAMPLE_RATE
         try:
             if self.batcher is None:
                 progress.enter(Waiting.QUEUED)
@@ -778,18 +840,18 @@ class TranscriptionWorker:
                     t = time.monotonic()
                     try:
                         with self._computing_on(key):
-                            return engine.transcribe(samples, spec.options)
+                            return _shifted(engine.transcribe(samples, options), offset_s)
                     finally:
                         timings.append((Stage.TRANSCRIBE.value, round(time.monotonic() - t, 4)))
             progress.enter(Stage.TRANSCRIBE)
             t = time.monotonic()
             with self._computing_on(key):
-                prepared = engine.prepare(samples, spec.options)  # type: ignore[attr-defined]
+                prepared = _prepared_at(engine.prepare(samples, options), offset_s)  # type: ignore[attr-defined]
             timings.append(("prepare", round(time.monotonic() - t, 4)))
             self._check_withdrawn(key)
             progress.enter(Waiting.BATCHED)
             t = time.monotonic()
-            transcript, decoding_s = self.batcher.transcribe(key, prepared, spec.options, alone=spec.alone)
+            transcript, decoding_s = self.batcher.transcribe(key, prepared, options, alone=spec.alone)
             # "batched": waiting for a batch; "transcribe": first window in a batch -> last window done.
             total = time.monotonic() - t
             timings.append((Waiting.BATCHED.value, round(max(0.0, total - decoding_s), 4)))
@@ -799,6 +861,92 @@ class TranscriptionWorker:
             raise
         except Exception as exc:  # an engine bug is still this task's failure
             raise TranscriptionError(f"{type(exc).__name__}: {exc}") from exc
+
+
+class _Chunks:
+    """A file's samples from its decode helper in pieces of at most ``size``: each but the last cut
+    at the quietest moment of its last seconds (as a window is), the rest carried into the next."""
+
+    def __init__(self, stream: audio.ChildStream, size: int) -> None:
+        self.stream, self.size = stream, size
+        self.offset = 0  # where the piece last returned starts in the file, in samples
+        self.done = False  # the piece last returned is the file's last
+        self._next_offset = 0
+        self._carry = np.zeros(0, dtype=np.float32)
+
+    @property
+    def total_s(self) -> float:
+        return self._next_offset / SAMPLE_RATE
+
+    def next(self) -> np.ndarray:
+        fresh = self.stream.read(self.size - self._carry.size)
+        piece = np.concatenate([self._carry, fresh]) if self._carry.size else fresh
+        self.offset = self._next_offset
+        if piece.size < self.size:
+            self.done = True
+            self._carry = np.zeros(0, dtype=np.float32)
+        else:
+            cut = piece.size - WINDOW_SAMPLES + quietest_cut(piece[-WINDOW_SAMPLES:])
+            self._carry = piece[cut:].copy()  # a copy: a view would keep the whole piece alive
+            piece = piece[:cut]
+        self._next_offset = self.offset + piece.size
+        return piece
+
+
+def _language(parts: Sequence[Transcript]) -> str | None:
+    """The language a file's first pieces settled, for the rest (None until one did)."""
+    return next((p.language for p in parts if p.language), None)
+
+
+def _prepared_at(prepared: PreparedAudio, offset_s: float) -> PreparedAudio:
+    """``prepared`` of a piece starting ``offset_s`` into its file, in file time."""
+    if not offset_s:
+        return prepared
+    windows = tuple(
+        Window(
+            start_s=w.start_s + offset_s,
+            samples=w.samples,
+            breaks=tuple((bw, bf + offset_s) for bw, bf in w.breaks) if w.breaks else None,
+        )
+        for w in prepared.windows
+    )
+    return replace(prepared, windows=windows, duration_s=prepared.duration_s + offset_s)
+
+
+def _shifted(transcript: Transcript, offset_s: float) -> Transcript:
+    """A piece's transcript (the sequential path) in file time."""
+    if not offset_s:
+        return transcript
+    segments = tuple(
+        replace(
+            s, start=s.start + offset_s, end=s.end + offset_s,
+            words=tuple(replace(w, start=w.start + offset_s, end=w.end + offset_s) for w in s.words)
+            if s.words is not None else None,
+        )  # fmt: skip
+        for s in transcript.segments
+    )
+    return replace(transcript, segments=segments, duration_s=transcript.duration_s + offset_s)
+
+
+def _joined(parts: Sequence[Transcript], options: TranscribeOptions, duration_s: float) -> Transcript:
+    """One transcript of a file's pieces (each already in file time)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = next((p for p in parts if p.language), parts[0])
+    return replace(
+        first,
+        segments=tuple(s for p in parts for s in p.segments),
+        duration_s=duration_s,
+        options=options,
+    )
+
+
+def _summed(timings: Sequence[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
+    """One entry per stage (a file decoded and transcribed in pieces visits them several times)."""
+    total: dict[str, float] = {}
+    for name, seconds in timings:
+        total[name] = total.get(name, 0.0) + seconds
+    return tuple((name, round(seconds, 4)) for name, seconds in total.items())
 
 
 def worker_actor_class(worker: type[TranscriptionWorker] = TranscriptionWorker):

@@ -12,9 +12,10 @@ import av
 import numpy as np
 import pytest
 
-from raytranscribe.audio import SAMPLE_RATE, DecodedAudio, decode, decode_bytes
+from raytranscribe.audio import SAMPLE_RATE, DecodedAudio, Decoders, decode, decode_bytes
 from raytranscribe.errors import AudioDecodeError, Failure, Stage
 from raytranscribe.samples import sample_path, sample_paths
+from tests.support import media
 
 # name -> (seconds espeak-ng spoke, source rate, source channels, FFmpeg demuxer)
 EXPECTED = {
@@ -397,3 +398,139 @@ def test_m4a_with_its_index_first_cut_to_a_third(tmp_path):
     assert decode_bytes(data).duration_s == pytest.approx(4.0, abs=0.06)
     _expect(r"corrupt or truncated audio: .*Invalid data found when processing input.* after 1\.\d\d s decoded",
             decode_bytes, data[: len(data) // 3])  # fmt: skip
+
+
+# --- any layout, any rate ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix,codec", [(".wav", "pcm_s16le"), (".flac", "flac")])
+@pytest.mark.parametrize("layout", ["stereo", "5.1", "7.1"])
+@pytest.mark.parametrize("rate", [8000, 44100, 48000, 96000])
+def test_every_layout_and_rate_mixes_down_at_its_level(tmp_path, suffix, codec, layout, rate):
+    """2, 6 and 8 channels (8 used to crash the process in the mix-down), WAV and FLAC, 8 to 96 kHz:
+    one 16 kHz mono tone at the level each channel had."""
+    path = media.encode(tmp_path / f"tone{suffix}", media.tone(1.0, rate=rate), rate=rate, layout=layout,
+                        codec=codec, source_rate=rate)  # fmt: skip
+    audio = decode(path)
+    assert (audio.source_rate, audio.source_channels) == (rate, len(av.AudioLayout(layout).channels))
+    assert audio.duration_s == pytest.approx(1.0, abs=0.01)
+    spectrum = np.abs(np.fft.rfft(audio.samples))
+    assert np.argmax(spectrum) * SAMPLE_RATE / audio.samples.size == pytest.approx(440.0, abs=2.0)
+    assert float(np.max(np.abs(audio.samples))) == pytest.approx(0.5, abs=0.03)
+
+
+def test_sixteen_channels_without_a_layout_decode(tmp_path):
+    path = tmp_path / "sixteen.wav"
+    _sox("-n", "-r", "44100", "-c", "16", str(path), "synth", "1", "sine", "440")
+    audio = decode(path)
+    assert audio.source_channels == 16 and audio.duration_s == pytest.approx(1.0, abs=0.01)
+    assert 0.1 < float(np.max(np.abs(audio.samples))) <= 1.0
+
+
+def _sox(*args: str) -> None:
+    import shutil
+    import subprocess
+
+    sox = shutil.which("sox")
+    assert sox, "sox is not installed (apt-get install sox)"
+    subprocess.run([sox, *args], check=True, capture_output=True)
+
+
+def test_gsm_wav_decodes_whole_despite_the_complaint_about_its_last_block(tmp_path, caplog):
+    """FFmpeg fails a GSM 6.10 WAV's last, partial block after every declared sample is decoded:
+    a warning, not a refusal."""
+    path = media.gsm_wav(tmp_path / "call.wav", media.tone(4.68))
+    with caplog.at_level("WARNING", logger="raytranscribe.audio"):
+        audio = decode(path)
+    assert (audio.source_format, audio.source_rate, audio.source_channels) == ("wav", 8000, 1)
+    assert audio.duration_s == pytest.approx(4.68, abs=0.01)
+    assert any("ignored a decoder error after the 4.68 s the WAV data chunk declares" in r.message
+               for r in caplog.records), caplog.records  # fmt: skip
+
+
+def test_gsm_wav_cut_short_is_still_truncated(tmp_path):
+    data = media.gsm_wav(tmp_path / "call.wav", media.tone(4.68)).read_bytes()
+    _expect(r"(truncated audio: decoded 2\.\d\d s of the 4\.68 s the WAV data chunk declares"
+            r"|corrupt or truncated audio: .* after 2\.\d\d s decoded)",
+            decode_bytes, data[: len(data) // 2])  # fmt: skip
+
+
+# --- in a helper process -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def decoders():
+    helpers = Decoders("tests.support.crashing_decoder:open_stream")
+    yield helpers
+    helpers.close()
+
+
+def _read_all(stream, piece: int = SAMPLE_RATE) -> np.ndarray:
+    parts = []
+    while (part := stream.read(piece)).size:
+        parts.append(part)
+    return np.concatenate(parts)
+
+
+def test_a_helper_decodes_what_this_process_decodes(decoders, tmp_path):
+    gsm = media.gsm_wav(tmp_path / "call.wav", media.tone(4.68))
+    for path in [*sample_paths(), gsm]:
+        with decoders.open(path) as stream:
+            got = _read_all(stream, 12_345)  # pieces that cut across the helper's frames
+            assert stream.exhausted
+        np.testing.assert_array_equal(got, decode(path).samples)
+    assert stream.warnings and "ignored a decoder error" in stream.warnings[0]  # the GSM file's
+
+
+def test_a_crash_in_the_helper_fails_that_file_and_the_next_decodes(decoders, tmp_path):
+    fox = sample_path("fox.wav")
+    segv = media.encode(tmp_path / "segv.wav", media.tone(5.0), rate=48000, layout="7.1", codec="pcm_s16le")
+    with pytest.raises(AudioDecodeError) as info:
+        with decoders.open(segv) as stream:
+            _read_all(stream)
+    assert re.fullmatch(
+        r"decoder crashed with SIGSEGV on an 8-channel 48 kHz wav stream after \d+\.\d\d s decoded", info.value.message
+    ), info.value.message
+    assert info.value.transient is False and info.value.stage is Stage.DECODE
+    with decoders.open(fox) as stream:
+        np.testing.assert_array_equal(_read_all(stream), decode(fox).samples)
+
+
+def test_a_bad_file_is_the_helpers_answer_not_its_end(decoders, tmp_path):
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"not audio at all" * 100)
+    for _ in range(2):
+        with pytest.raises(AudioDecodeError, match="WAV header could not be read|not an audio file"):
+            decoders.open(junk)
+    with decoders.open(sample_path("doctor.flac")) as stream:
+        assert stream.info.source_channels == 2 and _read_all(stream).size > SAMPLE_RATE
+
+
+def test_a_reader_that_stops_early_does_not_get_the_rest_later(decoders, tmp_path):
+    """A task that fails mid-file leaves its helper mid-answer: that helper is stopped, and the
+    next file gets its own samples, not the rest of the last one's."""
+    long = media.encode(tmp_path / "long.flac", media.tone(30.0), rate=16000, layout="mono", codec="flac")
+    with decoders.open(long) as stream:
+        assert stream.read(SAMPLE_RATE).size == SAMPLE_RATE
+    fox = sample_path("fox.wav")
+    with decoders.open(fox) as stream:
+        np.testing.assert_array_equal(_read_all(stream), decode(fox).samples)
+
+
+def test_a_long_file_paused_between_pieces_leaves_room_for_others(tmp_path):
+    """One decode slot: a long file read one piece at a time (its helper paused by the pipe) does
+    not hold it, so short files decode meanwhile; each gets its own samples, in order."""
+    helpers = Decoders(slots=1)
+    try:
+        long = media.encode(tmp_path / "long.flac", media.tone(90.0), rate=48000, layout="5.1", codec="flac")
+        fox = sample_path("fox.wav")
+        parts = []
+        with helpers.open(long) as slow:
+            while (part := slow.read(20 * SAMPLE_RATE)).size:
+                parts.append(part)
+                with helpers.open(fox) as quick:  # would wait forever were the slot still held
+                    np.testing.assert_array_equal(_read_all(quick), decode(fox).samples)
+        assert len(parts) == 5
+        np.testing.assert_array_equal(np.concatenate(parts), decode(long).samples)
+    finally:
+        helpers.close()

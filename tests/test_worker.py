@@ -9,11 +9,13 @@ database and the uploaded outputs.
 from __future__ import annotations
 
 import io
+import json
 import time
 import uuid
 import wave
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,11 +25,13 @@ from raytranscribe import audio, samples
 from raytranscribe.config import WorkerSettings
 from raytranscribe.contracts import Outcome, OutputTarget, TaskSpec
 from raytranscribe.engines.base import SAMPLE_RATE, EngineSpec, TranscribeOptions
+from raytranscribe.errors import Stage
 from raytranscribe.store import TaskStatus
 from raytranscribe.worker import PingReply, Waiting, WorkerConfig, worker_actor_class
 
 QUEUED, BATCHED = Waiting.QUEUED, Waiting.BATCHED
-from tests.support.speech import wer
+from tests.support import media
+from tests.support.speech import corpus_wer, normalize, wer
 
 pytestmark = pytest.mark.slow
 
@@ -136,8 +140,8 @@ def test_tasks_of_different_files_share_batches(ray_session, fault_server):
     outcomes = run_tasks(actor, [t for t, _ in tasks])
 
     assert all(o.ok for o in outcomes), [o.failure for o in outcomes]
-    errors = [wer(sentence, o.result.text_preview) for (_, sentence), o in zip(tasks, outcomes)]
-    assert sum(errors) / len(errors) <= 0.15 and max(errors) <= 0.4, [o.result.text_preview for o in outcomes]
+    said, heard = [sentence for _, sentence in tasks], [o.result.text_preview for o in outcomes]
+    assert corpus_wer(said, heard) <= 0.15 and max(map(wer, said, heard)) <= 0.4, heard
     for (t, _), o in zip(tasks, outcomes):
         assert all(timing(o, stage) is not None for stage in (BATCHED, "transcribe", "prepare")), o.timings
         assert fault_server.get_object(f"/b/out/{t.input_uri.rsplit('/', 1)[1].rsplit('.', 1)[0]}.txt") is not None
@@ -356,12 +360,12 @@ def test_a_twenty_minute_file_completes_through_the_system_in_bounded_memory(sys
     text = system.object_text(f"{view.output_uri}.txt")
     assert wer(" ".join(said), text) <= 0.3
     assert rss, "never measured the actor"
-    # Measured about 1.1 GB: the actor at rest (~270 MB) + 20 minutes of float32 (77 MB) + the engine's
-    # working set for a CPU batch of 8 windows (~600 MB, the same for a 5-minute file): bounded by the
-    # batch, not by the file's length.
+    # Measured about 560 MB (1.1 GB when the file was held whole): the actor at rest + a 10-minute piece
+    # of float32 (38 MB) + the engine's working set for a CPU batch of 8 windows: bounded by the piece
+    # and the batch, not by the file's length.
     print(f"actor RSS: first {rss[0] / 1024**2:.0f} MiB, max {max(rss) / 1024**2:.0f} MiB over {len(rss)} samples")
     assert max(rss) < 1.5 * 1024**3, max(rss) / 1024**2
-    assert min(t for _, t in progress) >= 40  # windows of at most 30 s
+    assert min(t for _, t in progress) >= 20  # windows of at most 30 s, in pieces of 10 minutes
     assert len({d for d, _ in progress}) >= 2  # the ping showed it advancing
     system.check_invariants()
 
@@ -382,3 +386,121 @@ def test_a_hung_batch_trips_the_deadline(system):
     (attempt,) = view.attempts
     assert attempt.stage == "timeout" and attempt.error_class == "TaskTimedOut", attempt
     system.check_invariants()
+
+
+# --- decoding: any layout, any length, in a helper process ----------------------------------------
+
+CRASHING_DECODER = "tests.support.crashing_decoder:open_stream"
+
+
+def _vm_hwm(pid: int) -> int:
+    """Peak resident memory of process ``pid`` (VmHWM, bytes): the high-water mark, not a sample."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def test_multichannel_and_gsm_files_transcribe_and_a_decoder_crash_fails_alone(ray_session, fault_server, tmp_path):
+    """8- and 6-channel WAV and FLAC at 48 and 96 kHz, a GSM 6.10 WAV (whose last partial block FFmpeg
+    complains about), and a file that kills its decode helper with SIGSEGV, in one actor at once:
+    the crash is that task's permanent decode error, naming the signal and the stream; the others
+    are transcribed and the actor lives on."""
+    spec = replace(TINY, batch_size=8)
+    actor = start_actor(spec, batch_wait_ms=500, decoder=CRASHING_DECODER)
+    pid = ray.get(actor.ping.remote()).pid
+    fox, fox_text = audio.decode(samples.sample_path("fox.wav")).samples, samples.expected_text("fox.wav")
+    files = [
+        media.encode(tmp_path / "fox-7.1.wav", fox, rate=48000, layout="7.1", codec="pcm_s16le"),
+        media.encode(tmp_path / "fox-5.1.flac", fox, rate=96000, layout="5.1", codec="flac"),
+        media.gsm_wav(tmp_path / "fox-gsm.wav", fox),
+        media.encode(tmp_path / "fox-segv-7.1.wav", fox, rate=48000, layout="7.1", codec="pcm_s16le"),
+        media.encode(tmp_path / "fox-stereo.flac", fox, rate=44100, layout="stereo", codec="flac"),
+    ]
+    tasks = [task_spec(fault_server, i + 1, p.name, p.read_bytes(), spec) for i, p in enumerate(files)]
+
+    outcomes = run_tasks(actor, tasks)
+
+    by_name = {p.name: o for p, o in zip(files, outcomes, strict=True)}
+    crashed = by_name.pop("fox-segv-7.1.wav")
+    assert not crashed.ok
+    failure = crashed.failure
+    assert (failure.stage, failure.error_class, failure.transient) == (Stage.DECODE, "AudioDecodeError", False)
+    assert failure.message.startswith("decoder crashed with SIGSEGV on an 8-channel 48 kHz wav stream"), failure
+    gsm = by_name.pop("fox-gsm.wav")
+    for name, o in by_name.items():
+        assert o.ok, (name, o.failure)
+        assert wer(fox_text, o.result.text_preview) <= 0.25, (name, o.result.text_preview)
+    # GSM's 13 kbit/s telephone band costs tiny.en most of espeak's words after the first few, and
+    # which ones depends on the batch (its decode is checked sample for sample in tests/test_audio.py):
+    # decoded whole and heard, not word-perfect.
+    assert gsm.ok, gsm.failure
+    assert normalize(gsm.result.text_preview).startswith("the quick"), gsm.result.text_preview
+    assert gsm.result.audio_duration_s == pytest.approx(fox.size / SAMPLE_RATE, abs=0.05)
+    pong = ray.get(actor.ping.remote())
+    assert pong.pid == pid and pong.tasks_done == len(files) and pong.buffered_audio_s == 0.0
+    ray.kill(actor)
+
+
+def test_a_long_file_is_transcribed_in_pieces_into_one_transcript_in_file_time(ray_session, fault_server):
+    """With 60 s pieces, a 150 s file is decoded, windowed and transcribed in three: the sentences
+    come back once each, at their own times in the file."""
+    spec = replace(TINY, batch_size=4)
+    actor = start_actor(spec, batch_wait_ms=50, stream_chunk_s=60.0)
+    quiet = np.zeros(150 * SAMPLE_RATE, dtype=np.float32)
+    placed = {"fox.wav": 20.0, "doctor.flac": 75.0, "lights.webm": 130.0}  # one sentence in each piece
+    spans = {}
+    for name, at in placed.items():
+        clip = audio.decode(samples.sample_path(name)).samples
+        quiet[int(at * SAMPLE_RATE) : int(at * SAMPLE_RATE) + clip.size] = clip
+        spans[name] = (at, at + clip.size / SAMPLE_RATE)
+    options = TranscribeOptions(beam_size=1, formats=("json", "txt"))
+    task = task_spec(fault_server, 1, "pieces.wav", wav_bytes(quiet), spec, options)
+    pongs: list[PingReply] = []
+
+    (outcome,) = run_tasks(actor, [task], poll_s=0.2, while_waiting=lambda: pongs.append(ray.get(actor.ping.remote())))
+
+    assert outcome.ok, outcome.failure
+    assert outcome.result.audio_duration_s == pytest.approx(150.0, abs=0.01)
+    doc = json.loads(fault_server.get_object("/b/out/pieces.json").body)
+    assert doc["duration_s"] == pytest.approx(150.0, abs=0.01)
+    segments = doc["segments"]
+    starts = [s["start"] for s in segments]
+    assert starts == sorted(starts) and all(0.0 <= s["start"] <= s["end"] <= 150.0 for s in segments)
+    # Each sentence is in the segments that overlap where it was put (Whisper stretches a segment over
+    # the quiet before it, so its start says little; a piece's offset lost or doubled moves it out).
+    for name, (start, end) in spans.items():
+        near = " ".join(s["text"] for s in segments if s["start"] < end and s["end"] > start)
+        assert wer(samples.expected_text(name), near) <= 0.25, (name, start, segments)
+    said = " ".join(samples.expected_text(n) for n in placed)
+    assert wer(said, fault_server.get_object("/b/out/pieces.txt").body.decode()) <= 0.25
+    # never more than a piece (and the quiet carried over a cut) held at once
+    assert max(p.buffered_audio_s for p in pongs) <= 66.0, max(p.buffered_audio_s for p in pongs)
+    ray.kill(actor)
+
+
+def test_a_six_hour_file_completes_in_bounded_memory(ray_session, fault_server, tmp_path):
+    """Six hours of a FLAC (silence: no windows to decode, the test is about decoding and pieces)
+    through a real actor: one transcript of the whole length, and the actor's peak RSS well under
+    what holding it whole needs (1.4 GB of float32 alone; the actor peaked at 4.1 GB before pieces)."""
+    seconds = 6 * 3600
+    path = media.silent_flac(tmp_path / "six-hours.flac", seconds)
+    spec = replace(TINY, batch_size=4)
+    actor = start_actor(spec, batch_wait_ms=50)
+    pid = ray.get(actor.ping.remote()).pid
+    options = TranscribeOptions(formats=("json", "txt"))
+    task = task_spec(fault_server, 1, path.name, path.read_bytes(), spec, options)
+    held: list[float] = []
+
+    (outcome,) = run_tasks(actor, [task], poll_s=0.5,
+                           while_waiting=lambda: held.append(ray.get(actor.ping.remote()).buffered_audio_s))
+
+    assert outcome.ok, outcome.failure
+    assert outcome.result.audio_duration_s == pytest.approx(seconds, abs=0.01)
+    doc = json.loads(fault_server.get_object("/b/out/six-hours.json").body)
+    assert doc["duration_s"] == pytest.approx(seconds, abs=0.01) and doc["segments"] == []
+    peak = _vm_hwm(pid)
+    print(f"actor peak RSS for a 6 h file: {peak / 1024**2:.0f} MiB; most audio held {max(held, default=0):.0f} s")
+    assert max(held, default=0.0) <= WorkerSettings().stream_chunk_s + 30.0
+    assert peak < 800 * 1024**2, peak / 1024**2  # README: "a 6-hour file peaks under 800 MB"
+    ray.kill(actor)

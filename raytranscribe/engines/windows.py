@@ -30,7 +30,7 @@ def fixed_windows(audio: np.ndarray) -> tuple[Window, ...]:
     start = 0
     n = audio.size
     while start < n:
-        end = n if n - start <= WINDOW_SAMPLES else start + _quietest_cut(audio[start : start + WINDOW_SAMPLES])
+        end = n if n - start <= WINDOW_SAMPLES else start + quietest_cut(audio[start : start + WINDOW_SAMPLES])
         piece = audio[start:end]
         if piece.size and float(np.max(np.abs(piece))) > SILENCE_PEAK:
             windows.append(Window(start_s=start / SAMPLE_RATE, samples=piece))
@@ -38,7 +38,7 @@ def fixed_windows(audio: np.ndarray) -> tuple[Window, ...]:
     return tuple(windows)
 
 
-def _quietest_cut(window: np.ndarray) -> int:
+def quietest_cut(window: np.ndarray) -> int:
     """Sample offset (a frame boundary in the last CUT_SEARCH_S of ``window``) where energy is lowest."""
     search = int(CUT_SEARCH_S * SAMPLE_RATE)
     lo = window.size - search

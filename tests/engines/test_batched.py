@@ -25,7 +25,7 @@ from raytranscribe.engines.base import (
 )
 from raytranscribe.engines.models import bundled_base_model_path, resolve_faster_whisper_model
 from raytranscribe.samples import expected_text, sample_names, sample_path
-from tests.support.speech import normalize, wer
+from tests.support.speech import assert_hears_as_well, corpus_wer, normalize, wer
 from tests.support.spy import record_calls
 from tests.support.tts import SENTENCES, fixture, fixture_language, fixture_text
 
@@ -67,10 +67,6 @@ def _english_clips() -> tuple[list[str], list[np.ndarray]]:
     return refs, audios
 
 
-def _mean_wer(refs: list[str], transcripts) -> float:
-    return float(np.mean([wer(r, t.text) for r, t in zip(refs, transcripts, strict=True)]))
-
-
 def _encoded_frames(engine, monkeypatch, seconds: float) -> set[int]:
     """The input lengths (mel frames, 100 a second) the model's encoder got while ``engine`` decoded
     one window of ``seconds`` of speech."""
@@ -108,7 +104,7 @@ def test_fitted_windows_encode_short_windows_short(faster_engine, monkeypatch):
     fitted = transcribe_batch(faster_engine, audios, TranscribeOptions(), batch_size=8)
     for t in fitted:
         assert t.segments and all(0.0 <= s.start <= s.end <= t.duration_s for s in t.segments), t
-    assert _mean_wer(refs, fitted) <= 0.15, [t.text for t in fitted]
+    assert corpus_wer(refs, [t.text for t in fitted]) <= 0.15, [t.text for t in fitted]
 
 
 def test_fitted_windows_hear_what_the_sequential_path_hears(base_engine):
@@ -116,9 +112,7 @@ def test_fitted_windows_hear_what_the_sequential_path_hears(base_engine):
     options = TranscribeOptions(language="en")
     fitted = transcribe_batch(base_engine, audios, options, batch_size=8)
     sequential = transcribe_batch(base_engine, audios, options, batch_size=1)
-    assert _mean_wer(refs, fitted) <= _mean_wer(refs, sequential) + 0.02, (
-        [t.text for t in fitted], [t.text for t in sequential]
-    )
+    assert_hears_as_well(refs, [t.text for t in fitted], [t.text for t in sequential])
 
 
 # --- the bundled multilingual base -------------------------------------------------------------------
@@ -140,21 +134,22 @@ def test_languages_are_detected_per_file_in_one_batch(base_engine):
     sequential = transcribe_batch(base_engine, audios, TranscribeOptions(), batch_size=1)
     assert [t.language for t in batched] == [fixture_language(n) for n in names]
     assert [t.language for t in sequential] == [t.language for t in batched]
-    bat = np.mean([wer(fixture_text(n), t.text) for n, t in zip(names, batched, strict=True)])
-    seq = np.mean([wer(fixture_text(n), t.text) for n, t in zip(names, sequential, strict=True)])
-    assert bat <= seq + 0.02, (seq, bat, [t.text for t in batched])
+    refs = [fixture_text(n) for n in names]
+    assert_hears_as_well(refs, [t.text for t in batched], [t.text for t in sequential])
 
 
 def test_a_forced_language_is_every_windows_prompt(base_engine):
+    """With 30 s windows, so that batched and sequential decoding hear the same input: word for
+    word the same on any CPU (fitted windows move a word or two of base's German on some CPUs,
+    which says nothing about the prompt)."""
+    padded = load_engine(replace(base_engine.spec, fit_windows=False))
     names = ["de_book.flac", "fr_coffee.flac"]
     options = [TranscribeOptions(language=fixture_language(n)) for n in names]
     audios = [fixture(n) for n in names]
-    batched = transcribe_batch(base_engine, audios, options, batch_size=8)
-    sequential = transcribe_batch(base_engine, audios, options, batch_size=1)
+    batched = transcribe_batch(padded, audios, options, batch_size=8)
+    sequential = transcribe_batch(padded, audios, options, batch_size=1)
     assert [t.language for t in batched] == ["de", "fr"]
-    bat = np.mean([wer(fixture_text(n), t.text) for n, t in zip(names, batched, strict=True)])
-    seq = np.mean([wer(fixture_text(n), t.text) for n, t in zip(names, sequential, strict=True)])
-    assert bat <= seq + 0.02, (seq, bat, [t.text for t in batched])
+    assert [t.text for t in batched] == [t.text for t in sequential]
     for name, t in zip(names, batched, strict=True):  # base hears espeak's German and French poorly, but in them
         assert set(normalize(t.text).split()) & set(normalize(fixture_text(name)).split()), t.text
 
@@ -194,7 +189,7 @@ def test_a_sentence_across_the_30_s_mark_is_transcribed_whole(base_engine, vad_f
     (batched,) = transcribe_batch(base_engine, [audio], options, batch_size=8)
     (sequential,) = transcribe_batch(base_engine, [audio], options, batch_size=1)
     reference = " ".join(texts)
-    assert wer(reference, batched.text) <= wer(reference, sequential.text) + 0.02, batched.text
+    assert_hears_as_well([reference], [batched.text], [sequential.text])
     # the sentence at the window edge: present once, every word of it
     hyp = normalize(batched.text)
     assert hyp.count(normalize(straddler)) >= 1 or wer(straddler, _around(hyp, straddler)) <= 0.15, hyp
