@@ -23,7 +23,7 @@ class Metrics:
     in_flight: m.Gauge
     live_actors: m.Gauge
     audio_seconds: m.Counter
-    real_time_factor: m.Gauge
+    rtfx: m.Gauge
     breaker_open: m.Gauge
     database_up: m.Gauge
     store_transient_errors: m.Counter
@@ -53,8 +53,11 @@ def get() -> Metrics:
                 in_flight=m.Gauge("raytranscribe_tasks_in_flight", "Tasks dispatched and not yet recorded"),
                 live_actors=m.Gauge("raytranscribe_live_actors", "Worker actors answering pings", tag_keys=("pool",)),
                 audio_seconds=m.Counter("raytranscribe_audio_seconds", "Audio seconds transcribed"),
-                real_time_factor=m.Gauge(
-                    "raytranscribe_real_time_factor", "Audio seconds per wall second since the run started"
+                # RTFx, as ASR benchmarks call it: audio seconds per wall second (higher is faster).
+                # Its inverse, wall seconds per audio second, is what they call the real-time factor.
+                rtfx=m.Gauge(
+                    "raytranscribe_rtfx",
+                    "RTFx: audio seconds transcribed per wall second since the run started (1/RTF)",
                 ),
                 breaker_open=m.Gauge(
                     "raytranscribe_circuit_open", "1 while a circuit breaker pauses dispatch", tag_keys=("stage",)
