@@ -40,7 +40,7 @@ def get() -> Metrics:
             _metrics = Metrics(
                 tasks_finished=m.Counter(
                     "raytranscribe_tasks_finished",
-                    "Task attempts finished, by outcome (completed|retry|dead|fenced) and failing stage",
+                    "Task attempts finished, by outcome (completed|retry|dead|fenced|released) and stage",
                     tag_keys=("outcome", "stage"),
                 ),
                 stage_seconds=m.Histogram(
