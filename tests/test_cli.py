@@ -60,8 +60,9 @@ def _program(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 def test_version_prints_the_package_version_and_reads_no_settings():
     from raytranscribe import __version__
 
-    # Eager: it answers before the root options are read, so a broken setting cannot hide it.
-    proc = _program("--version", env={"RAYTRANSCRIBE_DATABASE_URL_FILE": "/nonexistent/url", "RAYTRANSCRIBE_LOG_LEVEL": "LOUD"})
+    # It answers while the options are parsed, before the root callback reads a setting: a broken one cannot hide it.
+    broken = {"RAYTRANSCRIBE_DATABASE_URL_FILE": "/nonexistent/url", "RAYTRANSCRIBE_LOG_LEVEL": "LOUD"}
+    proc = _program("--version", env=broken)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"raytranscribe {__version__}\n", "")
     # The distribution's version is that same attribute, not a second copy.
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -77,9 +78,13 @@ def test_help_lists_version_and_completion_options():
 
 
 def test_shell_completion_completes_commands_and_their_options():
-    bash = _program(env={"_RAYTRANSCRIBE_COMPLETE": "complete_bash", "COMP_WORDS": "raytranscribe su", "COMP_CWORD": "1"})
+    bash = _program(
+        env={"_RAYTRANSCRIBE_COMPLETE": "complete_bash", "COMP_WORDS": "raytranscribe su", "COMP_CWORD": "1"}
+    )
     assert (bash.returncode, bash.stdout.split()) == (0, ["submit"])
-    zsh = _program(env={"_RAYTRANSCRIBE_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "raytranscribe submit --for"})
+    zsh = _program(
+        env={"_RAYTRANSCRIBE_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "raytranscribe submit --for"}
+    )
     assert zsh.returncode == 0 and '"--formats"' in zsh.stdout
     script = _program("--show-completion", "bash")
     assert script.returncode == 0

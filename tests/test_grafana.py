@@ -14,10 +14,24 @@ ROOT = Path(__file__).resolve().parents[1]
 RAY_LABELS = {"SessionName", "Component", "NodeAddress", "WorkerId", "Version", "instance", "ray_io_cluster"}
 
 
+def _balanced(expr: str) -> bool:
+    """A cheap syntax check (no PromQL parser is installed): brackets nest, quotes pair."""
+    stack: list[str] = []
+    pairs = {")": "(", "]": "[", "}": "{"}
+    for part in expr.split('"')[::2]:  # outside string literals
+        for char in part:
+            if char in "([{":
+                stack.append(char)
+            elif char in pairs and (not stack or stack.pop() != pairs[char]):
+                return False
+    return not stack and expr.count('"') % 2 == 0
+
+
 def test_the_exported_metrics_are_read_from_the_code():
     exported = grafana.exported()
     assert len(exported) == 10
-    assert exported["raytranscribe_tasks_finished"] == ({"ray_raytranscribe_tasks_finished_total"}, ("outcome", "stage"))
+    finished = exported["raytranscribe_tasks_finished"]
+    assert finished == ({"ray_raytranscribe_tasks_finished_total"}, ("outcome", "stage"))
     assert exported["raytranscribe_rtfx"] == ({"ray_raytranscribe_rtfx"}, ())
     assert "ray_raytranscribe_stage_seconds_bucket" in exported["raytranscribe_stage_seconds"][0]
 
@@ -35,12 +49,14 @@ def test_every_panel_queries_exported_series_with_their_labels():
     titles = {title for title, _ in grafana.queries(dashboard)}
     assert titles == {p["title"] for p in dashboard["panels"]}, "a panel without a query"
     for title, expr in grafana.queries(dashboard):
+        assert _balanced(expr), f"{title!r}: unbalanced brackets or quotes in {expr}"
         used = grafana.series_in(expr)
         assert used and used <= owner.keys(), f"{title!r} queries {used - owner.keys() or 'nothing of ours'}"
         allowed = RAY_LABELS | {label for s in used for label in exported[owner[s]][1]}
         if any(s.endswith("_bucket") for s in used):
             allowed.add("le")
-        grouped = {label.strip() for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr) for label in group.split(",")}
+        groups = re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
+        grouped = {label.strip() for group in groups for label in group.split(",")}
         matched = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)\s*\"", expr))
         assert grouped | matched <= allowed, f"{title!r} uses labels {sorted((grouped | matched) - allowed)}"
         assert 'SessionName=~"$SessionName"' in expr and 'ray_io_cluster=~"$Cluster"' in expr, title

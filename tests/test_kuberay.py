@@ -52,14 +52,16 @@ def rayjob() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def service_accounts() -> dict[str, dict[str, Any]]:
-    return {d["metadata"]["name"]: d for d in _documents(DEPLOY / "serviceaccounts.yaml") if d["kind"] == "ServiceAccount"}
+    documents = _documents(DEPLOY / "serviceaccounts.yaml")
+    return {d["metadata"]["name"]: d for d in documents if d["kind"] == "ServiceAccount"}
 
 
 # --- the CRD schemas ---------------------------------------------------------------------------
 
 
 def _crd(kind: str) -> dict[str, Any]:
-    crd = yaml.load((CRDS / f"ray.io_{kind.lower()}s.yaml").read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml reads the 1 MB files in a second
+    crd = yaml.load((CRDS / f"ray.io_{kind.lower()}s.yaml").read_text(), Loader=loader)
     assert crd["kind"] == "CustomResourceDefinition" and crd["spec"]["names"]["kind"] == kind
     return crd
 
@@ -72,7 +74,8 @@ def _strict(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {k: _strict(v) for k, v in schema.items()}
-    if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+    keeps_unknown = out.get("x-kubernetes-preserve-unknown-fields")
+    if "properties" in out and "additionalProperties" not in out and not keeps_unknown:
         out["additionalProperties"] = False
     return out
 
@@ -141,7 +144,8 @@ def _secrets_reached(pod: dict[str, Any], container: dict[str, Any] | None = Non
         if "csi" in volume:  # e.g. the Secrets Store CSI driver
             found.add(f"csi:{volume['csi']['driver']}")
     for c in containers:
-        found |= {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+        env = c.get("env", [])
+        found |= {e["valueFrom"]["secretKeyRef"]["name"] for e in env if "secretKeyRef" in e.get("valueFrom", {})}
         found |= {e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e}
     return found
 
@@ -154,7 +158,8 @@ def _worker_problems(pod: dict[str, Any], service_accounts: dict[str, dict[str, 
     if account is None or account.get("metadata", {}).get("annotations"):
         problems.append(f"service account {pod.get('serviceAccountName', 'default')!r} is not one without identity")
     for c in [*pod.get("initContainers", []), *pod["containers"]]:
-        problems += [f"env {e['name']}" for e in c.get("env", []) if is_secret_name(e["name"]) or "://" in e.get("value", "")]
+        env = c.get("env", [])
+        problems += [f"env {e['name']}" for e in env if is_secret_name(e["name"]) or "://" in e.get("value", "")]
     if DATABASE_SECRET in yaml.safe_dump(pod) or DATABASE_URL_FILE_VAR in yaml.safe_dump(pod):
         problems.append("names the database URL")
     return problems
@@ -202,7 +207,9 @@ def test_the_rule_catches_a_worker_given_the_secret_or_an_identity(raycluster, s
     assert {"reaches secret raytranscribe-database-url", "env RAYTRANSCRIBE_DATABASE_URL"} <= set(
         _worker_problems(as_env, service_accounts)
     )
-    assert _worker_problems(as_head, service_accounts) == ["service account 'raytranscribe-head' is not one without identity"]
+    assert _worker_problems(as_head, service_accounts) == [
+        "service account 'raytranscribe-head' is not one without identity"
+    ]
     assert _worker_problems(with_token, service_accounts) == ["mounts a Kubernetes API token"]
 
 

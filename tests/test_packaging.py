@@ -22,7 +22,8 @@ def test_the_wheel_ships_license_py_typed_and_the_version(tmp_path):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(ROOT / "raytranscribe", source / "raytranscribe", ignore=shutil.ignore_patterns("__pycache__"))
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(source)],
         capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
