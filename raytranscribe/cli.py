@@ -48,7 +48,9 @@ app = typer.Typer(
     name="raytranscribe",
     help="Durable batch transcription on Ray GPU clusters, with PostgreSQL as the source of truth.",
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion / --show-completion: bash, zsh, fish and PowerShell complete commands
+    # and options (completion imports this module, as --help does, and nothing heavier).
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -67,9 +69,20 @@ _SETTINGS: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("ray
 # --- plumbing ----------------------------------------------------------------------------------
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from raytranscribe import __version__
+
+        typer.echo(f"raytranscribe {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+    ),
     database_url: Optional[str] = typer.Option(
         None, "--database-url", show_default=False,
         help="PostgreSQL URL (overrides RAYTRANSCRIBE_DATABASE_URL, which overrides RAYTRANSCRIBE_DATABASE_URL_FILE).",

@@ -23,7 +23,7 @@ class Metrics:
     in_flight: m.Gauge
     live_actors: m.Gauge
     audio_seconds: m.Counter
-    real_time_factor: m.Gauge
+    rtfx: m.Gauge
     breaker_open: m.Gauge
     database_up: m.Gauge
     store_transient_errors: m.Counter
@@ -40,7 +40,7 @@ def get() -> Metrics:
             _metrics = Metrics(
                 tasks_finished=m.Counter(
                     "raytranscribe_tasks_finished",
-                    "Task attempts finished, by outcome (completed|retry|dead|fenced) and failing stage",
+                    "Task attempts finished, by outcome (completed|retry|dead|fenced|released) and stage",
                     tag_keys=("outcome", "stage"),
                 ),
                 stage_seconds=m.Histogram(
@@ -57,8 +57,11 @@ def get() -> Metrics:
                     tag_keys=("pool", "device", "compute_type"),
                 ),
                 audio_seconds=m.Counter("raytranscribe_audio_seconds", "Audio seconds transcribed"),
-                real_time_factor=m.Gauge(
-                    "raytranscribe_real_time_factor", "Audio seconds per wall second since the run started"
+                # RTFx, as ASR benchmarks call it: audio seconds per wall second (higher is faster).
+                # Its inverse, wall seconds per audio second, is what they call the real-time factor.
+                rtfx=m.Gauge(
+                    "raytranscribe_rtfx",
+                    "RTFx: audio seconds transcribed per wall second since the run started (1/RTF)",
                 ),
                 breaker_open=m.Gauge(
                     "raytranscribe_circuit_open", "1 while a circuit breaker pauses dispatch", tag_keys=("stage",)

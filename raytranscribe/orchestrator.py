@@ -449,7 +449,7 @@ class Orchestrator:
             self.summary.audio_s += audio
             m.audio_seconds.inc(audio)
         if finished["completed", ""]:
-            m.real_time_factor.set(self.summary.real_time_factor)
+            m.rtfx.set(self.summary.real_time_factor)
 
     def _db_ok(self) -> None:
         if self._db_failures:  # only on the way back up: this runs after every claim and record

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import tomllib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -41,6 +43,53 @@ def write_manifest(tmp_path: Path, *lines: str | dict) -> str:
 
 
 GOOD = {"input_uri": "s3://bkt/in/a.wav", "output_uri": "s3://bkt/out/a"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- the program itself: version, help, shell completion ----------------------------------------
+
+
+def _program(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The app of this checkout as a shell runs it, under its installed name (completion keys on it)."""
+    code = "from raytranscribe.cli import app; app(prog_name='raytranscribe')"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_version_prints_the_package_version_and_reads_no_settings():
+    from raytranscribe import __version__
+
+    # It answers while the options are parsed, before the root callback reads a setting: a broken one cannot hide it.
+    broken = {"RAYTRANSCRIBE_DATABASE_URL_FILE": "/nonexistent/url", "RAYTRANSCRIBE_LOG_LEVEL": "LOUD"}
+    proc = _program("--version", env=broken)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"raytranscribe {__version__}\n", "")
+    # The distribution's version is that same attribute, not a second copy.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["dynamic"] == ["version"] and "version" not in project["project"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "raytranscribe.__version__"}
+
+
+def test_help_lists_version_and_completion_options():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for option in ("--version", "--install-completion", "--show-completion", "--database-url"):
+        assert option in result.output
+
+
+def test_shell_completion_completes_commands_and_their_options():
+    bash = _program(
+        env={"_RAYTRANSCRIBE_COMPLETE": "complete_bash", "COMP_WORDS": "raytranscribe su", "COMP_CWORD": "1"}
+    )
+    assert (bash.returncode, bash.stdout.split()) == (0, ["submit"])
+    zsh = _program(
+        env={"_RAYTRANSCRIBE_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "raytranscribe submit --for"}
+    )
+    assert zsh.returncode == 0 and '"--formats"' in zsh.stdout
+    script = _program("--show-completion", "bash")
+    assert script.returncode == 0
+    assert "complete -o default -F _raytranscribe_completion raytranscribe" in script.stdout
 
 
 # --- db ----------------------------------------------------------------------------------------

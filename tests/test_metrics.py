@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from tests.support.metrics import lines, scrape, total
+from tests.support import grafana
+from tests.support.metrics import body, lines, scrape, total
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +32,7 @@ def test_a_run_exports_outcome_stage_and_audio_metrics(system):
         "raytranscribe_tasks_in_flight",
         "raytranscribe_queue_depth",
         "raytranscribe_database_up",
+        "raytranscribe_rtfx",
     }, ready=lambda f: total(f["raytranscribe_audio_seconds"]) >= before + expected_audio - 0.01)
     finished = found["raytranscribe_tasks_finished"]
     assert any('outcome="completed"' in line for line in finished)
@@ -39,3 +43,27 @@ def test_a_run_exports_outcome_stage_and_audio_metrics(system):
     assert 1.0 in [float(line.rsplit(" ", 1)[1]) for line in found["raytranscribe_database_up"]]
     assert expected_audio > 5.0
     assert total(found["raytranscribe_audio_seconds"]) - before == pytest.approx(expected_audio, abs=0.01)
+    # RTFx: audio seconds per wall second of this run, set when outcomes with completions are recorded
+    # (so at least the run's own figure, which counts the time after the last one too).
+    rtfx = [float(line.rsplit(" ", 1)[1]) for line in found["raytranscribe_rtfx"]]
+    assert summary.real_time_factor > 0 and max(rtfx) >= summary.real_time_factor
+
+
+def test_the_dashboard_queries_series_by_the_names_the_endpoint_exports(system):
+    """Every series the Grafana dashboard queries, of each metric this run exported, is on the endpoint
+    under exactly that name (Ray's ``ray_`` prefix, a counter's ``_total``, a histogram's three)."""
+    ray_module = __import__("ray")
+    inputs = system.upload_samples(["fox.wav"])
+    system.submit([u for u, _ in inputs])
+    assert system.run().completed == 1
+    scrape(ray_module, {"raytranscribe_rtfx", "raytranscribe_stage_seconds", "raytranscribe_circuit_open"})
+    on_endpoint = set(re.findall(r"^(ray_raytranscribe_\w+)[{ ]", body(ray_module), re.MULTILINE))
+    queried = set().union(*(grafana.series_in(expr) for _, expr in grafana.queries(grafana.load())))
+    checked = []
+    for name, (series, _) in grafana.exported().items():
+        if series & on_endpoint:
+            checked.append(name)
+            absent = sorted(series & queried - on_endpoint)
+            assert absent == [], f"{name}: the dashboard queries {absent}, which the endpoint does not have"
+    # Every metric but the store's transient errors (none happen here) was exported by this run.
+    assert len(checked) >= 9, checked
