@@ -13,6 +13,7 @@ arrives with); an empty segment is refused because stores and proxies disagree a
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ class S3Uri:
         return S3Uri(self.bucket, key)
 
 
+@functools.lru_cache(maxsize=1024)  # a listing or manifest names a few buckets a million times
 def bucket_problem(bucket: str) -> str | None:
     """What is wrong with a bucket name under S3's naming rules, or None."""
     if not 3 <= len(bucket) <= 63:

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
+import itertools
 import json
 import logging
 import math
@@ -33,7 +35,8 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -104,7 +107,7 @@ SCHEMA_MISSING_SQLSTATES = frozenset({"42P01", "42703", "42704", "42883"})
 TEXT_PREVIEW_CHARS = 500
 # Session settings of the hot-path (autocommit) connections; see Store.__init__.
 HOT_PATH_OPTIONS = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off"
-SUBMIT_CHUNK = 5000
+SUBMIT_BATCH = 20_000  # rows per COPY into the staging table: what the client holds at a time
 # Statuses of a task that is not finished: it runs or may run again, so it may still write its outputs.
 UNFINISHED = (TaskStatus.PENDING, TaskStatus.IN_PROGRESS, TaskStatus.FAILED)
 REQUEUEABLE = (TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED)
@@ -151,6 +154,11 @@ def _finite_at_least_one(value: object) -> bool:
 def _canonical_formats(formats: Sequence[str]) -> tuple[str, ...]:
     # One order (FORMATS') and no repeats, so "txt,json", "json,txt" and "json,json,txt" are one task.
     # Not alphabetical: the default tuple, and so the dedupe key of every task already stored, stays as it was.
+    return _canonical_tuple(formats) if isinstance(formats, tuple) else _canonical_tuple.__wrapped__(formats)
+
+
+@functools.lru_cache(maxsize=256)  # every task of a submission asks, mostly about one tuple
+def _canonical_tuple(formats: Sequence[str]) -> tuple[str, ...]:
     known = {f: i for i, f in enumerate(FORMATS)}
     return tuple(sorted(set(formats), key=lambda f: (known.get(f, len(known)), f)))
 
@@ -207,12 +215,10 @@ class NewTask:
     @functools.cached_property  # submit reads it several times per task; 100k tasks, 100k hashes
     def dedupe_key(self) -> str:
         """Same input, engine, model and options: the same task (the output stem does not count)."""
-        canonical = json.dumps(
-            [self.input_uri, self.engine, self.model, self.options.to_dict()],
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+        # json.dumps([input, engine, model, options], sort_keys=True, separators=(",", ":"),
+        # ensure_ascii=False), with the options' part made once per distinct options.
+        string = _KEY_ENCODER.encode
+        canonical = f"[{string(self.input_uri)},{string(self.engine)},{string(self.model)},{_options_canonical(self.options)}]"
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -236,6 +242,16 @@ class StatusChange:
 class SubmitReport:
     inserted: tuple[int, ...]  # new task ids, in submission order
     duplicates: tuple[str, ...]  # input URIs whose task already existed (or repeated in the batch)
+
+
+@dataclass(frozen=True)
+class StreamedSubmit:
+    """What :meth:`Store.submit_stream` did, in memory that does not grow with the duplicates."""
+
+    read: int  # tasks the source gave
+    inserted: array  # array('q'): new task ids, in submission order (8 bytes each)
+    duplicates: int  # tasks not inserted: their dedupe key existed, or an earlier task of the source had it
+    duplicate_inputs: tuple[str, ...]  # input URIs of the first ``keep_duplicates`` of those, in order
 
 
 @dataclass(frozen=True)
@@ -420,66 +436,96 @@ WITH u AS (
 SELECT id FROM u
 """
 
-_SUBMIT_SQL = """
-INSERT INTO tasks (input_uri, output_uri, engine, model, options, priority, max_retries, backoff_factor, dedupe_key)
-SELECT i, o, e, m, CAST(opt AS jsonb), p, mr, bf, k
-FROM unnest(CAST(:i AS text[]), CAST(:o AS text[]), CAST(:e AS text[]), CAST(:m AS text[]), CAST(:opt AS text[]),
-            CAST(:p AS int[]), CAST(:mr AS int[]), CAST(:bf AS float8[]), CAST(:k AS text[]))
-     WITH ORDINALITY AS v(i, o, e, m, opt, p, mr, bf, k, ord)
-WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.dedupe_key = v.k)  -- spares sequence values; races hit ON CONFLICT
-ORDER BY ord
-ON CONFLICT (dedupe_key) DO NOTHING
-RETURNING id, dedupe_key
-"""
+# --- submit: a source streamed through COPY into a staging table, checked and inserted in SQL ----------
+#
+# One transaction per submit: the rows are copied in batches into a temporary table (dropped at
+# commit), then the refusals and the insert run over the whole of it. The client holds one batch at a
+# time; repeats and shared stems are found by the server, which sees every row.
 
+_STAGING_SQL = """
+CREATE TEMPORARY TABLE submit_staging (
+    ord bigint NOT NULL, input_uri text NOT NULL, output_uri text NOT NULL, engine text NOT NULL,
+    model text NOT NULL, options text NOT NULL, priority int NOT NULL, max_retries int NOT NULL,
+    backoff_factor float8 NOT NULL, dedupe_key text NOT NULL
+) ON COMMIT DROP
+"""
+_STAGING_COPY = "COPY submit_staging FROM STDIN"
+# The first occurrence of each dedupe key: what could be inserted (later repeats are duplicates).
+_FIRST_SQL = """
+CREATE TEMPORARY TABLE submit_first ON COMMIT DROP AS
+SELECT DISTINCT ON (dedupe_key) * FROM submit_staging ORDER BY dedupe_key, ord
+"""
+# Two distinct new tasks on one stem: the earliest second claimant, and the first one it met.
+_SHARED_STEMS_SQL = """
+SELECT first_input, input_uri, output_uri FROM (
+    SELECT input_uri, output_uri, ord, first_value(input_uri) OVER w AS first_input, row_number() OVER w AS n
+    FROM submit_first WINDOW w AS (PARTITION BY output_uri ORDER BY ord)
+) x WHERE n = 2 ORDER BY ord LIMIT 1
+"""
+# A new task (not a duplicate of any row: those are skipped, writing nothing) on the stem of an
+# unfinished task that is not the same task. Probes ix_tasks_output_uri per stem on a small
+# submission, hashes on a big one.
 _UNFINISHED_STEMS_SQL = """
-SELECT id, input_uri, output_uri, status::text AS status, dedupe_key FROM tasks
-WHERE output_uri = ANY(CAST(:o AS text[])) AND status = ANY(CAST(:s AS task_status[]))
-ORDER BY id
+SELECT f.input_uri AS new_input, f.output_uri, t.id, t.input_uri, t.status::text AS status
+FROM submit_first f JOIN tasks t ON t.output_uri = f.output_uri
+WHERE t.status = ANY(CAST(:s AS task_status[])) AND t.dedupe_key <> f.dedupe_key
+  AND NOT EXISTS (SELECT 1 FROM tasks d WHERE d.dedupe_key = f.dedupe_key)
+ORDER BY f.ord, t.id LIMIT 1
 """
+_INSERTED_SQL = "CREATE TEMPORARY TABLE submit_inserted (id bigint, dedupe_key text) ON COMMIT DROP"
+_SUBMIT_SQL = """
+WITH ins AS (
+    INSERT INTO tasks (input_uri, output_uri, engine, model, options, priority, max_retries, backoff_factor, dedupe_key)
+    SELECT input_uri, output_uri, engine, model, CAST(options AS jsonb), priority, max_retries, backoff_factor, dedupe_key
+    FROM submit_first f
+    WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.dedupe_key = f.dedupe_key)  -- spares sequence values
+    ORDER BY ord
+    ON CONFLICT (dedupe_key) DO NOTHING
+    RETURNING id, dedupe_key
+)
+INSERT INTO submit_inserted SELECT id, dedupe_key FROM ins
+"""
+# New ids in submission order, read through a server-side cursor (a million of them is 8 MB here).
+_INSERTED_IDS_SQL = "SELECT i.id FROM submit_inserted i JOIN submit_first f USING (dedupe_key) ORDER BY f.ord"
+# Lines that inserted nothing: their key existed, or an earlier line had it.
+_DUPLICATES_SQL = """
+SELECT s.input_uri FROM submit_staging s
+WHERE NOT EXISTS (SELECT 1 FROM submit_first f JOIN submit_inserted i USING (dedupe_key) WHERE f.ord = s.ord)
+ORDER BY s.ord
+"""
+_RESULTS_FETCH = 50_000
 
-_EXISTING_KEYS_SQL = "SELECT dedupe_key FROM tasks WHERE dedupe_key = ANY(CAST(:k AS text[]))"
+# COPY's text format: backslash, tab, newline and carriage return escaped; the rest as is.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def _refuse_shared_stems(tasks: Sequence[NewTask]) -> None:
+def _copy_text(value: str) -> str:
+    return value.translate(_COPY_ESCAPES)
+
+
+@functools.lru_cache(maxsize=256)
+def _options_json(options: TranscribeOptions) -> str:
+    """The options column's JSON, once per distinct options (a manifest's lines mostly share one)."""
+    return json.dumps(options.to_dict())
+
+
+_KEY_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
+@functools.lru_cache(maxsize=256)
+def _options_canonical(options: TranscribeOptions) -> str:
+    """The options as the dedupe key spells them (sorted keys, no spaces)."""
+    return json.dumps(options.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _refusal_of_shared_stem(first_input: str, input_uri: str, stem: str) -> InvalidInput:
     """Two distinct new tasks (dedupe keys differ) with one output stem would overwrite each other."""
-    by_stem: dict[str, NewTask] = {}
-    for t in tasks:
-        first = by_stem.setdefault(t.output_uri, t)
-        if first is t:
-            continue
-        if first.input_uri == t.input_uri:
-            raise InvalidInput(
-                f"input {t.input_uri!r} is given twice with different settings (engine, model or options), "
-                f"both writing {t.output_uri}.*; give each its own output"
-            )
-        raise InvalidInput(
-            f"inputs {first.input_uri!r} and {t.input_uri!r} would both write {t.output_uri}.*; give each its own output"
+    if first_input == input_uri:
+        return InvalidInput(
+            f"input {input_uri!r} is given twice with different settings (engine, model or options), "
+            f"both writing {stem}.*; give each its own output"
         )
-
-
-def _refuse_unfinished_stems(conn: sa.Connection, tasks: Sequence[NewTask]) -> None:
-    """A new task may not write the stem of an unfinished task, unless it is that task (a duplicate, skipped)."""
-    unfinished = [s.value for s in UNFINISHED]
-    suspects: list[tuple[NewTask, Any]] = []
-    for start in range(0, len(tasks), SUBMIT_CHUNK):
-        chunk = {t.output_uri: t for t in tasks[start : start + SUBMIT_CHUNK]}
-        for row in conn.execute(text(_UNFINISHED_STEMS_SQL), {"o": list(chunk), "s": unfinished}):
-            new = chunk[row.output_uri]
-            if row.dedupe_key != new.dedupe_key:
-                suspects.append((new, row))
-    if not suspects:
-        return
-    # A new task that is a duplicate of some other row is skipped by the insert: it writes nothing.
-    keys = list({new.dedupe_key for new, _ in suspects})
-    existing = {r[0] for r in conn.execute(text(_EXISTING_KEYS_SQL), {"k": keys})}
-    for new, row in suspects:
-        if new.dedupe_key not in existing:
-            who = "the same input" if row.input_uri == new.input_uri else repr(row.input_uri)
-            raise InvalidInput(
-                f"input {new.input_uri!r} would write {new.output_uri}.*, which task {row.id} ({who}, {row.status}) "
-                "may still write; wait for it, cancel it, or give this input another output"
-            )
+    return InvalidInput(f"inputs {first_input!r} and {input_uri!r} would both write {stem}.*; give each its own output")
 
 
 _FENCED_SQL = """
@@ -979,47 +1025,107 @@ class Store:
         failed), whose outputs may still be written. A finished task's stem may be written again.
         """
         tasks = list(tasks)
-        if not tasks:
-            return SubmitReport((), ())
-        policy = self.policy
-        # Repeats inside the batch are duplicates too; only first occurrences go to the database.
-        seen: set[str] = set()
-        unique = [t for t in tasks if not (t.dedupe_key in seen or seen.add(t.dedupe_key))]
-        _refuse_shared_stems(unique)
+        done = self.submit_stream(lambda: tasks)
+        return SubmitReport(tuple(done.inserted), done.duplicate_inputs)
 
-        def tx(conn: sa.Connection) -> dict[str, int]:
+    def submit_stream(
+        self,
+        source: Callable[[], Iterable[NewTask]],
+        *,
+        keep_duplicates: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        batch: int = SUBMIT_BATCH,
+    ) -> StreamedSubmit:
+        """:meth:`submit` for sources of any length, in bounded memory: ``source()`` is read ``batch``
+        tasks at a time into a staging table, then checked and inserted by the server, all in one
+        transaction. Whatever ``source()`` raises while it is read (a bad manifest line), and every
+        refusal of :meth:`submit`, rolls the whole of it back: nothing is written. A transient
+        database error re-runs the transaction, calling ``source()`` again for a fresh iterator.
+
+        ``keep_duplicates``: how many duplicates' input URIs to return (None: all of them);
+        ``progress(read)`` is called after each batch is copied.
+        """
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        policy = self.policy
+        unfinished = [s.value for s in UNFINISHED]
+
+        def tx(conn: sa.Connection) -> StreamedSubmit:
             # Held to commit: a concurrent submit of the same stems waits, then sees these rows.
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SUBMIT_LOCK_KEY})
-            _refuse_unfinished_stems(conn, unique)
-            ids: dict[str, int] = {}
-            for start in range(0, len(unique), SUBMIT_CHUNK):
-                chunk = unique[start : start + SUBMIT_CHUNK]
-                params = {
-                    "i": [t.input_uri for t in chunk],
-                    "o": [t.output_uri for t in chunk],
-                    "e": [t.engine for t in chunk],
-                    "m": [t.model for t in chunk],
-                    "opt": [json.dumps(t.options.to_dict()) for t in chunk],
-                    "p": [t.priority for t in chunk],
-                    "mr": [policy.max_retries if t.max_retries is None else t.max_retries for t in chunk],
-                    "bf": [float(policy.backoff_factor if t.backoff_factor is None else t.backoff_factor) for t in chunk],
-                    "k": [t.dedupe_key for t in chunk],
-                }
-                for row in conn.execute(text(_SUBMIT_SQL), params):
-                    ids[row.dedupe_key] = row.id
-            return ids
+            conn.execute(text(_STAGING_SQL))
+            raw = conn.connection.dbapi_connection
+            assert raw is not None  # a checked-out connection has one
+            copy = raw.cursor()
+            read = 0
+            tasks = iter(source())
+            while chunk := list(itertools.islice(tasks, batch)):
+                rows = []
+                for t in chunk:
+                    read += 1
+                    mr = policy.max_retries if t.max_retries is None else t.max_retries
+                    bf = float(policy.backoff_factor if t.backoff_factor is None else t.backoff_factor)
+                    rows.append(
+                        f"{read}\t{_copy_text(t.input_uri)}\t{_copy_text(t.output_uri)}\t{_copy_text(t.engine)}\t"
+                        f"{_copy_text(t.model)}\t{_copy_text(_options_json(t.options))}\t{t.priority}\t{mr}\t"
+                        f"{bf!r}\t{t.dedupe_key}\n"
+                    )
+                data = io.StringIO("".join(rows))
+                self._raw_call(raw, lambda: copy.copy_expert(_STAGING_COPY, data))
+                del rows, chunk, data
+                if progress is not None:
+                    progress(read)
+            if not read:
+                return StreamedSubmit(0, array("q"), 0, ())
+            conn.execute(text(_FIRST_SQL))
+            conn.execute(text("ANALYZE submit_first"))  # temporary tables get no autovacuum statistics
+            shared = conn.execute(text(_SHARED_STEMS_SQL)).first()
+            if shared is not None:
+                raise _refusal_of_shared_stem(*shared)
+            row = conn.execute(text(_UNFINISHED_STEMS_SQL), {"s": unfinished}).first()
+            if row is not None:
+                who = "the same input" if row.input_uri == row.new_input else repr(row.input_uri)
+                raise InvalidInput(
+                    f"input {row.new_input!r} would write {row.output_uri}.*, which task {row.id} ({who}, {row.status}) "
+                    "may still write; wait for it, cancel it, or give this input another output"
+                )
+            conn.execute(text(_INSERTED_SQL))
+            conn.execute(text(_SUBMIT_SQL))
+            ids = array("q")
+            for fetched in self._stream(raw, "submit_ids", _INSERTED_IDS_SQL):
+                ids.extend(r[0] for r in fetched)
+            duplicates = read - len(ids)
+            keep = duplicates if keep_duplicates is None else min(keep_duplicates, duplicates)
+            kept: list[str] = []
+            if keep:
+                for fetched in self._stream(raw, "submit_duplicates", f"{_DUPLICATES_SQL} LIMIT {int(keep)}"):
+                    kept.extend(r[0] for r in fetched)
+            return StreamedSubmit(read, ids, duplicates, tuple(kept))
 
-        ids = self._run("submit", tx)
-        inserted: list[int] = []
-        duplicates: list[str] = []
-        for t in tasks:
-            task_id = ids.pop(t.dedupe_key, None)  # pop: a repeat inside the batch is a duplicate too
-            if task_id is None:
-                duplicates.append(t.input_uri)
-            else:
-                inserted.append(task_id)
-        log.info("submitted %d task(s), %d duplicate(s)", len(inserted), len(duplicates))
-        return SubmitReport(tuple(inserted), tuple(duplicates))
+        done = self._run("submit", tx)
+        log.info("submitted %d task(s), %d duplicate(s)", len(done.inserted), done.duplicates)
+        return done
+
+    def _raw_call(self, raw: Any, fn: Callable[[], T]) -> T:
+        """``fn()``, a call on this transaction's DBAPI connection; its errors come out as SQLAlchemy's,
+        so :meth:`_run` sorts them as it does any statement's."""
+        try:
+            return fn()
+        except self._dbapi_error as exc:
+            gone = self._engine.dialect.is_disconnect(exc, raw, None)
+            raise sa.exc.DBAPIError.instance(
+                None, None, exc, self._dbapi_error, connection_invalidated=gone, dialect=self._engine.dialect
+            ) from exc
+
+    def _stream(self, raw: Any, name: str, sql: str) -> Iterable[list[tuple]]:
+        """The rows of ``sql`` in slices of _RESULTS_FETCH, through a server-side cursor of this transaction."""
+        cur = raw.cursor(name=name)
+        try:
+            self._raw_call(raw, lambda: cur.execute(sql))
+            while fetched := self._raw_call(raw, lambda: cur.fetchmany(_RESULTS_FETCH)):
+                yield fetched
+        finally:
+            cur.close()
 
     def submitted_inputs(self, input_uris: Sequence[str]) -> set[str]:
         """Which of these inputs already have a task, whatever its engine, model or status."""
