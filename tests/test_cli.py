@@ -446,7 +446,7 @@ def test_listed_key_with_dot_segments_refuses_the_whole_submission(cli, store, l
     assert result.exit_code == 2, result.output
     assert result.stderr.strip() == (
         f"error: s3://{bucket}/in/ lists s3://{bucket}/in/dd/../evil/x.wav: key 'in/dd/../evil/x.wav' {DOT}; "
-        "nothing was submitted (rename or move that object, or submit the others by URI)"
+        "nothing was submitted (rename or move that object, give --skip-invalid, or submit the others by URI)"
     )
     assert store.stats().total == 0
     s3_client.put_object(Bucket=bucket, Key="dbl/a//b.wav", Body=b"x")
