@@ -114,6 +114,9 @@ def key_problem(key: str, *, prefix: bool = False) -> str | None:
     if prefix and key == "":
         return None  # the bucket root
     body = key[:-1] if prefix and key.endswith("/") else key  # a folder's one trailing '/' is no segment
+    # Most keys: no segment can be empty or start with a dot, so none is '', '.' or '..' (no split needed).
+    if body and body[0] not in "/." and body[-1] != "/" and "//" not in body and "/." not in body:
+        return None
     for segment in body.split("/"):
         if segment in _DOT_SEGMENTS:
             return f"key {abbrev(key)!r} has a {segment!r} segment, which HTTP clients resolve to another object"

@@ -24,6 +24,7 @@ Statuses (the database enforces the transitions with a trigger, see migrations 0
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -31,12 +32,13 @@ import itertools
 import json
 import logging
 import math
+import queue
 import random
 import re
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -107,7 +109,7 @@ SCHEMA_MISSING_SQLSTATES = frozenset({"42P01", "42703", "42704", "42883"})
 TEXT_PREVIEW_CHARS = 500
 # Session settings of the hot-path (autocommit) connections; see Store.__init__.
 HOT_PATH_OPTIONS = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off"
-SUBMIT_BATCH = 20_000  # rows per COPY into the staging table: what the client holds at a time
+SUBMIT_BATCH = 10_000  # tasks per COPY into the staging table: what the client holds, twice (one read ahead)
 # Statuses of a task that is not finished: it runs or may run again, so it may still write its outputs.
 UNFINISHED = (TaskStatus.PENDING, TaskStatus.IN_PROGRESS, TaskStatus.FAILED)
 REQUEUEABLE = (TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED)
@@ -436,11 +438,12 @@ WITH u AS (
 SELECT id FROM u
 """
 
-# --- submit: a source streamed through COPY into a staging table, checked and inserted in SQL ----------
+# --- submit: a source streamed in batches, each copied into a staging table, checked and inserted ---
 #
-# One transaction per submit: the rows are copied in batches into a temporary table (dropped at
-# commit), then the refusals and the insert run over the whole of it. The client holds one batch at a
-# time; repeats and shared stems are found by the server, which sees every row.
+# One transaction per submit. Each batch is copied into a temporary table (dropped at commit), its
+# repeats and shared stems found there, its stems checked against unfinished tasks (the batches
+# before it included: their rows are this transaction's), then inserted. The client holds a batch
+# or two at a time.
 
 _STAGING_SQL = """
 CREATE TEMPORARY TABLE submit_staging (
@@ -449,13 +452,21 @@ CREATE TEMPORARY TABLE submit_staging (
     backoff_factor float8 NOT NULL, dedupe_key text NOT NULL
 ) ON COMMIT DROP
 """
+# A batch is small against the history it is checked against, and the statistics of a table that
+# grew by millions in this transaction are stale: index probes, not a scan of tasks per batch
+# (hash or merge joins), and no JIT compiling each batch's statements.
+_SUBMIT_PLANNER_SQL = (
+    "SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true), "
+    "set_config('jit', 'off', true)"
+)
+_FIRST_TABLE_SQL = "CREATE TEMPORARY TABLE submit_first (LIKE submit_staging) ON COMMIT DROP"
 _STAGING_COPY = "COPY submit_staging FROM STDIN"
-# The first occurrence of each dedupe key: what could be inserted (later repeats are duplicates).
+_NEXT_BATCH_SQL = "TRUNCATE submit_staging, submit_first"
+# The first occurrence of each dedupe key in the batch: what could be inserted (repeats are duplicates).
 _FIRST_SQL = """
-CREATE TEMPORARY TABLE submit_first ON COMMIT DROP AS
-SELECT DISTINCT ON (dedupe_key) * FROM submit_staging ORDER BY dedupe_key, ord
+INSERT INTO submit_first SELECT DISTINCT ON (dedupe_key) * FROM submit_staging ORDER BY dedupe_key, ord
 """
-# Two distinct new tasks on one stem: the earliest second claimant, and the first one it met.
+# Two distinct new tasks of the batch on one stem: the earliest second claimant, and the first one it met.
 _SHARED_STEMS_SQL = """
 SELECT first_input, input_uri, output_uri FROM (
     SELECT input_uri, output_uri, ord, first_value(input_uri) OVER w AS first_input, row_number() OVER w AS n
@@ -463,8 +474,7 @@ SELECT first_input, input_uri, output_uri FROM (
 ) x WHERE n = 2 ORDER BY ord LIMIT 1
 """
 # A new task (not a duplicate of any row: those are skipped, writing nothing) on the stem of an
-# unfinished task that is not the same task. Probes ix_tasks_output_uri per stem on a small
-# submission, hashes on a big one.
+# unfinished task that is not the same task; an index probe (ix_tasks_output_uri) per stem.
 _UNFINISHED_STEMS_SQL = """
 SELECT f.input_uri AS new_input, f.output_uri, t.id, t.input_uri, t.status::text AS status
 FROM submit_first f JOIN tasks t ON t.output_uri = f.output_uri
@@ -472,35 +482,31 @@ WHERE t.status = ANY(CAST(:s AS task_status[])) AND t.dedupe_key <> f.dedupe_key
   AND NOT EXISTS (SELECT 1 FROM tasks d WHERE d.dedupe_key = f.dedupe_key)
 ORDER BY f.ord, t.id LIMIT 1
 """
-_INSERTED_SQL = "CREATE TEMPORARY TABLE submit_inserted (id bigint, dedupe_key text) ON COMMIT DROP"
+# Ids come from the sequence in the order rows are inserted, which is the batch's order.
 _SUBMIT_SQL = """
-WITH ins AS (
-    INSERT INTO tasks (input_uri, output_uri, engine, model, options, priority, max_retries, backoff_factor, dedupe_key)
-    SELECT input_uri, output_uri, engine, model, CAST(options AS jsonb), priority, max_retries, backoff_factor, dedupe_key
-    FROM submit_first f
-    WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.dedupe_key = f.dedupe_key)  -- spares sequence values
-    ORDER BY ord
-    ON CONFLICT (dedupe_key) DO NOTHING
-    RETURNING id, dedupe_key
-)
-INSERT INTO submit_inserted SELECT id, dedupe_key FROM ins
+INSERT INTO tasks (input_uri, output_uri, engine, model, options, priority, max_retries, backoff_factor, dedupe_key)
+SELECT input_uri, output_uri, engine, model, CAST(options AS jsonb), priority, max_retries, backoff_factor, dedupe_key
+FROM submit_first f
+WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.dedupe_key = f.dedupe_key)  -- spares sequence values
+ORDER BY ord
+ON CONFLICT (dedupe_key) DO NOTHING
+RETURNING id, dedupe_key
 """
-# New ids in submission order, read through a server-side cursor (a million of them is 8 MB here).
-_INSERTED_IDS_SQL = "SELECT i.id FROM submit_inserted i JOIN submit_first f USING (dedupe_key) ORDER BY f.ord"
-# Lines that inserted nothing: their key existed, or an earlier line had it.
-_DUPLICATES_SQL = """
-SELECT s.input_uri FROM submit_staging s
-WHERE NOT EXISTS (SELECT 1 FROM submit_first f JOIN submit_inserted i USING (dedupe_key) WHERE f.ord = s.ord)
-ORDER BY s.ord
-"""
-_RESULTS_FETCH = 50_000
 
-# COPY's text format: backslash, tab, newline and carriage return escaped; the rest as is.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+
+
 def _copy_text(value: str) -> str:
-    return value.translate(_COPY_ESCAPES)
+    return value.translate(_COPY_ESCAPES) if _COPY_SPECIAL.search(value) else value
+
+
+@functools.lru_cache(maxsize=256)
+def _copy_shared(engine: str, model: str, options: TranscribeOptions) -> str:
+    """The engine, model and options columns of a staging row: the same for most rows of a submit."""
+    return f"{_copy_text(engine)}\t{_copy_text(model)}\t{_copy_text(_options_json(options))}"
 
 
 @functools.lru_cache(maxsize=256)
@@ -526,6 +532,59 @@ def _refusal_of_shared_stem(first_input: str, input_uri: str, stem: str) -> Inva
             f"both writing {stem}.*; give each its own output"
         )
     return InvalidInput(f"inputs {first_input!r} and {input_uri!r} would both write {stem}.*; give each its own output")
+
+
+class _Batch(NamedTuple):
+    rows: str  # COPY text
+    keys: list[str]  # dedupe keys, in order
+    inputs: list[str]  # input URIs, in order
+
+
+_READ_AHEAD_DONE = object()
+
+
+def _read_ahead(items: Iterator[T]) -> Iterator[T]:
+    """``items``, each produced while the caller works on the one before, in a thread of their own:
+    a submit's database round trips (psycopg2 releases the GIL while it waits) overlap the reading
+    and parsing of the next batch. What producing raises is raised here; closing this stops it."""
+    handoff: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(entry: tuple[object, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((_READ_AHEAD_DONE, None))
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            put((_READ_AHEAD_DONE, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    reader = threading.Thread(target=produce, name="submit-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item, error = handoff.get()
+            if error is not None:
+                raise error
+            if item is _READ_AHEAD_DONE:
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        reader.join()
 
 
 _FENCED_SQL = """
@@ -1036,27 +1095,25 @@ class Store:
         progress: Callable[[int], None] | None = None,
         batch: int = SUBMIT_BATCH,
     ) -> StreamedSubmit:
-        """:meth:`submit` for sources of any length, in bounded memory: ``source()`` is read ``batch``
-        tasks at a time into a staging table, then checked and inserted by the server, all in one
-        transaction. Whatever ``source()`` raises while it is read (a bad manifest line), and every
-        refusal of :meth:`submit`, rolls the whole of it back: nothing is written. A transient
-        database error re-runs the transaction, calling ``source()`` again for a fresh iterator.
+        """:meth:`submit` for sources of any length, in bounded memory, in one transaction.
 
+        ``source()`` is read ``batch`` tasks at a time, one batch ahead in a thread of its own while
+        the database works on the one before; each is copied into a staging table, checked and
+        inserted. Whatever ``source()`` raises while it is read (a bad manifest line), and every
+        refusal of :meth:`submit`, rolls the whole of it back, earlier batches included: nothing is
+        written. A transient database error re-runs the transaction, calling ``source()`` again.
+
+        A task whose dedupe key an earlier task of the source had is a duplicate, as in :meth:`submit`.
         ``keep_duplicates``: how many duplicates' input URIs to return (None: all of them);
-        ``progress(read)`` is called after each batch is copied.
+        ``progress(read)`` is called after each batch is inserted.
         """
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         policy = self.policy
         unfinished = [s.value for s in UNFINISHED]
 
-        def tx(conn: sa.Connection) -> StreamedSubmit:
-            # Held to commit: a concurrent submit of the same stems waits, then sees these rows.
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SUBMIT_LOCK_KEY})
-            conn.execute(text(_STAGING_SQL))
-            raw = conn.connection.dbapi_connection
-            assert raw is not None  # a checked-out connection has one
-            copy = raw.cursor()
+        def batches() -> Iterator[_Batch]:
+            """The COPY text of each batch, and its tasks' dedupe keys and inputs (the report needs no more)."""
             read = 0
             tasks = iter(source())
             while chunk := list(itertools.islice(tasks, batch)):
@@ -1066,41 +1123,54 @@ class Store:
                     mr = policy.max_retries if t.max_retries is None else t.max_retries
                     bf = float(policy.backoff_factor if t.backoff_factor is None else t.backoff_factor)
                     rows.append(
-                        f"{read}\t{_copy_text(t.input_uri)}\t{_copy_text(t.output_uri)}\t{_copy_text(t.engine)}\t"
-                        f"{_copy_text(t.model)}\t{_copy_text(_options_json(t.options))}\t{t.priority}\t{mr}\t"
-                        f"{bf!r}\t{t.dedupe_key}\n"
+                        f"{read}\t{_copy_text(t.input_uri)}\t{_copy_text(t.output_uri)}\t"
+                        f"{_copy_shared(t.engine, t.model, t.options)}\t{t.priority}\t{mr}\t{bf!r}\t{t.dedupe_key}\n"
                     )
-                data = io.StringIO("".join(rows))
-                self._raw_call(raw, lambda: copy.copy_expert(_STAGING_COPY, data))
-                del rows, chunk, data
-                if progress is not None:
-                    progress(read)
-            if not read:
-                return StreamedSubmit(0, array("q"), 0, ())
-            conn.execute(text(_FIRST_SQL))
-            conn.execute(text("ANALYZE submit_first"))  # temporary tables get no autovacuum statistics
-            shared = conn.execute(text(_SHARED_STEMS_SQL)).first()
-            if shared is not None:
-                raise _refusal_of_shared_stem(*shared)
-            row = conn.execute(text(_UNFINISHED_STEMS_SQL), {"s": unfinished}).first()
-            if row is not None:
-                who = "the same input" if row.input_uri == row.new_input else repr(row.input_uri)
-                raise InvalidInput(
-                    f"input {row.new_input!r} would write {row.output_uri}.*, which task {row.id} ({who}, {row.status}) "
-                    "may still write; wait for it, cancel it, or give this input another output"
-                )
-            conn.execute(text(_INSERTED_SQL))
-            conn.execute(text(_SUBMIT_SQL))
-            ids = array("q")
-            for fetched in self._stream(raw, "submit_ids", _INSERTED_IDS_SQL):
-                ids.extend(r[0] for r in fetched)
-            duplicates = read - len(ids)
-            keep = duplicates if keep_duplicates is None else min(keep_duplicates, duplicates)
+                yield _Batch("".join(rows), [t.dedupe_key for t in chunk], [t.input_uri for t in chunk])
+
+        def tx(conn: sa.Connection) -> StreamedSubmit:
+            # Held to commit: a concurrent submit of the same stems waits, then sees these rows.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SUBMIT_LOCK_KEY})
+            conn.execute(text(_SUBMIT_PLANNER_SQL))
+            conn.execute(text(_STAGING_SQL))
+            conn.execute(text(_FIRST_TABLE_SQL))
+            raw = conn.connection.dbapi_connection
+            copy = raw.cursor()  # type: ignore[union-attr]  # a checked-out connection has one
+            read = duplicates = 0
+            inserted = array("q")
             kept: list[str] = []
-            if keep:
-                for fetched in self._stream(raw, "submit_duplicates", f"{_DUPLICATES_SQL} LIMIT {int(keep)}"):
-                    kept.extend(r[0] for r in fetched)
-            return StreamedSubmit(read, ids, duplicates, tuple(kept))
+            with contextlib.closing(_read_ahead(batches())) as ahead:
+                for b in ahead:
+                    if read:
+                        conn.execute(text(_NEXT_BATCH_SQL))
+                    data = io.StringIO(b.rows)
+                    self._raw_call(raw, lambda: copy.copy_expert(_STAGING_COPY, data))
+                    conn.execute(text(_FIRST_SQL))
+                    shared = conn.execute(text(_SHARED_STEMS_SQL)).first()
+                    if shared is not None:
+                        raise _refusal_of_shared_stem(*shared)
+                    row = conn.execute(text(_UNFINISHED_STEMS_SQL), {"s": unfinished}).first()
+                    if row is not None:
+                        if row.id in inserted:  # an earlier batch's task: two new tasks on one stem
+                            raise _refusal_of_shared_stem(row.input_uri, row.new_input, row.output_uri)
+                        who = "the same input" if row.input_uri == row.new_input else repr(row.input_uri)
+                        raise InvalidInput(
+                            f"input {row.new_input!r} would write {row.output_uri}.*, which task {row.id} ({who}, "
+                            f"{row.status}) may still write; wait for it, cancel it, or give this input another output"
+                        )
+                    ids = {r.dedupe_key: r.id for r in conn.execute(text(_SUBMIT_SQL))}
+                    for key, input_uri in zip(b.keys, b.inputs):
+                        task_id = ids.pop(key, None)  # pop: a repeat inside the batch is a duplicate too
+                        if task_id is not None:
+                            inserted.append(task_id)
+                            continue
+                        duplicates += 1
+                        if keep_duplicates is None or len(kept) < keep_duplicates:
+                            kept.append(input_uri)
+                    read += len(b.keys)
+                    if progress is not None:
+                        progress(read)
+            return StreamedSubmit(read, inserted, duplicates, tuple(kept))
 
         done = self._run("submit", tx)
         log.info("submitted %d task(s), %d duplicate(s)", len(done.inserted), done.duplicates)
@@ -1116,16 +1186,6 @@ class Store:
             raise sa.exc.DBAPIError.instance(
                 None, None, exc, self._dbapi_error, connection_invalidated=gone, dialect=self._engine.dialect
             ) from exc
-
-    def _stream(self, raw: Any, name: str, sql: str) -> Iterable[list[tuple]]:
-        """The rows of ``sql`` in slices of _RESULTS_FETCH, through a server-side cursor of this transaction."""
-        cur = raw.cursor(name=name)
-        try:
-            self._raw_call(raw, lambda: cur.execute(sql))
-            while fetched := self._raw_call(raw, lambda: cur.fetchmany(_RESULTS_FETCH)):
-                yield fetched
-        finally:
-            cur.close()
 
     def submitted_inputs(self, input_uris: Sequence[str]) -> set[str]:
         """Which of these inputs already have a task, whatever its engine, model or status."""
