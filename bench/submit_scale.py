@@ -108,7 +108,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="rt-submit-bench-") as tmp:
             t0 = time.perf_counter()
             manifest, rows = write_inputs(Path(tmp), args.lines)
-            print(f"{args.lines} lines written in {time.perf_counter() - t0:.1f} s ({manifest.stat().st_size / 1e6:.0f} MB)")
+            size = manifest.stat().st_size / 1e6
+            print(f"{args.lines} lines written in {time.perf_counter() - t0:.1f} s ({size:.0f} MB)")
             env = {**os.environ, "RAYTRANSCRIBE_DATABASE_URL": url, "RAYTRANSCRIBE_LOG_LEVEL": "INFO",
                    "RAYTRANSCRIBE_PROGRESS_INTERVAL_S": "10", "PYTHONPATH": str(ROOT)}  # fmt: skip
             submit = [sys.executable, "-c", SUBMIT_CHILD, str(manifest)]

@@ -220,7 +220,8 @@ class NewTask:
         # json.dumps([input, engine, model, options], sort_keys=True, separators=(",", ":"),
         # ensure_ascii=False), with the options' part made once per distinct options.
         string = _KEY_ENCODER.encode
-        canonical = f"[{string(self.input_uri)},{string(self.engine)},{string(self.model)},{_options_canonical(self.options)}]"
+        options = _options_canonical(self.options)
+        canonical = f"[{string(self.input_uri)},{string(self.engine)},{string(self.model)},{options}]"
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 

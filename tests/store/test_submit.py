@@ -173,3 +173,73 @@ def test_the_stem_look_up_is_an_index_probe(store):
         plan = "\n".join(r[0] for r in conn.execute(
             sa.text("EXPLAIN " + _UNFINISHED_STEMS_SQL), {"s": ["pending", "in_progress", "failed"]}))  # fmt: skip
     assert "ix_tasks_output_uri" in plan and "Seq Scan on tasks" not in plan, plan
+
+
+# --- streamed submits: batches of one transaction ------------------------------------------------
+
+
+def numbered(i: int, **kw) -> NewTask:
+    return NewTask(f"s3://bkt/in/{i}.wav", f"s3://bkt/out/{i}", **kw)
+
+
+def test_a_stream_longer_than_a_batch_keeps_its_order_and_finds_repeats_across_batches(store):
+    tasks = [numbered(i) for i in range(1, 8)] + [numbered(2), numbered(8), numbered(8), numbered(5)]
+    seen: list[int] = []
+    done = store.submit_stream(lambda: iter(tasks), batch=3, progress=seen.append)
+    assert (done.read, list(done.inserted), done.duplicates) == (11, list(range(1, 9)), 3)
+    assert done.duplicate_inputs == ("s3://bkt/in/2.wav", "s3://bkt/in/8.wav", "s3://bkt/in/5.wav")
+    assert seen == [3, 6, 9, 11]  # after each batch
+    assert [t.input_uri for t in store.list_tasks()] == [f"s3://bkt/in/{i}.wav" for i in range(1, 9)]
+    # Again, all duplicates, a few kept by name and the rest counted.
+    again = store.submit_stream(lambda: iter(tasks), batch=4, keep_duplicates=2)
+    assert (len(again.inserted), again.duplicates) == (0, 11)
+    assert again.duplicate_inputs == ("s3://bkt/in/1.wav", "s3://bkt/in/2.wav")
+
+
+def test_a_bad_task_in_a_later_batch_leaves_nothing_written(store):
+    def source():
+        yield from (numbered(i) for i in range(1, 8))  # batches of three, two inserted before the error
+        raise InvalidInput("line 8: bad")
+
+    with pytest.raises(InvalidInput, match="line 8: bad"):
+        store.submit_stream(source, batch=3)
+    assert store.stats().total == 0
+    assert len(store.submit([numbered(1)]).inserted) == 1  # the sequence moved on; nothing else did
+
+
+def test_a_stem_shared_across_batches_is_refused_naming_both(store):
+    other = NewTask("s3://bkt/elsewhere/3.mp3", "s3://bkt/out/3")
+    with pytest.raises(InvalidInput) as info:
+        store.submit_stream(lambda: iter([numbered(i) for i in range(1, 6)] + [other]), batch=2)
+    assert str(info.value) == (
+        "inputs 's3://bkt/in/3.wav' and 's3://bkt/elsewhere/3.mp3' would both write s3://bkt/out/3.*; "
+        "give each its own output"
+    )
+    twice = numbered(1, options=TranscribeOptions(formats=("txt",)))
+    with pytest.raises(InvalidInput, match="input 's3://bkt/in/1.wav' is given twice with different settings"):
+        store.submit_stream(lambda: iter([numbered(i) for i in range(1, 6)] + [twice]), batch=2)
+    assert store.stats().total == 0
+
+
+def test_a_transient_error_mid_stream_reads_the_source_again(store, database_url):
+    """The transaction is re-run from the start (a fresh iterator), and the report counts each task once."""
+    engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    calls: list[int] = []
+
+    def source():
+        calls.append(len(calls))
+        for i in range(1, 7):
+            if i == 5 and len(calls) == 1:  # the first reading: kill this submit's connection mid-way
+                with engine.connect() as conn:
+                    conn.execute(sa.text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%submit_%' "
+                        "AND pid <> pg_backend_pid() AND datname = current_database()"))  # fmt: skip
+            yield numbered(i)
+
+    try:
+        done = store.submit_stream(source, batch=2)
+    finally:
+        engine.dispose()
+    assert len(calls) == 2
+    assert (done.read, len(done.inserted), done.duplicates) == (6, 6, 0)
+    assert store.stats().total == 6
