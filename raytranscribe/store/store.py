@@ -441,18 +441,11 @@ SELECT id FROM u
 
 # --- submit: a source streamed in batches, each copied into a staging table, checked and inserted ---
 #
-# One transaction per submit. Each batch is copied into a temporary table (dropped at commit), its
-# repeats and shared stems found there, its stems checked against unfinished tasks (the batches
-# before it included: their rows are this transaction's), then inserted. The client holds a batch
-# or two at a time.
+# One transaction per submit. Each batch is checked on its own by the client (repeats, two new tasks
+# on one stem), its first occurrences copied into a temporary table (dropped at commit), their stems
+# checked against the unfinished tasks (the batches before it included: their rows are this
+# transaction's), then inserted. The client holds a batch or two at a time.
 
-_STAGING_SQL = """
-CREATE TEMPORARY TABLE submit_staging (
-    ord bigint NOT NULL, input_uri text NOT NULL, output_uri text NOT NULL, engine text NOT NULL,
-    model text NOT NULL, options text NOT NULL, priority int NOT NULL, max_retries int NOT NULL,
-    backoff_factor float8 NOT NULL, dedupe_key text NOT NULL
-) ON COMMIT DROP
-"""
 # A batch is small against the history it is checked against, and the statistics of a table that
 # grew by millions in this transaction are stale: index probes, not a scan of tasks per batch
 # (hash or merge joins), and no JIT compiling each batch's statements.
@@ -460,25 +453,20 @@ _SUBMIT_PLANNER_SQL = (
     "SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true), "
     "set_config('jit', 'off', true)"
 )
-_FIRST_TABLE_SQL = "CREATE TEMPORARY TABLE submit_first (LIKE submit_staging) ON COMMIT DROP"
-_STAGING_COPY = "COPY submit_staging FROM STDIN"
-_NEXT_BATCH_SQL = "TRUNCATE submit_staging, submit_first"
-# The first occurrence of each dedupe key in the batch: what could be inserted (repeats are duplicates).
-_FIRST_SQL = """
-INSERT INTO submit_first SELECT DISTINCT ON (dedupe_key) * FROM submit_staging ORDER BY dedupe_key, ord
+_BATCH_TABLE_SQL = """
+CREATE TEMPORARY TABLE submit_batch (
+    ord bigint NOT NULL, input_uri text NOT NULL, output_uri text NOT NULL, engine text NOT NULL,
+    model text NOT NULL, options text NOT NULL, priority int NOT NULL, max_retries int NOT NULL,
+    backoff_factor float8 NOT NULL, dedupe_key text NOT NULL
+) ON COMMIT DROP
 """
-# Two distinct new tasks of the batch on one stem: the earliest second claimant, and the first one it met.
-_SHARED_STEMS_SQL = """
-SELECT first_input, input_uri, output_uri FROM (
-    SELECT input_uri, output_uri, ord, first_value(input_uri) OVER w AS first_input, row_number() OVER w AS n
-    FROM submit_first WINDOW w AS (PARTITION BY output_uri ORDER BY ord)
-) x WHERE n = 2 ORDER BY ord LIMIT 1
-"""
+_BATCH_COPY = "COPY submit_batch FROM STDIN"
+_NEXT_BATCH_SQL = "TRUNCATE submit_batch"
 # A new task (not a duplicate of any row: those are skipped, writing nothing) on the stem of an
 # unfinished task that is not the same task; an index probe (ix_tasks_output_uri) per stem.
 _UNFINISHED_STEMS_SQL = """
 SELECT f.input_uri AS new_input, f.output_uri, t.id, t.input_uri, t.status::text AS status
-FROM submit_first f JOIN tasks t ON t.output_uri = f.output_uri
+FROM submit_batch f JOIN tasks t ON t.output_uri = f.output_uri
 WHERE t.status = ANY(CAST(:s AS task_status[])) AND t.dedupe_key <> f.dedupe_key
   AND NOT EXISTS (SELECT 1 FROM tasks d WHERE d.dedupe_key = f.dedupe_key)
 ORDER BY f.ord, t.id LIMIT 1
@@ -487,7 +475,7 @@ ORDER BY f.ord, t.id LIMIT 1
 _SUBMIT_SQL = """
 INSERT INTO tasks (input_uri, output_uri, engine, model, options, priority, max_retries, backoff_factor, dedupe_key)
 SELECT input_uri, output_uri, engine, model, CAST(options AS jsonb), priority, max_retries, backoff_factor, dedupe_key
-FROM submit_first f
+FROM submit_batch f
 WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.dedupe_key = f.dedupe_key)  -- spares sequence values
 ORDER BY ord
 ON CONFLICT (dedupe_key) DO NOTHING
@@ -536,8 +524,8 @@ def _refusal_of_shared_stem(first_input: str, input_uri: str, stem: str) -> Inva
 
 
 class _Batch(NamedTuple):
-    rows: str  # COPY text
-    keys: list[str]  # dedupe keys, in order
+    rows: str  # COPY text of the first occurrence of each dedupe key
+    keys: list[str]  # every task's dedupe key, in order
     inputs: list[str]  # input URIs, in order
 
 
@@ -1099,8 +1087,8 @@ class Store:
         """:meth:`submit` for sources of any length, in bounded memory, in one transaction.
 
         ``source()`` is read ``batch`` tasks at a time, one batch ahead in a thread of its own while
-        the database works on the one before; each is copied into a staging table, checked and
-        inserted. Whatever ``source()`` raises while it is read (a bad manifest line), and every
+        the database works on the one before; each is checked, copied into a staging table, checked
+        against the tasks there are (those of the batches before it included) and inserted. Whatever ``source()`` raises while it is read (a bad manifest line), and every
         refusal of :meth:`submit`, rolls the whole of it back, earlier batches included: nothing is
         written. A transient database error re-runs the transaction, calling ``source()`` again.
 
@@ -1114,18 +1102,28 @@ class Store:
         unfinished = [s.value for s in UNFINISHED]
 
         def batches() -> Iterator[_Batch]:
-            """The COPY text of each batch, and its tasks' dedupe keys and inputs (the report needs no more)."""
+            """Each batch: the COPY text of its first occurrences, and every task's dedupe key and input
+            (the report needs no more). Two new tasks of the batch on one stem are refused here."""
             read = 0
             tasks = iter(source())
             while chunk := list(itertools.islice(tasks, batch)):
                 rows = []
+                first: set[str] = set()
+                by_stem: dict[str, NewTask] = {}
                 for t in chunk:
                     read += 1
+                    key = t.dedupe_key
+                    if key in first:  # a repeat inside the batch: a duplicate, nothing to stage
+                        continue
+                    first.add(key)
+                    claimant = by_stem.setdefault(t.output_uri, t)
+                    if claimant is not t:
+                        raise _refusal_of_shared_stem(claimant.input_uri, t.input_uri, t.output_uri)
                     mr = policy.max_retries if t.max_retries is None else t.max_retries
                     bf = float(policy.backoff_factor if t.backoff_factor is None else t.backoff_factor)
                     rows.append(
                         f"{read}\t{_copy_text(t.input_uri)}\t{_copy_text(t.output_uri)}\t"
-                        f"{_copy_shared(t.engine, t.model, t.options)}\t{t.priority}\t{mr}\t{bf!r}\t{t.dedupe_key}\n"
+                        f"{_copy_shared(t.engine, t.model, t.options)}\t{t.priority}\t{mr}\t{bf!r}\t{key}\n"
                     )
                 yield _Batch("".join(rows), [t.dedupe_key for t in chunk], [t.input_uri for t in chunk])
 
@@ -1133,8 +1131,7 @@ class Store:
             # Held to commit: a concurrent submit of the same stems waits, then sees these rows.
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SUBMIT_LOCK_KEY})
             conn.execute(text(_SUBMIT_PLANNER_SQL))
-            conn.execute(text(_STAGING_SQL))
-            conn.execute(text(_FIRST_TABLE_SQL))
+            conn.execute(text(_BATCH_TABLE_SQL))
             raw = conn.connection.dbapi_connection
             copy = raw.cursor()  # type: ignore[union-attr]  # a checked-out connection has one
             read = duplicates = 0
@@ -1145,11 +1142,7 @@ class Store:
                     if read:
                         conn.execute(text(_NEXT_BATCH_SQL))
                     data = io.StringIO(b.rows)
-                    self._raw_call(raw, lambda: copy.copy_expert(_STAGING_COPY, data))
-                    conn.execute(text(_FIRST_SQL))
-                    shared = conn.execute(text(_SHARED_STEMS_SQL)).first()
-                    if shared is not None:
-                        raise _refusal_of_shared_stem(*shared)
+                    self._raw_call(raw, lambda: copy.copy_expert(_BATCH_COPY, data))
                     row = conn.execute(text(_UNFINISHED_STEMS_SQL), {"s": unfinished}).first()
                     if row is not None:
                         if row.id in inserted:  # an earlier batch's task: two new tasks on one stem

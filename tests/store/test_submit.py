@@ -157,19 +157,16 @@ def test_int4_limits_are_stored_exactly(store):
 def test_the_stem_look_up_is_an_index_probe(store):
     """Each batch of a submit reads the unfinished tasks of its stems through ix_tasks_output_uri (0007),
     not a scan of history, however the statistics stand."""
-    from raytranscribe.store.store import (
-        _FIRST_SQL, _FIRST_TABLE_SQL, _STAGING_SQL, _SUBMIT_PLANNER_SQL, _UNFINISHED_STEMS_SQL)  # fmt: skip
+    from raytranscribe.store.store import _BATCH_TABLE_SQL, _SUBMIT_PLANNER_SQL, _UNFINISHED_STEMS_SQL
 
     store.submit([NewTask(f"s3://bkt/in/{i}.wav", f"s3://bkt/out/{i}") for i in range(2000)])
     with store._engine.begin() as conn:
         conn.execute(sa.text("ANALYZE tasks"))
         conn.execute(sa.text(_SUBMIT_PLANNER_SQL))
-        conn.execute(sa.text(_STAGING_SQL))
-        conn.execute(sa.text(_FIRST_TABLE_SQL))
+        conn.execute(sa.text(_BATCH_TABLE_SQL))
         conn.execute(sa.text(
-            "INSERT INTO submit_staging VALUES (1, 's3://bkt/in/x.wav', 's3://bkt/out/7', 'faster-whisper', "
+            "INSERT INTO submit_batch VALUES (1, 's3://bkt/in/x.wav', 's3://bkt/out/7', 'faster-whisper', "
             "'tiny.en', '{}', 0, 3, 2.0, 'k')"))  # fmt: skip
-        conn.execute(sa.text(_FIRST_SQL))
         plan = "\n".join(r[0] for r in conn.execute(
             sa.text("EXPLAIN " + _UNFINISHED_STEMS_SQL), {"s": ["pending", "in_progress", "failed"]}))  # fmt: skip
     assert "ix_tasks_output_uri" in plan and "Seq Scan on tasks" not in plan, plan
