@@ -252,7 +252,7 @@ class StreamedSubmit:
     """What :meth:`Store.submit_stream` did, in memory that does not grow with the duplicates."""
 
     read: int  # tasks the source gave
-    inserted: array  # array('q'): new task ids, in submission order (8 bytes each)
+    inserted: array[int]  # array("q"): new task ids, in submission order (8 bytes each)
     duplicates: int  # tasks not inserted: their dedupe key existed, or an earlier task of the source had it
     duplicate_inputs: tuple[str, ...]  # input URIs of the first ``keep_duplicates`` of those, in order
 
@@ -463,13 +463,17 @@ CREATE TEMPORARY TABLE submit_batch (
 _BATCH_COPY = "COPY submit_batch FROM STDIN"
 _NEXT_BATCH_SQL = "TRUNCATE submit_batch"
 # A new task (not a duplicate of any row: those are skipped, writing nothing) on the stem of an
-# unfinished task that is not the same task; an index probe (ix_tasks_output_uri) per stem.
+# unfinished task that is not the same task: an index probe (ix_tasks_output_uri) per stem first,
+# and the duplicate test only for the few that meet another task (MATERIALIZED keeps that order).
 _UNFINISHED_STEMS_SQL = """
-SELECT f.input_uri AS new_input, f.output_uri, t.id, t.input_uri, t.status::text AS status
-FROM submit_batch f JOIN tasks t ON t.output_uri = f.output_uri
-WHERE t.status = ANY(CAST(:s AS task_status[])) AND t.dedupe_key <> f.dedupe_key
-  AND NOT EXISTS (SELECT 1 FROM tasks d WHERE d.dedupe_key = f.dedupe_key)
-ORDER BY f.ord, t.id LIMIT 1
+WITH met AS MATERIALIZED (
+    SELECT f.ord, f.input_uri AS new_input, f.output_uri, f.dedupe_key, t.id, t.input_uri, t.status::text AS status
+    FROM submit_batch f JOIN tasks t ON t.output_uri = f.output_uri
+    WHERE t.status = ANY(CAST(:s AS task_status[])) AND t.dedupe_key <> f.dedupe_key
+)
+SELECT new_input, output_uri, id, input_uri, status FROM met
+WHERE NOT EXISTS (SELECT 1 FROM tasks d WHERE d.dedupe_key = met.dedupe_key)
+ORDER BY ord, id LIMIT 1
 """
 # Ids come from the sequence in the order rows are inserted, which is the batch's order.
 _SUBMIT_SQL = """
@@ -482,9 +486,8 @@ ON CONFLICT (dedupe_key) DO NOTHING
 RETURNING id, dedupe_key
 """
 
+# COPY's text format: backslash, tab, newline and carriage return escaped, the rest as is.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
 
 

@@ -240,3 +240,14 @@ def test_a_transient_error_mid_stream_reads_the_source_again(store, database_url
     assert len(calls) == 2
     assert (done.read, len(done.inserted), done.duplicates) == (6, 6, 0)
     assert store.stats().total == 6
+
+
+def test_what_copy_would_read_as_syntax_is_stored_as_given(store):
+    """Tabs, newlines, carriage returns and backslashes in keys (S3 allows them) reach the row unchanged."""
+    odd = ["s3://bkt/in/tab\there.wav", "s3://bkt/in/new\nline\r.wav", "s3://bkt/in/back\\slash\\N.wav",
+           "s3://bkt/in/ünï cødé.wav"]  # fmt: skip
+    tasks = [NewTask(uri, uri.replace("/in/", "/out/").rsplit(".", 1)[0], model="dir\\with\ttab") for uri in odd]
+    ids = store.submit(tasks).inserted
+    assert [(store.get(i).input_uri, store.get(i).output_uri, store.get(i).model) for i in ids] == [
+        (t.input_uri, t.output_uri, t.model) for t in tasks]  # fmt: skip
+    assert store.submit(tasks).duplicates == tuple(odd)  # the stored dedupe keys are the ones computed here
