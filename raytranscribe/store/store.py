@@ -46,7 +46,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import text
-from sqlalchemy.engine.interfaces import DBAPICursor
+from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor
 from sqlalchemy.pool import PoolProxiedConnection
 
 from raytranscribe.config import Settings
@@ -1091,9 +1091,10 @@ class Store:
 
         ``source()`` is read ``batch`` tasks at a time, one batch ahead in a thread of its own while
         the database works on the one before; each is checked, copied into a staging table, checked
-        against the tasks there are (those of the batches before it included) and inserted. Whatever ``source()`` raises while it is read (a bad manifest line), and every
-        refusal of :meth:`submit`, rolls the whole of it back, earlier batches included: nothing is
-        written. A transient database error re-runs the transaction, calling ``source()`` again.
+        against the tasks there are (those of the batches before it included) and inserted.
+        Whatever ``source()`` raises while it is read (a bad manifest line), and every refusal of
+        :meth:`submit`, rolls the whole of it back, earlier batches included: nothing is written.
+        A transient database error re-runs the transaction, calling ``source()`` again.
 
         A task whose dedupe key an earlier task of the source had is a duplicate, as in :meth:`submit`.
         ``keep_duplicates``: how many duplicates' input URIs to return (None: all of them);
@@ -1136,11 +1137,11 @@ class Store:
             conn.execute(text(_SUBMIT_PLANNER_SQL))
             conn.execute(text(_BATCH_TABLE_SQL))
             raw = conn.connection.dbapi_connection
-            copy = raw.cursor()  # type: ignore[union-attr]  # a checked-out connection has one
+            assert raw is not None  # a checked-out connection has one
             read = duplicates = 0
             inserted = array("q")
             kept: list[str] = []
-            with contextlib.closing(_read_ahead(batches())) as ahead:
+            with contextlib.closing(_read_ahead(batches())) as ahead, contextlib.closing(raw.cursor()) as copy:
                 for b in ahead:
                     if read:
                         conn.execute(text(_NEXT_BATCH_SQL))
@@ -1173,7 +1174,7 @@ class Store:
         log.info("submitted %d task(s), %d duplicate(s)", len(done.inserted), done.duplicates)
         return done
 
-    def _raw_call(self, raw: Any, fn: Callable[[], T]) -> T:
+    def _raw_call(self, raw: DBAPIConnection, fn: Callable[[], T]) -> T:
         """``fn()``, a call on this transaction's DBAPI connection; its errors come out as SQLAlchemy's,
         so :meth:`_run` sorts them as it does any statement's."""
         try:
