@@ -1141,7 +1141,8 @@ class Store:
             read = duplicates = 0
             inserted = array("q")
             kept: list[str] = []
-            with contextlib.closing(_read_ahead(batches())) as ahead, contextlib.closing(raw.cursor()) as copy:
+            reader, copy = _read_ahead(batches()), raw.cursor()
+            with contextlib.closing(reader) as ahead, contextlib.closing(copy):
                 for b in ahead:
                     if read:
                         conn.execute(text(_NEXT_BATCH_SQL))
