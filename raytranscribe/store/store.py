@@ -475,14 +475,16 @@ SELECT new_input, output_uri, id, input_uri, status FROM met
 WHERE NOT EXISTS (SELECT 1 FROM tasks d WHERE d.dedupe_key = met.dedupe_key)
 ORDER BY ord, id LIMIT 1
 """
-# Ids come from the sequence in the order rows are inserted, which is the batch's order.
+# Ids come from the sequence in the order rows are inserted, which is the batch's order. No ON
+# CONFLICT: a batch holds each key once, NOT EXISTS sees every committed row and this transaction's
+# own, and SUBMIT_LOCK_KEY keeps other submits out until commit (its speculative insertion cost a
+# tenth of the insert); a row written around the store would fail the submit, writing nothing.
 _SUBMIT_SQL = """
 INSERT INTO tasks (input_uri, output_uri, engine, model, options, priority, max_retries, backoff_factor, dedupe_key)
 SELECT input_uri, output_uri, engine, model, CAST(options AS jsonb), priority, max_retries, backoff_factor, dedupe_key
 FROM submit_batch f
-WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.dedupe_key = f.dedupe_key)  -- spares sequence values
+WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.dedupe_key = f.dedupe_key)
 ORDER BY ord
-ON CONFLICT (dedupe_key) DO NOTHING
 RETURNING id, dedupe_key
 """
 
