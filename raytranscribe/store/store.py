@@ -462,29 +462,25 @@ CREATE TEMPORARY TABLE submit_batch (
 """
 _BATCH_COPY = "COPY submit_batch FROM STDIN"
 _NEXT_BATCH_SQL = "TRUNCATE submit_batch"
-# A new task (not a duplicate of any row: those are skipped, writing nothing) on the stem of an
-# unfinished task that is not the same task: an index probe (ix_tasks_output_uri) per stem first,
-# and the duplicate test only for the few that meet another task (MATERIALIZED keeps that order).
+# A batch's tasks whose dedupe key a row has (written before, or by this submit's earlier batches)
+# are duplicates: out of the staging table, they are neither checked nor inserted.
+_DROP_DUPLICATES_SQL = "DELETE FROM submit_batch f USING tasks t WHERE t.dedupe_key = f.dedupe_key"
+# A new task on the stem of an unfinished task (another task: the same one was dropped above) would
+# overwrite its outputs; an index probe (ix_tasks_output_uri) per stem.
 _UNFINISHED_STEMS_SQL = """
-WITH met AS MATERIALIZED (
-    SELECT f.ord, f.input_uri AS new_input, f.output_uri, f.dedupe_key, t.id, t.input_uri, t.status::text AS status
-    FROM submit_batch f JOIN tasks t ON t.output_uri = f.output_uri
-    WHERE t.status = ANY(CAST(:s AS task_status[])) AND t.dedupe_key <> f.dedupe_key
-)
-SELECT new_input, output_uri, id, input_uri, status FROM met
-WHERE NOT EXISTS (SELECT 1 FROM tasks d WHERE d.dedupe_key = met.dedupe_key)
-ORDER BY ord, id LIMIT 1
+SELECT f.input_uri AS new_input, f.output_uri, t.id, t.input_uri, t.status::text AS status
+FROM submit_batch f JOIN tasks t ON t.output_uri = f.output_uri
+WHERE t.status = ANY(CAST(:s AS task_status[]))
+ORDER BY f.ord, t.id LIMIT 1
 """
 # Ids come from the sequence in the order rows are inserted, which is the batch's order. No ON
-# CONFLICT: a batch holds each key once, NOT EXISTS sees every committed row and this transaction's
-# own, and SUBMIT_LOCK_KEY keeps other submits out until commit (its speculative insertion cost a
-# tenth of the insert); a row written around the store would fail the submit, writing nothing.
+# CONFLICT: the batch holds each key once and none a row has (dropped above, this transaction's own
+# rows included), and SUBMIT_LOCK_KEY keeps other submits out until commit (speculative insertion
+# cost a tenth of the insert); a row written around the store would fail the submit, writing nothing.
 _SUBMIT_SQL = """
 INSERT INTO tasks (input_uri, output_uri, engine, model, options, priority, max_retries, backoff_factor, dedupe_key)
 SELECT input_uri, output_uri, engine, model, CAST(options AS jsonb), priority, max_retries, backoff_factor, dedupe_key
-FROM submit_batch f
-WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.dedupe_key = f.dedupe_key)
-ORDER BY ord
+FROM submit_batch ORDER BY ord
 RETURNING id, dedupe_key
 """
 
@@ -1150,6 +1146,7 @@ class Store:
                         conn.execute(text(_NEXT_BATCH_SQL))
                     data = io.StringIO(b.rows)
                     self._raw_call(raw, lambda: copy.copy_expert(_BATCH_COPY, data))
+                    conn.execute(text(_DROP_DUPLICATES_SQL))
                     row = conn.execute(text(_UNFINISHED_STEMS_SQL), {"s": unfinished}).first()
                     if row is not None:
                         if row.id in inserted:  # an earlier batch's task: two new tasks on one stem

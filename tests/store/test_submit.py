@@ -154,10 +154,11 @@ def test_int4_limits_are_stored_exactly(store):
     assert (a.priority, a.max_retries, b.priority, b.backoff_factor) == (2**31 - 1, 2**31 - 1, -(2**31), 1e308)
 
 
-def test_the_stem_look_up_is_an_index_probe(store):
-    """Each batch of a submit reads the unfinished tasks of its stems through ix_tasks_output_uri (0007),
-    not a scan of history, however the statistics stand."""
-    from raytranscribe.store.store import _BATCH_TABLE_SQL, _SUBMIT_PLANNER_SQL, _UNFINISHED_STEMS_SQL
+def test_each_batch_probes_indexes_not_the_history(store):
+    """Each batch of a submit finds its duplicates through uq_tasks_dedupe_key and the unfinished tasks of
+    its stems through ix_tasks_output_uri (0007), not by scanning the history, however the statistics stand."""
+    from raytranscribe.store.store import (
+        _BATCH_TABLE_SQL, _DROP_DUPLICATES_SQL, _SUBMIT_PLANNER_SQL, _UNFINISHED_STEMS_SQL)  # fmt: skip
 
     store.submit([NewTask(f"s3://bkt/in/{i}.wav", f"s3://bkt/out/{i}") for i in range(2000)])
     with store._engine.begin() as conn:
@@ -167,9 +168,14 @@ def test_the_stem_look_up_is_an_index_probe(store):
         conn.execute(sa.text(
             "INSERT INTO submit_batch VALUES (1, 's3://bkt/in/x.wav', 's3://bkt/out/7', 'faster-whisper', "
             "'tiny.en', '{}', 0, 3, 2.0, 'k')"))  # fmt: skip
-        plan = "\n".join(r[0] for r in conn.execute(
-            sa.text("EXPLAIN " + _UNFINISHED_STEMS_SQL), {"s": ["pending", "in_progress", "failed"]}))  # fmt: skip
-    assert "ix_tasks_output_uri" in plan and "Seq Scan on tasks" not in plan, plan
+
+        def plan(sql: str) -> str:
+            rows = conn.execute(sa.text("EXPLAIN " + sql), {"s": ["pending", "in_progress", "failed"]})
+            return "\n".join(r[0] for r in rows)
+
+        duplicates, stems = plan(_DROP_DUPLICATES_SQL), plan(_UNFINISHED_STEMS_SQL)
+    assert "uq_tasks_dedupe_key" in duplicates and "Seq Scan on tasks" not in duplicates, duplicates
+    assert "ix_tasks_output_uri" in stems and "Seq Scan on tasks" not in stems, stems
 
 
 # --- streamed submits: batches of one transaction ------------------------------------------------
