@@ -70,8 +70,8 @@ class RichProgress:
 class ProgressLines:
     """One log line per ``interval_s`` (checked at each orchestrator heartbeat, the first one included)::
 
-        progress: completed 1200, dead 3, pending 48000, in flight 128 | audio 10.4 h done, 310.2 audio s/s
-        | ETA 6h02m | actors 8
+        progress: completed 1200, dead 3, pending 48000, in flight 128 | audio 10.40 h done, 310.2 audio s/s
+        | ETA 2h34m | actors 8
 
     ``pending``: tasks not yet settled (``Orchestrator.outstanding``: pending, waiting for a retry, or
     in progress elsewhere) less this run's in flight. The ETA divides what is left by the rate at which
