@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import itertools
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Optional, TypeVar
@@ -38,8 +41,8 @@ from raytranscribe.errors import (
     TaskNotFound,
 )
 from raytranscribe.isolation import resolve_database_url
-from raytranscribe.store import NewTask, StatusChange, Store, SubmitReport, TaskStatus, TaskView
-from raytranscribe.store.manifest import ManifestDefaults, parse_formats, parse_manifest
+from raytranscribe.store import NewTask, StatusChange, Store, StreamedSubmit, TaskStatus, TaskView
+from raytranscribe.store.manifest import ManifestDefaults, iter_manifest, parse_formats
 from raytranscribe.store.store import CANCELLABLE, REQUEUEABLE
 
 log = logging.getLogger("raytranscribe.cli")
@@ -61,6 +64,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_ERROR, EXIT_INVALID, EXIT_UNAVAILABLE = 1, 2, 3
 EXIT_STOPPED = 130  # stopped by a signal before the work was done (the shell's code for an interrupt)
 DUPLICATES_SHOWN = 10  # submit's text output names this many duplicates, then counts
+DEAD_COUNT_BATCH = 50_000  # backfill's ids asked about at once (their status after the run)
 
 # The settings of the running invocation, set by the root callback (root options applied).
 _SETTINGS: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("raytranscribe_settings", default=None)
@@ -207,68 +211,102 @@ def db_upgrade() -> None:
 # --- submit ------------------------------------------------------------------------------------
 
 
-def _expand_inputs(uris: Sequence[str], output: str, store: Store) -> list[tuple[str, str]]:
-    """(input URI, output stem) for every input: object URIs as given; a prefix (``s3://b/calls/``)
-    expands to every audio object under it, paginated, skipping inputs already submitted. Outputs
-    keep the inputs' folder layout below the prefix (uris.output_stem is the one place for it).
+LISTED_BATCH = 5000  # listed objects asked about at once ("already submitted?")
 
-    A listed key with a ``.``, ``..`` or empty segment refuses the whole submission, naming it: its
-    transfers would reach another object, and skipping it quietly would lose an input."""
+
+@dataclass
+class _Skipped:
+    """Listed keys left out under --skip-invalid, counted for the summary (one submit's reading)."""
+
+    count: int = 0
+
+
+def _uri_tasks(
+    uris: Sequence[str], output: str, defaults: ManifestDefaults, store: Store, *, skip_invalid: bool, skipped: _Skipped
+) -> Iterator[NewTask]:
+    """One task per input, as it is listed: object URIs as given; a prefix (``s3://b/calls/``) expands
+    to every audio object under it, page by page, skipping inputs already submitted. Outputs keep the
+    inputs' folder layout below the prefix (uris.output_stem is the one place for it).
+
+    A listed key with a ``.``, ``..`` or empty segment, or one the output layout cannot hold, refuses
+    the whole submission, naming it: its transfers would reach another object, and skipping it quietly
+    would lose an input. With ``skip_invalid`` it is left out instead, printed with its reason, and
+    counted in ``skipped``."""
     from raytranscribe.storage import S3Storage
     from raytranscribe.uris import abbrev, key_problem, output_stem, parse_s3_uri
 
+    # Every URI is checked before anything is listed.
     out_prefix = parse_s3_uri(output, allow_prefix=True, what="--output")
-    pairs: list[tuple[str, str]] = []
+    parsed_uris = [parse_s3_uri(uri, allow_prefix=True, what="input URI") for uri in uris]
+    options = TranscribeOptions(language=defaults.language, formats=defaults.formats)
+
+    def task(uri: str, stem: str) -> NewTask:
+        return NewTask(
+            input_uri=uri, output_uri=stem, engine=defaults.engine, model=defaults.model, options=options,
+            priority=defaults.priority, max_retries=defaults.max_retries, backoff_factor=defaults.backoff_factor,
+        )  # fmt: skip
+
     storage: S3Storage | None = None
-    for uri in uris:
-        parsed = parse_s3_uri(uri, allow_prefix=True, what="input URI")
+    for uri, parsed in zip(uris, parsed_uris):
         if not parsed.is_prefix:
-            pairs.append((str(parsed), str(output_stem(parsed, out_prefix))))
+            yield task(str(parsed), str(output_stem(parsed, out_prefix)))
             continue
         storage = storage or S3Storage(_settings().s3)
-        listed: list[str] = []
-        for obj in storage.list_audio(parsed):
-            problem = key_problem(obj.key)
-            if problem:
-                raise InvalidInput(
-                    f"{uri} lists {abbrev(str(obj))}: {problem}; nothing was submitted "
-                    "(rename or move that object, or submit the others by URI)"
-                )
-            listed.append(str(obj))
-        already = store.submitted_inputs(listed)
-        fresh = [u for u in listed if u not in already]
-        typer.echo(f"{uri}: {len(listed)} audio object(s), {len(already)} already submitted", err=True)
-        for obj in fresh:
-            pairs.append((obj, str(output_stem(parse_s3_uri(obj), out_prefix, base_prefix=parsed))))
-    return pairs
+        listed = already = left_out = 0
+        objects = storage.list_audio(parsed)
+        while chunk := list(itertools.islice(objects, LISTED_BATCH)):
+            fresh: list[tuple[str, str]] = []
+            for obj in chunk:
+                listed += 1
+                problem = key_problem(obj.key)
+                if problem is None:
+                    try:
+                        fresh.append((str(obj), str(output_stem(obj, out_prefix, base_prefix=parsed))))
+                        continue
+                    except InvalidInput as exc:
+                        if not skip_invalid:
+                            raise
+                        problem = str(exc)
+                if not skip_invalid:
+                    raise InvalidInput(
+                        f"{uri} lists {abbrev(str(obj))}: {problem}; nothing was submitted "
+                        "(rename or move that object, give --skip-invalid, or submit the others by URI)"
+                    )
+                left_out += 1
+                skipped.count += 1
+                typer.echo(f"skipped {abbrev(str(obj))}: {problem}", err=True)
+            done = store.submitted_inputs([u for u, _ in fresh])
+            already += len(done)
+            for input_uri, stem in fresh:
+                if input_uri not in done:
+                    yield task(input_uri, stem)
+        note = f", {left_out} skipped (invalid key)" if skip_invalid else ""
+        typer.echo(f"{uri}: {listed} audio object(s), {already} already submitted{note}", err=True)
 
 
-def _tasks_from_uris(uris: Sequence[str], output: str, defaults: ManifestDefaults, store: Store) -> list[NewTask]:
-    """One task per input; the store refuses inputs whose output stems collide."""
-    options = TranscribeOptions(language=defaults.language, formats=defaults.formats)
-    return [
-        NewTask(
-            input_uri=uri,
-            output_uri=stem,
-            engine=defaults.engine,
-            model=defaults.model,
-            options=options,
-            priority=defaults.priority,
-            max_retries=defaults.max_retries,
-            backoff_factor=defaults.backoff_factor,
-        )
-        for uri, stem in _expand_inputs(uris, output, store)
-    ]
-
-
-def _read_manifest(path: Path, defaults: ManifestDefaults) -> list[NewTask]:
+def _manifest_tasks(path: Path, defaults: ManifestDefaults) -> Iterator[NewTask]:
     try:
         with path.open(encoding="utf-8") as fh:
-            return parse_manifest(fh, defaults)
+            yield from iter_manifest(fh, defaults)
     except OSError as exc:
         raise InvalidInput(f"cannot read manifest {str(path)!r}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"manifest {str(path)!r} is not UTF-8 text: {exc.reason}") from exc
+
+
+class _SubmitProgress:
+    """Logs how many tasks a submit has read, at most once per ``interval_s`` (a big manifest or listing)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.started = time.monotonic()
+        self._next = self.started + interval_s
+
+    def __call__(self, read: int) -> None:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self.interval_s
+            log.info("submit: %d task(s) read, %.0f a second", read, read / (now - self.started))
 
 
 @app.command()
@@ -299,6 +337,10 @@ def submit(
     backoff_factor: Optional[float] = typer.Option(
         None, "--backoff-factor", help="Growth of the retry delay (default from settings).", show_default=False
     ),
+    skip_invalid: bool = typer.Option(
+        False, "--skip-invalid", help="Leave out listed keys that cannot be transcribed safely, naming each, "
+        "instead of refusing the whole prefix.",
+    ),  # fmt: skip
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Queue transcription tasks: object URIs with --output, or a --manifest. All or nothing."""
@@ -314,33 +356,64 @@ def submit(
         backoff_factor=backoff_factor,
     )
     with _store() as store:
-        report = _submit(store, uris, output, manifest, defaults)
+        report, skipped = _submit(store, uris, output, manifest, defaults, skip_invalid=skip_invalid,
+                                  keep_duplicates=None if as_json else DUPLICATES_SHOWN)  # fmt: skip
     if as_json:
-        _echo_json({"inserted": list(report.inserted), "duplicates": list(report.duplicates)})
+        doc: dict[str, Any] = {"inserted": list(report.inserted), "duplicates": list(report.duplicate_inputs)}
+        _echo_json({**doc, "skipped": skipped} if skip_invalid else doc)
         return
-    typer.echo(f"submitted {len(report.inserted)} task(s); {len(report.duplicates)} duplicate(s) skipped")
+    typer.echo(_submitted_line(report, skipped))
     # A re-run of a big submission is all duplicates: name a few, count the rest.
-    for uri in report.duplicates[:DUPLICATES_SHOWN]:
+    for uri in report.duplicate_inputs[:DUPLICATES_SHOWN]:
         typer.echo(f"  duplicate: {uri}")
-    if len(report.duplicates) > DUPLICATES_SHOWN:
-        typer.echo(f"  ... and {len(report.duplicates) - DUPLICATES_SHOWN} more (--json lists them all)")
+    if report.duplicates > DUPLICATES_SHOWN:
+        typer.echo(f"  ... and {report.duplicates - DUPLICATES_SHOWN} more (--json lists them all)")
+
+
+def _submitted_line(report: StreamedSubmit, skipped: int) -> str:
+    line = f"submitted {len(report.inserted)} task(s); {report.duplicates} duplicate(s) skipped"
+    return line + (f"; {skipped} invalid key(s) skipped" if skipped else "")
 
 
 def _submit(
-    store: Store, uris: Sequence[str] | None, output: str | None, manifest: Path | None, defaults: ManifestDefaults
-) -> SubmitReport:
+    store: Store,
+    uris: Sequence[str] | None,
+    output: str | None,
+    manifest: Path | None,
+    defaults: ManifestDefaults,
+    *,
+    skip_invalid: bool = False,
+    keep_duplicates: int | None = DUPLICATES_SHOWN,
+) -> tuple[StreamedSubmit, int]:
+    """Stream the tasks into the store (one transaction, see Store.submit_stream); the report, and how
+    many listed keys --skip-invalid left out."""
+    # What the last reading of the source skipped (a transient database error reads it again).
+    skipped = _Skipped()
     if manifest is not None:
         if output is not None:
             raise InvalidInput("--output applies to input URIs; a manifest names each output_uri itself")
-        tasks = _read_manifest(manifest, defaults)
+        if skip_invalid:
+            raise InvalidInput("--skip-invalid applies to listed prefixes; a manifest line that is invalid refuses it")
+
+        def source() -> Iterator[NewTask]:
+            return _s3_models_checked(_manifest_tasks(manifest, defaults))
     else:
         if output is None:
             raise InvalidInput("--output PREFIX is required with input URIs")
-        tasks = _tasks_from_uris(uris or [], output, defaults, store)
-    return store.submit(_check_s3_models(tasks))
+
+        def source() -> Iterator[NewTask]:
+            nonlocal skipped
+            skipped = _Skipped()
+            return _s3_models_checked(
+                _uri_tasks(uris or [], output, defaults, store, skip_invalid=skip_invalid, skipped=skipped)
+            )
+
+    progress = _SubmitProgress(_settings().progress_interval_s)
+    report = store.submit_stream(source, keep_duplicates=keep_duplicates, progress=progress)
+    return report, skipped.count
 
 
-def _check_s3_models(tasks: Sequence[NewTask]) -> list[NewTask]:
+def _s3_models_checked(tasks: Iterable[NewTask]) -> Iterator[NewTask]:
     """Refuse a model URI whose prefix holds no loadable model (ModelNotFound names the missing file,
     exit 2) before anything is written, and spell each one as the folder it is (``.../tiny-en`` and
     ``.../tiny-en/`` are one model, one pool)."""
@@ -353,11 +426,14 @@ def _check_s3_models(tasks: Sequence[NewTask]) -> list[NewTask]:
     storage: S3Storage | None = None
     canonical: dict[tuple[str, str], str] = {}
     for task in tasks:
-        pair = (task.engine, task.model)
-        if task.model.startswith(SCHEME) and pair not in canonical:
-            storage = storage or S3Storage(_settings().s3)
-            canonical[pair] = storage.model_files(task.model, layout=ModelLayout.for_engine(task.engine)).uri
-    return [dataclasses.replace(t, model=canonical.get((t.engine, t.model), t.model)) for t in tasks]
+        if task.model.startswith(SCHEME):
+            pair = (task.engine, task.model)
+            if pair not in canonical:
+                storage = storage or S3Storage(_settings().s3)
+                canonical[pair] = storage.model_files(task.model, layout=ModelLayout.for_engine(task.engine)).uri
+            if canonical[pair] != task.model:
+                task = dataclasses.replace(task, model=canonical[pair])
+        yield task
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -594,14 +670,17 @@ def _pairs(engine: str | None, model: str | None) -> tuple[tuple[str, str], ...]
 
 def _run(settings: Settings, options, *, local_cpus: int | None, local_gpus: float | None, store: Store | None = None):
     from raytranscribe import service
-    from raytranscribe.progress import RichProgress, summary_table
+    from raytranscribe.progress import ProgressLines, RichProgress, summary_table
     from raytranscribe.service import LocalRay
 
     console = Console(stderr=True)
-    with RichProgress(console) as progress:
-        summary = service.run(
-            settings, options, store=store, observer=progress, local=LocalRay(num_cpus=local_cpus, num_gpus=local_gpus)
-        )
+    local = LocalRay(num_cpus=local_cpus, num_gpus=local_gpus)
+    if console.is_terminal:
+        with RichProgress(console) as progress:
+            summary = service.run(settings, options, store=store, observer=progress, local=local)
+    else:  # a job's log or a pipe: a bar draws nothing there, a line every progress_interval_s does
+        observer = ProgressLines(settings.progress_interval_s)
+        summary = service.run(settings, options, store=store, observer=observer, local=local)
     console.print(summary_table(summary))
     return summary
 
@@ -663,6 +742,10 @@ def backfill(
     address: Optional[str] = typer.Option(None, "--address", show_default=False),
     actors: Optional[int] = typer.Option(None, "--actors", min=1, show_default=False),
     gpus_per_actor: Optional[float] = typer.Option(None, "--gpus-per-actor", min=0, show_default=False),
+    skip_invalid: bool = typer.Option(
+        False, "--skip-invalid", help="Leave out listed keys that cannot be transcribed safely, naming each, "
+        "instead of refusing the whole prefix.",
+    ),  # fmt: skip
     grace: float = typer.Option(0.0, "--grace", min=0, help="On SIGTERM/SIGINT (`ray job stop`): seconds in-flight tasks may finish before the rest is handed back uncharged (raise RAY_JOB_STOP_WAIT_TIME_S above it)."),
 ) -> None:
     """Submit everything under a prefix, run until drained, exit 1 if any task ended dead."""
@@ -678,12 +761,15 @@ def backfill(
     )
     with Store.from_settings(settings) as store:
         store.upgrade()
-        report = _submit(store, [prefix], output, None, defaults)
-        typer.echo(f"submitted {len(report.inserted)} task(s); {len(report.duplicates)} duplicate(s) skipped", err=True)
+        report, skipped = _submit(store, [prefix], output, None, defaults, skip_invalid=skip_invalid)
+        typer.echo(_submitted_line(report, skipped), err=True)
         summary = _run(settings, RunOptions(until_drained=True, grace_s=grace), local_cpus=None, local_gpus=None,
                        store=store)  # fmt: skip
         # This backfill's tasks only: an old dead task elsewhere in the queue must not fail this job.
-        counts = store.count_by_status(report.inserted)
+        counts = {status: 0 for status in TaskStatus}
+        for i in range(0, len(report.inserted), DEAD_COUNT_BATCH):
+            for status, n in store.count_by_status(report.inserted[i : i + DEAD_COUNT_BATCH]).items():
+                counts[status] += n
     if summary.stopped:
         left = counts[TaskStatus.PENDING] + counts[TaskStatus.FAILED]
         typer.echo(f"stopped before the backfill finished: {left} task(s) wait for the next run "

@@ -220,6 +220,11 @@ class Settings(BaseSettings):
     )
     namespace: str = Field("raytranscribe", description="Ray namespace of the named actors")
     log_level: str = "INFO"
+    progress_interval_s: float = Field(
+        30.0, gt=0,
+        description="Off a terminal (a ray job's log, a pipe), how often run and backfill log a progress line, "
+        "and submit one while it reads a big manifest or listing",
+    )  # fmt: skip
 
     retry: RetrySettings = RetrySettings()
     lease: LeaseSettings = LeaseSettings()

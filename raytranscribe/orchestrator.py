@@ -70,7 +70,8 @@ class RunSummary:
         return (self.finished or time.monotonic()) - self.started
 
     @property
-    def real_time_factor(self) -> float:
+    def rtfx(self) -> float:
+        """Audio seconds per wall second (RTFx; the real-time factor, RTF, is its inverse)."""
         return self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
 
 
@@ -449,7 +450,7 @@ class Orchestrator:
             self.summary.audio_s += audio
             m.audio_seconds.inc(audio)
         if finished["completed", ""]:
-            m.rtfx.set(self.summary.real_time_factor)
+            m.rtfx.set(self.summary.rtfx)
 
     def _db_ok(self) -> None:
         if self._db_failures:  # only on the way back up: this runs after every claim and record

@@ -1,7 +1,15 @@
-"""A rich progress display for ``raytranscribe run``: completed / retried / dead, audio hours done,
-real-time factor, live actors and breaker state. It is an orchestrator Observer; nothing here writes."""
+"""Progress of ``raytranscribe run`` and ``backfill``, as orchestrator Observers; nothing here writes.
+
+On a terminal, a rich bar: completed / retried / dead, audio hours done, real-time factor, live
+actors and breaker state. Off one (``ray job submit`` / ``ray job logs``, a pipe, a file), where a
+bar draws nothing, :class:`ProgressLines` logs one line every ``progress_interval_s``.
+"""
 
 from __future__ import annotations
+
+import logging
+import math
+import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -11,6 +19,8 @@ from raytranscribe.breakers import BreakerState
 from raytranscribe.contracts import Outcome
 from raytranscribe.orchestrator import Orchestrator, RunSummary
 from raytranscribe.store import RecordResult, TaskStatus
+
+log = logging.getLogger("raytranscribe.progress")
 
 
 class RichProgress:
@@ -51,10 +61,62 @@ class RichProgress:
         breakers = ",".join(f"{k}:{v.value}" for k, v in states.items() if v is not BreakerState.CLOSED) or "ok"
         detail = (
             f"ok {s.completed} retry {s.retried} dead {s.dead} | audio {s.audio_s / 3600:.2f} h "
-            f"| {s.real_time_factor:.1f}x real time | actors {orch.pools.live_count()} | breakers {breakers}"
+            f"| {s.rtfx:.1f}x real time | actors {orch.pools.live_count()} | breakers {breakers}"
             + ("" if orch.db_available else " | [red]database unreachable[/red]")
         )
         self.progress.update(self.task, total=total, detail=detail)
+
+
+class ProgressLines:
+    """One log line per ``interval_s`` (checked at each orchestrator heartbeat, the first one included)::
+
+        progress: completed 1200, dead 3, pending 48000, in flight 128 | audio 10.40 h done, 310.2 audio s/s
+        | ETA 2h34m | actors 8
+
+    ``pending``: tasks not yet settled (``Orchestrator.outstanding``: pending, waiting for a retry, or
+    in progress elsewhere) less this run's in flight. The ETA divides what is left by the rate at which
+    this run has settled tasks (completed or dead) so far.
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._next = -math.inf
+
+    def recorded(self, outcome: Outcome, result: RecordResult) -> None:
+        pass
+
+    def heartbeat(self, orch: Orchestrator) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.interval_s
+        log.info("progress: %s", progress_line(orch.summary, orch.outstanding, orch.in_flight, orch.pools.live_count()))
+
+
+def progress_line(s: RunSummary, outstanding: int | None, in_flight: int, actors: int) -> str:
+    settled = s.completed + s.dead
+    pending = "?" if outstanding is None else str(max(0, outstanding - in_flight))
+    if outstanding is None or s.wall_s <= 0:
+        eta = "-"
+    elif outstanding == 0:
+        eta = "0s"
+    elif settled == 0:
+        eta = "-"
+    else:
+        eta = _duration(outstanding / (settled / s.wall_s))
+    return (
+        f"completed {s.completed}, dead {s.dead}, pending {pending}, in flight {in_flight} "
+        f"| audio {s.audio_s / 3600:.2f} h done, {s.rtfx:.1f} audio s/s | ETA {eta} | actors {actors}"
+    )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def summary_table(s: RunSummary) -> Table:
@@ -66,7 +128,7 @@ def summary_table(s: RunSummary) -> Table:
     t.add_column("fenced", justify="right")
     t.add_column("audio", justify="right")
     t.add_column("wall", justify="right")
-    t.add_column("real-time factor", justify="right")
+    t.add_column("RTFx (audio s per s)", justify="right")
     t.add_row(
         str(s.completed),
         str(s.retried),
@@ -75,6 +137,6 @@ def summary_table(s: RunSummary) -> Table:
         str(s.fenced),
         f"{s.audio_s:.1f} s",
         f"{s.wall_s:.1f} s",
-        f"{s.real_time_factor:.2f}x",
+        f"{s.rtfx:.2f}x",
     )
     return t

@@ -13,6 +13,7 @@ arrives with); an empty segment is refused because stores and proxies disagree a
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ class S3Uri:
         return S3Uri(self.bucket, key)
 
 
+@functools.lru_cache(maxsize=1024)  # a listing or manifest names a few buckets a million times
 def bucket_problem(bucket: str) -> str | None:
     """What is wrong with a bucket name under S3's naming rules, or None."""
     if not 3 <= len(bucket) <= 63:
@@ -112,6 +114,9 @@ def key_problem(key: str, *, prefix: bool = False) -> str | None:
     if prefix and key == "":
         return None  # the bucket root
     body = key[:-1] if prefix and key.endswith("/") else key  # a folder's one trailing '/' is no segment
+    # Most keys: no segment can be empty or start with a dot, so none is '', '.' or '..' (no split needed).
+    if body and body[0] not in "/." and body[-1] != "/" and "//" not in body and "/." not in body:
+        return None
     for segment in body.split("/"):
         if segment in _DOT_SEGMENTS:
             return f"key {abbrev(key)!r} has a {segment!r} segment, which HTTP clients resolve to another object"

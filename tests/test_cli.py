@@ -299,6 +299,46 @@ def test_many_duplicates_print_a_count_not_a_line_each(cli, store, tmp_path):
     assert len(json.loads(cli("submit", "--manifest", path, "--json").stdout)["duplicates"]) == 2500
 
 
+BATCH_LINES = 10_001  # a line past the store's submit batch (SUBMIT_BATCH, 10,000)
+
+
+def test_a_manifest_longer_than_a_batch_finds_repeats_across_batches_and_logs_progress(cli, store, tmp_path):
+    from raytranscribe.store.store import SUBMIT_BATCH
+
+    assert BATCH_LINES > SUBMIT_BATCH
+    lines = [{"input_uri": f"s3://bkt/in/{i}.wav", "output_uri": f"s3://bkt/out/{i}"} for i in range(BATCH_LINES)]
+    path = write_manifest(tmp_path, *lines, lines[3], lines[SUBMIT_BATCH])  # repeats, in the second batch
+    result = cli("submit", "--manifest", path,
+                 env={"RAYTRANSCRIBE_LOG_LEVEL": "INFO", "RAYTRANSCRIBE_PROGRESS_INTERVAL_S": "0.001"})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"submitted {BATCH_LINES} task(s); 2 duplicate(s) skipped",
+        "  duplicate: s3://bkt/in/3.wav",
+        f"  duplicate: s3://bkt/in/{SUBMIT_BATCH}.wav",
+    ]
+    assert f"submit: {SUBMIT_BATCH} task(s) read, " in result.stderr  # after the first batch
+    assert f"submit: {BATCH_LINES + 2} task(s) read, " in result.stderr
+    assert store.stats().total == BATCH_LINES
+    assert [t.id for t in store.list_tasks(limit=3)] == [1, 2, 3]
+
+
+def test_a_bad_line_in_a_later_batch_leaves_nothing_written(cli, store, tmp_path):
+    """A manifest is one transaction: the batches copied before the bad line are rolled back with it."""
+    lines = [{"input_uri": f"s3://bkt/in/{i}.wav", "output_uri": f"s3://bkt/out/{i}"} for i in range(BATCH_LINES)]
+    path = write_manifest(tmp_path, *lines, {"input_uri": "s3://bkt/in/x.wav", "output_uri": "s3://bkt/out/1"})
+    result = cli("submit", "--manifest", path)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        "error: inputs 's3://bkt/in/1.wav' and 's3://bkt/in/x.wav' would both write s3://bkt/out/1.*; "
+        "give each its own output"
+    )
+    path = write_manifest(tmp_path, *lines, '{"input_uri": "s3://bkt/in/y.wav"}')
+    result = cli("submit", "--manifest", path)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == f"error: line {BATCH_LINES + 1}: missing required field(s) ['output_uri']"
+    assert store.stats().total == 0
+
+
 def test_missing_manifest_file(cli, tmp_path):
     result = cli("submit", "--manifest", str(tmp_path / "nope.jsonl"))
     assert result.exit_code == 2
@@ -496,12 +536,43 @@ def test_listed_key_with_dot_segments_refuses_the_whole_submission(cli, store, l
     assert result.exit_code == 2, result.output
     assert result.stderr.strip() == (
         f"error: s3://{bucket}/in/ lists s3://{bucket}/in/dd/../evil/x.wav: key 'in/dd/../evil/x.wav' {DOT}; "
-        "nothing was submitted (rename or move that object, or submit the others by URI)"
+        "nothing was submitted (rename or move that object, give --skip-invalid, or submit the others by URI)"
     )
     assert store.stats().total == 0
     s3_client.put_object(Bucket=bucket, Key="dbl/a//b.wav", Body=b"x")
     result = cli("submit", f"s3://{bucket}/dbl/", "-o", f"s3://{bucket}/out/", env=env)
     assert result.exit_code == 2 and "key 'dbl/a//b.wav' has an empty segment" in result.stderr
+
+
+def test_skip_invalid_submits_the_other_listed_keys_naming_each_skipped_one(cli, store, local_s3, s3_client, bucket):
+    long_name = "n" * 1010  # its key fits S3's 1,024 bytes; under a longer output prefix, its outputs would not
+    keys = ("in/a.wav", "in/dd/../evil/x.wav", "in/z.wav", "in/e//f.mp3", f"in/{long_name}.wav")
+    for key in keys:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=b"x")
+    env = {"RAYTRANSCRIBE_S3__ENDPOINT_URL": local_s3.endpoint_url}
+    output = f"s3://{bucket}/transcripts-of-this-backfill/"
+    refused = cli("submit", f"s3://{bucket}/in/", "-o", output, env=env)
+    assert refused.exit_code == 2 and "nothing was submitted" in refused.stderr
+    assert store.stats().total == 0
+
+    result = cli("submit", f"s3://{bucket}/in/", "-o", output, "--skip-invalid", env=env)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "submitted 2 task(s); 0 duplicate(s) skipped; 3 invalid key(s) skipped"
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
+    assert skipped[0] == f"skipped s3://{bucket}/in/dd/../evil/x.wav: key 'in/dd/../evil/x.wav' {DOT}"
+    assert skipped[1] == (
+        f"skipped s3://{bucket}/in/e//f.mp3: key 'in/e//f.mp3' has an empty segment ('//' or a leading '/')"
+    )
+    assert skipped[2].startswith(f"skipped s3://{bucket}/in/nnnn") and "S3 allows at most 1024" in skipped[2]
+    assert f"s3://{bucket}/in/: 5 audio object(s), 0 already submitted, 3 skipped (invalid key)" in result.stderr
+    assert sorted(t.input_uri for t in store.list_tasks()) == [f"s3://{bucket}/in/a.wav", f"s3://{bucket}/in/z.wav"]
+
+    again = cli("submit", f"s3://{bucket}/in/", "-o", output, "--skip-invalid", "--json", env=env)
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout) == {"inserted": [], "duplicates": [], "skipped": 3}
+    assert "5 audio object(s), 2 already submitted, 3 skipped (invalid key)" in again.stderr
+    manifest = cli("submit", "--manifest", "tasks.jsonl", "--skip-invalid")
+    assert manifest.exit_code == 2 and "--skip-invalid applies to listed prefixes" in manifest.stderr
 
 
 @pytest.mark.timeout(600)  # above the run's own 420 s watchdog (and its 30 s stop), so that one reports
@@ -721,3 +792,41 @@ def test_status_shows_each_actors_device_compute_type_and_gpu(cli, store):
     assert re.search(r"loading\W+-\W+-\W+-\W+0", loading_row), loading_row  # node, gpus, device unknown yet
     (doc,) = json.loads(cli("status", "--json").stdout)["orchestrators"]
     assert (doc["actors"][0]["device"], doc["actors"][0]["compute_type"]) == ("cuda", "float16")
+
+
+# --- progress in a job's log -------------------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+def test_backfill_off_a_terminal_logs_progress_lines(system, ray_address):
+    """What `ray job logs` shows of a backfill: a progress line every progress_interval_s, no bar."""
+    import os
+    import re
+
+    system.upload_samples(["fox.wav", "river.mp3"], prefix="calls/")
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray_address,
+        "RAYTRANSCRIBE_DATABASE_URL": system.database_url,
+        "RAYTRANSCRIBE_S3__ENDPOINT_URL": system.settings.s3.endpoint_url,
+        "RAYTRANSCRIBE_ENGINE__CPU_THREADS": "1",
+        "RAYTRANSCRIBE_LEASE__HEARTBEAT_S": "0.5",
+        "RAYTRANSCRIBE_NAMESPACE": system.settings.namespace + "-cli",
+        "RAYTRANSCRIBE_PROGRESS_INTERVAL_S": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "raytranscribe.cli", "backfill", f"s3://{system.bucket}/calls/",
+         "--output", f"s3://{system.bucket}/out/", "--actors", "1"],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = re.compile(
+        r"progress: completed (\d+), dead (\d+), pending (\d+), in flight (\d+) \| audio \d+\.\d\d h done, "
+        r"\d+\.\d audio s/s \| ETA (\S+) \| actors (\d+)$"
+    )
+    lines = [m for m in (line.search(text) for text in proc.stderr.splitlines()) if m]
+    assert lines, proc.stderr[-3000:]
+    first = lines[0].groups()
+    assert first[:2] == ("0", "0") and int(first[2]) + int(first[3]) == 2  # the first heartbeat: nothing done yet
+    assert "transcribing" not in proc.stderr  # the rich bar's label: no bar off a terminal
+    assert {t.status for t in system.store.list_tasks()} == {TaskStatus.COMPLETED}

@@ -46,7 +46,7 @@ def test_a_run_exports_outcome_stage_and_audio_metrics(system):
     # RTFx: audio seconds per wall second of this run, set when outcomes with completions are recorded
     # (so at least the run's own figure, which counts the time after the last one too).
     rtfx = [float(line.rsplit(" ", 1)[1]) for line in found["raytranscribe_rtfx"]]
-    assert summary.real_time_factor > 0 and max(rtfx) >= summary.real_time_factor
+    assert summary.rtfx > 0 and max(rtfx) >= summary.rtfx
 
 
 def test_the_dashboard_queries_series_by_the_names_the_endpoint_exports(system):

@@ -19,6 +19,7 @@ from raytranscribe.store.store import (
     StatusChange,
     Store,
     StoreStats,
+    StreamedSubmit,
     SubmitReport,
     TaskView,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "StatusChange",
     "Store",
     "StoreStats",
+    "StreamedSubmit",
     "SubmitReport",
     "Task",
     "TaskAttempt",

@@ -1,5 +1,9 @@
 """JSON-lines manifests: one task a line. A single bad line rejects the whole manifest.
 
+:func:`iter_manifest` reads one line at a time (a manifest of millions of lines is never held whole);
+``Store.submit_stream`` writes what it yields in one transaction, so a bad line anywhere, even after
+many batches were copied, leaves nothing written.
+
 Fields: ``input_uri`` and ``output_uri`` (required); ``engine``, ``model``, ``language``, ``formats``,
 ``priority``, ``max_retries``, ``backoff_factor`` (optional; the caller's defaults fill the gaps).
 ``output_uri`` is the output stem (files ``<stem>.<fmt>``), or, ending in ``/``, a prefix: the outputs
@@ -11,8 +15,9 @@ tasks table cannot hold.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from raytranscribe.engines.base import DEFAULT_ENGINE, DEFAULT_MODEL, FORMATS, TranscribeOptions
@@ -78,9 +83,12 @@ def _no_constant(name: str) -> object:
     raise InvalidInput(f"{name} is not a JSON number")
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+
+
 def _load(text: str) -> object:
     try:
-        return json.loads(text.rstrip("\r\n"), object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+        return _DECODER.decode(text.rstrip("\r\n"))
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"bad JSON: {exc.msg} (column {exc.colno})") from exc
     except ValueError as exc:  # an integer of thousands of digits (Python's int-parsing limit)
@@ -113,10 +121,7 @@ def parse_line(text: str, defaults: ManifestDefaults) -> NewTask:
     if "language" in obj:
         language = obj["language"] if obj["language"] is None else _typed(obj, "language", (str,), "a string or null")
     formats = parse_formats(obj["formats"]) if "formats" in obj else defaults.formats
-    try:
-        options = TranscribeOptions(**{**defaults.options.to_dict(), "language": language, "formats": formats})
-    except ValueError as exc:
-        raise InvalidInput(str(exc)) from exc
+    options = _line_options(defaults.options, language, formats)
     return NewTask(
         input_uri=obj["input_uri"],
         output_uri=stem,
@@ -133,16 +138,31 @@ def parse_line(text: str, defaults: ManifestDefaults) -> NewTask:
     )
 
 
-def parse_manifest(lines: Iterable[str], defaults: ManifestDefaults = ManifestDefaults()) -> list[NewTask]:
-    """Every line a valid task, or :class:`ManifestError` naming the first bad line. Blank lines are skipped."""
-    tasks: list[NewTask] = []
+@functools.lru_cache(maxsize=256)  # a manifest's lines mostly share a few: one object for each
+def _line_options(base: TranscribeOptions, language: str | None, formats: tuple[str, ...]) -> TranscribeOptions:
+    try:
+        return TranscribeOptions(**{**base.to_dict(), "language": language, "formats": formats})
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
+
+
+def iter_manifest(lines: Iterable[str], defaults: ManifestDefaults = ManifestDefaults()) -> Iterator[NewTask]:
+    """Each line's task, in order, as it is read; :class:`ManifestError` naming the first bad line when
+    it is reached, or at the end when there were no tasks. Blank lines are skipped."""
+    any_task = False
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
         try:
-            tasks.append(parse_line(text, defaults))
+            task = parse_line(text, defaults)
         except InvalidInput as exc:
             raise ManifestError(exc.message, line=number) from exc
-    if not tasks:
+        any_task = True
+        yield task
+    if not any_task:
         raise ManifestError("the manifest holds no tasks")
-    return tasks
+
+
+def parse_manifest(lines: Iterable[str], defaults: ManifestDefaults = ManifestDefaults()) -> list[NewTask]:
+    """Every line a valid task, or :class:`ManifestError` naming the first bad line. Blank lines are skipped."""
+    return list(iter_manifest(lines, defaults))

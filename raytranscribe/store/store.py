@@ -24,16 +24,21 @@ Statuses (the database enforces the transitions with a trigger, see migrations 0
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import io
+import itertools
 import json
 import logging
 import math
+import queue
 import random
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -41,7 +46,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import text
-from sqlalchemy.engine.interfaces import DBAPICursor
+from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor
 from sqlalchemy.pool import PoolProxiedConnection
 
 from raytranscribe.config import Settings
@@ -104,7 +109,7 @@ SCHEMA_MISSING_SQLSTATES = frozenset({"42P01", "42703", "42704", "42883"})
 TEXT_PREVIEW_CHARS = 500
 # Session settings of the hot-path (autocommit) connections; see Store.__init__.
 HOT_PATH_OPTIONS = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off"
-SUBMIT_CHUNK = 5000
+SUBMIT_BATCH = 10_000  # tasks per COPY into the staging table: what the client holds, twice (one read ahead)
 # Statuses of a task that is not finished: it runs or may run again, so it may still write its outputs.
 UNFINISHED = (TaskStatus.PENDING, TaskStatus.IN_PROGRESS, TaskStatus.FAILED)
 REQUEUEABLE = (TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED)
@@ -151,6 +156,11 @@ def _finite_at_least_one(value: object) -> bool:
 def _canonical_formats(formats: Sequence[str]) -> tuple[str, ...]:
     # One order (FORMATS') and no repeats, so "txt,json", "json,txt" and "json,json,txt" are one task.
     # Not alphabetical: the default tuple, and so the dedupe key of every task already stored, stays as it was.
+    return _canonical_tuple(formats) if isinstance(formats, tuple) else _canonical_tuple.__wrapped__(formats)
+
+
+@functools.lru_cache(maxsize=256)  # every task of a submission asks, mostly about one tuple
+def _canonical_tuple(formats: Sequence[str]) -> tuple[str, ...]:
     known = {f: i for i, f in enumerate(FORMATS)}
     return tuple(sorted(set(formats), key=lambda f: (known.get(f, len(known)), f)))
 
@@ -207,12 +217,11 @@ class NewTask:
     @functools.cached_property  # submit reads it several times per task; 100k tasks, 100k hashes
     def dedupe_key(self) -> str:
         """Same input, engine, model and options: the same task (the output stem does not count)."""
-        canonical = json.dumps(
-            [self.input_uri, self.engine, self.model, self.options.to_dict()],
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+        # json.dumps([input, engine, model, options], sort_keys=True, separators=(",", ":"),
+        # ensure_ascii=False), with the options' part made once per distinct options.
+        string = _KEY_ENCODER.encode
+        options = _options_canonical(self.options)
+        canonical = f"[{string(self.input_uri)},{string(self.engine)},{string(self.model)},{options}]"
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -236,6 +245,16 @@ class StatusChange:
 class SubmitReport:
     inserted: tuple[int, ...]  # new task ids, in submission order
     duplicates: tuple[str, ...]  # input URIs whose task already existed (or repeated in the batch)
+
+
+@dataclass(frozen=True)
+class StreamedSubmit:
+    """What :meth:`Store.submit_stream` did, in memory that does not grow with the duplicates."""
+
+    read: int  # tasks the source gave
+    inserted: array[int]  # array("q"): new task ids, in submission order (8 bytes each)
+    duplicates: int  # tasks not inserted: their dedupe key existed, or an earlier task of the source had it
+    duplicate_inputs: tuple[str, ...]  # input URIs of the first ``keep_duplicates`` of those, in order
 
 
 @dataclass(frozen=True)
@@ -424,66 +443,142 @@ WITH u AS (
 SELECT id FROM u
 """
 
+# --- submit: a source streamed in batches, each copied into a staging table, checked and inserted ---
+#
+# One transaction per submit. Each batch is checked on its own by the client (repeats, two new tasks
+# on one stem), its first occurrences copied into a temporary table (dropped at commit), their stems
+# checked against the unfinished tasks (the batches before it included: their rows are this
+# transaction's), then inserted. The client holds a batch or two at a time.
+
+# A batch is small against the history it is checked against, and the statistics of a table that
+# grew by millions in this transaction are stale: index probes, not a scan of tasks per batch
+# (hash or merge joins), and no JIT compiling each batch's statements.
+_SUBMIT_PLANNER_SQL = (
+    "SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true), "
+    "set_config('jit', 'off', true)"
+)
+_BATCH_TABLE_SQL = """
+CREATE TEMPORARY TABLE submit_batch (
+    ord bigint NOT NULL, input_uri text NOT NULL, output_uri text NOT NULL, engine text NOT NULL,
+    model text NOT NULL, options text NOT NULL, priority int NOT NULL, max_retries int NOT NULL,
+    backoff_factor float8 NOT NULL, dedupe_key text NOT NULL
+) ON COMMIT DROP
+"""
+_BATCH_COPY = "COPY submit_batch FROM STDIN"
+_NEXT_BATCH_SQL = "TRUNCATE submit_batch"
+# A batch's tasks whose dedupe key a row has (written before, or by this submit's earlier batches)
+# are duplicates: out of the staging table, they are neither checked nor inserted.
+_DROP_DUPLICATES_SQL = "DELETE FROM submit_batch f USING tasks t WHERE t.dedupe_key = f.dedupe_key"
+# A new task on the stem of an unfinished task (another task: the same one was dropped above) would
+# overwrite its outputs; an index probe (ix_tasks_output_uri) per stem.
+_UNFINISHED_STEMS_SQL = """
+SELECT f.input_uri AS new_input, f.output_uri, t.id, t.input_uri, t.status::text AS status
+FROM submit_batch f JOIN tasks t ON t.output_uri = f.output_uri
+WHERE t.status = ANY(CAST(:s AS task_status[]))
+ORDER BY f.ord, t.id LIMIT 1
+"""
+# Ids come from the sequence in the order rows are inserted, which is the batch's order. No ON
+# CONFLICT: the batch holds each key once and none a row has (dropped above, this transaction's own
+# rows included), and SUBMIT_LOCK_KEY keeps other submits out until commit (speculative insertion
+# cost a tenth of the insert); a row written around the store would fail the submit, writing nothing.
 _SUBMIT_SQL = """
 INSERT INTO tasks (input_uri, output_uri, engine, model, options, priority, max_retries, backoff_factor, dedupe_key)
-SELECT i, o, e, m, CAST(opt AS jsonb), p, mr, bf, k
-FROM unnest(CAST(:i AS text[]), CAST(:o AS text[]), CAST(:e AS text[]), CAST(:m AS text[]), CAST(:opt AS text[]),
-            CAST(:p AS int[]), CAST(:mr AS int[]), CAST(:bf AS float8[]), CAST(:k AS text[]))
-     WITH ORDINALITY AS v(i, o, e, m, opt, p, mr, bf, k, ord)
-WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.dedupe_key = v.k)  -- spares sequence values; races hit ON CONFLICT
-ORDER BY ord
-ON CONFLICT (dedupe_key) DO NOTHING
+SELECT input_uri, output_uri, engine, model, CAST(options AS jsonb), priority, max_retries, backoff_factor, dedupe_key
+FROM submit_batch ORDER BY ord
 RETURNING id, dedupe_key
 """
 
-_UNFINISHED_STEMS_SQL = """
-SELECT id, input_uri, output_uri, status::text AS status, dedupe_key FROM tasks
-WHERE output_uri = ANY(CAST(:o AS text[])) AND status = ANY(CAST(:s AS task_status[]))
-ORDER BY id
-"""
-
-_EXISTING_KEYS_SQL = "SELECT dedupe_key FROM tasks WHERE dedupe_key = ANY(CAST(:k AS text[]))"
+# COPY's text format: backslash, tab, newline and carriage return escaped, the rest as is.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
 
 
-def _refuse_shared_stems(tasks: Sequence[NewTask]) -> None:
+def _copy_text(value: str) -> str:
+    return value.translate(_COPY_ESCAPES) if _COPY_SPECIAL.search(value) else value
+
+
+@functools.lru_cache(maxsize=256)
+def _copy_shared(engine: str, model: str, options: TranscribeOptions) -> str:
+    """The engine, model and options columns of a staging row: the same for most rows of a submit."""
+    return f"{_copy_text(engine)}\t{_copy_text(model)}\t{_copy_text(_options_json(options))}"
+
+
+@functools.lru_cache(maxsize=256)
+def _options_json(options: TranscribeOptions) -> str:
+    """The options column's JSON, once per distinct options (a manifest's lines mostly share one)."""
+    return json.dumps(options.to_dict())
+
+
+_KEY_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
+@functools.lru_cache(maxsize=256)
+def _options_canonical(options: TranscribeOptions) -> str:
+    """The options as the dedupe key spells them (sorted keys, no spaces)."""
+    return json.dumps(options.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _refusal_of_shared_stem(first_input: str, input_uri: str, stem: str) -> InvalidInput:
     """Two distinct new tasks (dedupe keys differ) with one output stem would overwrite each other."""
-    by_stem: dict[str, NewTask] = {}
-    for t in tasks:
-        first = by_stem.setdefault(t.output_uri, t)
-        if first is t:
-            continue
-        if first.input_uri == t.input_uri:
-            raise InvalidInput(
-                f"input {t.input_uri!r} is given twice with different settings (engine, model or options), "
-                f"both writing {t.output_uri}.*; give each its own output"
-            )
-        raise InvalidInput(
-            f"inputs {first.input_uri!r} and {t.input_uri!r} would both write {t.output_uri}.*; give each its own output"
+    if first_input == input_uri:
+        return InvalidInput(
+            f"input {input_uri!r} is given twice with different settings (engine, model or options), "
+            f"both writing {stem}.*; give each its own output"
         )
+    return InvalidInput(f"inputs {first_input!r} and {input_uri!r} would both write {stem}.*; give each its own output")
 
 
-def _refuse_unfinished_stems(conn: sa.Connection, tasks: Sequence[NewTask]) -> None:
-    """A new task may not write the stem of an unfinished task, unless it is that task (a duplicate, skipped)."""
-    unfinished = [s.value for s in UNFINISHED]
-    suspects: list[tuple[NewTask, Any]] = []
-    for start in range(0, len(tasks), SUBMIT_CHUNK):
-        chunk = {t.output_uri: t for t in tasks[start : start + SUBMIT_CHUNK]}
-        for row in conn.execute(text(_UNFINISHED_STEMS_SQL), {"o": list(chunk), "s": unfinished}):
-            new = chunk[row.output_uri]
-            if row.dedupe_key != new.dedupe_key:
-                suspects.append((new, row))
-    if not suspects:
-        return
-    # A new task that is a duplicate of some other row is skipped by the insert: it writes nothing.
-    keys = list({new.dedupe_key for new, _ in suspects})
-    existing = {r[0] for r in conn.execute(text(_EXISTING_KEYS_SQL), {"k": keys})}
-    for new, row in suspects:
-        if new.dedupe_key not in existing:
-            who = "the same input" if row.input_uri == new.input_uri else repr(row.input_uri)
-            raise InvalidInput(
-                f"input {new.input_uri!r} would write {new.output_uri}.*, which task {row.id} ({who}, {row.status}) "
-                "may still write; wait for it, cancel it, or give this input another output"
-            )
+class _Batch(NamedTuple):
+    rows: str  # COPY text of the first occurrence of each dedupe key
+    keys: list[str]  # every task's dedupe key, in order
+    inputs: list[str]  # input URIs, in order
+
+
+_READ_AHEAD_DONE = object()
+
+
+def _read_ahead(items: Iterator[T]) -> Iterator[T]:
+    """``items``, each produced while the caller works on the one before, in a thread of their own:
+    a submit's database round trips (psycopg2 releases the GIL while it waits) overlap the reading
+    and parsing of the next batch. What producing raises is raised here; closing this stops it."""
+    handoff: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(entry: tuple[object, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((_READ_AHEAD_DONE, None))
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            put((_READ_AHEAD_DONE, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    reader = threading.Thread(target=produce, name="submit-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item, error = handoff.get()
+            if error is not None:
+                raise error
+            if item is _READ_AHEAD_DONE:
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        reader.join()
 
 
 _FENCED_SQL = """
@@ -992,47 +1087,116 @@ class Store:
         failed), whose outputs may still be written. A finished task's stem may be written again.
         """
         tasks = list(tasks)
-        if not tasks:
-            return SubmitReport((), ())
-        policy = self.policy
-        # Repeats inside the batch are duplicates too; only first occurrences go to the database.
-        seen: set[str] = set()
-        unique = [t for t in tasks if not (t.dedupe_key in seen or seen.add(t.dedupe_key))]
-        _refuse_shared_stems(unique)
+        done = self.submit_stream(lambda: tasks)
+        return SubmitReport(tuple(done.inserted), done.duplicate_inputs)
 
-        def tx(conn: sa.Connection) -> dict[str, int]:
+    def submit_stream(
+        self,
+        source: Callable[[], Iterable[NewTask]],
+        *,
+        keep_duplicates: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        batch: int = SUBMIT_BATCH,
+    ) -> StreamedSubmit:
+        """:meth:`submit` for sources of any length, in bounded memory, in one transaction.
+
+        ``source()`` is read ``batch`` tasks at a time, one batch ahead in a thread of its own while
+        the database works on the one before; each is checked, copied into a staging table, checked
+        against the tasks there are (those of the batches before it included) and inserted.
+        Whatever ``source()`` raises while it is read (a bad manifest line), and every refusal of
+        :meth:`submit`, rolls the whole of it back, earlier batches included: nothing is written.
+        A transient database error re-runs the transaction, calling ``source()`` again.
+
+        A task whose dedupe key an earlier task of the source had is a duplicate, as in :meth:`submit`.
+        ``keep_duplicates``: how many duplicates' input URIs to return (None: all of them);
+        ``progress(read)`` is called after each batch is inserted.
+        """
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        policy = self.policy
+        unfinished = [s.value for s in UNFINISHED]
+
+        def batches() -> Iterator[_Batch]:
+            """Each batch: the COPY text of its first occurrences, and every task's dedupe key and input
+            (the report needs no more). Two new tasks of the batch on one stem are refused here."""
+            read = 0
+            tasks = iter(source())
+            while chunk := list(itertools.islice(tasks, batch)):
+                rows = []
+                first: set[str] = set()
+                by_stem: dict[str, NewTask] = {}
+                for t in chunk:
+                    read += 1
+                    key = t.dedupe_key
+                    if key in first:  # a repeat inside the batch: a duplicate, nothing to stage
+                        continue
+                    first.add(key)
+                    claimant = by_stem.setdefault(t.output_uri, t)
+                    if claimant is not t:
+                        raise _refusal_of_shared_stem(claimant.input_uri, t.input_uri, t.output_uri)
+                    mr = policy.max_retries if t.max_retries is None else t.max_retries
+                    bf = float(policy.backoff_factor if t.backoff_factor is None else t.backoff_factor)
+                    rows.append(
+                        f"{read}\t{_copy_text(t.input_uri)}\t{_copy_text(t.output_uri)}\t"
+                        f"{_copy_shared(t.engine, t.model, t.options)}\t{t.priority}\t{mr}\t{bf!r}\t{key}\n"
+                    )
+                yield _Batch("".join(rows), [t.dedupe_key for t in chunk], [t.input_uri for t in chunk])
+
+        def tx(conn: sa.Connection) -> StreamedSubmit:
             # Held to commit: a concurrent submit of the same stems waits, then sees these rows.
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SUBMIT_LOCK_KEY})
-            _refuse_unfinished_stems(conn, unique)
-            ids: dict[str, int] = {}
-            for start in range(0, len(unique), SUBMIT_CHUNK):
-                chunk = unique[start : start + SUBMIT_CHUNK]
-                params = {
-                    "i": [t.input_uri for t in chunk],
-                    "o": [t.output_uri for t in chunk],
-                    "e": [t.engine for t in chunk],
-                    "m": [t.model for t in chunk],
-                    "opt": [json.dumps(t.options.to_dict()) for t in chunk],
-                    "p": [t.priority for t in chunk],
-                    "mr": [policy.max_retries if t.max_retries is None else t.max_retries for t in chunk],
-                    "bf": [float(policy.backoff_factor if t.backoff_factor is None else t.backoff_factor) for t in chunk],
-                    "k": [t.dedupe_key for t in chunk],
-                }
-                for row in conn.execute(text(_SUBMIT_SQL), params):
-                    ids[row.dedupe_key] = row.id
-            return ids
+            conn.execute(text(_SUBMIT_PLANNER_SQL))
+            conn.execute(text(_BATCH_TABLE_SQL))
+            raw = conn.connection.dbapi_connection
+            assert raw is not None  # a checked-out connection has one
+            read = duplicates = 0
+            inserted = array("q")
+            kept: list[str] = []
+            reader, copy = _read_ahead(batches()), raw.cursor()
+            with contextlib.closing(reader) as ahead, contextlib.closing(copy):
+                for b in ahead:
+                    if read:
+                        conn.execute(text(_NEXT_BATCH_SQL))
+                    data = io.StringIO(b.rows)
+                    self._raw_call(raw, lambda: copy.copy_expert(_BATCH_COPY, data))
+                    conn.execute(text(_DROP_DUPLICATES_SQL))
+                    row = conn.execute(text(_UNFINISHED_STEMS_SQL), {"s": unfinished}).first()
+                    if row is not None:
+                        if row.id in inserted:  # an earlier batch's task: two new tasks on one stem
+                            raise _refusal_of_shared_stem(row.input_uri, row.new_input, row.output_uri)
+                        who = "the same input" if row.input_uri == row.new_input else repr(row.input_uri)
+                        raise InvalidInput(
+                            f"input {row.new_input!r} would write {row.output_uri}.*, which task {row.id} ({who}, "
+                            f"{row.status}) may still write; wait for it, cancel it, or give this input another output"
+                        )
+                    ids = {r.dedupe_key: r.id for r in conn.execute(text(_SUBMIT_SQL))}
+                    for key, input_uri in zip(b.keys, b.inputs):
+                        task_id = ids.pop(key, None)  # pop: a repeat inside the batch is a duplicate too
+                        if task_id is not None:
+                            inserted.append(task_id)
+                            continue
+                        duplicates += 1
+                        if keep_duplicates is None or len(kept) < keep_duplicates:
+                            kept.append(input_uri)
+                    read += len(b.keys)
+                    if progress is not None:
+                        progress(read)
+            return StreamedSubmit(read, inserted, duplicates, tuple(kept))
 
-        ids = self._run("submit", tx)
-        inserted: list[int] = []
-        duplicates: list[str] = []
-        for t in tasks:
-            task_id = ids.pop(t.dedupe_key, None)  # pop: a repeat inside the batch is a duplicate too
-            if task_id is None:
-                duplicates.append(t.input_uri)
-            else:
-                inserted.append(task_id)
-        log.info("submitted %d task(s), %d duplicate(s)", len(inserted), len(duplicates))
-        return SubmitReport(tuple(inserted), tuple(duplicates))
+        done = self._run("submit", tx)
+        log.info("submitted %d task(s), %d duplicate(s)", len(done.inserted), done.duplicates)
+        return done
+
+    def _raw_call(self, raw: DBAPIConnection, fn: Callable[[], T]) -> T:
+        """``fn()``, a call on this transaction's DBAPI connection; its errors come out as SQLAlchemy's,
+        so :meth:`_run` sorts them as it does any statement's."""
+        try:
+            return fn()
+        except self._dbapi_error as exc:
+            gone = self._engine.dialect.is_disconnect(exc, raw, None)
+            raise sa.exc.DBAPIError.instance(
+                None, None, exc, self._dbapi_error, connection_invalidated=gone, dialect=self._engine.dialect
+            ) from exc
 
     def submitted_inputs(self, input_uris: Sequence[str]) -> set[str]:
         """Which of these inputs already have a task, whatever its engine, model or status."""

@@ -154,13 +154,106 @@ def test_int4_limits_are_stored_exactly(store):
     assert (a.priority, a.max_retries, b.priority, b.backoff_factor) == (2**31 - 1, 2**31 - 1, -(2**31), 1e308)
 
 
-def test_the_stem_look_up_is_an_index_probe(store):
-    """Submit reads the unfinished tasks of its stems through ix_tasks_output_uri (0007), not a scan of history."""
-    from raytranscribe.store.store import _UNFINISHED_STEMS_SQL
+def test_each_batch_probes_indexes_not_the_history(store):
+    """Each batch of a submit finds its duplicates through uq_tasks_dedupe_key and the unfinished tasks of
+    its stems through ix_tasks_output_uri (0007), not by scanning the history, however the statistics stand."""
+    from raytranscribe.store.store import (
+        _BATCH_TABLE_SQL, _DROP_DUPLICATES_SQL, _SUBMIT_PLANNER_SQL, _UNFINISHED_STEMS_SQL)  # fmt: skip
 
     store.submit([NewTask(f"s3://bkt/in/{i}.wav", f"s3://bkt/out/{i}") for i in range(2000)])
-    with store._engine.connect() as conn:
+    with store._engine.begin() as conn:
         conn.execute(sa.text("ANALYZE tasks"))
-        plan = "\n".join(r[0] for r in conn.execute(
-            sa.text("EXPLAIN " + _UNFINISHED_STEMS_SQL), {"o": ["s3://bkt/out/7"], "s": ["pending", "in_progress", "failed"]}))  # fmt: skip
-    assert "ix_tasks_output_uri" in plan and "Seq Scan" not in plan, plan
+        conn.execute(sa.text(_SUBMIT_PLANNER_SQL))
+        conn.execute(sa.text(_BATCH_TABLE_SQL))
+        conn.execute(sa.text(
+            "INSERT INTO submit_batch VALUES (1, 's3://bkt/in/x.wav', 's3://bkt/out/7', 'faster-whisper', "
+            "'tiny.en', '{}', 0, 3, 2.0, 'k')"))  # fmt: skip
+
+        def plan(sql: str) -> str:
+            rows = conn.execute(sa.text("EXPLAIN " + sql), {"s": ["pending", "in_progress", "failed"]})
+            return "\n".join(r[0] for r in rows)
+
+        duplicates, stems = plan(_DROP_DUPLICATES_SQL), plan(_UNFINISHED_STEMS_SQL)
+    assert "uq_tasks_dedupe_key" in duplicates and "Seq Scan on tasks" not in duplicates, duplicates
+    assert "ix_tasks_output_uri" in stems and "Seq Scan on tasks" not in stems, stems
+
+
+# --- streamed submits: batches of one transaction ------------------------------------------------
+
+
+def numbered(i: int, **kw) -> NewTask:
+    return NewTask(f"s3://bkt/in/{i}.wav", f"s3://bkt/out/{i}", **kw)
+
+
+def test_a_stream_longer_than_a_batch_keeps_its_order_and_finds_repeats_across_batches(store):
+    tasks = [numbered(i) for i in range(1, 8)] + [numbered(2), numbered(8), numbered(8), numbered(5)]
+    seen: list[int] = []
+    done = store.submit_stream(lambda: iter(tasks), batch=3, progress=seen.append)
+    assert (done.read, list(done.inserted), done.duplicates) == (11, list(range(1, 9)), 3)
+    assert done.duplicate_inputs == ("s3://bkt/in/2.wav", "s3://bkt/in/8.wav", "s3://bkt/in/5.wav")
+    assert seen == [3, 6, 9, 11]  # after each batch
+    assert [t.input_uri for t in store.list_tasks()] == [f"s3://bkt/in/{i}.wav" for i in range(1, 9)]
+    # Again, all duplicates, a few kept by name and the rest counted.
+    again = store.submit_stream(lambda: iter(tasks), batch=4, keep_duplicates=2)
+    assert (len(again.inserted), again.duplicates) == (0, 11)
+    assert again.duplicate_inputs == ("s3://bkt/in/1.wav", "s3://bkt/in/2.wav")
+
+
+def test_a_bad_task_in_a_later_batch_leaves_nothing_written(store):
+    def source():
+        yield from (numbered(i) for i in range(1, 8))  # batches of three, two inserted before the error
+        raise InvalidInput("line 8: bad")
+
+    with pytest.raises(InvalidInput, match="line 8: bad"):
+        store.submit_stream(source, batch=3)
+    assert store.stats().total == 0
+    assert len(store.submit([numbered(1)]).inserted) == 1  # the sequence moved on; nothing else did
+
+
+def test_a_stem_shared_across_batches_is_refused_naming_both(store):
+    other = NewTask("s3://bkt/elsewhere/3.mp3", "s3://bkt/out/3")
+    with pytest.raises(InvalidInput) as info:
+        store.submit_stream(lambda: iter([numbered(i) for i in range(1, 6)] + [other]), batch=2)
+    assert str(info.value) == (
+        "inputs 's3://bkt/in/3.wav' and 's3://bkt/elsewhere/3.mp3' would both write s3://bkt/out/3.*; "
+        "give each its own output"
+    )
+    twice = numbered(1, options=TranscribeOptions(formats=("txt",)))
+    with pytest.raises(InvalidInput, match="input 's3://bkt/in/1.wav' is given twice with different settings"):
+        store.submit_stream(lambda: iter([numbered(i) for i in range(1, 6)] + [twice]), batch=2)
+    assert store.stats().total == 0
+
+
+def test_a_transient_error_mid_stream_reads_the_source_again(store, database_url):
+    """The transaction is re-run from the start (a fresh iterator), and the report counts each task once."""
+    engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    calls: list[int] = []
+
+    def source():
+        calls.append(len(calls))
+        for i in range(1, 7):
+            if i == 5 and len(calls) == 1:  # the first reading: kill this submit's connection mid-way
+                with engine.connect() as conn:
+                    conn.execute(sa.text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%submit_%' "
+                        "AND pid <> pg_backend_pid() AND datname = current_database()"))  # fmt: skip
+            yield numbered(i)
+
+    try:
+        done = store.submit_stream(source, batch=2)
+    finally:
+        engine.dispose()
+    assert len(calls) == 2
+    assert (done.read, len(done.inserted), done.duplicates) == (6, 6, 0)
+    assert store.stats().total == 6
+
+
+def test_what_copy_would_read_as_syntax_is_stored_as_given(store):
+    """Tabs, newlines, carriage returns and backslashes in keys (S3 allows them) reach the row unchanged."""
+    odd = ["s3://bkt/in/tab\there.wav", "s3://bkt/in/new\nline\r.wav", "s3://bkt/in/back\\slash\\N.wav",
+           "s3://bkt/in/ünï cødé.wav"]  # fmt: skip
+    tasks = [NewTask(uri, uri.replace("/in/", "/out/").rsplit(".", 1)[0], model="dir\\with\ttab") for uri in odd]
+    ids = store.submit(tasks).inserted
+    assert [(store.get(i).input_uri, store.get(i).output_uri, store.get(i).model) for i in ids] == [
+        (t.input_uri, t.output_uri, t.model) for t in tasks]  # fmt: skip
+    assert store.submit(tasks).duplicates == tuple(odd)  # the stored dedupe keys are the ones computed here
