@@ -424,6 +424,18 @@ def run_batch(engine: BatchEngine, batch: Sequence[BatchItem]) -> list[WindowRes
     return list(results)
 
 
+def after_out_of_memory(
+    engine: BatchEngine, batch: Sequence[BatchItem], size: int
+) -> tuple[list[WindowResult | PerWindow] | None, int]:
+    """What a device out of memory on ``batch`` (tried at ``size`` slots) comes to; the one rule for
+    every batcher. A batch of one packed slot is too much already: its windows are decoded one at a
+    time (the results). A bigger batch is to be put back in the queue (None) and tried again at half
+    the size it had, which the batcher keeps from then on (the new size)."""
+    if len(batch) == 1:
+        return [PerWindow(run_batch(engine, [BatchItem.single(ref)])[0] for ref in batch[0].refs)], size
+    return None, max(1, min(size, len(batch)) // 2)
+
+
 def _as_transcription_error(exc: Exception, ref: WindowRef) -> RayTranscribeError:
     if isinstance(exc, RayTranscribeError):
         return exc
@@ -474,13 +486,14 @@ def transcribe_batch(
     while scheduler.pending_windows():
         batch = scheduler.next_batch(size)
         try:
-            results = run_batch(engine, batch)
+            results: list[WindowResult | PerWindow] | None = run_batch(engine, batch)
         except EngineOutOfMemory:
-            # Too big for the device: put the windows back, halve, and keep the smaller size.
-            scheduler.requeue(batch)
-            size = max(1, size // 2)
-            log.warning("out of memory at %d windows a batch; now %d", len(batch), size)
-            continue
+            tried = size
+            results, size = after_out_of_memory(engine, batch, size)
+            if results is None:
+                scheduler.requeue(batch)
+                log.warning("out of memory at %d slots a batch; now %d", tried, size)
+                continue
         for key, result in scheduler.complete(batch, results):
             out[key] = result  # type: ignore[index]
     return out  # type: ignore[return-value]

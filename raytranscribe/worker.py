@@ -57,7 +57,15 @@ import numpy as np
 import ray
 
 from raytranscribe import audio, formats, metrics
-from raytranscribe.batching import BatchItem, PerWindow, WindowResult, WindowScheduler, is_batch_engine, run_batch
+from raytranscribe.batching import (
+    BatchItem,
+    PerWindow,
+    WindowResult,
+    WindowScheduler,
+    after_out_of_memory,
+    is_batch_engine,
+    run_batch,
+)
 from raytranscribe.config import EngineSettings, TransferSettings, WorkerSettings
 from raytranscribe.contracts import Computing, ModelLoadState, ModelManifest, Outcome, Release, TaskResult, TaskSpec
 from raytranscribe.engines import compute_type_of, gpu_name, load_engine, resolve_device
@@ -69,8 +77,8 @@ from raytranscribe.engines.base import (
     Engine,
     EngineSpec,
     PreparedAudio,
-    Transcript,
     TranscribeOptions,
+    Transcript,
     Window,
 )
 from raytranscribe.engines.windows import quietest_cut
@@ -85,7 +93,7 @@ from raytranscribe.errors import (
 )
 from raytranscribe.logs import task_extra
 from raytranscribe.modelcache import LoadProgress, ModelCache, engine_spec_on_node
-from raytranscribe.transfer import Transfer
+from raytranscribe.transfer import Downloaded, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +191,39 @@ class _Progress:
 
     def enter(self, stage: Stage | Waiting) -> None:
         self.stage, self.stage_started = stage, time.monotonic()
+
+
+@dataclass(eq=False)
+class _TaskRun:
+    """One task's pass through the pipeline: what its stages share."""
+
+    spec: TaskSpec
+    progress: _Progress
+    tmp: Path  # its scratch folder
+    actor: str
+    node_id: str
+    timings: list[tuple[str, float]] = field(default_factory=list)
+    held_s: float = 0.0  # decoded audio it holds, counted against worker.max_buffered_audio_s
+
+    @property
+    def key(self) -> Lease:
+        return (self.spec.task_id, self.spec.attempt)
+
+    @contextmanager
+    def stage(self, s: Stage) -> Iterator[None]:
+        self.progress.enter(s)
+        t = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings.append((s.value, round(time.monotonic() - t, 4)))
+
+    def extra(self, stage: Stage, **more: object) -> dict[str, object]:
+        return task_extra(self.spec.task_id, self.spec.attempt, stage, actor=self.actor, **more)
+
+    def outcome(self, **what: object) -> Outcome:
+        return Outcome(self.spec.task_id, self.spec.attempt, timings=_summed(self.timings), actor=self.actor,
+                       node_id=self.node_id, **what)  # type: ignore[arg-type]
 
 
 class Batcher:
@@ -321,14 +362,13 @@ class Batcher:
         try:
             results = run_batch(self.engine, batch)
         except EngineOutOfMemory as exc:
-            if len(batch) == 1:  # one packed slot is too much already: its windows one at a time
-                item = batch[0]
-                results = [PerWindow(run_batch(self.engine, [BatchItem.single(ref)])[0] for ref in item.refs)]
-                self._finish(batch, results, t0)
+            shrunk, size = after_out_of_memory(self.engine, batch, self.batch_size)
+            if shrunk is not None:
+                self._finish(batch, shrunk, t0)
                 return
             with self._cond:
                 self._scheduler.requeue(batch)
-                old, self.batch_size = self.batch_size, max(1, min(self.batch_size, len(batch)) // 2)
+                old, self.batch_size = self.batch_size, size
                 self._busy = False
             log.warning(
                 "device out of memory on a batch of %d slots (%s); batch size %d -> %d for this actor's life",
@@ -681,138 +721,138 @@ class TranscriptionWorker:
         return outcome
 
     def _process(self, spec: TaskSpec) -> Outcome:
-        key = (spec.task_id, spec.attempt)
-        progress = _Progress(spec.task_id, spec.attempt, time.monotonic(), stage_started=time.monotonic())
-        with self._state:
-            self._running[key] = progress
-        timings: list[tuple[str, float]] = []
-        ident = {"actor": self.config.name, "node_id": self._node_id}
-        held_s = 0.0
-
-        @contextmanager
-        def stage(s: Stage):
-            progress.enter(s)
-            t = time.monotonic()
-            try:
-                yield
-            finally:
-                timings.append((s.value, round(time.monotonic() - t, 4)))
-
-        tmp = Path(tempfile.mkdtemp(prefix=f"rt-{spec.task_id}-", dir=self.config.scratch_dir))
+        """download -> decode and transcribe (piece by piece) -> render and upload; a failure at any
+        stage is the outcome, named by its stage."""
+        run = self._begin(spec)
         try:
-            if self.engine is None:  # the pool dispatches only after ready(): not the task's fault
-                raise DispatchError(f"actor {self.config.name} has not loaded its model yet")
-            if (spec.engine.engine, spec.engine.model) != (self.spec.engine, self.spec.model):
-                raise DispatchError(
-                    f"task wants {spec.engine.engine}/{spec.engine.model}, "
-                    f"this actor serves {self.spec.engine}/{self.spec.model}"
-                )
-            with stage(Stage.DOWNLOAD):
-                # The temporary file is named after the URI's last segment and keeps its extension,
-                # which decoders sniff formats by.
-                downloaded = self.transfer.download(
-                    spec.input_url, tmp, name_hint=spec.input_uri, task_id=spec.task_id, attempt=spec.attempt
-                )
-            self._check_withdrawn(key)
-            waited = self._admit(progress)
-            if waited:  # waited for room under worker.max_buffered_audio_s
-                timings.append(("memory", round(waited, 4)))
-            stream: audio.ChildStream | None = None
-            try:
-                self._check_withdrawn(key)
-                with stage(Stage.DECODE):  # in a helper process: a crash there is this file's, not the actor's
-                    stream = self._decoders.open(downloaded.path)
-                    chunks = _Chunks(stream, self._chunk_samples)
-                    chunk = chunks.next()
-            except BaseException:
-                self._decoded(None)
-                if stream is not None:
-                    stream.close()
-                raise
-            with stream:
-                held_s = chunk.size / SAMPLE_RATE
-                info = stream.info
-                assert info is not None  # open() read it
-                progress.audio_duration_s = held_s if chunks.done else (info.declared_s or held_s)
-                self._decoded(held_s)
-                parts: list[Transcript] = []
-                while True:
-                    if chunks.done:  # the whole rest is in: the helper and the scratch file can go
-                        stream.close()
-                        downloaded.path.unlink(missing_ok=True)
-                    parts.append(self._transcribe(spec, chunk, progress, timings, chunks.offset, _language(parts)))
-                    if chunks.done:
-                        break
-                    del chunk  # the samples of this piece: the next replaces them
-                    self._release(held_s)
-                    held_s = 0.0
-                    with stage(Stage.DECODE):
-                        chunk = chunks.next()
-                    held_s = chunk.size / SAMPLE_RATE
-                    self._hold(held_s)
-                    if chunks.done:
-                        progress.audio_duration_s = chunks.total_s
-            for warning in stream.warnings:
-                log.warning(
-                    "decoded with a warning: %s", warning,
-                    extra=task_extra(spec.task_id, spec.attempt, Stage.DECODE, actor=self.config.name),
-                )  # fmt: skip
-            duration_s = chunks.total_s
-            transcript = _joined(parts, spec.options, duration_s)
-            del chunk  # the samples: the transcript is all that is left to render
-            self._release(held_s)
-            held_s = 0.0
-            with stage(Stage.RENDER):
-                bodies = formats.render_all(transcript, [t.format for t in spec.outputs])
-            with stage(Stage.UPLOAD):
-                for target in spec.outputs:
-                    self.transfer.upload(
-                        target.put_url,
-                        bodies[target.format],
-                        target.content_type,
-                        task_id=spec.task_id,
-                        attempt=spec.attempt,
-                    )
+            self._check_engine(spec)
+            downloaded = self._download(run)
+            transcript, duration_s = self._transcribe_file(run, downloaded)
+            self._deliver(run, transcript)
             result = TaskResult(
                 audio_duration_s=duration_s,
                 language=transcript.language,
                 outputs=tuple(t.uri for t in spec.outputs),
                 text_preview=transcript.text[:200],
             )
-            log.info(
-                "task done: %.1fs of audio in %.2fs",
-                duration_s,
-                time.monotonic() - progress.started,
-                extra=task_extra(spec.task_id, spec.attempt, Stage.UPLOAD, actor=self.config.name),
-            )
-            return Outcome(spec.task_id, spec.attempt, result=result, timings=_summed(timings), **ident)
+            log.info("task done: %.1fs of audio in %.2fs", duration_s, time.monotonic() - run.progress.started,
+                     extra=run.extra(Stage.UPLOAD))  # fmt: skip
+            return run.outcome(result=result)
         except Withdrawn:
-            release = Release(Stage.DISPATCH, f"taken back from actor {self.config.name} (its node drains)")
-            return Outcome(spec.task_id, spec.attempt, release=release, timings=_summed(timings), **ident)
+            cause = f"taken back from actor {self.config.name} (its node drains)"
+            return run.outcome(release=Release(Stage.DISPATCH, cause))
         except Exception as exc:
-            at = progress.stage
+            at = run.progress.stage
             failure = Failure.from_exception(exc, Stage.TRANSCRIBE if isinstance(at, Waiting) else at)
-            log.warning(
-                "task failed: %s",
-                failure.message,
-                extra=task_extra(
-                    spec.task_id,
-                    spec.attempt,
-                    failure.stage,
-                    actor=self.config.name,
-                    error_class=failure.error_class,
-                    http_status=failure.http_status,
-                ),
-            )
-            return Outcome(spec.task_id, spec.attempt, failure=failure, timings=_summed(timings), **ident)
+            log.warning("task failed: %s", failure.message,
+                        extra=run.extra(failure.stage, error_class=failure.error_class,
+                                        http_status=failure.http_status))  # fmt: skip
+            return run.outcome(failure=failure)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if held_s:
-                self._release(held_s)
-            with self._state:
-                self._running.pop(key, None)
-                self._withdrawn.discard(key)
-                self._done += 1
+            self._end(run)
+
+    def _begin(self, spec: TaskSpec) -> _TaskRun:
+        now = time.monotonic()
+        run = _TaskRun(
+            spec=spec,
+            progress=_Progress(spec.task_id, spec.attempt, now, stage_started=now),
+            tmp=Path(tempfile.mkdtemp(prefix=f"rt-{spec.task_id}-", dir=self.config.scratch_dir)),
+            actor=self.config.name,
+            node_id=self._node_id,
+        )
+        with self._state:
+            self._running[run.key] = run.progress
+        return run
+
+    def _end(self, run: _TaskRun) -> None:
+        shutil.rmtree(run.tmp, ignore_errors=True)
+        if run.held_s:
+            self._release(run.held_s)
+        with self._state:
+            self._running.pop(run.key, None)
+            self._withdrawn.discard(run.key)
+            self._done += 1
+
+    def _check_engine(self, spec: TaskSpec) -> None:
+        if self.engine is None:  # the pool dispatches only after ready(): not the task's fault
+            raise DispatchError(f"actor {self.config.name} has not loaded its model yet")
+        if (spec.engine.engine, spec.engine.model) != (self.spec.engine, self.spec.model):
+            raise DispatchError(
+                f"task wants {spec.engine.engine}/{spec.engine.model}, "
+                f"this actor serves {self.spec.engine}/{self.spec.model}"
+            )
+
+    def _download(self, run: _TaskRun) -> Downloaded:
+        spec = run.spec
+        with run.stage(Stage.DOWNLOAD):
+            # The temporary file is named after the URI's last segment and keeps its extension,
+            # which decoders sniff formats by.
+            downloaded = self.transfer.download(
+                spec.input_url, run.tmp, name_hint=spec.input_uri, task_id=spec.task_id, attempt=spec.attempt
+            )
+        self._check_withdrawn(run.key)
+        return downloaded
+
+    def _transcribe_file(self, run: _TaskRun, downloaded: Downloaded) -> tuple[Transcript, float]:
+        """Decode (in a helper process: a crash there is this file's, not the actor's) and transcribe,
+        a piece of at most ``worker.stream_chunk_s`` at a time, holding one piece; the pieces'
+        transcripts joined in file time. Returns the transcript and the audio's duration."""
+        spec, progress = run.spec, run.progress
+        waited = self._admit(progress)
+        if waited:  # waited for room under worker.max_buffered_audio_s
+            run.timings.append(("memory", round(waited, 4)))
+        stream: audio.ChildStream | None = None
+        try:
+            self._check_withdrawn(run.key)
+            with run.stage(Stage.DECODE):
+                stream = self._decoders.open(downloaded.path)
+                chunks = _Chunks(stream, self._chunk_samples)
+                chunk = chunks.next()
+        except BaseException:
+            self._decoded(None)
+            if stream is not None:
+                stream.close()
+            raise
+        with stream:
+            run.held_s = chunk.size / SAMPLE_RATE
+            info = stream.info
+            assert info is not None  # open() read it
+            progress.audio_duration_s = run.held_s if chunks.done else (info.declared_s or run.held_s)
+            self._decoded(run.held_s)
+            parts: list[Transcript] = []
+            while True:
+                if chunks.done:  # the whole rest is in: the helper and the scratch file can go
+                    stream.close()
+                    downloaded.path.unlink(missing_ok=True)
+                parts.append(self._transcribe(spec, chunk, progress, run.timings, chunks.offset, _language(parts)))
+                if chunks.done:
+                    break
+                del chunk  # the samples of this piece: the next replaces them
+                self._release(run.held_s)
+                run.held_s = 0.0
+                with run.stage(Stage.DECODE):
+                    chunk = chunks.next()
+                run.held_s = chunk.size / SAMPLE_RATE
+                self._hold(run.held_s)
+                if chunks.done:
+                    progress.audio_duration_s = chunks.total_s
+        for warning in stream.warnings:
+            log.warning("decoded with a warning: %s", warning, extra=run.extra(Stage.DECODE))
+        del chunk  # the samples: the transcript is all that is left to render
+        self._release(run.held_s)
+        run.held_s = 0.0
+        return _joined(parts, spec.options, chunks.total_s), chunks.total_s
+
+    def _deliver(self, run: _TaskRun, transcript: Transcript) -> None:
+        spec = run.spec
+        with run.stage(Stage.RENDER):
+            bodies = formats.render_all(transcript, [t.format for t in spec.outputs])
+        with run.stage(Stage.UPLOAD):
+            for target in spec.outputs:
+                self.transfer.upload(
+                    target.put_url, bodies[target.format], target.content_type,
+                    task_id=spec.task_id, attempt=spec.attempt,
+                )  # fmt: skip
 
     def _transcribe(
         self, spec: TaskSpec, samples: np.ndarray, progress: _Progress, timings: list[tuple[str, float]],

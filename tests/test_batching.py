@@ -19,6 +19,7 @@ from raytranscribe.batching import (
     BatchItem,
     PerWindow,
     WindowScheduler,
+    after_out_of_memory,
     run_batch,
     transcribe_batch,
 )
@@ -249,6 +250,21 @@ def test_out_of_memory_propagates_for_the_caller_to_halve():
         scheduler.add(i, _prepared(30.0), OPTS)
     with pytest.raises(EngineOutOfMemory):
         run_batch(_Poisoned(oom_above=2), scheduler.next_batch(4))
+
+
+def test_after_out_of_memory_halves_a_batch_and_unpacks_a_slot_that_is_too_big_alone():
+    scheduler = WindowScheduler(SPEC, pack=False)
+    for i in range(4):
+        scheduler.add(i, _prepared(30.0), OPTS)
+    batch = scheduler.next_batch(8)
+    engine = _Poisoned(oom_above=0)  # no call fits: even one packed slot is too big
+    assert after_out_of_memory(engine, batch, 8) == (None, 2)  # tried with 4: half of that from now on
+    packed = WindowScheduler(SPEC)
+    for key in ("a", "b"):
+        packed.add(key, _prepared(4.0), OPTS)
+    (slot,) = packed.next_batch(1)
+    results, size = after_out_of_memory(_Poisoned(oom_above=1), [slot], 1)
+    assert size == 1 and len(results) == 1 and [r[0].text for r in results[0]] == ["ok", "ok"]  # window by window
 
 
 # --- the real engine through the batcher -----------------------------------------------------------

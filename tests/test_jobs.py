@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -141,17 +142,21 @@ def _submit_backfill(job, system, submission_id: str, prefix: str) -> None:
 
 
 def _job_status(job, submission_id: str) -> str:
-    found = re.search(r"Status for job '[^']+': (\w+)", job("status", submission_id).stdout)
-    return found.group(1) if found else ""
+    """What `ray job status` says, as Ray's JobStatus names it."""
+    out = job("status", submission_id).stdout
+    for phrase, status in (("succeeded", "SUCCEEDED"), ("was stopped", "STOPPED"), ("failed", "FAILED")):
+        if f"Job '{submission_id}' {phrase}" in out:
+            return status
+    found = re.search(r"Status for job '[^']+': (\w+)", out)
+    return found.group(1) if found else out.strip()[-200:]
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(780)
 def test_ray_job_stop_hands_everything_back_and_the_next_job_charges_nothing(system, job_head):
     """`ray job stop` with Ray's default wait (SIGKILL 3 s after SIGTERM): the driver writes what
     finished and hands back the rest in time, so nothing stays in progress, no attempt is failed or
     dead, and the next job runs everything at once with every retries 0."""
-    for i in range(2):
-        system.upload_samples(prefix=f"stop/{i}/")
+    system.upload_samples(prefix="stop/")
     prefix = f"s3://{system.bucket}/stop/"
     _submit_backfill(job_head, system, "backfill-1", prefix)
     wait_for(lambda: len(system.store.list_tasks(status=TaskStatus.IN_PROGRESS)) >= 2, timeout=240, every=0.2,
@@ -167,9 +172,11 @@ def test_ray_job_stop_hands_everything_back_and_the_next_job_charges_nothing(sys
     assert any(a.outcome == "released" and a.stage == "shutdown" for a in attempts), attempts
 
     _submit_backfill(job_head, system, "backfill-2", prefix)
-    wait_for(lambda: _job_status(job_head, "backfill-2") in ("SUCCEEDED", "FAILED", "STOPPED"), timeout=300,
-             every=1.0, what="the second job to end")  # fmt: skip
-    assert _job_status(job_head, "backfill-2") == "SUCCEEDED", job_head("logs", "backfill-2").stdout[-3000:]
+    deadline = time.monotonic() + 360
+    while (status := _job_status(job_head, "backfill-2")) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        assert time.monotonic() < deadline, f"still {status}: " + job_head("logs", "backfill-2").stdout[-3000:]
+        time.sleep(1.0)
+    assert status == "SUCCEEDED", job_head("logs", "backfill-2").stdout[-3000:]
     system.check_invariants()
     tasks = system.store.list_tasks(limit=1000)
-    assert len(tasks) == 12 and all(t.status is TaskStatus.COMPLETED and t.retries == 0 for t in tasks), tasks
+    assert len(tasks) == 6 and all(t.status is TaskStatus.COMPLETED and t.retries == 0 for t in tasks), tasks
