@@ -278,7 +278,7 @@ def _nvidia_smi(query: str) -> str | None:
 
 
 def device_name(device: str) -> str:
-    """What the sweep ran on, for the README: the GPU's name and memory (MiB), or the CPU's name."""
+    """What the sweep ran on, for docs/benchmarks.md: the GPU's name and memory (MiB), or the CPU's name."""
     import platform
 
     if device == "cuda":

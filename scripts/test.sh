@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's test command: make a virtualenv, install the package with every extra, run pytest.
-# torch goes in first, pinned, so openai-whisper does not pull another release (PIP_EXTRA_INDEX_URL: see the README).
+# torch goes in first, pinned, so openai-whisper does not pull another release (PIP_EXTRA_INDEX_URL: see docs/development.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

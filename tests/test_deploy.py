@@ -1,5 +1,5 @@
 """deploy/: the node image installs only what the lock pins, the lock matches pyproject.toml, and the
-IAM policies say what the README says. Docker is not needed: the Dockerfile is read as text."""
+IAM policies say what the docs say. Docker is not needed: the Dockerfile is read as text."""
 
 from __future__ import annotations
 

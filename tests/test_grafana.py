@@ -89,9 +89,9 @@ def test_the_dashboard_is_a_grafana_model_on_a_prometheus_datasource_variable():
         cells |= mine
 
 
-def test_the_readme_says_how_to_load_it_and_which_throughput_is_which():
-    readme = (ROOT / "README.md").read_text()
-    grafana_section = readme[readme.index("### Grafana") :]
+def test_the_docs_say_how_to_load_it_and_which_throughput_is_which():
+    page = (ROOT / "docs" / "monitoring.md").read_text()
+    grafana_section = page[page.index("## Grafana") :]
     assert "deploy/grafana/raytranscribe.json" in grafana_section
     assert "/tmp/ray/session_latest/metrics/grafana/dashboards" in grafana_section
-    assert "| `raytranscribe_rtfx` | gauge: RTFx, audio seconds transcribed per wall second" in readme
+    assert "| `raytranscribe_rtfx` | gauge: RTFx, audio seconds transcribed per wall second" in page

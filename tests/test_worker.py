@@ -502,5 +502,5 @@ def test_a_six_hour_file_completes_in_bounded_memory(ray_session, fault_server, 
     peak = _vm_hwm(pid)
     print(f"actor peak RSS for a 6 h file: {peak / 1024**2:.0f} MiB; most audio held {max(held, default=0):.0f} s")
     assert max(held, default=0.0) <= WorkerSettings().stream_chunk_s + 30.0
-    assert peak < 800 * 1024**2, peak / 1024**2  # README: "a 6-hour file peaks under 800 MB"
+    assert peak < 800 * 1024**2, peak / 1024**2  # docs/architecture.md: "a 6-hour file peaks under 800 MB"
     ray.kill(actor)

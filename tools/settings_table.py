@@ -1,9 +1,11 @@
-"""Print the README's configuration table: every setting, its environment variable and its default.
+"""The configuration table of ``docs/configuration.md``: every setting, its environment variable and its default.
 
 Generated from the pydantic models in ``raytranscribe/config.py``, so it cannot disagree with them;
-``tests/test_readme.py`` fails when the README's copy is stale. Regenerate with::
+``tests/test_docs.py`` fails when the page's copy is stale. Regenerate it in place with::
 
-    .venv/bin/python tools/settings_table.py
+    .venv/bin/python tools/settings_table.py --write
+
+(without ``--write`` it prints the table).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from raytranscribe.config import Settings  # noqa: E402
 
 PREFIX = "RAYTRANSCRIBE_"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+START, END = "<!-- settings-table:start -->\n", "<!-- settings-table:end -->"
 # Defaults computed on the user's machine: described, not evaluated here.
 FACTORY_DEFAULTS = {
     "data_dir": '`~/.local/share/raytranscribe` (`platformdirs.user_data_dir`); as root `/var/lib/raytranscribe`',
@@ -96,5 +100,26 @@ def table() -> str:
     return "\n".join(rows()) + "\n"
 
 
+def in_page(text: str) -> str:
+    """The table between the page's markers."""
+    return text[text.index(START) + len(START) : text.index(END)]
+
+
+def write(page: Path = PAGE) -> bool:
+    """Put the current table between the page's markers; True when the page changed."""
+    text = page.read_text(encoding="utf-8")
+    new = text.replace(START + in_page(text) + END, START + table() + END, 1)
+    if new != text:
+        page.write_text(new, encoding="utf-8")
+    return new != text
+
+
 if __name__ == "__main__":
-    sys.stdout.write(table())
+    if sys.argv[1:] == ["--write"]:
+        changed = write()
+        print(f"{PAGE.relative_to(PAGE.parents[1])}: {'table rewritten' if changed else 'table already current'}")
+    elif sys.argv[1:]:
+        print(f"usage: {sys.argv[0]} [--write]", file=sys.stderr)
+        sys.exit(2)
+    else:
+        sys.stdout.write(table())

@@ -11,7 +11,7 @@ deploy/requirements.lock where it names them; and the benchmark's speech, synthe
 espeak-ng and pre-decoded to 16-bit samples (``sets.npz``), so no synthesiser need travel. All of
 it goes into one tar, cut into parts of ``--part-mib`` (re-joined and checked by sha256 there:
 bench/device/device.py). The parts are under .devpack/ (git-ignored); each device call carries one
-(``carry: [".devpack/manifest.json", ".devpack/part-03"]``): README, "Benchmarks", the GPU run.
+(``carry: [".devpack/manifest.json", ".devpack/part-03"]``): docs/benchmarks.md, the GPU run.
 """
 
 from __future__ import annotations
