@@ -78,7 +78,8 @@ def test_settings_table_matches_config():
     tool = _settings_table_module()
     assert tool.PAGE == DOCS / "configuration.md"
     in_page = tool.in_page(PAGES["configuration.md"])
-    assert in_page == tool.table(), "docs/configuration.md's settings table is stale: run tools/settings_table.py --write"
+    stale = "docs/configuration.md's settings table is stale: run tools/settings_table.py --write"
+    assert in_page == tool.table(), stale
 
 
 def test_the_tool_rewrites_a_stale_table_in_place(tmp_path):
