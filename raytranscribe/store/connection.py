@@ -33,9 +33,12 @@ from raytranscribe.errors import (
     StoreMisconfigured,
     StoreUnavailable,
 )
+from raytranscribe.store.sql import load
 from raytranscribe.store.url import redact_url, sqlalchemy_url
 
 log = logging.getLogger(__name__)
+
+SESSION = load("session")
 
 T = TypeVar("T")
 
@@ -332,7 +335,8 @@ class Prepared:
     call: str = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "call", f"EXECUTE {self.name} ({', '.join(f'CAST(%s AS {t})' for t in self.types)})")
+        arguments = ", ".join(SESSION.execute_argument.format(type=t) for t in self.types)
+        object.__setattr__(self, "call", SESSION.execute.format(name=self.name, arguments=arguments))
 
     def execute(self, raw: PoolProxiedConnection, *args: Any) -> list[tuple]:
         """EXECUTE on ``raw`` (a pooled DBAPI connection), preparing first where needed; all rows."""
@@ -356,7 +360,7 @@ class Prepared:
 
     def _prepare(self, cursor: DBAPICursor) -> None:
         try:
-            cursor.execute(f"PREPARE {self.name} ({', '.join(self.types)}) AS {self.body}")
+            cursor.execute(SESSION.prepare.format(name=self.name, types=", ".join(self.types), body=self.body))
         except Exception as exc:
             if getattr(exc, "pgcode", None) != "42P05":  # duplicate_prepared_statement: already there
                 raise
