@@ -203,4 +203,3 @@ def _log_write(w: Write, retry_at: Any) -> None:
         log.info("task failed, retry at %s: %s", retry_at, w.reason, extra=extra)
     else:
         log.debug("task completed", extra=extra)
-

@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import text
@@ -29,12 +29,13 @@ from raytranscribe.config import Settings
 from raytranscribe.contracts import Outcome
 from raytranscribe.errors import InvalidInput, SchemaOutOfDate, Stage, StoreError
 from raytranscribe.retry import RetryPolicy
+from raytranscribe.store import actions, reads
 from raytranscribe.store import record as recording
 from raytranscribe.store import submit as submitting
 from raytranscribe.store.connection import Database, Prepared
 from raytranscribe.store.newtask import NewTask
 from raytranscribe.store.sql import load
-from raytranscribe.store.states import CANCELLABLE, REQUEUEABLE, UNFINISHED, TaskStatus
+from raytranscribe.store.states import TaskStatus
 from raytranscribe.store.url import connect_url, resolve_database_url
 from raytranscribe.store.views import (
     ClaimedTask,
@@ -45,10 +46,8 @@ from raytranscribe.store.views import (
     StreamedSubmit,
     SubmitReport,
     TaskView,
-    attempt_view,
     claimed_task,
     orchestrator_view,
-    task_view,
 )
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MIGRATION_LOCK_KEY = 0x72747363
 SUBMIT_BATCH = submitting.SUBMIT_BATCH
 
-QUEUE, LIFECYCLE, READS, ORCHESTRATORS, SCHEMA = map(load, ("queue", "lifecycle", "reads", "orchestrators", "schema"))
+QUEUE, ORCHESTRATORS, SCHEMA = map(load, ("queue", "orchestrators", "schema"))
 
 _CLAIM = Prepared("raytranscribe_claim", ("int", "text", "float8"), QUEUE.claim.format(pairs=""))
 _CLAIM_PAIRS = Prepared(
@@ -66,9 +65,6 @@ _CLAIM_PAIRS = Prepared(
     ("int", "text", "float8", "text[]", "text[]"),
     QUEUE.claim.format(pairs=QUEUE.claim_pairs_filter),
 )
-_MAX_TASK_ID = 2**63 - 1  # bigint
-
-T = TypeVar("T")
 
 
 class Store:
@@ -327,93 +323,22 @@ class Store:
         """failed/dead/cancelled -> pending, retries reset to 0; the attempt history stays.
 
         With ids, the report says which were in another status (or are no task)."""
-        ids, out_of_range = _task_ids(ids)
-        if status is not None:
-            status = TaskStatus(status)
-            if status not in REQUEUEABLE:
-                raise InvalidInput(
-                    f"cannot requeue {status.value} tasks: only {[s.value for s in REQUEUEABLE]} can be requeued"
-                )
-        if not ids and not out_of_range and status is None:
-            raise InvalidInput("requeue needs task ids or a status")
-        if out_of_range and not ids:
-            return StatusChange((), (), out_of_range)
-        where = [LIFECYCLE.where_requeueable]
-        params: dict[str, Any] = {"requeueable": [s.value for s in REQUEUEABLE]}
-        if ids:
-            where.append(LIFECYCLE.where_ids)
-            params["ids"] = ids
-        if status is not None:
-            where.append(LIFECYCLE.where_status)
-            params["status"] = status.value
-        cond = " AND ".join(where)
-        sql = text(LIFECYCLE.requeue.format(where=cond))
-
-        def write(conn: sa.Connection) -> StatusChange:
-            changed = sorted(conn.execute(sql, params).scalars())
-            return _left_alone(conn, ids, changed, out_of_range)
-
-        report = self._write_queued("requeue", cond, params, write)
-        log.info("requeued %d task(s)", report.count)
-        return report
+        return actions.requeue(self.db, ids, status)
 
     def cancel(self, ids: Sequence[int]) -> StatusChange:
         """Cancel pending, in-progress or failed tasks; a worker still running one is fenced out.
 
         The report says which named tasks were in another status (or are no task)."""
-        ids, out_of_range = _task_ids(ids)
-        if not ids:
-            return StatusChange((), (), out_of_range)
-        params = {"ids": ids, "cancellable": [s.value for s in CANCELLABLE]}
-
-        def write(conn: sa.Connection) -> StatusChange:
-            changed = list(conn.execute(text(LIFECYCLE.cancel), params).scalars())
-            return _left_alone(conn, ids, changed, out_of_range)
-
-        report = self._write_queued("cancel", LIFECYCLE.where_ids, params, write)
-        log.info("cancelled %d of %d task(s)", report.count, len(ids) + len(out_of_range))
-        return report
-
-    def _write_queued(self, op: str, where: str, params: dict[str, Any], write: Callable[[sa.Connection], T]) -> T:
-        """One transaction: lock the queue rows of the tasks ``where`` names (alias t), then ``write``.
-
-        The lock order claims take (queue row, then task; see lifecycle.sql lock_queued), for every
-        writer that may change a queued task.
-        """
-        lock = text(LIFECYCLE.lock_queued.format(where=where))
-
-        def tx(conn: sa.Connection) -> T:
-            conn.execute(lock, params)
-            return write(conn)
-
-        return self.db.run(op, tx)
+        return actions.cancel(self.db, ids)
 
     # --- reading -------------------------------------------------------------------------------
 
     def get(self, task_id: int) -> TaskView | None:
-        def tx(conn: sa.Connection) -> TaskView | None:
-            row = conn.execute(text(READS.task), {"id": task_id}).first()
-            if row is None:
-                return None
-            attempts = conn.execute(text(READS.attempts), {"id": task_id})
-            return task_view(row, tuple(attempt_view(a) for a in attempts))
-
-        return self.db.run("get", tx)
+        return reads.get(self.db, task_id)
 
     def list_tasks(self, *, status: TaskStatus | None = None, limit: int = 100) -> list[TaskView]:
         """The first ``limit`` tasks by id, of one status or of all."""
-        params: dict[str, Any] = {"limit": limit}
-        if status is None:
-            where = ""
-        else:
-            status = TaskStatus(status)
-            params["status"] = status.value
-            where = READS.list_where_status
-            ids = getattr(READS, f"ids_{status.value}", None)
-            if ids is not None:  # the side rows name the tasks; tasks is read by primary key only
-                where += " " + READS.list_where_ids.format(ids=ids)
-        sql = text(READS.list_tasks.format(where=where))
-        return self.db.run("list_tasks", lambda conn: [task_view(r) for r in conn.execute(sql, params)])
+        return reads.list_tasks(self.db, status, limit)
 
     def stats(self, *, top: int = 5) -> StoreStats:
         """Counts per status, the oldest pending task's age, audio completed, the ``top`` failure reasons.
@@ -421,46 +346,20 @@ class Store:
         A handful of rows whatever the table's size (the counts of migration 0006); ``top=0``, the
         orchestrator's heartbeat, skips the reasons.
         """
-
-        def tx(conn: sa.Connection) -> StoreStats:
-            rows = {TaskStatus(r.status): r for r in conn.execute(text(READS.counts))}
-            age = conn.execute(text(READS.oldest_pending)).scalar()
-            reasons = conn.execute(text(READS.top_reasons), {"k": top}).all() if top > 0 else []
-            counts = {s: int(rows[s].n) if s in rows else 0 for s in TaskStatus}
-            completed = rows.get(TaskStatus.COMPLETED)
-            return StoreStats(
-                counts=counts,
-                oldest_pending_age_s=float(age) if age is not None else None,
-                retries_scheduled=counts[TaskStatus.FAILED],  # a failed task always has its retry_at
-                top_failure_reasons=tuple((r.failure_reason, int(r.n)) for r in reasons),
-                audio_seconds_completed=float(completed.audio_s) if completed is not None else 0.0,
-            )
-
-        return self.db.run("stats", tx)
+        return reads.stats(self.db, top)
 
     def claimable_pairs(self) -> list[tuple[str, str]]:
         """Distinct (engine, model) with work now or in flight: the worker pools worth keeping."""
-        sql = text(READS.claimable_pairs)
-        return self.db.run("claimable_pairs", lambda conn: [(r.engine, r.model) for r in conn.execute(sql)])
+        return reads.claimable_pairs(self.db)
 
     def outstanding(self, pairs: Sequence[tuple[str, str]] | None = None) -> int:
         """Tasks not yet settled (pending, in progress, or waiting for a retry); 0 means drained.
         ``pairs`` counts only those (engine, model) pools, as ``claim`` does."""
-        params: dict[str, Any] = {"s": [s.value for s in UNFINISHED]}
-        pairs_filter = ""
-        if pairs is not None:
-            pairs_filter = READS.outstanding_pairs_filter
-            params |= {"e": [e for e, _ in pairs], "m": [m for _, m in pairs]}
-        sql = text(READS.outstanding.format(pairs=pairs_filter))
-        return self.db.run("outstanding", lambda conn: int(conn.execute(sql, params).scalar_one()))
+        return reads.outstanding(self.db, pairs)
 
     def count_by_status(self, ids: Sequence[int]) -> dict[TaskStatus, int]:
         """How many of these tasks are in each status (every status present, zero included)."""
-        sql = text(READS.count_by_status)
-        rows = self.db.run("count_by_status", lambda conn: conn.execute(sql, {"ids": list(ids)}).all())
-        counts = {s: 0 for s in TaskStatus}
-        counts.update({TaskStatus(r.status): int(r.n) for r in rows})
-        return counts
+        return reads.count_by_status(self.db, ids)
 
     # --- orchestrator heartbeats ------------------------------------------------------------------
 
@@ -476,24 +375,3 @@ class Store:
         """Orchestrators whose last heartbeat has not expired."""
         sql = text(ORCHESTRATORS.running)
         return self.db.run("orchestrators", lambda conn: [orchestrator_view(r) for r in conn.execute(sql)])
-
-
-def _task_ids(ids: Sequence[int]) -> tuple[list[int], tuple[int, ...]]:
-    """Named ids, unique and ascending, split into those a task may have and those no task can
-    (out of bigint's range: no row, and the cast would fail the statement)."""
-    unique = sorted({int(i) for i in ids})
-    return [i for i in unique if 0 < i <= _MAX_TASK_ID], tuple(i for i in unique if not 0 < i <= _MAX_TASK_ID)
-
-
-def _left_alone(
-    conn: sa.Connection, ids: Sequence[int], changed: Sequence[int], out_of_range: tuple[int, ...]
-) -> StatusChange:
-    """The report of a requeue or cancel: of the named ``ids``, which it did not change, and why."""
-    done = set(changed)
-    rest = [i for i in ids if i not in done]
-    found: dict[int, TaskStatus] = {}
-    if rest:
-        rows = conn.execute(text(LIFECYCLE.status_of), {"ids": rest})
-        found = {int(r.id): TaskStatus(r.status) for r in rows}
-    missing = tuple(sorted([i for i in rest if i not in found] + list(out_of_range)))
-    return StatusChange(tuple(sorted(done)), tuple((i, found[i]) for i in rest if i in found), missing)

@@ -50,8 +50,15 @@ def test_a_transient_error_schedules_a_retry_within_the_jitter_bounds():
     for retries in (0, 2):
         for _ in range(50):
             w = one(Outcome(1, 1, failure=UNAVAILABLE), row(retries=retries))
-            assert (w.status, w.retries, w.reason) == (TaskStatus.FAILED, retries + 1, "download: 503 Service Unavailable")
-            assert (w.attempt_outcome, w.decision) == (AttemptOutcome.FAILED, f"transient error, retry {retries + 1} of 3")
+            assert (w.status, w.retries, w.reason) == (
+                TaskStatus.FAILED,
+                retries + 1,
+                "download: 503 Service Unavailable",
+            )
+            assert (w.attempt_outcome, w.decision) == (
+                AttemptOutcome.FAILED,
+                f"transient error, retry {retries + 1} of 3",
+            )
             assert 0 <= w.delay_s <= 10.0 * 2.0**retries  # full jitter under the ceiling
             delays.append(w.delay_s)
     assert len({round(d, 3) for d in delays}) > 5  # not one fixed delay
