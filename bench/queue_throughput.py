@@ -117,7 +117,7 @@ STORE_APP = "rt-bench-store"
 def bench_store(store: Store, monitor: Monitor, batch: int, n: int) -> Run:
     store.submit([NewTask(f"s3://bench/{batch}/{uuid.uuid4().hex}.wav", f"s3://bench/out/{i}") for i in range(n)])
     # Open the hot path's (autocommit) connection now, so its start-up is not counted.
-    store._run("warm-up", lambda conn: conn.exec_driver_sql("SELECT 1"), single=True)
+    store.db.run("warm-up", lambda conn: conn.exec_driver_sql("SELECT 1"), single=True)
     pids = monitor.backends(STORE_APP)
     cpu0 = {p: process_cpu_s(p) for p in pids}
     lsn = monitor.wal_lsn()

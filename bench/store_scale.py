@@ -161,7 +161,7 @@ def process_cpu_s(pid: int) -> float:
 def backends(store: Store, application_name: str) -> list[int]:
     """The PostgreSQL backends serving ``store`` (its application name), to read their CPU time."""
     sql = "SELECT pid FROM pg_stat_activity WHERE application_name = :a AND datname = current_database()"
-    return store._run("backends", lambda conn: [r[0] for r in conn.execute(sa.text(sql), {"a": application_name})])
+    return store.db.run("backends", lambda conn: [r[0] for r in conn.execute(sa.text(sql), {"a": application_name})])
 
 
 class Side:

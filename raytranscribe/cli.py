@@ -40,10 +40,10 @@ from raytranscribe.errors import (
     StoreUnavailable,
     TaskNotFound,
 )
-from raytranscribe.isolation import resolve_database_url
 from raytranscribe.store import NewTask, StatusChange, Store, StreamedSubmit, TaskStatus, TaskView
 from raytranscribe.store.manifest import ManifestDefaults, iter_manifest, parse_formats
-from raytranscribe.store.store import CANCELLABLE, REQUEUEABLE
+from raytranscribe.store.states import CANCELLABLE, REQUEUEABLE
+from raytranscribe.store.url import resolve_database_url
 
 log = logging.getLogger("raytranscribe.cli")
 

@@ -24,7 +24,7 @@ What counts as a secret (:func:`secret_names`):
   and every variable whose name says secret (a ``SECRET``, ``PASSWORD``, ``TOKEN``, ``CREDENTIALS``
   ... part, or ``API_KEY``/``ACCESS_KEY``/``PRIVATE_KEY``).
 * Every variable whose *value* holds a secret value: the database URL however the driver got it
-  (flag, environment, file: :func:`resolve_database_url` notes it), its password, the value of
+  (flag, environment, file: ``store.url.resolve_database_url`` notes it), its password, the value of
   every variable whose name says secret (not of a mere ``AWS_REGION``), and any database URL with
   a password in it. Values shorter than :data:`MIN_CONTAINED` match only whole values, so a short
   password does not blank half the environment.
@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from raytranscribe.config import Settings
 from raytranscribe.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -160,17 +159,6 @@ def read_database_url_file(path: str | Path) -> str:
     if not url:
         raise ConfigError(f"the database URL file {DATABASE_URL_FILE_VAR}={path} is empty")
     return url
-
-
-def resolve_database_url(settings: Settings) -> Settings:
-    """Settings with the database URL the driver uses: ``database_url`` (the --database-url flag or
-    RAYTRANSCRIBE_DATABASE_URL) when set, else the content of ``database_url_file``. Raises
-    :class:`ConfigError` when the file is needed and cannot be read."""
-    if not settings.database_url and settings.database_url_file is not None:
-        settings = settings.model_copy(update={"database_url": read_database_url_file(settings.database_url_file)})
-    if settings.database_url:
-        note_database_url(settings.database_url)
-    return settings
 
 
 def _job_env_vars(environ: Mapping[str, str]) -> dict[str, str]:

@@ -10,10 +10,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from raytranscribe.config import Settings
-from raytranscribe.isolation import resolve_database_url, scrubbed_environ
+from raytranscribe.isolation import scrubbed_environ
 from raytranscribe.orchestrator import Observer, Orchestrator, RunOptions, RunSummary
 from raytranscribe.storage import S3Storage
 from raytranscribe.store import Store
+from raytranscribe.store.url import resolve_database_url
 
 log = logging.getLogger(__name__)
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "raytranscribe"
 
 FORBIDDEN = {
     # module: what importing it must not drag in
@@ -38,3 +43,68 @@ def test_module_stays_inside_its_walls(module):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"{module} imports {out.stdout.strip()}"
+
+
+# SQL as it is written here: upper-case keywords in the shapes of a statement (prose says "select").
+SQL_TEXT = re.compile(
+    r"\bSELECT\b[\s\S]*\bFROM\b|\bSELECT\s+\w+\(|\bINSERT\s+INTO\b|\bUPDATE\s+\w+(\s+\w+)?\s+SET\b"
+    r"|\bDELETE\s+FROM\b|\bCREATE\s+(TEMPORARY\s+|UNIQUE\s+|OR\s+REPLACE\s+)?(TABLE|INDEX|DATABASE|TRIGGER|FUNCTION|TYPE)\b"
+    r"|\bDROP\s+(TABLE|DATABASE|INDEX|TRIGGER|FUNCTION|TYPE)\b|\bALTER\s+TABLE\b|\bVACUUM\b|\bTRUNCATE\b"
+    r"|\bPREPARE\s+\w|\bEXECUTE\s+\w|\bCOPY\s+\w+\s+FROM\b|\bCAST\(\S+ AS \w+"
+)
+# The schema's history: each migration's DDL stays as it was applied.
+SQL_HOMES = (PACKAGE / "store" / "migrations",)
+
+
+def sql_literals(path: Path) -> list[tuple[int, str]]:
+    """The string literals of ``path`` (f-strings with their holes as ``x``; docstrings left out) that hold SQL."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+    }  # fmt: skip
+    # An f-string is read whole, not its pieces one by one.
+    parts = {id(v) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for v in node.values}
+    skip = docstrings | parts
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            text = "".join(v.value if isinstance(v, ast.Constant) else "x" for v in node.values)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+            text = node.value
+        else:
+            continue
+        if SQL_TEXT.search(text):
+            found.append((node.lineno, text.strip().splitlines()[0][:80]))
+    return found
+
+
+def test_sql_is_written_only_in_store_sql():
+    """Every statement is named in store/sql/*.sql; Python modules load and compose them, never spell one."""
+    offenders = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}: {text}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if not any(home in path.parents for home in SQL_HOMES)
+        for line, text in sql_literals(path)
+    ]
+    assert offenders == []
+    assert {p.parent for p in PACKAGE.rglob("*.sql")} == {PACKAGE / "store" / "sql"}
+
+
+def test_the_sql_wall_sees_sql(tmp_path):
+    """The check above is not blind: it finds statements in the shapes this project writes them, not prose."""
+    seen = [
+        'sql = "SELECT id FROM tasks WHERE id = :id"',
+        'sql = f"UPDATE tasks t SET status = {s} WHERE t.id = :id"',
+        'sql = "DELETE FROM orchestrators WHERE owner = :owner"',
+        'sql = "INSERT INTO tasks (input_uri) VALUES (:u)"',
+        'call = f"EXECUTE {name} ({args})"',
+        'sql = "SELECT pg_advisory_xact_lock(:k)"',
+        'sql = "VACUUM (SKIP_LOCKED) task_queue"',
+    ]
+    prose = ['message = "select an engine from the list"', 'message = "Update the settings and run again"']
+    module = tmp_path / "module.py"
+    module.write_text('"""SELECT id FROM tasks: a docstring may say so."""\n' + "\n".join(seen + prose) + "\n")
+    assert [line for line, _ in sql_literals(module)] == list(range(2, 2 + len(seen)))

@@ -303,7 +303,7 @@ BATCH_LINES = 10_001  # a line past the store's submit batch (SUBMIT_BATCH, 10,0
 
 
 def test_a_manifest_longer_than_a_batch_finds_repeats_across_batches_and_logs_progress(cli, store, tmp_path):
-    from raytranscribe.store.store import SUBMIT_BATCH
+    from raytranscribe.store.submit import SUBMIT_BATCH
 
     assert BATCH_LINES > SUBMIT_BATCH
     lines = [{"input_uri": f"s3://bkt/in/{i}.wav", "output_uri": f"s3://bkt/out/{i}"} for i in range(BATCH_LINES)]
@@ -813,6 +813,7 @@ def test_backfill_off_a_terminal_logs_progress_lines(system, ray_address):
         "RAYTRANSCRIBE_LEASE__HEARTBEAT_S": "0.5",
         "RAYTRANSCRIBE_NAMESPACE": system.settings.namespace + "-cli",
         "RAYTRANSCRIBE_PROGRESS_INTERVAL_S": "1",
+        "RAYTRANSCRIBE_ENGINE__DEVICE": "cpu",  # the suite's Ray has logical GPUs: cpu by choice
     }
     proc = subprocess.run(
         [sys.executable, "-m", "raytranscribe.cli", "backfill", f"s3://{system.bucket}/calls/",

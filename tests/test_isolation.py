@@ -26,10 +26,10 @@ from raytranscribe.config import Settings
 from raytranscribe.errors import ConfigError
 from raytranscribe.isolation import (
     drop_inherited_secrets,
-    resolve_database_url,
     secret_names,
     worker_runtime_env,
 )
+from raytranscribe.store.url import resolve_database_url
 
 ROOT = Path(__file__).resolve().parents[1]
 

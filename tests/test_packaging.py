@@ -1,5 +1,5 @@
 """What a user installs: the wheel built from this checkout carries the license, the type hints
-marker and the version the command line prints."""
+marker, the version the command line prints and the store's SQL."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from raytranscribe import __version__
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_wheel_ships_license_py_typed_and_the_version(tmp_path):
+def test_the_wheel_ships_license_py_typed_the_version_and_the_sql(tmp_path):
     # Built from a copy: an in-tree build would leave build/ and *.egg-info in the checkout.
     source = tmp_path / "src"
     source.mkdir()
@@ -34,6 +34,8 @@ def test_the_wheel_ships_license_py_typed_and_the_version(tmp_path):
         metadata = archive.read(f"{dist_info}/METADATA").decode()
         license_text = archive.read(f"{dist_info}/licenses/LICENSE").decode()
     assert "raytranscribe/py.typed" in names
+    statements = {f"raytranscribe/store/sql/{p.name}" for p in (ROOT / "raytranscribe" / "store" / "sql").glob("*.sql")}
+    assert len(statements) >= 5 and statements <= names  # the store's named statements
     assert f"\nVersion: {__version__}\n" in metadata and "\nLicense: Apache-2.0\n" in metadata
     assert license_text == (ROOT / "LICENSE").read_text()
 

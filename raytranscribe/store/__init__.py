@@ -1,23 +1,21 @@
-"""The task store: PostgreSQL schema, migrations, and every state transition of a task."""
+"""The task store: PostgreSQL schema, migrations, and every state transition of a task.
 
-from raytranscribe.store.models import (
-    AttemptOutcome,
-    OrchestratorState,
-    Task,
-    TaskAttempt,
-    TaskLease,
-    TaskQueue,
-    TaskStatus,
-)
-from raytranscribe.store.store import (
-    LEASE_EXPIRED,
+``Store`` is the façade; behind it ``connection`` (engines, retries, SQLSTATEs), ``sql/*.sql`` (every
+statement, named), ``newtask`` (validation, dedupe keys), ``submit``, ``record`` with the pure
+``plan``, ``views`` (what comes back) and ``states`` (the statuses).
+"""
+
+from raytranscribe.store.models import OrchestratorState, Task, TaskAttempt, TaskLease, TaskQueue
+from raytranscribe.store.newtask import NewTask
+from raytranscribe.store.record import LEASE_EXPIRED
+from raytranscribe.store.states import AttemptOutcome, TaskStatus
+from raytranscribe.store.store import Store
+from raytranscribe.store.views import (
     AttemptView,
     ClaimedTask,
-    NewTask,
     OrchestratorView,
     RecordResult,
     StatusChange,
-    Store,
     StoreStats,
     StreamedSubmit,
     SubmitReport,

@@ -12,7 +12,10 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from raytranscribe.local import embedded_postgres_url, server_answers
+from raytranscribe.store.sql import load
 from raytranscribe.store.url import sqlalchemy_url
+
+SESSION = load("session")
 
 LOCAL_SERVER = ("127.0.0.1", 5432)
 
@@ -56,7 +59,7 @@ def create_database(server_url: str, prefix: str = "rt_scratch") -> str:
     engine = _admin_engine(server_url)
     try:
         with engine.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            conn.execute(sa.text(SESSION.create_database.format(name=name)))
     finally:
         engine.dispose()
     return _with_database(server_url, name)
@@ -67,6 +70,6 @@ def drop_database(url: str) -> None:
     engine = _admin_engine(_with_database(url, "postgres"))
     try:
         with engine.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{sa.engine.make_url(url).database}" WITH (FORCE)'))
+            conn.execute(sa.text(SESSION.drop_database.format(name=sa.engine.make_url(url).database)))
     finally:
         engine.dispose()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from raytranscribe.engines.base import DEFAULT_ENGINE, DEFAULT_MODEL, FORMATS, TranscribeOptions
 from raytranscribe.errors import InvalidInput, ManifestError
-from raytranscribe.store.store import NewTask, check_task_numbers
+from raytranscribe.store.newtask import NewTask, check_task_numbers
 from raytranscribe.uris import output_stem, parse_s3_uri
 
 REQUIRED_FIELDS = ("input_uri", "output_uri")

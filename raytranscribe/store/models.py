@@ -8,7 +8,6 @@ only in the migrations.
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -17,31 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-
-class TaskStatus(str, enum.Enum):
-    PENDING = "pending"
-    IN_PROGRESS = "in_progress"
-    COMPLETED = "completed"
-    FAILED = "failed"  # waiting for retry_at
-    DEAD = "dead"  # permanent error or retries exhausted
-    CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class AttemptOutcome(str, enum.Enum):
-    """``task_attempts.outcome``; NULL while the attempt is running."""
-
-    COMPLETED = "completed"
-    FAILED = "failed"  # a retry was scheduled
-    DEAD = "dead"
-    RELEASED = "released"  # handed back by a stopping orchestrator, not charged
-    CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
-
+from raytranscribe.store.states import TaskStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

@@ -1,5 +1,9 @@
 """Database URLs: the one place that turns what an operator types into what SQLAlchemy connects with.
 
+Where the URL comes from (:func:`resolve_database_url`): the ``--database-url`` flag, else
+RAYTRANSCRIBE_DATABASE_URL, else the file RAYTRANSCRIBE_DATABASE_URL_FILE names; with none of them,
+embedded PostgreSQL in ``data_dir`` (:func:`connect_url`).
+
 Every PostgreSQL tool takes ``postgresql://user@host/db`` (and ``postgres://``). SQLAlchemy 2.1
 maps a URL without a driver to psycopg 3, which raytranscribe does not use (the store reads
 psycopg2's SQLSTATEs), so the driver is always named here, whatever SQLAlchemy's default is.
@@ -8,12 +12,15 @@ psycopg2's SQLSTATEs), so the driver is always named here, whatever SQLAlchemy's
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import sqlalchemy as sa
 
+from raytranscribe.config import Settings
 from raytranscribe.errors import ConfigError
+from raytranscribe.isolation import note_database_url, read_database_url_file
 
-__all__ = ["DRIVER_SCHEME", "redact_url", "sqlalchemy_url"]
+__all__ = ["DRIVER_SCHEME", "connect_url", "redact_url", "resolve_database_url", "sqlalchemy_url"]
 
 DRIVER_SCHEME = "postgresql+psycopg2"
 # What an operator may write before "://"; everything maps to DRIVER_SCHEME.
@@ -57,3 +64,26 @@ def sqlalchemy_url(url: str) -> str:
     if port is not None and not 0 < port < 65536:
         raise ConfigError(f"invalid database URL {shown!r}: port {port} is not between 1 and 65535")
     return normalized
+
+
+def resolve_database_url(settings: Settings) -> Settings:
+    """Settings with the database URL the driver uses: ``database_url`` (the --database-url flag or
+    RAYTRANSCRIBE_DATABASE_URL) when set, else the content of ``database_url_file``. Raises
+    :class:`ConfigError` when the file is needed and cannot be read. The URL is noted as a secret,
+    so no worker ever receives it."""
+    if not settings.database_url and settings.database_url_file is not None:
+        settings = settings.model_copy(update={"database_url": read_database_url_file(settings.database_url_file)})
+    if settings.database_url:
+        note_database_url(settings.database_url)
+    return settings
+
+
+def connect_url(settings: Settings) -> str:
+    """The URL a store built from ``settings`` connects with: the resolved one, else that of embedded
+    PostgreSQL in ``settings.data_dir`` (started if it is not running)."""
+    url = resolve_database_url(settings).database_url
+    if url is None:
+        from raytranscribe.local import embedded_postgres_url
+
+        url = embedded_postgres_url(Path(settings.data_dir))
+    return sqlalchemy_url(url)

@@ -53,7 +53,7 @@ def test_threads_and_processes_claim_each_task_exactly_once(store, database_url)
     assert len(claimed) == N_TASKS
     assert set(claimed.values()) == {1}  # nobody claimed a task twice
     assert {attempt for got in per_owner.values() for _, attempt in got} == {1}
-    with store._engine.connect() as conn:
+    with store.db.engine.connect() as conn:
         rows = conn.execute(sa.text(
             "SELECT count(*), count(DISTINCT task_id), count(*) FILTER (WHERE outcome = 'completed') FROM task_attempts"
         )).one()  # fmt: skip
@@ -106,7 +106,7 @@ def test_backends_terminated_during_claim_loop_lose_nothing(store, database_url,
     s = store.stats()
     assert s.counts[TaskStatus.COMPLETED] == n
     assert s.total == n
-    with store._engine.connect() as conn:
+    with store.db.engine.connect() as conn:
         per_task = conn.execute(sa.text(
             "SELECT count(*) FILTER (WHERE outcome = 'completed') AS c FROM tasks t "
             "LEFT JOIN task_attempts a ON a.task_id = t.id GROUP BY t.id"

@@ -40,7 +40,7 @@ def new(i: int, **kw) -> NewTask:
 
 
 def sql(store: Store, statement: str, **params) -> list[tuple]:
-    with store._engine.begin() as conn:
+    with store.db.engine.begin() as conn:
         rows = conn.execute(sa.text(statement), params)
         return [tuple(r) for r in rows] if rows.returns_rows else []
 
@@ -88,7 +88,7 @@ def count_differences(conn: sa.Connection) -> list[tuple[str, object, object]]:
 
 def differences(store: Store) -> list[tuple[str, object, object]]:
     """count_differences in one REPEATABLE READ snapshot, plus the queue and lease rows of 0005."""
-    with store._engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+    with store.db.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
         with conn.begin():
             out = count_differences(conn)
     return out + [(what, task_id, None) for what, task_id in side_table_violations(store)]
@@ -163,7 +163,7 @@ def test_an_operators_own_sql_keeps_the_counts_exact_too(store):
     sql(store, "DELETE FROM tasks WHERE status = 'cancelled'")
     assert differences(store) == []
     assert store.stats().counts == by_status(store)
-    with store._engine.begin() as conn:  # a transaction of several statements, rolled back
+    with store.db.engine.begin() as conn:  # a transaction of several statements, rolled back
         conn.execute(sa.text("DELETE FROM tasks WHERE status = 'completed'"))
         conn.execute(sa.text("UPDATE tasks SET status = 'cancelled', completed_at = now() WHERE status = 'pending'"))
         assert count_differences(conn) == []  # its own changes, counted inside it
@@ -352,13 +352,13 @@ def _buffers_of(store: Store, op) -> list[tuple[str, int]]:
     def listen(conn, cursor, statement, parameters, context, executemany):
         captured.append((statement, parameters))
 
-    sa.event.listen(store._engine, "before_cursor_execute", listen)
+    sa.event.listen(store.db.engine, "before_cursor_execute", listen)
     try:
         op()
     finally:
-        sa.event.remove(store._engine, "before_cursor_execute", listen)
+        sa.event.remove(store.db.engine, "before_cursor_execute", listen)
     out = []
-    raw = store._engine.raw_connection()
+    raw = store.db.engine.raw_connection()
     try:
         with raw.cursor() as cur:
             for statement, parameters in captured:
@@ -411,7 +411,7 @@ def _alembic(store: Store, action, revision: str) -> None:
         cfg.attributes["connection"] = conn
         action(cfg, revision)
 
-    with store._engine.begin() as conn:
+    with store.db.engine.begin() as conn:
         tx(conn)
 
 

@@ -43,7 +43,7 @@ def test_claim_and_complete_are_one_prepared_statement_each(store, make_store):
     # connection, so the server's own count of executions per prepared statement covers every call.
     store = make_store(TEST_SETTINGS.with_(store={"pool_size": 1}))
     store.submit([new(i) for i in range(30)])
-    tx_statements, tx_count = _count_transactional_statements(store._engine)
+    tx_statements, tx_count = _count_transactional_statements(store.db.engine)
     try:
         first = store.claim(10, "o", lease_s=60)
         assert _executions(store) == {"raytranscribe_claim": 1}
@@ -53,14 +53,14 @@ def test_claim_and_complete_are_one_prepared_statement_each(store, make_store):
         store.record([Outcome(c.id, c.attempt, result=RESULT) for c in store.claim(10, "o", lease_s=60)])
         assert _executions(store) == {"raytranscribe_claim": 3, "raytranscribe_complete": 2}
     finally:
-        sa.event.remove(store._engine, "before_cursor_execute", tx_count)
+        sa.event.remove(store.db.engine, "before_cursor_execute", tx_count)
     assert tx_statements == []  # no BEGIN/lock/COMMIT transaction on the hot path
     assert [r.task_id for r in results] == [c.id for c in first + second]
     assert {(r.applied, r.status, r.retry_at, r.reason) for r in results} == {
         (True, TaskStatus.COMPLETED, None, None)
     }
     assert store.stats().counts[TaskStatus.COMPLETED] == 30
-    with store._engine.connect() as conn:
+    with store.db.engine.connect() as conn:
         rows = conn.execute(sa.text(
             "SELECT count(*), count(*) FILTER (WHERE outcome = 'completed' AND finished_at IS NOT NULL) FROM task_attempts"
         )).one()  # fmt: skip
@@ -163,7 +163,7 @@ def test_claim_with_pairs_uses_its_own_prepared_statement(store):
 
 
 def test_index_methods_collation_and_fillfactor(store):
-    with store._engine.connect() as conn:
+    with store.db.engine.connect() as conn:
         collation = conn.execute(sa.text(
             "SELECT collation_name FROM information_schema.columns WHERE table_name = 'tasks' AND column_name = :c"
         ), {"c": "dedupe_key"}).scalar_one()  # fmt: skip
@@ -203,14 +203,14 @@ def test_index_methods_collation_and_fillfactor(store):
 
 def test_updated_at_is_stamped_unless_the_update_sets_it(store):
     store.submit([new(1)])
-    with store._engine.begin() as conn:
+    with store.db.engine.begin() as conn:
         conn.execute(sa.text("UPDATE tasks SET updated_at = '2001-01-01T00:00:00Z'"))
-    with store._engine.begin() as conn:
+    with store.db.engine.begin() as conn:
         conn.execute(sa.text("UPDATE tasks SET priority = 7"))  # an ad-hoc update: the trigger stamps it
         stamped, now = conn.execute(sa.text("SELECT updated_at, now() FROM tasks")).one()
     assert stamped == now
     (c,) = store.claim(1, "o", lease_s=60)
-    with store._engine.connect() as conn:
+    with store.db.engine.connect() as conn:
         claimed_at, started = conn.execute(sa.text("SELECT updated_at, started_at FROM tasks")).one()
     assert claimed_at == started  # set by the claim statement itself, in its own transaction
     assert claimed_at > stamped

@@ -26,7 +26,7 @@ def result(i: int = 0) -> TaskResult:
 
 
 def db_now(store: Store):
-    with store._engine.connect() as conn:
+    with store.db.engine.connect() as conn:
         return conn.execute(sa.text("SELECT now()")).scalar_one()
 
 
@@ -222,11 +222,11 @@ def test_transient_failure_schedules_retry_within_jitter_bounds(make_store, stor
         "failed", "download", "ServerError", 503, "transient error, retry 1 of 3")  # fmt: skip
     # A failed task is not claimable before retry_at. (Full jitter may draw a delay close to 0, so
     # the delays are pushed out first: this checks the claim's rule, not the dice.)
-    with slow._engine.begin() as conn:
+    with slow.db.engine.begin() as conn:
         conn.execute(sa.text("UPDATE tasks SET retry_at = now() + interval '1 hour' WHERE status = 'failed'"))
     assert slow.claim(50, "o", lease_s=60) == []
     # Second failure of the task with backoff 3: ceiling = 10 * 3 ** 1 = 30 s.
-    with slow._engine.begin() as conn:  # make the retry due now, as if the delay had passed
+    with slow.db.engine.begin() as conn:  # make the retry due now, as if the delay had passed
         conn.execute(sa.text("UPDATE tasks SET retry_at = now() WHERE id = 21"))
     (c,) = slow.claim(1, "o", lease_s=60)
     assert (c.id, c.attempt, c.retries) == (21, 2, 1)
@@ -288,16 +288,16 @@ def test_record_batch_is_one_transaction_with_constant_round_trips(store):
     def count(conn, cursor, statement, *args):
         statements.append(statement)
 
-    sa.event.listen(store._engine, "before_cursor_execute", count)
+    sa.event.listen(store.db.engine, "before_cursor_execute", count)
     try:
         results = store.record(outcomes)
     finally:
-        sa.event.remove(store._engine, "before_cursor_execute", count)
+        sa.event.remove(store.db.engine, "before_cursor_execute", count)
     assert len(statements) == 2  # lock all; update tasks and attempts
     assert [r.task_id for r in results] == [o.task_id for o in outcomes]
     assert [r.status for r in results] == [TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.DEAD, None] * 25
     assert [r.applied for r in results] == [True, True, True, False] * 25
-    with store._engine.connect() as conn:
+    with store.db.engine.connect() as conn:
         # now() is the transaction's start time: one value means one transaction.
         stamps = conn.execute(sa.text(
             "SELECT count(DISTINCT updated_at) FROM tasks WHERE status <> 'in_progress'")).scalar_one()  # fmt: skip

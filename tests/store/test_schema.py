@@ -43,7 +43,7 @@ def test_migrated_schema_equals_models_metadata(database_url):
 
 
 def test_enum_mirrors_task_status(store):
-    with store._engine.connect() as conn:
+    with store.db.engine.connect() as conn:
         labels = conn.execute(sa.text("SELECT enum_range(NULL::task_status)::text[]")).scalar_one()
     assert labels == [s.value for s in TaskStatus]
     assert labels == ["pending", "in_progress", "completed", "failed", "dead", "cancelled"]
@@ -71,7 +71,7 @@ def test_upgrade_older_database_keeps_rows_and_adds_the_rest(fresh_url):
         # and task_attempts still has its surrogate id and the unique key that became its primary key.
         diff_kinds = sorted({d[0] for d in _diffs(fresh_url) if isinstance(d, tuple)})
         assert diff_kinds == ["add_column", "add_index", "add_table", "remove_column", "remove_constraint"]
-        with store._engine.begin() as conn:
+        with store.db.engine.begin() as conn:
             conn.execute(
                 sa.text(
                     "INSERT INTO tasks (input_uri, output_uri, engine, model, max_retries, backoff_factor, dedupe_key)"
@@ -91,7 +91,7 @@ def test_upgrade_older_database_keeps_rows_and_adds_the_rest(fresh_url):
         assert [(c.id, c.attempt) for c in claimed] == [(1, 1)]
         # Now the trigger exists.
         with pytest.raises(sa.exc.DBAPIError, match="illegal task status transition completed -> pending"):
-            with store._engine.begin() as conn:
+            with store.db.engine.begin() as conn:
                 conn.execute(sa.text("UPDATE tasks SET status = 'completed', lease_owner = NULL, "
                                      "lease_expires_at = NULL"))
                 conn.execute(sa.text("UPDATE tasks SET status = 'pending'"))
@@ -165,10 +165,10 @@ def _insert_with_status(conn, status: str) -> int:
 
 @pytest.mark.parametrize(("old", "new"), ILLEGAL)
 def test_database_refuses_illegal_transition_via_raw_sql(store, old, new):
-    with store._engine.begin() as conn:
+    with store.db.engine.begin() as conn:
         task_id = _insert_with_status(conn, old)
     with pytest.raises(sa.exc.DBAPIError) as info:
-        with store._engine.begin() as conn:
+        with store.db.engine.begin() as conn:
             conn.execute(
                 sa.text(f"UPDATE tasks SET status = '{new}', retry_at = now(), lease_owner = 'x', "
                         "lease_expires_at = now() WHERE id = :id"),
@@ -190,7 +190,7 @@ def test_every_legal_transition_is_accepted(store):
     done = []
     for old, news in legal.items():
         for new in news:
-            with store._engine.begin() as conn:
+            with store.db.engine.begin() as conn:
                 task_id = _insert_with_status(conn, old)
                 conn.execute(
                     sa.text(f"UPDATE tasks SET status = '{new}', retry_at = now(), lease_owner = 'x', "
@@ -202,20 +202,20 @@ def test_every_legal_transition_is_accepted(store):
 
 
 def test_store_maps_trigger_error_to_illegal_transition(store):
-    with store._engine.begin() as conn:
+    with store.db.engine.begin() as conn:
         task_id = _insert_with_status(conn, "completed")
     sql = sa.text("UPDATE tasks SET status = 'pending' WHERE id = :id")
     with pytest.raises(IllegalTransition, match=r"illegal task status transition completed -> pending") as info:
-        store._run("raw", lambda conn: conn.execute(sql, {"id": task_id}))
+        store.db.run("raw", lambda conn: conn.execute(sql, {"id": task_id}))
     assert info.value.__cause__.orig.pgcode == "RT001"
     assert store.transient_errors == 0  # not retried
 
 
 def test_attempt_counter_may_not_go_back(store):
-    with store._engine.begin() as conn:
+    with store.db.engine.begin() as conn:
         task_id = _insert_with_status(conn, "in_progress")
     with pytest.raises(sa.exc.DBAPIError, match="attempt of task .* may not go back from 1 to 0"):
-        with store._engine.begin() as conn:
+        with store.db.engine.begin() as conn:
             conn.execute(sa.text("UPDATE tasks SET attempt = 0 WHERE id = :id"), {"id": task_id})
 
 
@@ -230,18 +230,18 @@ def test_attempt_counter_may_not_go_back(store):
     ],
 )
 def test_check_constraints(store, assignment, constraint):
-    with store._engine.begin() as conn:
+    with store.db.engine.begin() as conn:
         task_id = _insert_with_status(conn, "pending")
     with pytest.raises(sa.exc.IntegrityError, match=constraint):
-        with store._engine.begin() as conn:
+        with store.db.engine.begin() as conn:
             conn.execute(sa.text(f"UPDATE tasks SET {assignment} WHERE id = :id"), {"id": task_id})
 
 
 def test_failed_requires_retry_at(store):
-    with store._engine.begin() as conn:
+    with store.db.engine.begin() as conn:
         task_id = _insert_with_status(conn, "in_progress")
     with pytest.raises(sa.exc.IntegrityError, match="ck_tasks_failed_has_retry_at"):
-        with store._engine.begin() as conn:
+        with store.db.engine.begin() as conn:
             conn.execute(sa.text("UPDATE tasks SET status = 'failed', retry_at = NULL WHERE id = :id"), {"id": task_id})
 
 

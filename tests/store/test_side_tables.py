@@ -36,7 +36,7 @@ def new(i: int, **kw) -> NewTask:
 
 
 def sql(store: Store, statement: str, **params) -> list[tuple]:
-    with store._engine.begin() as conn:
+    with store.db.engine.begin() as conn:
         result = conn.execute(sa.text(statement), params)
         return [tuple(r) for r in result] if result.returns_rows else []
 

@@ -14,7 +14,7 @@ from raytranscribe.contracts import TaskResult
 from raytranscribe.engines.base import TranscribeOptions
 from raytranscribe.errors import Failure, InvalidInput, Stage
 from raytranscribe.store import NewTask, TaskStatus
-from raytranscribe.store.store import SUBMIT_LOCK_KEY
+from raytranscribe.store.newtask import SUBMIT_LOCK_KEY
 from tests.support.db import complete, fail
 
 IN = "s3://bkt/in/dedupe.wav"
@@ -157,14 +157,15 @@ def test_int4_limits_are_stored_exactly(store):
 def test_each_batch_probes_indexes_not_the_history(store):
     """Each batch of a submit finds its duplicates through uq_tasks_dedupe_key and the unfinished tasks of
     its stems through ix_tasks_output_uri (0007), not by scanning the history, however the statistics stand."""
-    from raytranscribe.store.store import (
-        _BATCH_TABLE_SQL, _DROP_DUPLICATES_SQL, _SUBMIT_PLANNER_SQL, _UNFINISHED_STEMS_SQL)  # fmt: skip
+    from raytranscribe.store.sql import load
+
+    queue = load("queue")
 
     store.submit([NewTask(f"s3://bkt/in/{i}.wav", f"s3://bkt/out/{i}") for i in range(2000)])
-    with store._engine.begin() as conn:
+    with store.db.engine.begin() as conn:
         conn.execute(sa.text("ANALYZE tasks"))
-        conn.execute(sa.text(_SUBMIT_PLANNER_SQL))
-        conn.execute(sa.text(_BATCH_TABLE_SQL))
+        conn.execute(sa.text(queue.submit_planner))
+        conn.execute(sa.text(queue.batch_table))
         conn.execute(sa.text(
             "INSERT INTO submit_batch VALUES (1, 's3://bkt/in/x.wav', 's3://bkt/out/7', 'faster-whisper', "
             "'tiny.en', '{}', 0, 3, 2.0, 'k')"))  # fmt: skip
@@ -173,7 +174,7 @@ def test_each_batch_probes_indexes_not_the_history(store):
             rows = conn.execute(sa.text("EXPLAIN " + sql), {"s": ["pending", "in_progress", "failed"]})
             return "\n".join(r[0] for r in rows)
 
-        duplicates, stems = plan(_DROP_DUPLICATES_SQL), plan(_UNFINISHED_STEMS_SQL)
+        duplicates, stems = plan(queue.drop_duplicates), plan(queue.unfinished_stems)
     assert "uq_tasks_dedupe_key" in duplicates and "Seq Scan on tasks" not in duplicates, duplicates
     assert "ix_tasks_output_uri" in stems and "Seq Scan on tasks" not in stems, stems
 

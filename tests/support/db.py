@@ -123,7 +123,7 @@ ORDER BY 2, 1
 
 def side_table_violations(store: Store) -> list[tuple[str, int]]:
     """Every way task_queue and task_leases disagree with tasks; [] when they are exact mirrors."""
-    with store._engine.connect() as conn:
+    with store.db.engine.connect() as conn:
         return [tuple(r) for r in conn.execute(sa.text(_SIDE_TABLE_VIOLATIONS))]
 
 
@@ -136,7 +136,7 @@ def hot_sql(store: Store, statement: str) -> list[tuple]:
             cursor.execute(statement)
             return cursor.fetchall() if cursor.description else []
 
-    return store._run_raw(run)
+    return store.db.run_raw(run)
 
 
 def complete(
