@@ -290,9 +290,11 @@ def submit(
     """Queue transcription tasks: object URIs with --output, or a --manifest. All or nothing."""
     if bool(uris) == (manifest is not None):
         raise InvalidInput("give input URIs with --output, or --manifest FILE (not both, not neither)")
-    common = dict(engine=engine, model=model, language=language, formats=formats, priority=priority,
-                  max_retries=max_retries, backoff_factor=backoff_factor,
-                  keep_duplicates=None if as_json else DUPLICATES_SHOWN)  # fmt: skip
+    common: dict[str, Any] = {
+        "engine": engine, "model": model, "language": language, "formats": formats, "priority": priority,
+        "max_retries": max_retries, "backoff_factor": backoff_factor,
+        "keep_duplicates": None if as_json else DUPLICATES_SHOWN,
+    }  # fmt: skip
     with _client() as client:
         if manifest is not None:
             if output is not None:

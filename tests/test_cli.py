@@ -810,6 +810,7 @@ def test_backfill_off_a_terminal_logs_progress_lines(system, ray_address):
         "RAYTRANSCRIBE_DATABASE_URL": system.database_url,
         "RAYTRANSCRIBE_S3__ENDPOINT_URL": system.settings.s3.endpoint_url,
         "RAYTRANSCRIBE_ENGINE__CPU_THREADS": "1",
+        "RAYTRANSCRIBE_ENGINE__DEVICE": "cpu",  # the session's GPUs are logical: reserved, never usable
         "RAYTRANSCRIBE_LEASE__HEARTBEAT_S": "0.5",
         "RAYTRANSCRIBE_NAMESPACE": system.settings.namespace + "-cli",
         "RAYTRANSCRIBE_PROGRESS_INTERVAL_S": "1",
