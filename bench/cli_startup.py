@@ -35,11 +35,12 @@ from raytranscribe.store.admin import create_database, drop_database, scratch_se
 PROGRAM = "import sys; from raytranscribe.cli import app; sys.exit(app(prog_name='raytranscribe'))"
 
 
-def _time(argv: list[str], env: dict[str, str], repeat: int) -> float:
+def _time(argv: list[str], env: dict[str, str], repeat: int, cwd: Path = ROOT) -> float:
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+        # In the checkout's root: `python -c` puts the working directory first on sys.path.
+        proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
         times.append(time.perf_counter() - started)
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(argv[-3:])} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
@@ -71,7 +72,7 @@ def main() -> None:
         figures: dict[str, dict[str, float]] = {}
         for name, root in roots.items():
             env = {**base, "PYTHONPATH": str(root)}
-            figures[name] = {c: _time([sys.executable, "-c", PROGRAM, *argv], env, args.repeat)
+            figures[name] = {c: _time([sys.executable, "-c", PROGRAM, *argv], env, args.repeat, cwd=root)
                              for c, argv in commands.items()}  # fmt: skip
 
         print(f"{total} tasks in the database; median of {args.repeat} runs, seconds, each a fresh process")

@@ -128,7 +128,6 @@ def main(
     from pydantic import ValidationError
 
     from raytranscribe.config import Settings
-    from raytranscribe.isolation import resolve_database_url
 
     try:
         settings = Settings()
@@ -145,7 +144,7 @@ def main(
         update["log_level"] = level
     settings = settings.model_copy(update=update) if update else settings
     try:  # the URL file is read here, once: a missing or unreadable one is the user's input
-        settings = resolve_database_url(settings)
+        settings = _resolved(settings)
     except ConfigError as exc:
         _fail(str(exc), EXIT_INVALID)
     ctx.obj = settings
@@ -176,10 +175,16 @@ def _settings() -> Settings:
     settings = _SETTINGS.get()
     if settings is None:
         from raytranscribe.config import Settings
-        from raytranscribe.isolation import resolve_database_url
 
-        settings = resolve_database_url(Settings())
+        settings = _resolved(Settings())
     return settings
+
+
+def _resolved(settings: Settings) -> Settings:
+    """The database URL the driver uses (the file read, noted as a secret): the command line's one call."""
+    from raytranscribe.isolation import resolve_database_url
+
+    return resolve_database_url(settings)
 
 
 def _client() -> Client:
