@@ -1,3 +1,30 @@
-"""raytranscribe: durable batch transcription on Ray GPU clusters."""
+"""raytranscribe: durable batch transcription on Ray GPU clusters.
+
+``raytranscribe.Client`` is the Python API (see :mod:`raytranscribe.client`); it is imported on first
+use, so ``import raytranscribe`` (and the command line's ``--help``) stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+__all__ = ["BackfillResult", "Client", "Status", "SubmitResult", "__version__"]
+
+_LAZY = {"BackfillResult", "Client", "Status", "SubmitResult"}
+
+if TYPE_CHECKING:
+    from raytranscribe.client import BackfillResult, Client, Status, SubmitResult
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from raytranscribe import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'raytranscribe' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY)

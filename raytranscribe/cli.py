@@ -1,36 +1,32 @@
-"""``raytranscribe``: the command line, the project's only face.
+"""``raytranscribe``: the command line, a thin layer over :class:`raytranscribe.Client`.
 
 Every command builds its :class:`Settings` from ``RAYTRANSCRIBE_*`` variables and the root options,
-talks to the store, and prints a rich table (or JSON with ``--json``). Exit codes: 0 ok; 1 not
+calls the Client, and prints a rich table (or JSON with ``--json``). Exit codes: 0 ok; 1 not
 found, nothing changed (``retry``/``cancel`` of ids none of which allowed it), other error; 2 invalid
 input or configuration (bad URI, manifest, option, setting, database URL, a database that refuses
 the role or its options, a schema that needs ``raytranscribe db upgrade``); 3 database unreachable
-after the store's retries.
+after the store's retries; 130 stopped by a signal before a backfill was done.
+
+This module imports only typer and the standard library at load: ``--help`` and completion answer at
+once, and each command imports what it uses (the Client and its store, pydantic settings, rich, Ray)
+when it runs.
 """
 
 from __future__ import annotations
 
 import contextvars
+import enum
 import functools
-import itertools
 import json
 import logging
-import os
 import sys
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
-from rich.table import Table
 
-from raytranscribe.config import Settings
-from raytranscribe.engines.base import ENGINES, FORMATS, TranscribeOptions
 from raytranscribe.errors import (
     ConfigError,
     InvalidInput,
@@ -40,10 +36,14 @@ from raytranscribe.errors import (
     StoreUnavailable,
     TaskNotFound,
 )
-from raytranscribe.store import NewTask, StatusChange, Store, StreamedSubmit, TaskStatus, TaskView
-from raytranscribe.store.manifest import ManifestDefaults, iter_manifest, parse_formats
-from raytranscribe.store.states import CANCELLABLE, REQUEUEABLE
-from raytranscribe.store.url import resolve_database_url
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from raytranscribe.client import Client
+    from raytranscribe.config import Settings
+    from raytranscribe.orchestrator import RunSummary
+    from raytranscribe.store import OrchestratorView, StatusChange, TaskStatus, TaskView
 
 log = logging.getLogger("raytranscribe.cli")
 
@@ -55,8 +55,11 @@ app = typer.Typer(
     # and options (completion imports this module, as --help does, and nothing heavier).
     add_completion=True,
     pretty_exceptions_enable=False,
+    # Plain help text: typer's rich help imports rich and markdown-it first, which took longer than
+    # the rest of --help together.
+    rich_markup_mode=None,
 )
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(db_app, name="db")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -64,10 +67,36 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_ERROR, EXIT_INVALID, EXIT_UNAVAILABLE = 1, 2, 3
 EXIT_STOPPED = 130  # stopped by a signal before the work was done (the shell's code for an interrupt)
 DUPLICATES_SHOWN = 10  # submit's text output names this many duplicates, then counts
-DEAD_COUNT_BATCH = 50_000  # backfill's ids asked about at once (their status after the run)
+
+# What --engine names and --formats defaults to, spelled here so that --help imports no engine code
+# (tests/test_cli.py checks them against engines.base.ENGINES and FORMATS).
+ENGINE_NAMES = ("faster-whisper", "openai-whisper")
+FORMAT_NAMES = ("json", "srt", "vtt", "txt")
+
+
+class StatusChoice(str, enum.Enum):
+    """``--status`` values: the store's TaskStatus, spelled here for the same reason (and checked)."""
+
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
 
 # The settings of the running invocation, set by the root callback (root options applied).
 _SETTINGS: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("raytranscribe_settings", default=None)
+
+JSON_HELP = "Print JSON."
+ENGINE_HELP = f"One of {', '.join(ENGINE_NAMES)}, or a plugin 'package.module:Class' (default: RAYTRANSCRIBE_ENGINE__ENGINE)."
+MODEL_HELP = (
+    "Model name, local path, Hugging Face id, or s3://bucket/prefix/ (a CTranslate2 folder or one .pt; "
+    "checked at submit) (default: RAYTRANSCRIBE_ENGINE__MODEL)."
+)
+SKIP_INVALID_HELP = (
+    "Leave out listed keys that cannot be transcribed safely, naming each, instead of refusing the whole prefix."
+)
 
 
 # --- plumbing ----------------------------------------------------------------------------------
@@ -91,8 +120,15 @@ def main(
         None, "--database-url", show_default=False,
         help="PostgreSQL URL (overrides RAYTRANSCRIBE_DATABASE_URL, which overrides RAYTRANSCRIBE_DATABASE_URL_FILE).",
     ),
-    log_level: Optional[str] = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING ...", show_default=False),
+    log_level: Optional[str] = typer.Option(
+        None, "--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default: RAYTRANSCRIBE_LOG_LEVEL).",
+        show_default=False,
+    ),  # fmt: skip
 ) -> None:
+    from pydantic import ValidationError
+
+    from raytranscribe.config import Settings
+
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -108,7 +144,7 @@ def main(
         update["log_level"] = level
     settings = settings.model_copy(update=update) if update else settings
     try:  # the URL file is read here, once: a missing or unreadable one is the user's input
-        settings = resolve_database_url(settings)
+        settings = _resolved(settings)
     except ConfigError as exc:
         _fail(str(exc), EXIT_INVALID)
     ctx.obj = settings
@@ -119,9 +155,9 @@ def main(
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def _settings_problem(exc: ValidationError) -> str:
-    """One line for bad RAYTRANSCRIBE_* variables: which variable, what is wrong (never its value: it
-    may be a secret)."""
+def _settings_problem(exc: Any) -> str:
+    """One line for bad RAYTRANSCRIBE_* variables (a pydantic ValidationError): which variable, what is
+    wrong (never its value: it may be a secret)."""
     problems = [
         f"RAYTRANSCRIBE_{'__'.join(str(part) for part in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
     ]
@@ -129,28 +165,43 @@ def _settings_problem(exc: ValidationError) -> str:
 
 
 def _configure_logging(level: str) -> None:
-    try:
-        from raytranscribe.logs import configure
-    except ImportError:  # pragma: no cover - logs.py ships with the package
-        logging.basicConfig(level=level)
-        return
+    from raytranscribe.logs import configure
+
     configure(level)
 
 
 def _settings() -> Settings:
     """This invocation's settings; outside a command (a job calling in), the environment's."""
     settings = _SETTINGS.get()
-    return settings if settings is not None else resolve_database_url(Settings())
+    if settings is None:
+        from raytranscribe.config import Settings
+
+        settings = _resolved(Settings())
+    return settings
 
 
-def _store() -> Store:
-    """The Store for this invocation, built from the settings (embedded Postgres when no URL is set)."""
-    return Store.from_settings(_settings())
+def _resolved(settings: Settings) -> Settings:
+    """The database URL the driver uses (the file read, noted as a secret): the command line's one call."""
+    from raytranscribe.store.url import resolve_database_url
+
+    return resolve_database_url(settings)
+
+
+def _client() -> Client:
+    """The Client for this invocation, built from the settings (embedded Postgres when no URL is set)."""
+    from raytranscribe.client import Client
+
+    return Client(settings=_settings())
 
 
 def _fail(message: str, code: int) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _note(line: str) -> None:
+    """A listing's or a run's note for the operator: a line on stderr."""
+    typer.echo(line, err=True)
 
 
 def _handles_errors(fn: F) -> F:
@@ -173,6 +224,8 @@ def _handles_errors(fn: F) -> F:
 
 
 def _console() -> Console:
+    from rich.console import Console
+
     # A fresh console per command so output goes to the current stdout (CliRunner swaps it).
     return Console(file=sys.stdout, width=160)
 
@@ -201,112 +254,17 @@ def _when(dt: datetime | None) -> str:
 
 @db_app.command("upgrade")
 @_handles_errors
-def db_upgrade() -> None:
+def db_upgrade(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Create the schema, or bring an older one to the latest revision (safe to run twice, or at once)."""
-    with _store() as store:
-        store.upgrade()
-        typer.echo(f"database schema at revision {store.current_revision()}")
+    with _client() as client:
+        revision = client.upgrade()
+    if as_json:
+        _echo_json({"revision": revision})
+    else:
+        typer.echo(f"database schema at revision {revision}")
 
 
 # --- submit ------------------------------------------------------------------------------------
-
-
-LISTED_BATCH = 5000  # listed objects asked about at once ("already submitted?")
-
-
-@dataclass
-class _Skipped:
-    """Listed keys left out under --skip-invalid, counted for the summary (one submit's reading)."""
-
-    count: int = 0
-
-
-def _uri_tasks(
-    uris: Sequence[str], output: str, defaults: ManifestDefaults, store: Store, *, skip_invalid: bool, skipped: _Skipped
-) -> Iterator[NewTask]:
-    """One task per input, as it is listed: object URIs as given; a prefix (``s3://b/calls/``) expands
-    to every audio object under it, page by page, skipping inputs already submitted. Outputs keep the
-    inputs' folder layout below the prefix (uris.output_stem is the one place for it).
-
-    A listed key with a ``.``, ``..`` or empty segment, or one the output layout cannot hold, refuses
-    the whole submission, naming it: its transfers would reach another object, and skipping it quietly
-    would lose an input. With ``skip_invalid`` it is left out instead, printed with its reason, and
-    counted in ``skipped``."""
-    from raytranscribe.storage import S3Storage
-    from raytranscribe.uris import abbrev, key_problem, output_stem, parse_s3_uri
-
-    # Every URI is checked before anything is listed.
-    out_prefix = parse_s3_uri(output, allow_prefix=True, what="--output")
-    parsed_uris = [parse_s3_uri(uri, allow_prefix=True, what="input URI") for uri in uris]
-    options = TranscribeOptions(language=defaults.language, formats=defaults.formats)
-
-    def task(uri: str, stem: str) -> NewTask:
-        return NewTask(
-            input_uri=uri, output_uri=stem, engine=defaults.engine, model=defaults.model, options=options,
-            priority=defaults.priority, max_retries=defaults.max_retries, backoff_factor=defaults.backoff_factor,
-        )  # fmt: skip
-
-    storage: S3Storage | None = None
-    for uri, parsed in zip(uris, parsed_uris):
-        if not parsed.is_prefix:
-            yield task(str(parsed), str(output_stem(parsed, out_prefix)))
-            continue
-        storage = storage or S3Storage(_settings().s3)
-        listed = already = left_out = 0
-        objects = storage.list_audio(parsed)
-        while chunk := list(itertools.islice(objects, LISTED_BATCH)):
-            fresh: list[tuple[str, str]] = []
-            for obj in chunk:
-                listed += 1
-                problem = key_problem(obj.key)
-                if problem is None:
-                    try:
-                        fresh.append((str(obj), str(output_stem(obj, out_prefix, base_prefix=parsed))))
-                        continue
-                    except InvalidInput as exc:
-                        if not skip_invalid:
-                            raise
-                        problem = str(exc)
-                if not skip_invalid:
-                    raise InvalidInput(
-                        f"{uri} lists {abbrev(str(obj))}: {problem}; nothing was submitted "
-                        "(rename or move that object, give --skip-invalid, or submit the others by URI)"
-                    )
-                left_out += 1
-                skipped.count += 1
-                typer.echo(f"skipped {abbrev(str(obj))}: {problem}", err=True)
-            done = store.submitted_inputs([u for u, _ in fresh])
-            already += len(done)
-            for input_uri, stem in fresh:
-                if input_uri not in done:
-                    yield task(input_uri, stem)
-        note = f", {left_out} skipped (invalid key)" if skip_invalid else ""
-        typer.echo(f"{uri}: {listed} audio object(s), {already} already submitted{note}", err=True)
-
-
-def _manifest_tasks(path: Path, defaults: ManifestDefaults) -> Iterator[NewTask]:
-    try:
-        with path.open(encoding="utf-8") as fh:
-            yield from iter_manifest(fh, defaults)
-    except OSError as exc:
-        raise InvalidInput(f"cannot read manifest {str(path)!r}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"manifest {str(path)!r} is not UTF-8 text: {exc.reason}") from exc
-
-
-class _SubmitProgress:
-    """Logs how many tasks a submit has read, at most once per ``interval_s`` (a big manifest or listing)."""
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-        self.started = time.monotonic()
-        self._next = self.started + interval_s
-
-    def __call__(self, read: int) -> None:
-        now = time.monotonic()
-        if now >= self._next:
-            self._next = now + self.interval_s
-            log.info("submit: %d task(s) read, %.0f a second", read, read / (now - self.started))
 
 
 @app.command()
@@ -320,16 +278,10 @@ def submit(
     manifest: Optional[Path] = typer.Option(
         None, "--manifest", "-m", help="JSON-lines file, one task a line.", show_default=False
     ),
-    engine: Optional[str] = typer.Option(
-        None, "--engine", help=f"One of {', '.join(ENGINES)} (default: RAYTRANSCRIBE_ENGINE__ENGINE).", show_default=False
-    ),
-    model: Optional[str] = typer.Option(
-        None, "--model", show_default=False,
-        help="Model name, local path, Hugging Face id, or s3://bucket/prefix/ (a CTranslate2 folder or one .pt; "
-        "checked at submit) (default: RAYTRANSCRIBE_ENGINE__MODEL).",
-    ),
+    engine: Optional[str] = typer.Option(None, "--engine", help=ENGINE_HELP, show_default=False),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP, show_default=False),
     language: Optional[str] = typer.Option(None, "--language", help="Language code; default: detect.", show_default=False),
-    formats: str = typer.Option(",".join(FORMATS), "--formats", help="Comma-separated output formats."),
+    formats: str = typer.Option(",".join(FORMAT_NAMES), "--formats", help="Comma-separated output formats."),
     priority: int = typer.Option(0, "--priority", help="Higher runs first."),
     max_retries: Optional[int] = typer.Option(
         None, "--max-retries", help="Retries before a task is dead (default from settings).", show_default=False
@@ -337,32 +289,33 @@ def submit(
     backoff_factor: Optional[float] = typer.Option(
         None, "--backoff-factor", help="Growth of the retry delay (default from settings).", show_default=False
     ),
-    skip_invalid: bool = typer.Option(
-        False, "--skip-invalid", help="Leave out listed keys that cannot be transcribed safely, naming each, "
-        "instead of refusing the whole prefix.",
-    ),  # fmt: skip
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help=SKIP_INVALID_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Queue transcription tasks: object URIs with --output, or a --manifest. All or nothing."""
     if bool(uris) == (manifest is not None):
         raise InvalidInput("give input URIs with --output, or --manifest FILE (not both, not neither)")
-    defaults = ManifestDefaults(
-        engine=engine or _settings().engine.engine,
-        model=model or _settings().engine.model,
-        language=language,
-        formats=parse_formats(formats),
-        priority=priority,
-        max_retries=max_retries,
-        backoff_factor=backoff_factor,
-    )
-    with _store() as store:
-        report, skipped = _submit(store, uris, output, manifest, defaults, skip_invalid=skip_invalid,
-                                  keep_duplicates=None if as_json else DUPLICATES_SHOWN)  # fmt: skip
+    common: dict[str, Any] = {
+        "engine": engine, "model": model, "language": language, "formats": formats, "priority": priority,
+        "max_retries": max_retries, "backoff_factor": backoff_factor,
+        "keep_duplicates": None if as_json else DUPLICATES_SHOWN,
+    }  # fmt: skip
+    with _client() as client:
+        if manifest is not None:
+            if output is not None:
+                raise InvalidInput("--output applies to input URIs; a manifest names each output_uri itself")
+            if skip_invalid:
+                raise InvalidInput("--skip-invalid applies to listed prefixes; a manifest line that is invalid refuses it")
+            report = client.submit_manifest(manifest, **common)
+        else:
+            if output is None:
+                raise InvalidInput("--output PREFIX is required with input URIs")
+            report = client.submit(uris or [], output, skip_invalid=skip_invalid, notes=_note, **common)
     if as_json:
         doc: dict[str, Any] = {"inserted": list(report.inserted), "duplicates": list(report.duplicate_inputs)}
-        _echo_json({**doc, "skipped": skipped} if skip_invalid else doc)
+        _echo_json({**doc, "skipped": report.skipped} if skip_invalid else doc)
         return
-    typer.echo(_submitted_line(report, skipped))
+    typer.echo(_submitted_line(len(report.inserted), report.duplicates, report.skipped))
     # A re-run of a big submission is all duplicates: name a few, count the rest.
     for uri in report.duplicate_inputs[:DUPLICATES_SHOWN]:
         typer.echo(f"  duplicate: {uri}")
@@ -370,70 +323,9 @@ def submit(
         typer.echo(f"  ... and {report.duplicates - DUPLICATES_SHOWN} more (--json lists them all)")
 
 
-def _submitted_line(report: StreamedSubmit, skipped: int) -> str:
-    line = f"submitted {len(report.inserted)} task(s); {report.duplicates} duplicate(s) skipped"
+def _submitted_line(inserted: int, duplicates: int, skipped: int) -> str:
+    line = f"submitted {inserted} task(s); {duplicates} duplicate(s) skipped"
     return line + (f"; {skipped} invalid key(s) skipped" if skipped else "")
-
-
-def _submit(
-    store: Store,
-    uris: Sequence[str] | None,
-    output: str | None,
-    manifest: Path | None,
-    defaults: ManifestDefaults,
-    *,
-    skip_invalid: bool = False,
-    keep_duplicates: int | None = DUPLICATES_SHOWN,
-) -> tuple[StreamedSubmit, int]:
-    """Stream the tasks into the store (one transaction, see Store.submit_stream); the report, and how
-    many listed keys --skip-invalid left out."""
-    # What the last reading of the source skipped (a transient database error reads it again).
-    skipped = _Skipped()
-    if manifest is not None:
-        if output is not None:
-            raise InvalidInput("--output applies to input URIs; a manifest names each output_uri itself")
-        if skip_invalid:
-            raise InvalidInput("--skip-invalid applies to listed prefixes; a manifest line that is invalid refuses it")
-
-        def source() -> Iterator[NewTask]:
-            return _s3_models_checked(_manifest_tasks(manifest, defaults))
-    else:
-        if output is None:
-            raise InvalidInput("--output PREFIX is required with input URIs")
-
-        def source() -> Iterator[NewTask]:
-            nonlocal skipped
-            skipped = _Skipped()
-            return _s3_models_checked(
-                _uri_tasks(uris or [], output, defaults, store, skip_invalid=skip_invalid, skipped=skipped)
-            )
-
-    progress = _SubmitProgress(_settings().progress_interval_s)
-    report = store.submit_stream(source, keep_duplicates=keep_duplicates, progress=progress)
-    return report, skipped.count
-
-
-def _s3_models_checked(tasks: Iterable[NewTask]) -> Iterator[NewTask]:
-    """Refuse a model URI whose prefix holds no loadable model (ModelNotFound names the missing file,
-    exit 2) before anything is written, and spell each one as the folder it is (``.../tiny-en`` and
-    ``.../tiny-en/`` are one model, one pool)."""
-    import dataclasses
-
-    from raytranscribe.contracts import ModelLayout
-    from raytranscribe.storage import S3Storage
-    from raytranscribe.uris import SCHEME
-
-    storage: S3Storage | None = None
-    canonical: dict[tuple[str, str], str] = {}
-    for task in tasks:
-        if task.model.startswith(SCHEME):
-            pair = (task.engine, task.model)
-            if pair not in canonical:
-                storage = storage or S3Storage(_settings().s3)
-                canonical[pair] = storage.model_files(task.model, layout=ModelLayout.for_engine(task.engine)).uri
-            if canonical[pair] != task.model:
-                task = dataclasses.replace(task, model=canonical[pair])
-        yield task
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -441,14 +333,16 @@ def _s3_models_checked(tasks: Iterable[NewTask]) -> Iterator[NewTask]:
 
 @app.command()
 @_handles_errors
-def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def status(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Counts per status, oldest pending age, retries scheduled, top failure reasons."""
-    with _store() as store:
-        stats = store.stats()
-        orchestrators = store.orchestrators()
+    with _client() as client:
+        now = client.status()
     if as_json:
-        _echo_json({**stats.to_dict(), "orchestrators": [o.to_dict() for o in orchestrators]})
+        _echo_json(now.to_dict())
         return
+    from rich.table import Table
+
+    stats = now.stats
     console = _console()
     table = Table(title="tasks")
     table.add_column("status")
@@ -467,10 +361,12 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         for reason, n in stats.top_failure_reasons:
             reasons.add_row(str(n), reason)
         console.print(reasons)
-    _print_orchestrators(console, orchestrators)
+    _print_orchestrators(console, now.orchestrators)
 
 
-def _print_orchestrators(console: Console, orchestrators) -> None:
+def _print_orchestrators(console: Console, orchestrators: Sequence[OrchestratorView]) -> None:
+    from rich.table import Table
+
     if not orchestrators:
         console.print("orchestrators: none running")
         return
@@ -511,19 +407,23 @@ def _batching(actor: dict) -> str:
     return f"{size}, {actor.get('windows_decoded', 0) / calls:.1f} a call" if calls else str(size)
 
 
+
+
 @app.command()
 @_handles_errors
 def tasks(
-    status_filter: Optional[TaskStatus] = typer.Option(None, "--status", help="Only tasks in this status."),
+    status_filter: Optional[StatusChoice] = typer.Option(None, "--status", help="Only tasks in this status.", show_default=False),
     limit: int = typer.Option(100, "--limit", min=1, help="At most this many (oldest first)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """List tasks."""
-    with _store() as store:
-        rows = store.list_tasks(status=status_filter, limit=limit)
+    with _client() as client:
+        rows = client.tasks(status_filter.value if status_filter else None, limit=limit)
     if as_json:
         _echo_json([t.to_dict() for t in rows])
         return
+    from rich.table import Table
+
     table = Table(title=f"tasks ({status_filter.value if status_filter else 'all'})")
     for col in ("id", "status", "attempt", "retries", "engine/model", "input", "updated", "failure reason"):
         table.add_column(col, overflow="fold")
@@ -536,6 +436,8 @@ def tasks(
 
 
 def _show_task(t: TaskView) -> None:
+    from rich.table import Table
+
     console = _console()
     info = Table(title=f"task {t.id}", show_header=False)
     info.add_column("field", style="bold")
@@ -581,13 +483,11 @@ def _show_task(t: TaskView) -> None:
 @_handles_errors
 def show(
     task_id: int = typer.Argument(..., help="Task id."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """One task with its attempt history."""
-    with _store() as store:
-        task = store.get(task_id)
-    if task is None:
-        raise TaskNotFound(f"task {task_id} not found")
+    with _client() as client:
+        task = client.show(task_id)
     if as_json:
         _echo_json(task.to_dict())
     else:
@@ -601,34 +501,57 @@ def show(
 @_handles_errors
 def retry(
     task_ids: Optional[list[int]] = typer.Argument(None, help="Task ids to requeue.", show_default=False),
-    status_filter: Optional[TaskStatus] = typer.Option(
+    status_filter: Optional[StatusChoice] = typer.Option(
         None, "--status", help="Requeue every task in this status (failed, dead or cancelled).", show_default=False
     ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: the ids requeued, refused (with their status) and missing."),
 ) -> None:
     """Requeue failed, dead or cancelled tasks (retry count reset, history kept)."""
+    from raytranscribe.store import TaskStatus
+    from raytranscribe.store.states import REQUEUEABLE
+
     if not task_ids and status_filter is None:
         raise InvalidInput("give task ids or --status")
-    with _store() as store:
-        report = store.requeue(task_ids or (), status=status_filter)
-    typer.echo(f"requeued {report.count} task(s)")
-    _left_alone(report, "requeued", (status_filter,) if status_filter is not None else REQUEUEABLE)
+    with _client() as client:
+        report = client.retry(task_ids or (), status=status_filter.value if status_filter else None)
+    if as_json:
+        _echo_json(_change_doc(report, "requeued"))
+    else:
+        typer.echo(f"requeued {report.count} task(s)")
+        _left_alone(report, "requeued", (TaskStatus(status_filter.value),) if status_filter else REQUEUEABLE)
     if task_ids and not report.changed:
         raise typer.Exit(EXIT_ERROR)
 
 
 @app.command()
 @_handles_errors
-def cancel(task_ids: list[int] = typer.Argument(..., help="Task ids to cancel.")) -> None:
+def cancel(
+    task_ids: list[int] = typer.Argument(..., help="Task ids to cancel."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: the ids cancelled, refused (with their status) and missing."),
+) -> None:
     """Cancel pending, in-progress or failed tasks."""
-    with _store() as store:
-        report = store.cancel(task_ids)
-    typer.echo(f"cancelled {report.count} of {len(set(task_ids))} task(s)")
-    _left_alone(report, "cancelled", CANCELLABLE)
+    from raytranscribe.store.states import CANCELLABLE
+
+    with _client() as client:
+        report = client.cancel(task_ids)
+    if as_json:
+        _echo_json(_change_doc(report, "cancelled"))
+    else:
+        typer.echo(f"cancelled {report.count} of {len(set(task_ids))} task(s)")
+        _left_alone(report, "cancelled", CANCELLABLE)
     if not report.changed:
         raise typer.Exit(EXIT_ERROR)
 
 
 IDS_SHOWN = 20  # ids named per line of a retry/cancel report, then a count
+
+
+def _change_doc(report: StatusChange, verb: str) -> dict[str, Any]:
+    return {
+        verb: list(report.changed),
+        "refused": [{"id": task_id, "status": s.value} for task_id, s in report.refused],
+        "missing": list(report.missing),
+    }
 
 
 def _ids(ids: Sequence[int]) -> str:
@@ -651,54 +574,27 @@ def _left_alone(report: StatusChange, verb: str, allowed: Sequence[TaskStatus]) 
 # --- running -----------------------------------------------------------------------------------
 
 
-def _run_settings(
-    address: str | None, actors: int | None, gpus_per_actor: float | None, prefetch: int | None
-) -> Settings:
-    settings = _settings()
-    worker = {
-        k: v for k, v in {"max_actors": actors, "num_gpus": gpus_per_actor, "prefetch": prefetch}.items() if v is not None
-    }
-    settings = settings.with_(worker=worker) if worker else settings
-    return settings.model_copy(update={"ray_address": address}) if address else settings
+R = TypeVar("R")
 
 
-def _pairs(engine: str | None, model: str | None) -> tuple[tuple[str, str], ...] | None:
-    if (engine is None) != (model is None):
-        raise InvalidInput("--engine and --model go together (a pool serves one engine and model)")
-    return ((engine, model),) if engine and model else None
+def _progress(
+    run: Callable[[Any], R], settings: Settings, *, as_json: bool, summary_of: Callable[[R], RunSummary] = lambda r: r
+) -> R:
+    """Run with a progress bar on a terminal, else a progress line in the log every progress_interval_s;
+    then the summary: a table on stderr, or JSON on stdout."""
+    from rich.console import Console
 
-
-def _run(settings: Settings, options, *, local_cpus: int | None, local_gpus: float | None, store: Store | None = None):
-    from raytranscribe import service
     from raytranscribe.progress import ProgressLines, RichProgress, summary_table
-    from raytranscribe.service import LocalRay
 
     console = Console(stderr=True)
-    local = LocalRay(num_cpus=local_cpus, num_gpus=local_gpus)
     if console.is_terminal:
         with RichProgress(console) as progress:
-            summary = service.run(settings, options, store=store, observer=progress, local=local)
+            result = run(progress)
     else:  # a job's log or a pipe: a bar draws nothing there, a line every progress_interval_s does
-        observer = ProgressLines(settings.progress_interval_s)
-        summary = service.run(settings, options, store=store, observer=observer, local=local)
-    console.print(summary_table(summary))
-    return summary
-
-
-def _gpu_default(settings: Settings, gpus_per_actor: float | None, local_gpus: float | None) -> Settings:
-    """On a local Ray with no GPU, actors that reserve one would never start: reserve none instead."""
-    if settings.ray_address or os.environ.get("RAY_ADDRESS") or gpus_per_actor is not None or local_gpus:
-        return settings  # a cluster: its GPUs are what the actors are for
-    try:
-        import ctranslate2
-
-        has_gpu = ctranslate2.get_cuda_device_count() > 0
-    except Exception:  # no CTranslate2 or no CUDA runtime: no GPU for us
-        has_gpu = False
-    if not has_gpu and settings.worker.num_gpus > 0:
-        typer.echo("no GPU found: worker actors run on the CPU (reserve 0 GPUs)", err=True)
-        return settings.with_(worker={"num_gpus": 0})
-    return settings
+        result = run(ProgressLines(settings.progress_interval_s))
+    if not as_json:
+        console.print(summary_table(summary_of(result)))
+    return result
 
 
 @app.command()
@@ -714,13 +610,24 @@ def run(
     grace: float = typer.Option(0.0, "--grace", min=0, help="On SIGTERM/SIGINT: seconds in-flight tasks may finish before the rest is handed back uncharged (under `ray job stop`, raise RAY_JOB_STOP_WAIT_TIME_S above it)."),
     local_cpus: Optional[int] = typer.Option(None, "--local-cpus", help="CPUs of a local Ray (default: all).", show_default=False),
     local_gpus: Optional[float] = typer.Option(None, "--local-gpus", help="GPUs of a local Ray (logical GPUs allowed).", show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print the run's summary as JSON (completed, retried, dead, released, fenced, audio_s, wall_s, rtfx, stopped)."),
 ) -> None:
     """Run the orchestrator: claim tasks, dispatch them to GPU actors, record every outcome."""
-    from raytranscribe.orchestrator import RunOptions
+    if (engine is None) != (model is None):
+        raise InvalidInput("--engine and --model go together (a pool serves one engine and model)")
+    with _client() as client:
+        summary = _progress(
+            lambda observer: client.run(
+                until_drained=until_drained, engine=engine, model=model, address=address, actors=actors,
+                gpus_per_actor=gpus_per_actor, prefetch=prefetch, grace=grace, local_cpus=local_cpus,
+                local_gpus=local_gpus, observer=observer, notes=_note,
+            ),
+            client.settings, as_json=as_json,
+        )  # fmt: skip
+    if as_json:
+        from raytranscribe.client import run_summary_dict
 
-    settings = _gpu_default(_run_settings(address, actors, gpus_per_actor, prefetch), gpus_per_actor, local_gpus)
-    options = RunOptions(until_drained=until_drained, pairs=_pairs(engine, model), grace_s=grace)
-    _run(settings, options, local_cpus=local_cpus, local_gpus=local_gpus)
+        _echo_json(run_summary_dict(summary))
 
 
 @app.command()
@@ -728,56 +635,39 @@ def run(
 def backfill(
     prefix: str = typer.Argument(..., help="Input prefix s3://bucket/prefix/ (or object URIs)."),
     output: str = typer.Option(..., "--output", "-o", help="Output prefix s3://bucket/prefix/."),
-    engine: Optional[str] = typer.Option(
-        None, "--engine", help=f"One of {', '.join(ENGINES)} (default: RAYTRANSCRIBE_ENGINE__ENGINE).", show_default=False
+    engine: Optional[str] = typer.Option(None, "--engine", help=ENGINE_HELP, show_default=False),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP, show_default=False),
+    language: Optional[str] = typer.Option(None, "--language", help="Language code; default: detect.", show_default=False),
+    formats: str = typer.Option(",".join(FORMAT_NAMES), "--formats", help="Comma-separated output formats."),
+    max_retries: Optional[int] = typer.Option(
+        None, "--max-retries", help="Retries before a task is dead (default from settings).", show_default=False
     ),
-    model: Optional[str] = typer.Option(
-        None, "--model", show_default=False,
-        help="Model name, local path, Hugging Face id, or s3://bucket/prefix/ (a CTranslate2 folder or one .pt; "
-        "checked at submit) (default: RAYTRANSCRIBE_ENGINE__MODEL).",
-    ),
-    language: Optional[str] = typer.Option(None, "--language", show_default=False),
-    formats: str = typer.Option(",".join(FORMATS), "--formats"),
-    max_retries: Optional[int] = typer.Option(None, "--max-retries", show_default=False),
-    address: Optional[str] = typer.Option(None, "--address", show_default=False),
-    actors: Optional[int] = typer.Option(None, "--actors", min=1, show_default=False),
-    gpus_per_actor: Optional[float] = typer.Option(None, "--gpus-per-actor", min=0, show_default=False),
-    skip_invalid: bool = typer.Option(
-        False, "--skip-invalid", help="Leave out listed keys that cannot be transcribed safely, naming each, "
-        "instead of refusing the whole prefix.",
-    ),  # fmt: skip
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address; default: RAY_ADDRESS or a local Ray.", show_default=False),
+    actors: Optional[int] = typer.Option(None, "--actors", min=1, help="Most worker actors per (engine, model) pool; it grows to this while work waits.", show_default=False),
+    gpus_per_actor: Optional[float] = typer.Option(None, "--gpus-per-actor", min=0, help="GPUs each actor reserves.", show_default=False),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help=SKIP_INVALID_HELP),
     grace: float = typer.Option(0.0, "--grace", min=0, help="On SIGTERM/SIGINT (`ray job stop`): seconds in-flight tasks may finish before the rest is handed back uncharged (raise RAY_JOB_STOP_WAIT_TIME_S above it)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: tasks submitted, duplicates, skipped keys, the run's summary, and this backfill's tasks by status."),
 ) -> None:
     """Submit everything under a prefix, run until drained, exit 1 if any task ended dead."""
-    from raytranscribe.orchestrator import RunOptions
-
-    settings = _gpu_default(_run_settings(address, actors, gpus_per_actor, None), gpus_per_actor, None)
-    defaults = ManifestDefaults(
-        engine=engine or settings.engine.engine,
-        model=model or settings.engine.model,
-        language=language,
-        formats=parse_formats(formats),
-        max_retries=max_retries,
-    )
-    with Store.from_settings(settings) as store:
-        store.upgrade()
-        report, skipped = _submit(store, [prefix], output, None, defaults, skip_invalid=skip_invalid)
-        typer.echo(_submitted_line(report, skipped), err=True)
-        summary = _run(settings, RunOptions(until_drained=True, grace_s=grace), local_cpus=None, local_gpus=None,
-                       store=store)  # fmt: skip
-        # This backfill's tasks only: an old dead task elsewhere in the queue must not fail this job.
-        counts = {status: 0 for status in TaskStatus}
-        for i in range(0, len(report.inserted), DEAD_COUNT_BATCH):
-            for status, n in store.count_by_status(report.inserted[i : i + DEAD_COUNT_BATCH]).items():
-                counts[status] += n
-    if summary.stopped:
-        left = counts[TaskStatus.PENDING] + counts[TaskStatus.FAILED]
-        typer.echo(f"stopped before the backfill finished: {left} task(s) wait for the next run "
-                   "(handed back uncharged)", err=True)  # fmt: skip
+    with _client() as client:
+        result = _progress(
+            lambda observer: client.backfill(
+                prefix, output, engine=engine, model=model, language=language, formats=formats,
+                max_retries=max_retries, address=address, actors=actors, gpus_per_actor=gpus_per_actor,
+                skip_invalid=skip_invalid, grace=grace, observer=observer, notes=_note,
+                on_submitted=lambda s: _note(_submitted_line(len(s.inserted), s.duplicates, s.skipped)),
+            ),
+            client.settings, as_json=as_json, summary_of=lambda r: r.run,
+        )  # fmt: skip
+    if as_json:
+        _echo_json(result.to_dict())
+    if result.run.stopped:
+        _note(f"stopped before the backfill finished: {result.waiting} task(s) wait for the next run "
+              "(handed back uncharged)")  # fmt: skip
         raise typer.Exit(EXIT_STOPPED)
-    dead = counts[TaskStatus.DEAD]
-    if dead:
-        typer.echo(f"{dead} task(s) of this backfill are dead: see `raytranscribe tasks --status dead`", err=True)
+    if result.dead:
+        _note(f"{result.dead} task(s) of this backfill are dead: see `raytranscribe tasks --status dead`")
         raise typer.Exit(EXIT_ERROR)
 
 
@@ -798,6 +688,8 @@ def demo(
     Transcribes the shipped speech samples, shows a corrupt file ending dead with its reason and a
     failed download retried until it completes, then prints the transcripts, the outputs and `status`.
     """
+    from rich.console import Console
+
     from raytranscribe import demo as demo_module
 
     settings = _settings()

@@ -31,6 +31,14 @@ FORBIDDEN = {
     "raytranscribe.isolation": ("ray", "sqlalchemy", "boto3", "botocore", "requests"),
     # the node's model cache runs in workers and engines: no HTTP client until a download starts
     "raytranscribe.modelcache": ("requests", "boto3", "botocore", "sqlalchemy", "ray", "raytranscribe.store"),
+    # `import raytranscribe` stays cheap: the Client loads on first use
+    "raytranscribe": ("sqlalchemy", "pydantic", "ray", "boto3", "raytranscribe.client"),
+    # the Client reads the store; Ray, S3 and the orchestrator load when it runs or lists
+    "raytranscribe.client": ("ray", "boto3", "botocore", "requests", "raytranscribe.orchestrator", "raytranscribe.pool",
+                             "raytranscribe.worker"),
+    # the command line answers --help at once: each command imports what it uses when it runs
+    "raytranscribe.cli": ("sqlalchemy", "pydantic", "pydantic_settings", "rich", "ray", "boto3", "numpy", "av",
+                          "raytranscribe.store", "raytranscribe.client"),
 }
 
 

@@ -810,10 +810,10 @@ def test_backfill_off_a_terminal_logs_progress_lines(system, ray_address):
         "RAYTRANSCRIBE_DATABASE_URL": system.database_url,
         "RAYTRANSCRIBE_S3__ENDPOINT_URL": system.settings.s3.endpoint_url,
         "RAYTRANSCRIBE_ENGINE__CPU_THREADS": "1",
+        "RAYTRANSCRIBE_ENGINE__DEVICE": "cpu",  # the session's GPUs are logical: reserved, never usable
         "RAYTRANSCRIBE_LEASE__HEARTBEAT_S": "0.5",
         "RAYTRANSCRIBE_NAMESPACE": system.settings.namespace + "-cli",
         "RAYTRANSCRIBE_PROGRESS_INTERVAL_S": "1",
-        "RAYTRANSCRIBE_ENGINE__DEVICE": "cpu",  # the suite's Ray has logical GPUs: cpu by choice
     }
     proc = subprocess.run(
         [sys.executable, "-m", "raytranscribe.cli", "backfill", f"s3://{system.bucket}/calls/",
@@ -831,3 +831,107 @@ def test_backfill_off_a_terminal_logs_progress_lines(system, ray_address):
     assert first[:2] == ("0", "0") and int(first[2]) + int(first[3]) == 2  # the first heartbeat: nothing done yet
     assert "transcribing" not in proc.stderr  # the rich bar's label: no bar off a terminal
     assert {t.status for t in system.store.list_tasks()} == {TaskStatus.COMPLETED}
+
+
+# --- help, --json, and what --help spells without importing the code -----------------------------
+
+
+def _commands(group, path=()):
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def test_every_command_and_option_has_help():
+    import typer
+
+    root = typer.main.get_command(app)
+    commands = dict(_commands(root))
+    assert {("submit",), ("retry",), ("cancel",), ("run",), ("backfill",), ("db", "upgrade")} <= set(commands)
+    missing = [
+        f"{' '.join(path)} {param.opts[0] if param.opts else param.name}"
+        for path, command in [((), root), *commands.items()]
+        for param in command.params
+        if not (getattr(param, "help", None) or "").strip()
+    ]
+    assert missing == []
+    assert all((command.help or "").strip() for command in commands.values())
+
+
+def test_every_command_a_script_calls_has_json():
+    import typer
+
+    commands = dict(_commands(typer.main.get_command(app)))
+    for path in (("submit",), ("status",), ("tasks",), ("show",), ("retry",), ("cancel",), ("run",), ("backfill",),
+                 ("db", "upgrade")):  # fmt: skip
+        assert any("--json" in p.opts for p in commands[path].params), path
+
+
+def test_names_the_help_spells_are_the_codes():
+    from raytranscribe.cli import ENGINE_NAMES, FORMAT_NAMES, StatusChoice
+    from raytranscribe.engines.base import ENGINES, FORMATS
+
+    assert [s.value for s in StatusChoice] == [s.value for s in TaskStatus]
+    assert (ENGINE_NAMES, FORMAT_NAMES) == (tuple(ENGINES), tuple(FORMATS))
+
+
+def test_help_and_the_module_import_nothing_heavy():
+    heavy = ("sqlalchemy", "pydantic", "pydantic_settings", "rich", "ray", "boto3", "numpy", "av", "raytranscribe.store")
+    code = (
+        "import sys; from raytranscribe.cli import app\n"
+        "try:\n    app(['--help'], prog_name='raytranscribe')\nexcept SystemExit:\n    pass\n"
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0 and "Commands:" in proc.stdout, proc.stderr
+    assert proc.stderr.strip() == ""
+
+
+def test_retry_cancel_and_db_upgrade_print_json(cli, store):
+    _populate(store)  # 1 completed, 2 dead, 3 in_progress, 4 pending
+    refused = cli("retry", "1", "3", "99", "--json")
+    assert refused.exit_code == 1  # the exit codes do not depend on the format
+    assert json.loads(refused.stdout) == {
+        "requeued": [], "refused": [{"id": 1, "status": "completed"}, {"id": 3, "status": "in_progress"}], "missing": [99]
+    }  # fmt: skip
+    requeued = cli("retry", "--status", "dead", "--json")
+    assert (requeued.exit_code, json.loads(requeued.stdout)["requeued"]) == (0, [2])
+    cancelled = cli("cancel", "1", "3", "4", "--json")
+    assert cancelled.exit_code == 0 and cancelled.stderr == ""
+    assert json.loads(cancelled.stdout) == {"cancelled": [3, 4], "refused": [{"id": 1, "status": "completed"}],
+                                            "missing": []}  # fmt: skip
+    upgraded = cli("db", "upgrade", "--json")
+    assert (upgraded.exit_code, json.loads(upgraded.stdout)) == (0, {"revision": HEAD})
+
+
+@pytest.mark.timeout(300)
+def test_run_and_backfill_print_their_summary_as_json(system, ray_address):
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray_address,
+        "RAYTRANSCRIBE_DATABASE_URL": system.database_url,
+        "RAYTRANSCRIBE_S3__ENDPOINT_URL": system.settings.s3.endpoint_url,
+        "RAYTRANSCRIBE_NAMESPACE": system.settings.namespace + "-json",
+        "RAYTRANSCRIBE_LOG_LEVEL": "WARNING",
+    }
+
+    def program(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "raytranscribe.cli", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=240)  # fmt: skip
+
+    ran = program("run", "--until-drained", "--json")  # an empty queue: drained at once
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    doc = json.loads(ran.stdout)
+    assert {k: doc[k] for k in ("completed", "retried", "dead", "released", "fenced", "stopped")} == dict.fromkeys(
+        ("completed", "retried", "dead", "released", "fenced", "stopped"), 0)  # fmt: skip
+    assert {"audio_s", "wall_s", "rtfx"} <= set(doc) and "run summary" not in ran.stderr
+
+    system.put("calls/notes.txt", b"not audio")  # listed, not audio: nothing to submit
+    filled = program("backfill", f"s3://{system.bucket}/calls/", "-o", f"s3://{system.bucket}/out/", "--json")
+    assert filled.returncode == 0, filled.stderr[-3000:]
+    doc = json.loads(filled.stdout)
+    assert (doc["submitted"], doc["duplicates"], doc["skipped"], doc["run"]["completed"]) == (0, 0, 0, 0)
+    assert doc["counts"] == {s.value: 0 for s in TaskStatus}
+    assert "submitted 0 task(s); 0 duplicate(s) skipped" in filled.stderr
