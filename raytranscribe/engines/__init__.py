@@ -13,11 +13,13 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from raytranscribe.engines.base import ENGINES, SAMPLE_RATE, Engine, EngineSpec, Transcript, TranscribeOptions
 from raytranscribe.errors import ModelLoadError, RayTranscribeError, Stage, TranscriptionError
+
+if TYPE_CHECKING:  # the helpers below take arrays; specs and options import without numpy (the CLI's reads)
+    import numpy as np
 
 __all__ = [
     "ENGINES",
@@ -229,6 +231,8 @@ def prepare_audio(audio: np.ndarray, engine: str) -> np.ndarray:
 
     A wrong shape is a caller bug, not a flaky device, so it is a permanent TranscriptionError.
     """
+    import numpy as np
+
     audio = np.asarray(audio)
     if audio.ndim != 1:
         raise TranscriptionError(
@@ -241,6 +245,8 @@ def prepare_audio(audio: np.ndarray, engine: str) -> np.ndarray:
 
 
 def is_silence(audio: np.ndarray) -> bool:
+    import numpy as np
+
     return audio.size == 0 or float(np.max(np.abs(audio))) <= SILENCE_PEAK
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol, runtime_checkable
-
-import numpy as np
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from raytranscribe.config import EngineSettings
 from raytranscribe.errors import EngineOutOfMemory, RayTranscribeError, TranscriptionError
+
+if TYPE_CHECKING:  # arrays are the engines' business: options and specs import without numpy
+    import numpy as np
 
 _ENGINE_DEFAULTS = EngineSettings()  # the engine group's defaults live in config.py, once
 DEFAULT_ENGINE: str = _ENGINE_DEFAULTS.engine  # what a task or spec that names none runs

@@ -5,7 +5,8 @@ statement, named), ``newtask`` (validation, dedupe keys), ``submit``, ``record``
 ``plan``, ``views`` (what comes back) and ``states`` (the statuses).
 """
 
-from raytranscribe.store.models import OrchestratorState, Task, TaskAttempt, TaskLease, TaskQueue
+from typing import TYPE_CHECKING
+
 from raytranscribe.store.newtask import NewTask
 from raytranscribe.store.record import LEASE_EXPIRED
 from raytranscribe.store.states import AttemptOutcome, TaskStatus
@@ -21,6 +22,22 @@ from raytranscribe.store.views import (
     SubmitReport,
     TaskView,
 )
+
+if TYPE_CHECKING:
+    from raytranscribe.store.models import OrchestratorState, Task, TaskAttempt, TaskLease, TaskQueue
+
+_MODELS = ("OrchestratorState", "Task", "TaskAttempt", "TaskLease", "TaskQueue")
+
+
+def __getattr__(name: str) -> object:
+    # The ORM models are the schema's (migrations, schema tests); the store's own work is plain SQL,
+    # so `raytranscribe status` does not pay for building them.
+    if name in _MODELS:
+        from raytranscribe.store import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "LEASE_EXPIRED",
