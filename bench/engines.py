@@ -29,8 +29,10 @@ the committed samples instead (the report says which).
 
 The sweep (``--device cuda``, or ``--sweep`` on any device) runs :func:`transcribe_batch` over the
 same two sets at each of ``--sizes`` (1 is the sequential path), for each of ``--gpu-models``, with
-fitted and with 30 s windows, naming the GPU; it ends with one line per model, set and window shape,
-``ratio batch 32/batch 1 tiny.en short fitted: 4.10``.
+fitted and with 30 s windows, naming the GPU, and on the long file faster-whisper's per-file batched
+pipeline at the largest size; it ends with one line per model, set and window shape,
+``ratio batch 32/batch 1 tiny.en short fitted: 4.10``, and per model
+``ratio cross-file/per-file-batched batch 32 tiny.en long fitted: ...``.
 
 ``--load`` measures, for each engine and each committed speech sample,
 
@@ -214,32 +216,19 @@ def _mean_wer(refs: list[str], texts: list[str]) -> float:
 
 def bench_batching(spec: EngineSpec, options: TranscribeOptions, batch_size: int, sets: dict) -> dict:
     """Figures for sequential, per-file batched and cross-file on each set, in one process."""
-    from faster_whisper import BatchedInferencePipeline
-
     from raytranscribe.batching import transcribe_batch
-    from raytranscribe.engines.faster import transcribe_kwargs
 
     engine = load_engine(replace(spec, fit_windows=True))
     padded = load_engine(replace(spec, fit_windows=False))  # every window padded to 30 s, as Whisper was trained
-    pipeline = BatchedInferencePipeline(engine.model)
     warm = next(iter(sets.values()))[0][1]
     engine.transcribe(warm, options)  # warm-up: allocator and kernel set-up
-    kwargs = transcribe_kwargs(options) | {"vad_filter": True}  # the pipeline needs VAD beyond 30 s
     figures = {}
     for name, clips in sets.items():
         refs = [r for r, _ in clips]
         audios = [a for _, a in clips]
         audio_s = sum(a.size for a in audios) / SR
         seq, seq_s = _timed(lambda: [engine.transcribe(a, options).text for a in audios])
-
-        def per_file():
-            out = []
-            for a in audios:
-                segments, _ = pipeline.transcribe(a, batch_size=batch_size, **kwargs)
-                out.append(" ".join(s.text.strip() for s in segments))
-            return out
-
-        pfb, pfb_s = _timed(per_file)
+        pfb, pfb_s = _timed(lambda: _per_file_batched(engine, audios, options, batch_size))
         figures[name] = {
             "audio_s": audio_s, "files": len(audios),
             "sequential": (seq_s, _mean_wer(refs, seq)),
@@ -380,7 +369,33 @@ def bench_sweep(device: str, models: list[str], sizes: list[int], sets: dict, so
                           f"{size:5d} {wall:8.2f} {audio_s / wall:8.1f} {base / wall:5.2f}x {err:6.3f} {memory!s:>8s}",
                           flush=True)
                 ratios.append((f"batch {sizes[-1]}/batch {sizes[0]} {model} {name.split()[0]} {shape}", base / wall))
+                if shape == "fitted":
+                    fitted_wall = wall
+            if name.startswith("long") and sizes[-1] > 1:
+                # The peer on the long file: faster-whisper's own batched pipeline at the largest size.
+                size, engine = sizes[-1], engines["fitted"]
+                with GpuMemoryPeak(device == "cuda") as memory:
+                    texts, wall = _timed(lambda: _per_file_batched(engine, audios, options, size))
+                print(f"{model:10s} {engine.compute_type:>13s} {name:24s} {'per-file':>8s} "
+                      f"{size:5d} {wall:8.2f} {audio_s / wall:8.1f} {base / wall:5.2f}x "
+                      f"{_mean_wer(refs, texts):6.3f} {memory!s:>8s}", flush=True)
+                ratios.append((f"cross-file/per-file-batched batch {size} {model} long fitted", wall / fitted_wall))
     return ratios
+
+
+def _per_file_batched(engine, audios: list, options: TranscribeOptions, batch_size: int) -> list[str]:
+    """faster-whisper's ``BatchedInferencePipeline`` on each file in turn: the texts."""
+    from faster_whisper import BatchedInferencePipeline
+
+    from raytranscribe.engines.faster import transcribe_kwargs
+
+    pipeline = BatchedInferencePipeline(engine.model)
+    kwargs = transcribe_kwargs(options) | {"vad_filter": True}  # the pipeline needs VAD beyond 30 s
+    out = []
+    for a in audios:
+        segments, _ = pipeline.transcribe(a, batch_size=batch_size, **kwargs)
+        out.append(" ".join(s.text.strip() for s in segments))
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
