@@ -284,8 +284,12 @@ class WindowScheduler:
         """Queue the rest of a window whose decode stopped before its speech did.
 
         Sequential Whisper seeks to its last timestamp and decodes on; a batch cannot, so the
-        rest becomes a window of its own, first in the queue. A window that gave nothing when
-        decoded alone is taken at its word (no speech); packed, it is decoded again alone.
+        rest becomes a window of its own, queued right after the task's last pending window (first
+        in the queue when none is left): the task is done only when all its windows are, so going
+        ahead of its own windows gains it nothing, and behind them a long file's full-length
+        windows fill whole batches while its rests, a few seconds each, share calls with one
+        another instead of splitting every batch. A window that gave nothing when decoded alone is
+        taken at its word (no speech); packed, it is decoded again alone.
         """
         window = ref.job.window
         end = max((s.end for s in segments), default=0.0)
@@ -298,7 +302,8 @@ class WindowScheduler:
         task.results.append(None)
         job = WindowJob(rest, ref.job.language, ref.job.options)
         lost = packed and end <= 0.0  # packing swallowed its text: it goes alone
-        self._pending.insert(0, WindowRef(ref.key, len(task.windows) - 1, job, ref.continuation + 1, solo=lost))
+        at = max((i + 1 for i, r in enumerate(self._pending) if r.key == ref.key), default=0)
+        self._pending.insert(at, WindowRef(ref.key, len(task.windows) - 1, job, ref.continuation + 1, solo=lost))
 
     def requeue(self, batch: Sequence[BatchItem]) -> None:
         """Put a batch that was not decoded (out of memory) back at the head of the queue."""

@@ -188,6 +188,22 @@ def test_a_decode_that_stops_before_the_speech_does_is_continued():
     assert [(s.start, s.end, s.text) for s in t.segments] == [(0.0, 8.0, "first part"), (8.0, 20.0, "second part")]
 
 
+def test_a_rest_waits_behind_its_own_files_windows_and_goes_first_when_none_are_left():
+    scheduler = WindowScheduler(SPEC, pack=False)
+    scheduler.add("long", _prepared(30.0, 30.0, 30.0), OPTS)
+    scheduler.add("other", _prepared(30.0), OPTS)
+    scheduler.complete(scheduler.next_batch(1), [[Segment(0.0, 20.0, "stops early")]])  # the tone goes on
+    order = [scheduler.next_batch(1)[0].refs[0] for _ in range(4)]  # one slot a batch: the oldest
+    assert [(ref.key, ref.index) for ref in order] == [("long", 1), ("long", 2), ("long", 3), ("other", 0)]
+    assert order[2].job.window.start_s == pytest.approx(20.0)
+
+    scheduler = WindowScheduler(SPEC, pack=False)
+    scheduler.add("a", _prepared(30.0), OPTS)
+    scheduler.add("b", _prepared(30.0), OPTS)
+    scheduler.complete(scheduler.next_batch(1), [[Segment(0.0, 20.0, "stops early")]])
+    assert [(ref.key, ref.index) for ref in scheduler.next_batch(1)[0].refs] == [("a", 1)]
+
+
 # --- bisection -----------------------------------------------------------------------------------
 
 
