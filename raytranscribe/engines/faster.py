@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -35,6 +34,7 @@ from raytranscribe.engines.base import (
     segment_from_dict,
 )
 from raytranscribe.engines.models import resolve_faster_whisper_model
+from raytranscribe.engines.quality import WindowQuality, loop_ratio
 from raytranscribe.engines.windows import fixed_windows, speech_windows
 from raytranscribe.errors import ModelLoadError, RayTranscribeError, Stage, TranscriptionError
 
@@ -298,8 +298,9 @@ class FasterWhisperEngine:
         for result, tok in zip(results, tokenizers, strict=True):
             tokens = result.sequences_ids[0]
             avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)  # length_penalty 1, as faster-whisper
-            ratio = _loop_ratio(tokens, tok)
-            decoded.append(_Decoded(tokens, float(avg_logprob), float(result.no_speech_prob), ratio, temperature))
+            ratio = loop_ratio(tokens, tok.timestamp_begin, tok.decode)
+            decoded.append(_Decoded(avg_logprob=float(avg_logprob), no_speech_prob=float(result.no_speech_prob),
+                                    compression_ratio=ratio, tokens=tokens, temperature=temperature))  # fmt: skip
         return decoded
 
     def _split(self, job: WindowJob, tokenizer: Tokenizer, d: _Decoded) -> list[dict]:
@@ -372,60 +373,16 @@ FIT_STEP_S = 2.0
 # faster-whisper's defaults for what batched decoding does per window (WhisperModel.transcribe).
 BEST_OF = 5  # sampled candidates per window once the fallback runs hot
 MAX_INITIAL_TIMESTAMP_S = 1.0
-COMPRESSION_RATIO_THRESHOLD = 2.4
-LOG_PROB_THRESHOLD = -1.0
-NO_SPEECH_THRESHOLD = 0.6
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 
 
 @dataclass(frozen=True, slots=True)
-class _Decoded:
-    """One window's decode at one temperature, with Whisper's quality checks on it."""
+class _Decoded(WindowQuality):
+    """One window's decode at one temperature: its tokens, and Whisper's checks on it."""
 
     tokens: list[int]
-    avg_logprob: float
-    no_speech_prob: float
-    compression_ratio: float
     temperature: float
-
-    @property
-    def no_speech(self) -> bool:
-        """Whisper's silence verdict: probably no speech, and what it decoded is unlikely too."""
-        return self.no_speech_prob > NO_SPEECH_THRESHOLD and self.avg_logprob < LOG_PROB_THRESHOLD
-
-    @property
-    def needs_fallback(self) -> bool:
-        bad = self.compression_ratio > COMPRESSION_RATIO_THRESHOLD or self.avg_logprob < LOG_PROB_THRESHOLD
-        return bad and not self.no_speech
-
-    @property
-    def rank(self) -> tuple[bool, float]:
-        """Which decode to keep when every temperature failed: not repetitive first, then likeliest."""
-        return (self.compression_ratio <= COMPRESSION_RATIO_THRESHOLD, self.avg_logprob)
-
-
-def _compression_ratio(text: str) -> float:
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data)) if data else 0.0
-
-
-def _loop_ratio(tokens: Sequence[int], tokenizer: Tokenizer) -> float:
-    """Whisper's repetition check, per segment (the text between timestamp tokens), worst one.
-
-    Sequential Whisper gzips a whole window of one file. A batched slot may hold several files,
-    and files saying the same sentence (a call centre's greeting) would read as a loop there; a
-    decoding loop shows inside one segment.
-    """
-    worst, piece = 0.0, []
-    for token in [*tokens, tokenizer.timestamp_begin]:
-        if token >= tokenizer.timestamp_begin:
-            if piece:
-                worst = max(worst, _compression_ratio(tokenizer.decode(piece).strip()))
-            piece = []
-        else:
-            piece.append(token)
-    return worst
 
 
 def _group_key(job: WindowJob) -> tuple:

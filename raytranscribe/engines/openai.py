@@ -8,7 +8,6 @@ windows are fixed 30 s steps cut at quiet moments.
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,6 +33,7 @@ from raytranscribe.engines.base import (
     segment_from_dict,
 )
 from raytranscribe.engines.models import looks_like_path, resolve_openai_whisper_model
+from raytranscribe.engines.quality import WindowQuality, loop_ratio
 from raytranscribe.engines.windows import fixed_windows
 from raytranscribe.errors import ModelLoadError, Stage, TranscriptionError
 
@@ -178,17 +178,18 @@ class OpenAIWhisperEngine:
                     decoded = w.decode(self.model, mel[todo], options)
                 again = []
                 for i, r in zip(todo, decoded, strict=True):
-                    ratio = _loop_ratio(r.tokens, tokenizer)
-                    if best[i] is None or _rank(r, ratio) > best_rank[i]:
-                        best[i], best_rank[i] = r, _rank(r, ratio)
-                    if _needs_fallback(r, ratio) and step + 1 < len(schedule):
+                    q = _quality(r, tokenizer)
+                    if best[i] is None or q.rank > best_rank[i]:
+                        best[i], best_rank[i] = r, q.rank
+                    if q.needs_fallback and step + 1 < len(schedule):
                         again.append(i)
                 todo = again
                 if not todo:
                     break
             out = []
             for k, (job, r) in enumerate(zip(jobs, best, strict=True)):
-                segments = [] if _no_speech(r) else _split_tokens(r, tokenizer, job.window.duration_s)
+                silent = _quality(r, tokenizer).no_speech
+                segments = [] if silent else _split_tokens(r, tokenizer, job.window.duration_s)
                 if o.word_timestamps and segments:
                     frames = min(job.window.samples.size // w.audio.HOP_LENGTH, w.audio.N_FRAMES)
                     w.timing.add_word_timestamps(
@@ -204,39 +205,14 @@ def _segment(s: dict) -> Segment:
     return segment_from_dict(s, s["avg_logprob"], s["no_speech_prob"])
 
 
-# openai-whisper's transcribe() defaults, applied per window by the batched path.
-COMPRESSION_RATIO_THRESHOLD = 2.4
-LOG_PROB_THRESHOLD = -1.0
-NO_SPEECH_THRESHOLD = 0.6
 TIME_PRECISION = 0.02  # seconds per timestamp token
 
 
-def _no_speech(r) -> bool:
-    return r.no_speech_prob > NO_SPEECH_THRESHOLD and r.avg_logprob < LOG_PROB_THRESHOLD
-
-
-def _needs_fallback(r, ratio: float) -> bool:
-    bad = ratio > COMPRESSION_RATIO_THRESHOLD or r.avg_logprob < LOG_PROB_THRESHOLD
-    return bad and not _no_speech(r)
-
-
-def _rank(r, ratio: float) -> tuple[bool, float]:
-    return (ratio <= COMPRESSION_RATIO_THRESHOLD, r.avg_logprob)
-
-
-def _loop_ratio(tokens, tokenizer) -> float:
-    """Whisper's repetition check per segment, worst one (see engines.faster._loop_ratio: a slot
-    may hold several files saying the same thing; a decoding loop shows inside one segment)."""
-    worst, piece = 0.0, []
-    for token in [*tokens, tokenizer.timestamp_begin]:
-        if token >= tokenizer.timestamp_begin:
-            text = tokenizer.decode([t for t in piece if t < tokenizer.eot]).strip().encode("utf-8")
-            if text:
-                worst = max(worst, len(text) / len(zlib.compress(text)))
-            piece = []
-        else:
-            piece.append(token)
-    return worst
+def _quality(r, tokenizer) -> WindowQuality:
+    """Whisper's checks on one of its DecodingResults (its tokens end with end-of-text)."""
+    ratio = loop_ratio(r.tokens, tokenizer.timestamp_begin,
+                       lambda piece: tokenizer.decode([t for t in piece if t < tokenizer.eot]))  # fmt: skip
+    return WindowQuality(float(r.avg_logprob), float(r.no_speech_prob), ratio)
 
 
 def _split_tokens(r, tokenizer, duration_s: float) -> list[dict]:
