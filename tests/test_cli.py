@@ -87,7 +87,7 @@ def test_shell_completion_completes_commands_and_their_options():
         env={"_RAYTRANSCRIBE_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "raytranscribe submit --for"}
     )
     assert zsh.returncode == 0 and '"--formats"' in zsh.stdout
-    script = _program("--show-completion", "bash")
+    script = _program("--show-completion", "bash", env={"SHELL": "/bin/bash"})  # CI may run without SHELL
     assert script.returncode == 0
     assert "complete -o default -F _raytranscribe_completion raytranscribe" in script.stdout
 

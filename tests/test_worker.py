@@ -365,7 +365,9 @@ def test_a_twenty_minute_file_completes_through_the_system_in_bounded_memory(sys
     # and the batch, not by the file's length.
     print(f"actor RSS: first {rss[0] / 1024**2:.0f} MiB, max {max(rss) / 1024**2:.0f} MiB over {len(rss)} samples")
     assert max(rss) < 1.5 * 1024**3, max(rss) / 1024**2
-    assert min(t for _, t in progress) >= 20  # windows of at most 30 s, in pieces of 10 minutes
+    # The ping counts the windows of the piece in hand: a 10-minute piece of windows of at most 30 s holds
+    # 20 or more (the file's last piece may be a short rest: no lower bound on every sample).
+    assert max(t for _, t in progress) >= 20, progress
     assert len({d for d, _ in progress}) >= 2  # the ping showed it advancing
     system.check_invariants()
 
