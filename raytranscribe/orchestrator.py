@@ -176,18 +176,17 @@ class Orchestrator:
                 self._flush()  # before the heartbeat, so the reaper never sees our own finished work
                 if now >= self._next_heartbeat:
                     self._heartbeat(now)
-                self._flush()
                 if self.options.until_drained and self._drained():
                     log.info("drained: nothing pending, in progress or waiting for retry")
                     break
+                if not self._report.serviceable:
+                    raise NoWorkers("no worker actors can run: " + "; ".join(self._report.gave_up.values()))
                 claims = self._fill(now) if stop_deadline is None else []
                 lost, self._lost = self._lost, []
                 self._settle(self.pools.turn(
                     claims, now, serve=self._pairs, retire=self.db_available, lost=lost,
                     wait_s=self.options.tick_s, ready_by=now + self.options.turn_s,
                 ))  # fmt: skip
-                if not self._report.serviceable:
-                    raise NoWorkers("no worker actors can run: " + "; ".join(self._report.gave_up.values()))
         finally:
             self._shutdown()
         self.summary.finished = time.monotonic()
