@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import ray
 
@@ -52,9 +53,16 @@ class TurnReport:
     refused: list[TaskSpec] = field(default_factory=list)  # claimed, but no actor took it: release, uncharged
     wants: dict[PoolKey, int] = field(default_factory=dict)  # how many more tasks each pool's actors want now
     leases: list[Lease] = field(default_factory=list)  # every attempt in flight: the leases to renew
-    views: list[ActorView] = field(default_factory=list)  # for status and the metrics
     actor_starts: dict[str, int] = field(default_factory=dict)  # by pool label, every pool
     gave_up: dict[PoolKey, str] = field(default_factory=dict)  # pools that stopped starting actors and have none
+    # The actors' views are built on first read (a heartbeat's, not every turn's), so read them before
+    # the next turn: until then the pools do not change.
+    read_views: Callable[[], list[ActorView]] = field(default=list, repr=False, compare=False)
+
+    @cached_property
+    def views(self) -> list[ActorView]:
+        """Every actor not dead, for status and the metrics."""
+        return self.read_views()
 
     @property
     def in_flight(self) -> int:
@@ -261,7 +269,7 @@ class ActorPools:
             refused=refused,
             wants={key: pool.capacity() for key, pool in self.pools.items()},
             leases=self._ledger.leases(),
-            views=self.views(),
+            read_views=self.views,
             actor_starts=self.actor_starts(),
             gave_up=self.gave_up(),
         )
