@@ -8,12 +8,13 @@ Ray's own ceiling on this machine (a bare actor-call loop with the same number o
 (a) the system: a fresh PostgreSQL database (the real store), a local Ray with ``--actors`` logical
     GPUs, one worker actor per logical GPU with a no-op engine (``bench.noop:NoopEngine``: no
     model, no audio work), N submitted tasks and an :class:`Orchestrator` run until drained.
-    Presigning is the real ``S3Storage`` (botocore's signer), five URLs a task. Two runs:
-    ``none``: the actors are ``bench.noop:NoTransferWorker``, the production worker whose per-task
-    pipeline does no download, decode or upload (what the driver can move); ``http``: the
-    production ``TranscriptionWorker``, its tiny transfers (a 0.1 s WAV in, four small outputs out)
-    going to a minimal local HTTP server in its own process (``sink``), which answers like S3
-    without checking signatures, so S3's own speed (moto spends milliseconds a request) stays out.
+    Presigning is the real ``S3Storage`` (botocore's signer), five URLs a task. Two runs of the
+    production worker: ``none``: its files moved by nobody, through its public plug-in options
+    (``worker.transfer_class = bench.noop:NoTransfer``, ``worker.decoder = bench.noop:open_silence``:
+    no download, no upload, 0.1 s of silence decoded; what the driver can move); ``http``: its tiny
+    transfers (a 0.1 s WAV in, four small outputs out) going to a minimal local HTTP server in its
+    own process (``sink``), which answers like S3 without checking signatures, so S3's own speed
+    (moto spends milliseconds a request) stays out.
 (b) bare Ray: the same number of plain actors, a driver loop that keeps as many calls in flight per
     actor as the system does, each call taking one small payload and returning one.
 
@@ -53,7 +54,7 @@ from raytranscribe.engines.base import TranscribeOptions  # noqa: E402
 from raytranscribe.store import NewTask, RecordResult, Store, TaskStatus  # noqa: E402
 from raytranscribe.store.admin import create_database, drop_database, scratch_server_url  # noqa: E402
 
-from bench.noop import NoTransferWorker  # noqa: E402
+from bench.noop import NO_TRANSFER, SILENCE  # noqa: E402
 
 ENGINE = "bench.noop:NoopEngine"
 TARGET_RATE = 1000.0
@@ -178,16 +179,17 @@ class WindowStore(Store):
 
 def run_system(database_url: str, endpoint: str, tasks: int, actors: int, prefetch: int, transfers: str) -> Result:
     """The whole system on ``tasks`` fresh tasks; ``transfers``: "http" (the production worker, its
-    transfers to the sink) or "none" (the production worker without the file work: NoTransferWorker)."""
+    transfers to the sink) or "none" (the production worker with bench.noop's stand-ins for its file work)."""
     from raytranscribe.orchestrator import Orchestrator, RunOptions
     from raytranscribe.storage import S3Storage
-    from raytranscribe.worker import TranscriptionWorker
 
+    stand_ins = {"transfer_class": NO_TRANSFER, "decoder": SILENCE} if transfers == "none" else {}
     settings = Settings(
         database_url=database_url,
         s3=S3Settings(endpoint_url=endpoint),
         engine=EngineSettings(engine=ENGINE, model="noop", device="cpu", cpu_threads=1),
-        worker=WorkerSettings(min_actors=actors, max_actors=actors, num_gpus=1, num_cpus=0, prefetch=prefetch),
+        worker=WorkerSettings(min_actors=actors, max_actors=actors, num_gpus=1, num_cpus=0, prefetch=prefetch,
+                              **stand_ins),
         namespace=f"rt-bench-{uuid.uuid4().hex[:6]}",
         log_level="WARNING",
     )
@@ -206,8 +208,7 @@ def run_system(database_url: str, endpoint: str, tasks: int, actors: int, prefet
         window = Window(tasks)
         store.window = window
         options = RunOptions(until_drained=True, idle_poll_s=0.2)
-        worker = NoTransferWorker if transfers == "none" else TranscriptionWorker
-        orch = Orchestrator(settings, store, S3Storage(settings.s3), options=options, observer=window, worker=worker)
+        orch = Orchestrator(settings, store, S3Storage(settings.s3), options=options, observer=window)
         box: dict[str, object] = {}
 
         def go() -> None:
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--actors", type=int, default=8)
     p.add_argument("--prefetch", type=int, default=WorkerSettings().prefetch, help="tasks in flight per actor")
     p.add_argument("--transfers", default="none,http",
-                   help="system runs: none (NoTransferWorker: no file work), http (to the local sink), or both")
+                   help="system runs: none (bench.noop's stand-ins: no file work), http (to the local sink), or both")
     p.add_argument("--sink-processes", type=int, default=max(1, min(4, (os.cpu_count() or 2) // 4)))
     p.add_argument("--database-url", default=None, help="server to create the bench databases on")
     args = p.parse_args(argv)

@@ -148,6 +148,11 @@ class WorkerSettings(_Group):
         description="module:function that opens a file for decoding in the actor's decode helper processes "
         "(a plug-in returning an audio.DecodeStream)",
     )
+    transfer_class: str = Field(
+        "raytranscribe.transfer:Transfer",
+        description="module:Class an actor moves files with: built as Class(transfer settings, connections=n), "
+        "it downloads inputs from and uploads outputs to presigned URLs (a plug-in like transfer.Transfer)",
+    )
 
 
 class HealthSettings(_Group):

@@ -1,15 +1,15 @@
-"""The driver: claim -> presign -> pool.submit; outcomes -> buffer -> store.record. Leases, reaper, drain.
+"""The driver: claim -> presign -> pools.turn; outcomes -> buffer -> store.record. Leases, reaper, drain.
 
 It is the only writer to the database; the actor pools (:mod:`raytranscribe.pool`) own the actors
 and every attempt in flight on them, and hand back :class:`Outcome` s, failovers included. Each turn:
-1. on the heartbeat: renews the leases of everything in flight, reaps expired leases, refreshes
-   which (engine, model) pairs it serves, and publishes its state;
-2. ``pools.tick``: start-up, pings, deadlines, deaths and pool sizes, as outcomes;
-3. writes buffered outcomes (batched, fenced); while the database is unreachable outcomes stay in
+1. writes buffered outcomes (batched, fenced); while the database is unreachable outcomes stay in
    memory and claiming stops, so nothing is lost;
-4. claims what each pool's actors want (unless a circuit breaker is open), presigns, submits, and
-   sends them to the actors;
-5. waits on results with ``ray.wait`` and collects their outcomes.
+2. on the heartbeat: renews the leases of everything in flight, reaps expired leases, refreshes
+   which (engine, model) pairs it serves, and publishes its state;
+3. claims what each pool's actors want (unless a circuit breaker is open) and presigns;
+4. ``pools.turn``: hands the claimed tasks to the actors, waits on results with ``ray.wait``, and
+   keeps house (start-up, pings, deadlines, deaths, pool sizes, idle pools); its one report holds the
+   outcomes, how many more each pool wants, the leases to renew and the views to publish.
 """
 
 from __future__ import annotations
@@ -24,9 +24,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-import ray
-from ray import ObjectRefGenerator
-
 from raytranscribe import metrics
 from raytranscribe.alerts import Alerter
 from raytranscribe.breakers import BreakerState, CircuitBreaker
@@ -35,10 +32,9 @@ from raytranscribe.contracts import Outcome, TaskSpec
 from raytranscribe.engines.base import EngineSpec
 from raytranscribe.errors import Failure, PresignError, RayTranscribeError, Stage, StoreUnavailable
 from raytranscribe.logs import task_extra
-from raytranscribe.pool import ActorPool, ActorPools, Lease, new_owner_tag
+from raytranscribe.pool import ActorPools, Claim, Lease, PoolKey, TurnReport, new_owner_tag
 from raytranscribe.storage import S3Storage
 from raytranscribe.store import ClaimedTask, RecordResult, Store, TaskStatus
-from raytranscribe.worker import TranscriptionWorker
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +107,7 @@ class Orchestrator:
         options: RunOptions = RunOptions(),
         observer: Observer | None = None,
         runtime_env: dict | None = None,
-        worker: type[TranscriptionWorker] = TranscriptionWorker,
     ) -> None:
-        """``worker``: the actor class the pools start (TranscriptionWorker, or a subclass of it)."""
         self.settings = settings
         self.store = store
         self.storage = storage
@@ -122,21 +116,22 @@ class Orchestrator:
         tag = new_owner_tag()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{tag}"
         # An s3:// model reaches each new actor as presigned URLs listed here (the pool imports no storage).
-        self.pools = ActorPools(
-            settings, tag, runtime_env=runtime_env, model_source=storage.model_for_actor, worker=worker
-        )
+        self.pools = ActorPools(settings, tag, runtime_env=runtime_env, model_source=storage.model_for_actor)
         self.breakers: dict[Stage, CircuitBreaker] = {s: CircuitBreaker(s, settings.breaker) for s in BREAKER_STAGES}
         self.alerter = Alerter(settings.alerts)
         self.summary = RunSummary()
         self._probe: Lease | None = None  # the one task a half-open breaker lets through
         self._buffer: list[Outcome] = []  # outcomes waiting to be written
+        self._report = TurnReport()  # the pools' report of the last turn
+        self._lost: list[Lease] = []  # leases the store says are no longer ours, for the next turn
         self._stop = threading.Event()
         self._next_heartbeat = 0.0
         self._next_depth = 0.0
-        self._next_claim: dict[tuple[str, str], float] = {}
+        self._next_claim: dict[PoolKey, float] = {}
         self._db_down_until = 0.0
         self._db_failures = 0
-        self._pairs: list[tuple[str, str]] = list(options.pairs or [])
+        self._pairs: list[PoolKey] = list(options.pairs or [])
+        self._specs: dict[PoolKey, EngineSpec] = {}
         self._outstanding: int | None = None
         self._store_errors_seen = store.transient_errors  # how many the metric has been given
 
@@ -174,29 +169,35 @@ class Orchestrator:
         try:
             while True:
                 now = time.monotonic()
-                turn_started = now
                 if self._stop.is_set() and stop_deadline is None:
                     stop_deadline = now + self.options.grace_s
-                if stop_deadline is not None and (not self.pools.in_flight or now >= stop_deadline):
+                if stop_deadline is not None and (not self._report.in_flight or now >= stop_deadline):
                     self.summary.stopped = True
                     break
                 self._flush()  # before the heartbeat, so the reaper never sees our own finished work
                 if now >= self._next_heartbeat:
                     self._heartbeat(now)
-                self._take(self.pools.tick(now))
-                self._flush()
-                if stop_deadline is None:
-                    self._fill(now)
                 if self.options.until_drained and self._drained():
                     log.info("drained: nothing pending, in progress or waiting for retry")
                     break
-                if not self.pools.serviceable():
-                    raise NoWorkers("no worker actors can run: " + "; ".join(self.pools.gave_up().values()))
-                self._take(self.pools.collect(self._wait(self.options.tick_s, turn_started)))
+                if not self._report.serviceable:
+                    raise NoWorkers("no worker actors can run: " + "; ".join(self._report.gave_up.values()))
+                claims = self._fill(now) if stop_deadline is None else []
+                lost, self._lost = self._lost, []
+                self._settle(self.pools.turn(
+                    claims, now, serve=self._pairs, retire=self.db_available, lost=lost,
+                    wait_s=self.options.tick_s, ready_by=now + self.options.turn_s,
+                ))  # fmt: skip
         finally:
             self._shutdown()
         self.summary.finished = time.monotonic()
         return self.summary
+
+    def _settle(self, report: TurnReport) -> None:
+        """The pools' report: outcomes into the write buffer, tasks no actor took handed back."""
+        self._report = report
+        self._take(report.outcomes)
+        self._release([(t.task_id, t.attempt) for t in report.refused])
 
     # --- heartbeat: leases, reaper, pairs, state ------------------------------------------------
 
@@ -205,55 +206,65 @@ class Orchestrator:
         if not self.db_available:
             return
         try:
-            # Finished but unwritten outcomes keep their leases too (a long database outage).
-            leases = self.pools.leases() + [(o.task_id, o.attempt) for o in self._buffer]
-            if leases:
-                lost = self.store.renew(leases, self.owner, lease_s=self.settings.lease.lease_s)
-                for lease in lost:  # cancelled or taken over: its outcome would be fenced out anyway
-                    self.pools.abandon(lease)
-            reaped = [] if self._buffer else self.store.reap()
-            for r in reaped:
-                log.warning(
-                    "lease expired (holder vanished): %s", r.reason, extra=task_extra(r.task_id, r.attempt, Stage.LEASE)
-                )
-            self._count([(r, None) for r in reaped])
-            if self.options.pairs is None:
-                self._pairs = self.store.claimable_pairs()
-            self._outstanding = self.store.outstanding(self.options.pairs)
-            if now >= self._next_depth:
-                # Queue depth for the dashboard: a count per status, at most every few seconds.
-                self._next_depth = now + max(5.0, self.settings.lease.heartbeat_s)
-                for status, n in self.store.stats(top=0).counts.items():
-                    metrics.get().queue_depth.set(n, tags={"status": status.value})
+            self._renew_leases()
+            self._reap()
+            self._refresh_work(now)
             self._db_ok()
         except StoreUnavailable as exc:
             self._db_down(exc)
-        for pair in self._pairs:
-            self.pools.ensure(self._engine_spec(pair))
-        if self.db_available:
-            # A pool whose (engine, model) has no work left gives its GPUs back after a while.
-            self.pools.retire_idle(set(self._pairs), now)
-        m = metrics.get()
-        m.in_flight.set(self.pools.in_flight)
-        # By pool and where each computes: a GPU pool's actors on the CPU show as device "cpu".
-        live = collections.Counter((v.pool, v.device, v.compute_type) for v in self.pools.views() if v.state == "alive")
-        metrics.set_live_actors({(p.label, "", ""): 0 for p in self.pools.pools.values()} | live)
-        for stage, b in self.breakers.items():
-            m.breaker_open.set(1 if b.state is BreakerState.OPEN else 0, tags={"stage": stage.value})
+        self._publish_metrics()
         self._publish_database_health()
         self._publish_state()
         self.observer.heartbeat(self)
+
+    def _renew_leases(self) -> None:
+        """Everything in flight keeps its lease; so do finished but unwritten outcomes (a long
+        database outage). A lease lost (cancelled or taken over) is dropped on the next turn: its
+        outcome would be fenced out anyway."""
+        leases = self._report.leases + [(o.task_id, o.attempt) for o in self._buffer]
+        if leases:
+            self._lost += self.store.renew(leases, self.owner, lease_s=self.settings.lease.lease_s)
+
+    def _reap(self) -> None:
+        """Expired leases of vanished holders back to their queue (not while we owe outcomes)."""
+        reaped = [] if self._buffer else self.store.reap()
+        for r in reaped:
+            log.warning(
+                "lease expired (holder vanished): %s", r.reason, extra=task_extra(r.task_id, r.attempt, Stage.LEASE)
+            )
+        self._count([(r, None) for r in reaped])
+
+    def _refresh_work(self, now: float) -> None:
+        """Which pairs have work (the pools follow them), how much is outstanding, the queue depth."""
+        if self.options.pairs is None:
+            self._pairs = self.store.claimable_pairs()
+        self._outstanding = self.store.outstanding(self.options.pairs)
+        if now >= self._next_depth:
+            # Queue depth for the dashboard: a count per status, at most every few seconds.
+            self._next_depth = now + max(5.0, self.settings.lease.heartbeat_s)
+            for status, n in self.store.stats(top=0).counts.items():
+                metrics.get().queue_depth.set(n, tags={"status": status.value})
+
+    def _publish_metrics(self) -> None:
+        m = metrics.get()
+        m.in_flight.set(self.pools.in_flight)
+        # By pool and where each computes: a GPU pool's actors on the CPU show as device "cpu".
+        views = self._report.views
+        live = collections.Counter((v.pool, v.device, v.compute_type) for v in views if v.state == "alive")
+        metrics.set_live_actors({(label, "", ""): 0 for label in self._report.actor_starts} | live)
+        for stage, b in self.breakers.items():
+            m.breaker_open.set(1 if b.state is BreakerState.OPEN else 0, tags={"stage": stage.value})
 
     def _publish_state(self) -> None:
         if not self.db_available:
             return
         state = {
             "owner": self.owner,
-            "actors": [asdict(a) for a in self.pools.views()],
+            "actors": [asdict(a) for a in self._report.views],
             "breakers": self.breaker_states(),
             "breaker_trips": {s.value: b.trips for s, b in self.breakers.items()},
-            "actor_starts": self.pools.actor_starts(),
-            "in_flight": self.pools.in_flight,
+            "actor_starts": self._report.actor_starts,
+            "in_flight": self._report.in_flight,
             "buffered": len(self._buffer),
         }
         try:
@@ -261,65 +272,63 @@ class Orchestrator:
         except StoreUnavailable as exc:
             self._db_down(exc)
 
-    def _engine_spec(self, pair: tuple[str, str]) -> EngineSpec:
-        return EngineSpec.from_settings(self.settings.engine, *pair)
+    def _engine_spec(self, pair: PoolKey) -> EngineSpec:
+        if pair not in self._specs:
+            self._specs[pair] = EngineSpec.from_settings(self.settings.engine, *pair)
+        return self._specs[pair]
 
-    # --- claim, presign, submit ----------------------------------------------------------------
+    # --- claim, presign -------------------------------------------------------------------------
 
-    def _fill(self, now: float) -> None:
+    def _fill(self, now: float) -> list[Claim]:
+        """Claim what each pool's actors want and presign it, for this turn to hand over."""
         if not self.db_available or self._buffer:
-            return  # write what we owe before taking more
+            return []  # write what we owe before taking more
         if not self._breakers_allow():
-            return
+            return []
         half_open = any(b.state is BreakerState.HALF_OPEN for b in self.breakers.values())
         if not half_open:
             self._probe = None
-        elif self._probe is not None and self.pools.holds(self._probe):
-            return  # one probe at a time: wait for its outcome
-        try:
-            for pool in list(self.pools.pools.values()):
-                if not self._fill_pool(pool, now, half_open):
-                    return
-        finally:
-            self.pools.send()  # the Ray calls for what the actors were given this turn
+        elif self._probe is not None and self._probe in self._report.leases:
+            return []  # one probe at a time: wait for its outcome
+        claims: list[Claim] = []
+        for key, want in self._report.wants.items():
+            if want <= 0 or now < self._next_claim.get(key, 0.0):
+                continue
+            claim, go_on = self._fill_pool(key, 1 if half_open else want, now)  # a probe: one task
+            if claim is not None:
+                claims.append(claim)
+            if half_open and claim is not None and claim.tasks:
+                self._probe = (claim.tasks[0].task_id, claim.tasks[0].attempt)
+                break  # one probe at a time
+            if not go_on:
+                break
+        return claims
 
-    def _fill_pool(self, pool: ActorPool, now: float, half_open: bool) -> bool:
-        """Claim what the pool's actors want, presign, submit. False: stop filling this turn."""
-        cap = pool.capacity()
-        if cap <= 0 or now < self._next_claim.get(pool.key, 0.0):
-            return True
-        if half_open:
-            cap = 1  # probe with one task before opening the taps
+    def _fill_pool(self, key: PoolKey, want: int, now: float) -> tuple[Claim | None, bool]:
+        """Claim what the pool's actors want and presign it; and whether to go on filling this turn."""
         try:
-            claimed = self.store.claim(cap, self.owner, lease_s=self.settings.lease.lease_s, pairs=[pool.key])
+            claimed = self.store.claim(want, self.owner, lease_s=self.settings.lease.lease_s, pairs=[key])
             self._db_ok()
         except StoreUnavailable as exc:
             self._db_down(exc)
-            return False
-        pool.note_claim(cap, len(claimed), now)
-        if len(claimed) < cap:
-            self._next_claim[pool.key] = now + self.options.idle_poll_s
+            return None, False
+        if len(claimed) < want:
+            self._next_claim[key] = now + self.options.idle_poll_s
+        specs: list[TaskSpec] = []
         for n, task in enumerate(claimed):
             if not self._breakers_allow():
                 # A breaker opened mid-batch (presign failing): hand the rest back uncharged.
                 self._release([(t.id, t.attempt) for t in claimed[n:]])
-                return False
-            spec = self._presign(pool, task)
-            if spec is None:
-                continue
-            if not pool.submit(spec, now):  # capacity vanished (an actor died): not the task's fault
-                self._release([(task.id, task.attempt)])
-                continue
-            if half_open:
-                self._probe = (task.id, task.attempt)
-                self._release([(t.id, t.attempt) for t in claimed[n + 1 :]])
-                return False
-        return True
+                return Claim(key, want, len(claimed), specs), False
+            spec = self._presign(key, task)
+            if spec is not None:
+                specs.append(spec)
+        return Claim(key, want, len(claimed), specs), True
 
     def _breakers_allow(self) -> bool:
         return all(b.allows_dispatch() for b in self.breakers.values())
 
-    def _presign(self, pool: ActorPool, task: ClaimedTask) -> TaskSpec | None:
+    def _presign(self, key: PoolKey, task: ClaimedTask) -> TaskSpec | None:
         """The task as a worker sees it (presigned URLs only); None when presigning failed (recorded)."""
         presign = self.breakers[Stage.PRESIGN]
         try:
@@ -341,7 +350,7 @@ class Orchestrator:
             input_url=input_url,
             input_uri=task.input_uri,
             outputs=outputs,
-            engine=pool.spec,
+            engine=self._engine_spec(key),
             options=task.options,
             alone=task.crashes >= r.alone_after_crashes or task.releases >= r.alone_after_releases,
         )
@@ -355,26 +364,6 @@ class Orchestrator:
             self._db_down(exc)
 
     # --- results --------------------------------------------------------------------------------
-
-    def _wait(self, timeout: float, turn_started: float) -> list[ray.ObjectRef | ObjectRefGenerator]:
-        """Every ref that is ready, once the turn has lasted ``turn_s``, waiting up to ``timeout``
-        for one when none is."""
-        refs = self.pools.refs()
-        if not refs:
-            time.sleep(timeout)
-            return []
-        rest = turn_started + self.options.turn_s - time.monotonic()
-        if rest > 0:
-            time.sleep(rest)
-        # Under load something is ready every turn: one pass over the refs, not two.
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-        if ready:
-            return ready
-        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
-        if not ready:
-            return []
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-        return ready
 
     def _take(self, outcomes: Sequence[Outcome]) -> None:
         """Outcomes from the pools (results, failovers, deadline kills) into the write buffer."""
@@ -482,11 +471,11 @@ class Orchestrator:
     # --- drain and shutdown ---------------------------------------------------------------------
 
     def _drained(self) -> bool:
-        if self.pools.in_flight or self._buffer or not self.db_available:
+        if self._report.in_flight or self._buffer or not self.db_available:
             return False
         try:
             self._outstanding = self.store.outstanding(self.options.pairs)
-            stuck = self.pools.gave_up()
+            stuck = self._report.gave_up
             if self._outstanding and stuck:
                 waiting = self.store.outstanding(list(stuck))
                 if waiting == self._outstanding:
@@ -501,20 +490,15 @@ class Orchestrator:
             return False
         return self._outstanding == 0
 
-    def _land_finishing(self) -> None:
-        """Wait a moment for the tasks already rendering or uploading: their work is done."""
-        finishing = self.pools.finishing()
-        deadline = time.monotonic() + FINISHING_WAIT_S
-        while finishing and time.monotonic() < deadline:
-            self._take(self.pools.collect(self._wait(0.1, time.monotonic())))
-            finishing &= set(self.pools.leases())
-
     def _shutdown(self) -> None:
         """Write what finished, hand back every other lease (attempt closed as released, retries
         unchanged), stop the actors; in about a second, so that ``ray job stop`` (SIGKILL 3 s after
         SIGTERM) finds nothing owed and the next run starts on it at once."""
-        self._land_finishing()
-        leftovers = self.pools.leases()
+        # The tasks already rendering or uploading may land first: their work is done.
+        lost, self._lost = self._lost, []
+        landed = self.pools.land(FINISHING_WAIT_S, self.options.turn_s, lost=lost)
+        self._take(landed.outcomes)
+        leftovers = landed.leases
         deadline = time.monotonic() + 5.0
         while (self._buffer or leftovers) and time.monotonic() < deadline:
             try:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import importlib
 import logging
 import os
 import queue
@@ -444,7 +445,7 @@ class TranscriptionWorker:
         # One thread per task in hand (take() hands each task to one), and the outcomes they leave for results().
         threads = max(config.worker.prefetch, config.worker.max_tasks_in_hand)
         self._pipeline = ThreadPoolExecutor(threads, thread_name_prefix="pipeline")
-        self.transfer = Transfer(config.transfer, connections=threads)
+        self.transfer = transfer_class(config.worker.transfer_class)(config.transfer, connections=threads)
         # Outcomes for results(), and Computing notes in their order among them.
         self._finished: queue.SimpleQueue[Outcome | _Note] = queue.SimpleQueue()
         self._compute = threading.Lock()
@@ -987,6 +988,15 @@ def _summed(timings: Sequence[tuple[str, float]]) -> tuple[tuple[str, float], ..
     for name, seconds in timings:
         total[name] = total.get(name, 0.0) + seconds
     return tuple((name, round(seconds, 4)) for name, seconds in total.items())
+
+
+def transfer_class(path: str) -> type[Transfer]:
+    """The class ``worker.transfer_class`` names (``module:Class``): transfer.Transfer, or a plug-in
+    with its download and upload."""
+    module, _, name = path.partition(":")
+    if not module or not name:
+        raise ValueError(f"worker.transfer_class must be 'module:Class', got {path!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 def worker_actor_class(worker: type[TranscriptionWorker] = TranscriptionWorker):

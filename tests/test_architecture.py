@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "raytranscribe"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "raytranscribe"
 
 FORBIDDEN = {
     # module: what importing it must not drag in
@@ -26,6 +27,9 @@ FORBIDDEN = {
     "raytranscribe.pool": ("sqlalchemy", "psycopg2", "raytranscribe.store", "boto3", "botocore", "raytranscribe.storage"),
     "raytranscribe.breakers": ("ray", "sqlalchemy", "boto3", "requests"),
     "raytranscribe.orchestrator": ("raytranscribe.engines.faster", "raytranscribe.engines.openai"),
+    # the pools' ledger, dispatch, health and failover: Ray and the worker's types, never the database or S3
+    **{f"raytranscribe.pool.{m}": ("sqlalchemy", "psycopg2", "raytranscribe.store", "boto3", "botocore",
+                                   "raytranscribe.storage") for m in ("ledger", "dispatch", "health", "failover")},
     "raytranscribe.uris": ("ray", "sqlalchemy", "boto3", "botocore", "requests"),
     "raytranscribe.batching": ("ray", "sqlalchemy", "boto3", "botocore", "requests"),
     "raytranscribe.isolation": ("ray", "sqlalchemy", "boto3", "botocore", "requests"),
@@ -116,3 +120,25 @@ def test_the_sql_wall_sees_sql(tmp_path):
     module = tmp_path / "module.py"
     module.write_text('"""SELECT id FROM tasks: a docstring may say so."""\n' + "\n".join(seen + prose) + "\n")
     assert [line for line, _ in sql_literals(module)] == list(range(2, 2 + len(seen)))
+
+
+# Pure modules inside a package whose __init__ imports more (the pool package imports Ray): each is
+# loaded alone, from its file, and must import nothing outside the standard library but these.
+PURE = {
+    "raytranscribe/pool/policy.py": (),  # the scaling policy: counts and times in, a decision out
+}
+
+
+@pytest.mark.parametrize("path", sorted(PURE))
+def test_pure_module_imports_nothing_but_the_standard_library(path):
+    code = (
+        "import importlib.util, sys; before = set(sys.modules); "
+        f"spec = importlib.util.spec_from_file_location('pure_module', {path!r}); "
+        "module = importlib.util.module_from_spec(spec); sys.modules['pure_module'] = module; "
+        "spec.loader.exec_module(module); "
+        "new = {m.split('.')[0] for m in set(sys.modules) - before} - {'pure_module'}; "
+        "print(','.join(sorted(m for m in new if m not in sys.stdlib_module_names)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert set(filter(None, out.stdout.strip().split(","))) <= set(PURE[path]), f"{path} imports {out.stdout.strip()}"

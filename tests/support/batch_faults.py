@@ -11,7 +11,9 @@ of a task that asks for no fault is decoded by the real engine, in the same batc
   kernel): every task in that model call dies with it.
 - ``"fault:trace:<folder>:<tag>"``: no fault; every engine call that holds this task (prepare, and each
   batch) is logged as it starts and ends, with the time, to ``<folder>/<pid>.log``: after a process
-  is killed, its log says what it was computing on (``computing_at_death``).
+  is killed, its log says what it was computing on (``computing_at_death``). A batch holding a traced
+  window also lasts at least ``TRACED_BATCH_S``, as a large model's batch on a GPU does, so a test's
+  kills land inside engine calls and not only between them.
 
 Used as ``engine="tests.support.batch_faults:FaultyBatchEngine"``.
 """
@@ -58,7 +60,11 @@ class FaultyBatchEngine:
     def decode_windows(self, batch: Sequence[WindowJob]) -> list[list[Segment]]:
         prompts = [job.options.initial_prompt or "" for job in batch]
         with _traced(prompts):
-            return self._decode_windows(batch, prompts)
+            started = time.monotonic()
+            out = self._decode_windows(batch, prompts)
+            if any(p.startswith(TRACE) for p in prompts):
+                time.sleep(max(0.0, TRACED_BATCH_S - (time.monotonic() - started)))
+            return out
 
     def _decode_windows(self, batch: Sequence[WindowJob], prompts: list[str]) -> list[list[Segment]]:
         if "fault:crash" in prompts:
@@ -75,6 +81,7 @@ class FaultyBatchEngine:
 
 
 TRACE = PREFIX + "trace:"
+TRACED_BATCH_S = 2.5
 
 
 def trace_prompt(folder: Path, tag: str) -> str:
