@@ -235,14 +235,9 @@ def _echo_json(doc: Any) -> None:
 
 
 def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    from raytranscribe.progress import duration_text
+
+    return "-" if seconds is None else duration_text(seconds)
 
 
 def _when(dt: datetime | None) -> str:

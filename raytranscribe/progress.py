@@ -103,14 +103,15 @@ def progress_line(s: RunSummary, outstanding: int | None, in_flight: int, actors
     elif settled == 0:
         eta = "-"
     else:
-        eta = _duration(outstanding / (settled / s.wall_s))
+        eta = duration_text(outstanding / (settled / s.wall_s))
     return (
         f"completed {s.completed}, dead {s.dead}, pending {pending}, in flight {in_flight} "
         f"| audio {s.audio_s / 3600:.2f} h done, {s.rtfx:.1f} audio s/s | ETA {eta} | actors {actors}"
     )
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """``45s``, ``12m05s``, ``3h07m``: an age or an ETA at the precision a person reads it."""
     seconds = int(seconds)
     if seconds < 120:
         return f"{seconds}s"
