@@ -122,6 +122,11 @@ Lease = tuple[int, int]  # (task id, attempt)
 # How long a task entering the engine waits for its Computing note to leave on the results stream:
 # the note has to be out before a crash it might cause, and it goes in about a millisecond.
 _NOTE_SENT_WAIT_S = 1.0
+# Ray hands a yielded item to an asynchronous RPC: a process that dies at once can still lose it.
+# After the hand-over the engine waits this long for the message to be on its way; longer when a
+# task that crashed a worker before (one that runs alone) enters, the likeliest crash of all.
+_NOTE_FLUSH_S = 0.005
+_NOTE_FLUSH_ALONE_S = 0.05
 
 
 class Withdrawn(Exception):
@@ -457,6 +462,7 @@ class TranscriptionWorker:
         self._mean_audio_s: float | None = None  # running mean of decoded durations: the size of the unknown
         self._computing: set[Lease] = set()  # inside the engine now: the suspects should this process die
         self._withdrawn: set[Lease] = set()  # taken back by the driver; dropped at their next step
+        self._alone: set[Lease] = set()  # tasks that run alone: they crashed a worker before
         self._streaming = False  # results() has a reader: Computing notes have somewhere to go
         # Untrusted media decode in helper processes (a crash inside FFmpeg fails one file, not this
         # actor), streamed back in pieces of at most stream_chunk_s: what a task holds is bounded.
@@ -586,9 +592,11 @@ class TranscriptionWorker:
             if not self._streaming:  # driven by process() calls (gpu_check): no driver to tell
                 return
             sent = threading.Event() if on else None
+            flush = _NOTE_FLUSH_ALONE_S if self._alone & keys else _NOTE_FLUSH_S  # type: ignore[operator]
             self._finished.put(_Note(Computing(frozenset(self._computing)), sent))
         if sent is not None:
             sent.wait(_NOTE_SENT_WAIT_S)
+            time.sleep(flush)
 
     @contextmanager
     def _computing_on(self, key: Lease) -> Iterator[None]:
@@ -763,6 +771,8 @@ class TranscriptionWorker:
         )
         with self._state:
             self._running[run.key] = run.progress
+            if spec.alone:
+                self._alone.add(run.key)
         return run
 
     def _end(self, run: _TaskRun) -> None:
@@ -772,6 +782,7 @@ class TranscriptionWorker:
         with self._state:
             self._running.pop(run.key, None)
             self._withdrawn.discard(run.key)
+            self._alone.discard(run.key)
             self._done += 1
 
     def _check_engine(self, spec: TaskSpec) -> None:
