@@ -111,6 +111,8 @@ class Segment:
     words: tuple[Word, ...] | None = None
     avg_logprob: float | None = None
     no_speech_prob: float | None = None
+    temperature: float | None = None  # the temperature of the decode this segment came from
+    compression_ratio: float | None = None  # its window's, as Whisper's repetition check measured it
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ class Transcript:
     model: str
     options: TranscribeOptions = field(default_factory=TranscribeOptions)
     language_probability: float | None = None
+    speech_s: float | None = None  # seconds the VAD kept as speech; None when no VAD ran
 
     @property
     def text(self) -> str:

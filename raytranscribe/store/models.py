@@ -75,6 +75,9 @@ class Task(Base):
     language: Mapped[str | None] = mapped_column(sa.Text)
     output_uris: Mapped[list[str] | None] = mapped_column(JSONB)
     text_preview: Mapped[str | None] = mapped_column(sa.Text)
+    # The transcript's quality measures and verdict (migration 0009); NULL until completed.
+    quality: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    suspect: Mapped[bool | None] = mapped_column(sa.Boolean)
 
     __table_args__ = (
         sa.UniqueConstraint("dedupe_key"),
