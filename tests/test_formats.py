@@ -69,7 +69,9 @@ def test_json_golden():
         }
       ],
       "avg_logprob": -0.25,
-      "no_speech_prob": 0.125
+      "no_speech_prob": 0.125,
+      "temperature": null,
+      "compression_ratio": null
     }
   ],
   "language": "en",
@@ -90,6 +92,7 @@ def test_json_golden():
     ]
   },
   "language_probability": 1.0,
+  "speech_s": null,
   "text": "Grüße -- ünïcode ✓"
 }
 """
