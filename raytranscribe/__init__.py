@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["BackfillResult", "Client", "Status", "SubmitResult", "__version__"]
+__all__ = ["BackfillResult", "Client", "ExportResult", "Status", "SubmitResult", "__version__"]
 
-_LAZY = {"BackfillResult", "Client", "Status", "SubmitResult"}
+_LAZY = {"BackfillResult", "Client", "ExportResult", "Status", "SubmitResult"}
 
 if TYPE_CHECKING:
-    from raytranscribe.client import BackfillResult, Client, Status, SubmitResult
+    from raytranscribe.client import BackfillResult, Client, ExportResult, Status, SubmitResult
 
 
 def __getattr__(name: str) -> Any:

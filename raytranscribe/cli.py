@@ -489,6 +489,35 @@ def show(
         _show_task(task)
 
 
+@app.command()
+@_handles_errors
+def export(
+    dest: str = typer.Argument(
+        ..., metavar="DEST", show_default=False,
+        help="Where to write: a local file path, or s3://bucket/key (uploaded once the file is complete).",
+    ),  # fmt: skip
+    fmt: Optional[str] = typer.Option(
+        None, "--format", metavar="parquet|jsonl", help="parquet or jsonl (default: DEST's extension: .parquet/.pq, .jsonl/.ndjson; none: parquet).",
+        show_default=False,
+    ),  # fmt: skip
+    status_filter: Optional[list[StatusChoice]] = typer.Option(
+        None, "--status", help="Export the tasks in this status; repeat for several (default: completed).",
+        show_default=False,
+    ),  # fmt: skip
+    suspect: bool = typer.Option(False, "--suspect", help="Only the transcripts judged suspect."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: rows written, dest, format and bytes."),
+) -> None:
+    """Write an index of the results, one row per task (input, outputs, language, audio seconds, engine,
+    model, options, quality, suspect), as Parquet or JSON lines; nothing is left at DEST on failure."""
+    statuses = [s.value for s in status_filter] if status_filter else ["completed"]
+    with _client() as client:
+        result = client.export(dest, format=fmt, status=statuses, suspect=True if suspect else None)
+    if as_json:
+        _echo_json(result.to_dict())
+    else:
+        typer.echo(f"exported {result.rows} task(s) to {result.dest} ({result.format}, {result.bytes} bytes)")
+
+
 # --- operator actions --------------------------------------------------------------------------
 
 

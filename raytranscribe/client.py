@@ -26,15 +26,17 @@ from typing import TYPE_CHECKING, Any
 from raytranscribe.config import Settings
 from raytranscribe.engines.base import FORMATS, TranscribeOptions
 from raytranscribe.errors import InvalidInput, TaskNotFound
+from raytranscribe.export import ExportFormat, ExportResult
 from raytranscribe.store import NewTask, OrchestratorView, StatusChange, Store, StoreStats, TaskStatus, TaskView
 from raytranscribe.store.manifest import ManifestDefaults, iter_manifest, parse_formats
+from raytranscribe.store.reads import EXPORT_PAGE
 from raytranscribe.store.url import resolve_database_url
 
 if TYPE_CHECKING:
     from raytranscribe.orchestrator import Observer, RunSummary
     from raytranscribe.storage import S3Storage
 
-__all__ = ["BackfillResult", "Client", "Status", "SubmitResult"]
+__all__ = ["BackfillResult", "Client", "ExportResult", "Status", "SubmitResult"]
 
 log = logging.getLogger("raytranscribe.client")
 
@@ -261,6 +263,32 @@ class Client:
         if task is None:
             raise TaskNotFound(f"task {task_id} not found")
         return task
+
+    def export(
+        self,
+        dest: str,
+        *,
+        format: ExportFormat | str | None = None,  # noqa: A002 (the word a user reaches for)
+        status: TaskStatus | str | Sequence[TaskStatus | str] = TaskStatus.COMPLETED,
+        suspect: bool | None = None,
+        page_size: int = EXPORT_PAGE,
+    ) -> ExportResult:
+        """Write an index of the results to ``dest`` (a local path or ``s3://bucket/key``): one row per
+        task of ``status`` (default completed; several may be given), by id, with its input, outputs,
+        language, audio seconds, engine, model, options, quality and verdict. ``suspect`` True keeps only
+        the transcripts judged suspect (False: only those judged sound). ``format`` is ``parquet`` or
+        ``jsonl``; by default the extension's (``.parquet``, ``.pq``, ``.jsonl``, ``.ndjson``; none:
+        Parquet, which needs ``raytranscribe[export]``). The tasks are read in pages of ``page_size``
+        and written as they come, so memory stays bounded; the file reaches ``dest`` only once complete."""
+        from raytranscribe import export as exporting
+
+        target = exporting.destination(dest, format)  # everything the user gave is checked before any read
+        statuses = [status] if isinstance(status, (str, TaskStatus)) else list(status)
+        wanted = [s for s in (_status(x) for x in statuses) if s is not None]
+        if not wanted:
+            raise InvalidInput("give at least one status to export")
+        pages = self.store.result_pages(wanted, suspect=suspect, page_size=page_size)
+        return exporting.write(target, pages, storage=self._storage)
 
     # --- operator actions ----------------------------------------------------------------------
 

@@ -338,6 +338,43 @@ class S3Storage:
         except bex.BotoCoreError as exc:
             raise StorageError(f"cannot create bucket {name!r}: {type(exc).__name__}: {exc}") from exc
 
+    # --- whole files (the driver's own uploads: an export) ----------------------------------------
+
+    def check_writable(self, uri: S3Uri) -> None:
+        """Fail before a long job writes anything when ``uri``'s bucket does not exist (InvalidURI) or
+        refuses us (StorageError); a bucket that answers may still refuse the upload itself."""
+        try:
+            self.client.head_bucket(Bucket=uri.bucket)
+        except bex.ClientError as exc:
+            if _error_code(exc) in ("404", "NoSuchBucket"):
+                raise InvalidURI(f"cannot write {_abbrev(str(uri))}: bucket {uri.bucket!r} does not exist") from exc
+            raise _s3_call_error(exc, f"cannot write {_abbrev(str(uri))}") from exc
+        except _CREDENTIAL_ERRORS as exc:
+            raise StorageError(f"cannot write {_abbrev(str(uri))}: AWS credentials unavailable ({exc})") from exc
+        except bex.BotoCoreError as exc:
+            raise StorageError(f"cannot write {_abbrev(str(uri))}: {type(exc).__name__}: {exc}") from exc
+
+    def upload_file(self, path: str, uri: S3Uri, content_type: str) -> None:
+        """Upload a finished local file to ``uri`` (multipart when it is big). S3 shows the object only
+        once the upload completes, so a failed upload leaves nothing at ``uri``."""
+        from boto3.exceptions import S3UploadFailedError
+
+        try:
+            self.client.upload_file(path, uri.bucket, uri.key, ExtraArgs={"ContentType": content_type})
+        except bex.ClientError as exc:
+            if _error_code(exc) == "NoSuchBucket":
+                raise InvalidURI(f"cannot write {_abbrev(str(uri))}: bucket {uri.bucket!r} does not exist") from exc
+            raise _s3_call_error(exc, f"cannot write {_abbrev(str(uri))}") from exc
+        except S3UploadFailedError as exc:  # boto3's transfer manager wraps the ClientError in words
+            if "NoSuchBucket" in str(exc):
+                raise InvalidURI(f"cannot write {_abbrev(str(uri))}: bucket {uri.bucket!r} does not exist") from exc
+            raise StorageError(f"cannot write {_abbrev(str(uri))}: {exc}") from exc
+        except _CREDENTIAL_ERRORS as exc:
+            raise StorageError(f"cannot write {_abbrev(str(uri))}: AWS credentials unavailable ({exc})") from exc
+        except bex.BotoCoreError as exc:
+            raise StorageError(f"cannot write {_abbrev(str(uri))}: {type(exc).__name__}: {exc}") from exc
+        log.info("uploaded %s", uri)
+
     # --- models -------------------------------------------------------------------------------
 
     def model_for_actor(self, engine: str, model: str) -> ModelManifest | None:

@@ -3,18 +3,21 @@ side tables and counts of migrations 0005 and 0006; see reads.sql)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import text
 
+from raytranscribe.errors import InvalidInput
 from raytranscribe.store.connection import Database
 from raytranscribe.store.sql import load
 from raytranscribe.store.states import UNFINISHED, TaskStatus
-from raytranscribe.store.views import StoreStats, TaskView, attempt_view, task_view
+from raytranscribe.store.views import ResultRow, StoreStats, TaskView, attempt_view, result_row, task_view
 
 SQL = load("reads")
+
+EXPORT_PAGE = 10_000  # tasks an export reads per query: a few MB of rows, one round trip per page
 
 
 def get(db: Database, task_id: int) -> TaskView | None:
@@ -81,3 +84,32 @@ def count_by_status(db: Database, ids: Sequence[int]) -> dict[TaskStatus, int]:
     counts = {s: 0 for s in TaskStatus}
     counts.update({TaskStatus(r.status): int(r.n) for r in rows})
     return counts
+
+
+def result_pages(
+    db: Database, statuses: Sequence[TaskStatus], suspect: bool | None, page_size: int
+) -> Iterator[list[ResultRow]]:
+    """The tasks of ``statuses`` (and of that verdict, unless ``suspect`` is None) by id, ``page_size``
+    at a time: each page is its own short read after the last id of the one before (keyset), so memory
+    holds one page and a transient error re-reads that page only. A task that enters one of the statuses
+    while the walk is past its id is not seen (run it after the work is done for a complete index)."""
+    if page_size < 1:  # checked now, not at the first page
+        raise InvalidInput(f"page_size must be at least 1, got {page_size}")
+    if not statuses:
+        raise InvalidInput("give at least one status to export")
+    params: dict[str, Any] = {"statuses": [TaskStatus(s).value for s in statuses], "limit": page_size, "after": 0}
+    where = ""
+    if suspect is not None:
+        params["suspect"] = suspect
+        where = SQL.export_where_suspect
+    return _pages(db, text(SQL.export_page.format(suspect=where)), params, page_size)
+
+
+def _pages(db: Database, sql: sa.TextClause, params: dict[str, Any], page_size: int) -> Iterator[list[ResultRow]]:
+    while True:
+        page = db.run("export_page", lambda conn: [result_row(r) for r in conn.execute(sql, params)])
+        if page:
+            yield page
+        if len(page) < page_size:
+            return
+        params["after"] = page[-1].id

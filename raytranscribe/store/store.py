@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from raytranscribe.store.views import (
     ClaimedTask,
     OrchestratorView,
     RecordResult,
+    ResultRow,
     StatusChange,
     StoreStats,
     StreamedSubmit,
@@ -339,6 +340,18 @@ class Store:
     def list_tasks(self, *, status: TaskStatus | None = None, limit: int = 100) -> list[TaskView]:
         """The first ``limit`` tasks by id, of one status or of all."""
         return reads.list_tasks(self.db, status, limit)
+
+    def result_pages(
+        self,
+        statuses: Sequence[TaskStatus] = (TaskStatus.COMPLETED,),
+        *,
+        suspect: bool | None = None,
+        page_size: int = reads.EXPORT_PAGE,
+    ) -> Iterator[list[ResultRow]]:
+        """Every task of ``statuses`` (only those judged suspect, or not, when ``suspect`` is given), by
+        id, in pages of at most ``page_size``: what ``raytranscribe export`` writes. Each page is a
+        keyset read of its own (bounded memory; no transaction held open between pages)."""
+        return reads.result_pages(self.db, statuses, suspect, page_size)
 
     def stats(self, *, top: int = 5) -> StoreStats:
         """Counts per status, the oldest pending task's age, audio completed, the ``top`` failure reasons.

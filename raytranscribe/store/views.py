@@ -140,6 +140,30 @@ class TaskView:
 
 
 @dataclass(frozen=True)
+class ResultRow:
+    """One task as ``raytranscribe export`` writes it: what went in, what came out, and its verdict."""
+
+    id: int
+    status: TaskStatus
+    input_uri: str
+    output_uri: str  # the output stem
+    output_uris: tuple[str, ...]  # the files written
+    engine: str
+    model: str
+    options: str  # the task's options as stored: a JSON object, as text
+    language: str | None
+    audio_duration_s: float | None
+    text_preview: str | None
+    quality: str | None  # the quality measures and reasons as stored (JSON text); None until measured
+    suspect: bool | None  # the verdict; None until measured
+    attempt: int
+    retries: int
+    failure_reason: str | None
+    created_at: datetime
+    completed_at: datetime | None
+
+
+@dataclass(frozen=True)
 class StoreStats:
     counts: dict[TaskStatus, int]  # every status, zero included
     oldest_pending_age_s: float | None
@@ -239,6 +263,30 @@ def task_view(r: Any, attempts: tuple[AttemptView, ...] = ()) -> TaskView:
         output_uris=tuple(r.output_uris or ()),
         text_preview=r.text_preview,
         attempts=attempts,
+    )
+
+
+def result_row(r: Any) -> ResultRow:
+    """A row of reads.sql's export_page."""
+    return ResultRow(
+        id=r.id,
+        status=TaskStatus(r.status),
+        input_uri=r.input_uri,
+        output_uri=r.output_uri,
+        output_uris=tuple(r.output_uris or ()),
+        engine=r.engine,
+        model=r.model,
+        options=r.options,
+        language=r.language,
+        audio_duration_s=r.audio_duration_s,
+        text_preview=r.text_preview,
+        quality=r.quality,
+        suspect=r.suspect,
+        attempt=r.attempt,
+        retries=r.retries,
+        failure_reason=r.failure_reason,
+        created_at=r.created_at,
+        completed_at=r.completed_at,
     )
 
 

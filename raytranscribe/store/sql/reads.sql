@@ -77,3 +77,18 @@ AND (engine, model) IN (SELECT * FROM unnest(CAST(:e AS text[]), CAST(:m AS text
 
 -- name: count_by_status
 SELECT status, count(*) AS n FROM tasks WHERE id = ANY(CAST(:ids AS bigint[])) GROUP BY status
+
+-- name: export_page
+-- One page of `raytranscribe export`'s keyset walk: the tasks after :after, in the primary key's order,
+-- of the statuses asked for. A page is a range scan of the primary key from where the last one ended,
+-- however deep into the table it is (an OFFSET would rescan every page before it). options and quality
+-- come as JSON text, so the export writes them as stored without parsing them. The suspect
+-- placeholder is empty or export_where_suspect.
+SELECT id, status, input_uri, output_uri, output_uris, engine, model, CAST(options AS text) AS options, language,
+       audio_duration_s, text_preview, CAST(quality AS text) AS quality, suspect, attempt, retries,
+       failure_reason, created_at, completed_at
+FROM tasks WHERE id > :after AND status = ANY(CAST(:statuses AS task_status[])) {suspect}
+ORDER BY id LIMIT :limit
+
+-- name: export_where_suspect
+AND suspect = :suspect
