@@ -208,7 +208,8 @@ def _staged(dest: Destination) -> Iterator[tuple[Path, IO[bytes]]]:
         raise InvalidInput(f"cannot write the export to {abbrev(str(path))!r}: it is a folder")
     parent = path.parent
     if not parent.is_dir():
-        raise InvalidInput(f"cannot write the export to {abbrev(str(path))!r}: folder {str(parent)!r} does not exist")
+        problem = "is not a folder" if parent.exists() else "does not exist"
+        raise InvalidInput(f"cannot write the export to {abbrev(str(path))!r}: folder {str(parent)!r} {problem}")
     try:
         # Beside the destination, so the rename stays on one file system and so is atomic.
         fd, name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".partial")
