@@ -40,6 +40,8 @@ FORBIDDEN = {
     # the Client reads the store; Ray, S3 and the orchestrator load when it runs or lists
     "raytranscribe.client": ("ray", "boto3", "botocore", "requests", "raytranscribe.orchestrator", "raytranscribe.pool",
                              "raytranscribe.worker"),
+    # the export writes on the driver: pyarrow and boto3 load when a Parquet or s3:// export runs
+    "raytranscribe.export": ("ray", "sqlalchemy", "boto3", "botocore", "pyarrow", "raytranscribe.store"),
     # the command line answers --help at once: each command imports what it uses when it runs
     "raytranscribe.cli": ("sqlalchemy", "pydantic", "pydantic_settings", "rich", "ray", "boto3", "numpy", "av",
                           "raytranscribe.store", "raytranscribe.client"),

@@ -130,7 +130,7 @@ def test_the_url_given_wins_and_a_bad_one_is_one_config_error(store, database_ur
 
 
 @pytest.mark.timeout(300)
-def test_backfill_submits_a_prefix_runs_it_and_counts_its_own_tasks(system):
+def test_backfill_submits_a_prefix_runs_it_and_counts_its_own_tasks(system, tmp_path):
     """One short end-to-end run through the Client: a real Ray, moto over HTTP, tiny.en on the CPU."""
     from tests.support.speech import wer
 
@@ -156,6 +156,16 @@ def test_backfill_submits_a_prefix_runs_it_and_counts_its_own_tasks(system):
         task = rt.show(task_id)
         assert (task.status, task.input_uri) == (TaskStatus.COMPLETED, uri)
         assert wer(sentence, system.object_text(f"s3://{system.bucket}/out/fox.txt")) <= 0.25
+        # The index of the results holds the finished task as `show` has it (tests/test_export.py: the rest).
+        import pyarrow.parquet as pq
+
+        index = rt.export(str(tmp_path / "index.parquet"))
+        rows = {row["id"]: row for row in pq.read_table(tmp_path / "index.parquet").to_pylist()}
+        assert index.rows == len(rows) and old not in rows
+        row = rows[task_id]
+        assert (row["input_uri"], tuple(row["output_uris"]), row["language"], row["audio_duration_s"], row["engine"],
+                row["model"], json.loads(row["options"])) == (task.input_uri, task.output_uris, task.language,
+                task.audio_duration_s, task.engine, task.model, task.options.to_dict())  # fmt: skip
         # Again: everything under the prefix is submitted already, nothing runs.
         again = rt.backfill(f"s3://{system.bucket}/calls/", f"s3://{system.bucket}/out/", gpus_per_actor=0,
                             notes=notes.append)  # fmt: skip
