@@ -12,9 +12,8 @@ text in Parquet: a Parquet file's schema is fixed when the writer opens, before 
 and both documents differ between rows and grow between versions (quality is NULL until measured,
 its measures and reasons may gain keys; options gain fields), so a struct column would need a second
 pass over the table or drop what it did not foresee, and files of two versions would not share a
-schema. Text keeps every key, and each reader expands it in one call (pandas
-``df.quality.map(json.loads)`` or ``pd.json_normalize``, DuckDB ``quality->>'$.reasons'``, Spark
-``from_json``). JSON lines carry them as nested objects, as JSON does.
+schema. Text keeps every key, and each reader expands it in one call (pandas ``json.loads`` and
+``pd.json_normalize``, Spark ``from_json``). JSON lines carry them as nested objects, as JSON does.
 
 Imports neither pyarrow (:func:`require_pyarrow` says which extra brings it) nor boto3 until used.
 """
