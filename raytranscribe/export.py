@@ -15,7 +15,8 @@ pass over the table or drop what it did not foresee, and files of two versions w
 schema. Text keeps every key, and each reader expands it in one call (pandas ``json.loads`` and
 ``pd.json_normalize``, Spark ``from_json``). JSON lines carry them as nested objects, as JSON does.
 
-Imports neither pyarrow (:func:`require_pyarrow` says which extra brings it) nor boto3 until used.
+Imports neither pyarrow (:func:`require_pyarrow` says which extra brings it) nor boto3 until used,
+and no SQL: the rows come from the store.
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from raytranscribe.errors import ConfigError, InvalidInput, InvalidURI
+from raytranscribe.store.views import ResultRow
 from raytranscribe.uris import SCHEME, S3Uri, abbrev, parse_s3_uri
 
 if TYPE_CHECKING:
     import pyarrow
 
     from raytranscribe.storage import S3Storage
-    from raytranscribe.store.views import ResultRow
 
 __all__ = [
     "COLUMNS",
@@ -58,12 +59,9 @@ log = logging.getLogger(__name__)
 ROW_GROUP_ROWS = 100_000  # rows per Parquet row group: big enough to scan fast, small enough to hold
 INSTALL_HINT = "pip install 'raytranscribe[export]'"
 
-# Every column, in order: what a user loading a backfill's results wants to join, filter and trust.
-COLUMNS = (
-    "id", "status", "input_uri", "output_uri", "output_uris", "engine", "model", "options", "language",
-    "audio_duration_s", "text_preview", "quality", "suspect", "attempt", "retries", "failure_reason",
-    "created_at", "completed_at",
-)  # fmt: skip
+# Every column, in order: what a user loading a backfill's results wants to join, filter and trust
+# (the store's ResultRow, the one copy).
+COLUMNS: tuple[str, ...] = ResultRow._fields
 _JSON_COLUMNS = ("options", "quality")  # JSON text in Parquet, nested objects in JSON lines
 _TIME_COLUMNS = ("created_at", "completed_at")
 
@@ -241,7 +239,7 @@ def _write_rows(fmt: ExportFormat, pages: Iterable[list[ResultRow]], fh: IO[byte
 
 
 def _jsonl_record(r: ResultRow) -> dict[str, Any]:
-    record: dict[str, Any] = {name: getattr(r, name) for name in COLUMNS}
+    record: dict[str, Any] = dict(zip(COLUMNS, r))
     record["status"] = r.status.value
     record["output_uris"] = list(r.output_uris)
     for name in _JSON_COLUMNS:
@@ -286,9 +284,8 @@ def parquet_schema() -> pyarrow.Schema:
 def _record_batch(page: list[ResultRow], schema: pyarrow.Schema) -> pyarrow.RecordBatch:
     import pyarrow as pa
 
-    columns: dict[str, list[Any]] = {name: [getattr(r, name) for r in page] for name in COLUMNS}
-    columns["status"] = [r.status.value for r in page]
-    columns["output_uris"] = [list(r.output_uris) for r in page]
+    columns: dict[str, Any] = dict(zip(COLUMNS, zip(*page)))  # a page of rows is its columns transposed
+    columns["status"] = [status.value for status in columns["status"]]
     return pa.RecordBatch.from_pydict(columns, schema=schema)
 
 

@@ -41,7 +41,7 @@ FORBIDDEN = {
     "raytranscribe.client": ("ray", "boto3", "botocore", "requests", "raytranscribe.orchestrator", "raytranscribe.pool",
                              "raytranscribe.worker"),
     # the export writes on the driver: pyarrow and boto3 load when a Parquet or s3:// export runs
-    "raytranscribe.export": ("ray", "sqlalchemy", "boto3", "botocore", "pyarrow", "raytranscribe.store"),
+    "raytranscribe.export": ("ray", "boto3", "botocore", "pyarrow", "raytranscribe.storage"),
     # the command line answers --help at once: each command imports what it uses when it runs
     "raytranscribe.cli": ("sqlalchemy", "pydantic", "pydantic_settings", "rich", "ray", "boto3", "numpy", "av",
                           "raytranscribe.store", "raytranscribe.client"),

@@ -107,7 +107,7 @@ def result_pages(
 
 def _pages(db: Database, sql: sa.TextClause, params: dict[str, Any], page_size: int) -> Iterator[list[ResultRow]]:
     while True:
-        page = db.run("export_page", lambda conn: [result_row(r) for r in conn.execute(sql, params)])
+        page = db.run("export_page", lambda conn: [result_row(r) for r in conn.execute(sql, params).fetchall()])
         if page:
             yield page
         if len(page) < page_size:
