@@ -869,7 +869,7 @@ def test_every_command_a_script_calls_has_json():
 
     commands = dict(_commands(typer.main.get_command(app)))
     for path in (("submit",), ("status",), ("tasks",), ("show",), ("retry",), ("cancel",), ("run",), ("backfill",),
-                 ("db", "upgrade")):  # fmt: skip
+                 ("export",), ("db", "upgrade")):  # fmt: skip
         assert any("--json" in p.opts for p in commands[path].params), path
 
 
