@@ -874,11 +874,11 @@ def test_every_command_a_script_calls_has_json():
 
 
 def test_names_the_help_spells_are_the_codes():
-    from raytranscribe.cli import ENGINE_NAMES, FORMAT_NAMES, StatusChoice
-    from raytranscribe.engines.base import ENGINES, FORMATS
+    from raytranscribe.cli import DEFAULT_FORMAT_NAMES, ENGINE_NAMES, FORMAT_NAMES, StatusChoice
+    from raytranscribe.engines.base import DEFAULT_FORMATS, ENGINES, FORMATS
 
     assert [s.value for s in StatusChoice] == [s.value for s in TaskStatus]
-    assert (ENGINE_NAMES, FORMAT_NAMES) == (tuple(ENGINES), tuple(FORMATS))
+    assert (ENGINE_NAMES, FORMAT_NAMES, DEFAULT_FORMAT_NAMES) == (tuple(ENGINES), tuple(FORMATS), tuple(DEFAULT_FORMATS))
 
 
 def test_help_and_the_module_import_nothing_heavy():
