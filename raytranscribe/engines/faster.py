@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -216,9 +217,21 @@ class FasterWhisperEngine:
         own length, so its transcript never depends on what it was batched with.
         """
         return decode_in_groups(
-            batch, lambda job: (_group_key(job), self._frames(job.window.duration_s)), self._decode_group,
+            batch,
+            lambda job: (_group_key(job), self._frames(job.window.duration_s), self._prompt_position(job)),
+            self._decode_group,
             "faster-whisper",
         )
+
+    def _prompt_position(self, job: WindowJob) -> int:
+        """Where <|startoftranscript|> sits in the window's prompt (after its initial prompt's tokens).
+        CTranslate2 needs it at one position in every item of a generate call, so windows whose
+        initial prompts differ in length go in separate calls; windows without one share theirs."""
+        initial = job.options.initial_prompt
+        if not initial:
+            return 0
+        tokens = _prompt_tokens(self._tokenizer("transcribe", None), initial)
+        return 1 + min(tokens, self.model.max_length // 2 - 1)  # sot_prev, then what get_prompt keeps
 
     def _tokenizer(self, task: str, language: str | None) -> Tokenizer:
         from faster_whisper.tokenizer import Tokenizer
@@ -389,6 +402,13 @@ class _Decoded(WindowQuality):
 
     tokens: list[int]
     temperature: float
+
+
+@functools.lru_cache(maxsize=1024)  # a batch asks once per window; a backfill has few distinct prompts
+def _prompt_tokens(tokenizer: Tokenizer, initial: str) -> int:
+    """Tokens of an initial prompt, encoded as _decode_group encodes it (text tokens are the same
+    whatever the task and language)."""
+    return len(tokenizer.encode(" " + initial.strip()))
 
 
 def _group_key(job: WindowJob) -> tuple:
