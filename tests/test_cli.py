@@ -1006,3 +1006,51 @@ def test_run_and_backfill_print_their_summary_as_json(system, ray_address):
     assert (doc["submitted"], doc["duplicates"], doc["skipped"], doc["run"]["completed"]) == (0, 0, 0, 0)
     assert doc["counts"] == {s.value: 0 for s in TaskStatus}
     assert "submitted 0 task(s); 0 duplicate(s) skipped" in filled.stderr
+
+
+# --- Whisper's options through the whole system --------------------------------------------------
+
+
+@pytest.mark.timeout(420)
+def test_a_manifest_line_with_every_option_reaches_the_engine(cli, system, tmp_path):
+    """Issue 24: a line with every field, through a real run (Ray, the multilingual base, moto): the
+    task's JSON output says the options the engine ran with, and they did what they say (German
+    translated to English, words timed), in a batch shared with a file that asked for none of them."""
+    from raytranscribe.engines.base import TranscribeOptions
+    from tests.engines.test_options import REAL, _english
+
+    german = system.put("in/de/licence.flac", (REAL / "multilingual_de.flac").read_bytes())
+    ((fox, sentence),) = system.upload_samples(["fox.wav"], prefix="in/en/")
+    fields = {**ALL_OPTIONS, "vad": not TranscribeOptions().vad_filter}  # not the default, whichever it is
+    path = write_manifest(
+        tmp_path,
+        {"input_uri": german, "output_uri": f"s3://{system.bucket}/out/", "model": "base", "formats": "all", **fields},
+        {"input_uri": fox, "output_uri": f"s3://{system.bucket}/out/", "model": "base"},
+    )  # fmt: skip
+    assert cli("submit", "--manifest", path).exit_code == 0
+    one_actor = system.settings.with_(worker={"min_actors": 1, "max_actors": 1},  # both files on one batcher
+                                      health={"task_deadline_base_s": 300.0})  # fmt: skip
+    summary = system.run(one_actor, timeout=400)
+    assert (summary.completed, summary.dead) == (2, 0)
+    system.check_invariants()
+
+    out = f"s3://{system.bucket}/out/licence"
+    doc = json.loads(system.object_text(f"{out}.json"))
+    public = {"vad_filter": "vad"}
+    ran = {public.get(k, k): v for k, v in doc["options"].items() if public.get(k, k) in fields}
+    assert ran == fields and doc["options"]["formats"] == ["json", "srt", "vtt", "txt", "tsv"]
+    assert doc["schema_version"] == 1 and [s["id"] for s in doc["segments"]] == list(range(len(doc["segments"])))
+    assert _english(doc["text"]), doc["text"]
+    for s in doc["segments"]:
+        starts = [w["start"] for w in s["words"]]
+        assert s["words"] and starts == sorted(starts), s
+        assert all(s["start"] <= w["start"] <= w["end"] <= s["end"] for w in s["words"]), (s["start"], s["end"], s["words"])
+    tsv = system.object_text(f"{out}.tsv").splitlines()
+    assert tsv[0] == "start\tend\ttext" and len(tsv) == len(doc["segments"]) + 1
+    assert [int(x) for x in tsv[1].split("\t")[:2]] == [round(doc["segments"][0]["start"] * 1000),
+                                                        round(doc["segments"][0]["end"] * 1000)]  # fmt: skip
+    neighbour = json.loads(system.object_text(f"s3://{system.bucket}/out/fox.json"))
+    assert neighbour["options"] == TranscribeOptions().to_dict()
+    assert all(s["words"] is None for s in neighbour["segments"]) and neighbour["text"].strip()
+    shown = json.loads(cli("show", "1", "--json").stdout)
+    assert shown["options"] == doc["options"] and shown["status"] == "completed"
