@@ -11,7 +11,7 @@ import pytest
 from raytranscribe.audio import decode
 from raytranscribe.batching import transcribe_batch
 from raytranscribe.engines import load_engine
-from raytranscribe.engines.base import TranscribeOptions, WindowJob
+from raytranscribe.engines.base import EngineSpec, TranscribeOptions, WindowJob
 from raytranscribe.errors import TranscriptionError
 from raytranscribe.samples import sample_path
 from tests.support.speech import normalize, wer
@@ -88,3 +88,29 @@ def test_an_english_only_model_refuses_to_translate(faster_engine):
         with pytest.raises(TranscriptionError, match="task translate needs a multilingual model") as info:
             run(audio, TranscribeOptions(task="translate"))
         assert info.value.transient is False
+
+
+# --- openai-whisper (a random-weight checkpoint: structure, not text) ------------------------------
+
+
+@pytest.fixture(scope="module")
+def openai_engine(random_whisper_checkpoint):
+    return load_engine(EngineSpec(engine="openai-whisper", model=str(random_whisper_checkpoint), device="cpu"))
+
+
+def test_openai_decodes_files_with_and_without_word_timestamps_in_one_call(openai_engine):
+    """Words are aligned window by window after the decode, so only what whisper.decode takes per call
+    (language, task, prompt, beam size, temperature) splits a batch. (A decode of this checkpoint's
+    babble takes minutes on a busy CI machine: the call's grouping is checked, not run.)"""
+    from raytranscribe.engines.openai import _group_key
+
+    clip = decode(sample_path("doctor.flac")).samples[: 2 * 16_000]
+    (window,) = openai_engine.prepare(clip, TranscribeOptions()).windows
+    plain = TranscribeOptions()
+    same_call = [plain, replace(plain, word_timestamps=True), replace(plain, formats=("tsv",))]
+    own_call = [replace(plain, task="translate"), replace(plain, initial_prompt="Hi."), replace(plain, beam_size=1)]
+    assert len({_group_key(WindowJob(window, "en", o)) for o in same_call}) == 1
+    assert len({_group_key(WindowJob(window, "en", o)) for o in [plain, *own_call]}) == 4
+    with pytest.raises(TranscriptionError, match="needs a multilingual model") as info:  # its vocabulary is English-only
+        openai_engine.prepare(clip, replace(plain, task="translate"))
+    assert info.value.transient is False
