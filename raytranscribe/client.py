@@ -14,7 +14,6 @@ Ray, boto3 and the orchestrator are imported by the methods that use them, not b
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import replace
 import itertools
 import logging
 import os
@@ -479,7 +478,7 @@ def _uri_tasks(
     # Every URI is checked before anything is listed.
     out_prefix = parse_s3_uri(output, allow_prefix=True, what="--output")
     parsed_uris = [parse_s3_uri(uri, allow_prefix=True, what="input URI") for uri in uris]
-    options = replace(defaults.options, language=defaults.language, formats=defaults.formats)
+    options = dataclasses.replace(defaults.options, language=defaults.language, formats=defaults.formats)
 
     def task(uri: str, stem: str) -> NewTask:
         return NewTask(

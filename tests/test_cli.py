@@ -1044,7 +1044,7 @@ def test_a_manifest_line_with_every_option_reaches_the_engine(cli, system, tmp_p
     for s in doc["segments"]:
         starts = [w["start"] for w in s["words"]]
         assert s["words"] and starts == sorted(starts), s
-        assert all(s["start"] <= w["start"] <= w["end"] <= s["end"] for w in s["words"]), (s["start"], s["end"], s["words"])
+        assert all(s["start"] <= w["start"] <= w["end"] <= s["end"] for w in s["words"]), s
     tsv = system.object_text(f"{out}.tsv").splitlines()
     assert tsv[0] == "start\tend\ttext" and len(tsv) == len(doc["segments"]) + 1
     assert [int(x) for x in tsv[1].split("\t")[:2]] == [round(doc["segments"][0]["start"] * 1000),
