@@ -248,6 +248,10 @@ def test_whisper_options_from_flags_and_manifest_fields_are_stored_and_shown(cli
                            {"input_uri": "s3://bkt/in/e.wav", "output_uri": "s3://bkt/out/e", "beam_size": True})  # fmt: skip
     refused = cli("submit", "--manifest", again)
     assert _one_error_line(refused, 2) == "error: line 3: beam_size must be an integer >= 1, got true"
+    # backfill takes the same flags, checked before it lists, submits or starts anything
+    backfill = cli("backfill", "s3://bkt/in/", "-o", "s3://bkt/out/", "--temperature", "-0.1")
+    assert _one_error_line(backfill, 2) == "error: temperature must be a number from 0 to 1, got -0.1"
+    assert store.stats().total == 4
 
 
 BAD_LINES = [
@@ -1011,6 +1015,7 @@ def test_run_and_backfill_print_their_summary_as_json(system, ray_address):
 # --- Whisper's options through the whole system --------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_a_manifest_line_with_every_option_reaches_the_engine(cli, system, tmp_path):
     """Issue 24: a line with every field, through a real run (Ray, the multilingual base, moto): the
