@@ -517,10 +517,11 @@ def _file_segments(task: _Task) -> list[Segment]:
             end = _clamp(window.file_time(s.end, end=True), start, hi)
             words = None
             if s.words is not None:
+                # rounded as the segment's times are (rounding keeps order), so no word ends after its segment
                 words = tuple(
                     Word(
-                        start=(ws := _clamp(window.file_time(w.start), start, end)),
-                        end=_clamp(window.file_time(w.end, end=True), ws, end),
+                        start=round(ws := _clamp(window.file_time(w.start), start, end), 3),
+                        end=round(_clamp(window.file_time(w.end, end=True), ws, end), 3),
                         word=w.word,
                         probability=w.probability,
                     )

@@ -69,9 +69,10 @@ EXIT_STOPPED = 130  # stopped by a signal before the work was done (the shell's 
 DUPLICATES_SHOWN = 10  # submit's text output names this many duplicates, then counts
 
 # What --engine names and --formats defaults to, spelled here so that --help imports no engine code
-# (tests/test_cli.py checks them against engines.base.ENGINES and FORMATS).
+# (tests/test_cli.py checks them against engines.base.ENGINES, FORMATS and DEFAULT_FORMATS).
 ENGINE_NAMES = ("faster-whisper", "openai-whisper")
-FORMAT_NAMES = ("json", "srt", "vtt", "txt")
+FORMAT_NAMES = ("json", "srt", "vtt", "txt", "tsv")
+DEFAULT_FORMAT_NAMES = ("json", "srt", "vtt", "txt")
 
 
 class StatusChoice(str, enum.Enum):
@@ -94,6 +95,23 @@ MODEL_HELP = (
     "Model name, local path, Hugging Face id, or s3://bucket/prefix/ (a CTranslate2 folder or one .pt; "
     "checked at submit) (default: RAYTRANSCRIBE_ENGINE__MODEL)."
 )
+FORMATS_HELP = f"Comma-separated output formats ({', '.join(FORMAT_NAMES)}), or all."
+# Whisper's options: a flag left out keeps the default (engines.base.TranscribeOptions), so a
+# default has one home; each is checked there, and a bad one is refused naming it.
+TASK_HELP = (
+    "transcribe (in the language spoken) or translate (into English; needs a multilingual model, "
+    "not an English-only *.en one) (default: transcribe)."
+)
+WORD_TIMESTAMPS_HELP = "Time every word (JSON output: a words list per segment) (default: off)."
+INITIAL_PROMPT_HELP = (
+    "Text the model reads before each 30 s window of the file: names and spellings to expect, a style to follow "
+    "(at most 2000 characters; default: none)."
+)
+BEAM_SIZE_HELP = "Beams of the beam search, an integer >= 1 (1: greedy) (default: 5)."
+TEMPERATURE_HELP = (
+    "Decoding temperature from 0 to 1, where Whisper's fallback (hotter after a failed decode) starts (default: 0)."
+)
+VAD_HELP = "Voice-activity detection: decode only the speech Silero VAD finds; --no-vad decodes all the audio (default: off)."
 SKIP_INVALID_HELP = (
     "Leave out listed keys that cannot be transcribed safely, naming each, instead of refusing the whole prefix."
 )
@@ -276,7 +294,15 @@ def submit(
     engine: Optional[str] = typer.Option(None, "--engine", help=ENGINE_HELP, show_default=False),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP, show_default=False),
     language: Optional[str] = typer.Option(None, "--language", help="Language code; default: detect.", show_default=False),
-    formats: str = typer.Option(",".join(FORMAT_NAMES), "--formats", help="Comma-separated output formats."),
+    formats: str = typer.Option(",".join(DEFAULT_FORMAT_NAMES), "--formats", help=FORMATS_HELP),
+    task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP, show_default=False),
+    word_timestamps: Optional[bool] = typer.Option(
+        None, "--word-timestamps/--no-word-timestamps", help=WORD_TIMESTAMPS_HELP, show_default=False
+    ),
+    initial_prompt: Optional[str] = typer.Option(None, "--initial-prompt", help=INITIAL_PROMPT_HELP, show_default=False),
+    beam_size: Optional[int] = typer.Option(None, "--beam-size", help=BEAM_SIZE_HELP, show_default=False),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help=TEMPERATURE_HELP, show_default=False),
+    vad: Optional[bool] = typer.Option(None, "--vad/--no-vad", help=VAD_HELP, show_default=False),
     priority: int = typer.Option(0, "--priority", help="Higher runs first."),
     max_retries: Optional[int] = typer.Option(
         None, "--max-retries", help="Retries before a task is dead (default from settings).", show_default=False
@@ -287,13 +313,16 @@ def submit(
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help=SKIP_INVALID_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Queue transcription tasks: object URIs with --output, or a --manifest. All or nothing."""
+    """Queue transcription tasks: object URIs with --output, or a --manifest (its lines' fields win over
+    these flags). All or nothing."""
     if bool(uris) == (manifest is not None):
         raise InvalidInput("give input URIs with --output, or --manifest FILE (not both, not neither)")
     common: dict[str, Any] = {
         "engine": engine, "model": model, "language": language, "formats": formats, "priority": priority,
         "max_retries": max_retries, "backoff_factor": backoff_factor,
         "keep_duplicates": None if as_json else DUPLICATES_SHOWN,
+        "task": task, "word_timestamps": word_timestamps, "initial_prompt": initial_prompt, "beam_size": beam_size,
+        "temperature": temperature, "vad": vad,
     }  # fmt: skip
     with _client() as client:
         if manifest is not None:
@@ -662,7 +691,15 @@ def backfill(
     engine: Optional[str] = typer.Option(None, "--engine", help=ENGINE_HELP, show_default=False),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP, show_default=False),
     language: Optional[str] = typer.Option(None, "--language", help="Language code; default: detect.", show_default=False),
-    formats: str = typer.Option(",".join(FORMAT_NAMES), "--formats", help="Comma-separated output formats."),
+    formats: str = typer.Option(",".join(DEFAULT_FORMAT_NAMES), "--formats", help=FORMATS_HELP),
+    task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP, show_default=False),
+    word_timestamps: Optional[bool] = typer.Option(
+        None, "--word-timestamps/--no-word-timestamps", help=WORD_TIMESTAMPS_HELP, show_default=False
+    ),
+    initial_prompt: Optional[str] = typer.Option(None, "--initial-prompt", help=INITIAL_PROMPT_HELP, show_default=False),
+    beam_size: Optional[int] = typer.Option(None, "--beam-size", help=BEAM_SIZE_HELP, show_default=False),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help=TEMPERATURE_HELP, show_default=False),
+    vad: Optional[bool] = typer.Option(None, "--vad/--no-vad", help=VAD_HELP, show_default=False),
     max_retries: Optional[int] = typer.Option(
         None, "--max-retries", help="Retries before a task is dead (default from settings).", show_default=False
     ),
@@ -678,7 +715,8 @@ def backfill(
         result = _progress(
             lambda observer: client.backfill(
                 prefix, output, engine=engine, model=model, language=language, formats=formats,
-                max_retries=max_retries, address=address, actors=actors, gpus_per_actor=gpus_per_actor,
+                task=task, word_timestamps=word_timestamps, initial_prompt=initial_prompt, beam_size=beam_size,
+                temperature=temperature, vad=vad, max_retries=max_retries, address=address, actors=actors, gpus_per_actor=gpus_per_actor,
                 skip_invalid=skip_invalid, grace=grace, observer=observer, notes=_note,
                 on_submitted=lambda s: _note(_submitted_line(len(s.inserted), s.duplicates, s.skipped)),
             ),

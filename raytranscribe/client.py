@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raytranscribe.config import Settings
-from raytranscribe.engines.base import FORMATS, TranscribeOptions
+from raytranscribe.engines.base import DEFAULT_FORMATS, TranscribeOptions, options_with
 from raytranscribe.errors import InvalidInput, TaskNotFound
 from raytranscribe.export import ExportFormat, ExportResult
 from raytranscribe.store import NewTask, OrchestratorView, StatusChange, Store, StoreStats, TaskStatus, TaskView
@@ -113,6 +113,30 @@ def run_summary_dict(s: RunSummary) -> dict[str, Any]:
     }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class WhisperOptions:
+    """Whisper's options as a submit names them; None: the default (``TranscribeOptions``'s)."""
+
+    task: str | None = None
+    word_timestamps: bool | None = None
+    initial_prompt: str | None = None
+    beam_size: int | None = None
+    temperature: float | None = None
+    vad: bool | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The options given, by their public names (``vad``)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def options(self) -> TranscribeOptions:
+        """The defaults with these options, checked where every option is (InvalidInput naming the
+        field): before any listing or database work."""
+        try:
+            return options_with(TranscribeOptions(), self.changes())
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from exc
+
+
 # --- the client --------------------------------------------------------------------------------
 
 
@@ -165,9 +189,10 @@ class Client:
 
     def _defaults(
         self, engine: str | None, model: str | None, language: str | None, formats: str | Sequence[str],
-        priority: int, max_retries: int | None, backoff_factor: float | None,
+        priority: int, max_retries: int | None, backoff_factor: float | None, whisper: WhisperOptions,
     ) -> ManifestDefaults:  # fmt: skip
         return ManifestDefaults(
+            options=whisper.options(),
             engine=engine or self.settings.engine.engine,
             model=model or self.settings.engine.model,
             language=language,
@@ -185,10 +210,16 @@ class Client:
         engine: str | None = None,
         model: str | None = None,
         language: str | None = None,
-        formats: str | Sequence[str] = FORMATS,
+        formats: str | Sequence[str] = DEFAULT_FORMATS,
         priority: int = 0,
         max_retries: int | None = None,
         backoff_factor: float | None = None,
+        task: str | None = None,
+        word_timestamps: bool | None = None,
+        initial_prompt: str | None = None,
+        beam_size: int | None = None,
+        temperature: float | None = None,
+        vad: bool | None = None,
         skip_invalid: bool = False,
         keep_duplicates: int | None = None,
         notes: Notes = _log_note,
@@ -198,10 +229,13 @@ class Client:
         inputs' folder layout below the prefix. All or nothing: a bad URI, a listed key that cannot be
         transcribed safely (unless ``skip_invalid``: then it is left out and named in ``notes``) or a
         missing S3 model writes nothing. ``engine``/``model`` default to the settings'; ``keep_duplicates``
-        caps the duplicate inputs named in the result (None: all)."""
+        caps the duplicate inputs named in the result (None: all). Whisper's options (``task`` transcribe
+        or translate, ``word_timestamps``, ``initial_prompt``, ``beam_size``, ``temperature``, ``vad``)
+        left None keep their defaults (:class:`TranscribeOptions`); a bad one is refused, naming it."""
         if not uris:
             raise InvalidInput("give at least one input URI")
-        defaults = self._defaults(engine, model, language, formats, priority, max_retries, backoff_factor)
+        whisper = WhisperOptions(task, word_timestamps, initial_prompt, beam_size, temperature, vad)
+        defaults = self._defaults(engine, model, language, formats, priority, max_retries, backoff_factor, whisper)
         return self._submit(
             lambda skipped: _uri_tasks(self, list(uris), output, defaults, skip_invalid=skip_invalid, skipped=skipped,
                                        notes=notes),
@@ -215,15 +249,22 @@ class Client:
         engine: str | None = None,
         model: str | None = None,
         language: str | None = None,
-        formats: str | Sequence[str] = FORMATS,
+        formats: str | Sequence[str] = DEFAULT_FORMATS,
         priority: int = 0,
         max_retries: int | None = None,
         backoff_factor: float | None = None,
+        task: str | None = None,
+        word_timestamps: bool | None = None,
+        initial_prompt: str | None = None,
+        beam_size: int | None = None,
+        temperature: float | None = None,
+        vad: bool | None = None,
         keep_duplicates: int | None = None,
     ) -> SubmitResult:
         """Queue the tasks of a JSON-lines manifest (one task a line; the keyword arguments fill the fields a
         line leaves out). A bad line anywhere refuses the whole manifest, naming its line."""
-        defaults = self._defaults(engine, model, language, formats, priority, max_retries, backoff_factor)
+        whisper = WhisperOptions(task, word_timestamps, initial_prompt, beam_size, temperature, vad)
+        defaults = self._defaults(engine, model, language, formats, priority, max_retries, backoff_factor, whisper)
         return self._submit(lambda skipped: _manifest_tasks(Path(path), defaults), keep_duplicates)
 
     def _submit(self, tasks: Callable[[list[int]], Iterator[NewTask]], keep_duplicates: int | None) -> SubmitResult:
@@ -371,8 +412,14 @@ class Client:
         engine: str | None = None,
         model: str | None = None,
         language: str | None = None,
-        formats: str | Sequence[str] = FORMATS,
+        formats: str | Sequence[str] = DEFAULT_FORMATS,
         max_retries: int | None = None,
+        task: str | None = None,
+        word_timestamps: bool | None = None,
+        initial_prompt: str | None = None,
+        beam_size: int | None = None,
+        temperature: float | None = None,
+        vad: bool | None = None,
         address: str | None = None,
         actors: int | None = None,
         gpus_per_actor: float | None = None,
@@ -383,15 +430,19 @@ class Client:
         notes: Notes = _log_note,
     ) -> BackfillResult:
         """Bring the schema up to date, submit everything under ``prefix``, run until drained; the result
-        counts this backfill's own tasks by status (an old dead task elsewhere in the queue is not one)."""
+        counts this backfill's own tasks by status (an old dead task elsewhere in the queue is not one).
+        Whisper's options are :meth:`submit`'s."""
         from raytranscribe.orchestrator import RunOptions
 
+        # Checked before the schema is touched or anything listed.
+        whisper = WhisperOptions(task, word_timestamps, initial_prompt, beam_size, temperature, vad)
+        whisper.options()
         settings = self.run_settings(address=address, actors=actors, gpus_per_actor=gpus_per_actor, notes=notes)
         self.store.upgrade()
         submitted = self.submit([prefix], output, engine=engine or settings.engine.engine,
                                 model=model or settings.engine.model, language=language, formats=formats,
                                 max_retries=max_retries, skip_invalid=skip_invalid, keep_duplicates=0,
-                                notes=notes)  # fmt: skip
+                                notes=notes, **whisper.changes())  # fmt: skip
         if on_submitted is not None:
             on_submitted(submitted)
         summary = self._run(settings, RunOptions(until_drained=True, grace_s=grace), observer)
@@ -455,7 +506,7 @@ def _uri_tasks(
     # Every URI is checked before anything is listed.
     out_prefix = parse_s3_uri(output, allow_prefix=True, what="--output")
     parsed_uris = [parse_s3_uri(uri, allow_prefix=True, what="input URI") for uri in uris]
-    options = TranscribeOptions(language=defaults.language, formats=defaults.formats)
+    options = dataclasses.replace(defaults.options, language=defaults.language, formats=defaults.formats)
 
     def task(uri: str, stem: str) -> NewTask:
         return NewTask(

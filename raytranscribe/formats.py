@@ -1,4 +1,8 @@
-"""Write one :class:`Transcript` as json, srt, vtt or txt. Pure: bytes in memory, no I/O.
+"""Write one :class:`Transcript` as json, srt, vtt, txt or tsv. Pure: bytes in memory, no I/O.
+
+JSON is the transcript's fields (docs/output.md documents them), with ``schema_version`` first and a
+0-based ``id`` on each segment, as faster-whisper numbers them. TSV is Whisper's: a ``start end text``
+header, then a line per segment, times in integer milliseconds.
 
 Rules every subtitle format follows:
 
@@ -19,18 +23,21 @@ from collections.abc import Callable, Sequence
 from raytranscribe.engines.base import FORMATS, Segment, Transcript
 from raytranscribe.errors import InvalidInput, Stage
 
-__all__ = ["CONTENT_TYPES", "FORMATS", "render", "render_all", "timestamp"]
+__all__ = ["CONTENT_TYPES", "FORMATS", "JSON_SCHEMA_VERSION", "render", "render_all", "timestamp"]
 
 CONTENT_TYPES: dict[str, str] = {
     "json": "application/json; charset=utf-8",
     "srt": "application/x-subrip; charset=utf-8",
     "vtt": "text/vtt; charset=utf-8",
     "txt": "text/plain; charset=utf-8",
+    "tsv": "text/tab-separated-values; charset=utf-8",
 }
+# The JSON output's layout: raised when a field changes meaning or goes away (adding one is not a change).
+JSON_SCHEMA_VERSION = 1
 
 
 def render(transcript: Transcript, fmt: str) -> bytes:
-    """``transcript`` in format ``fmt`` (json | srt | vtt | txt), UTF-8 encoded."""
+    """``transcript`` in format ``fmt`` (json | srt | vtt | txt | tsv), UTF-8 encoded."""
     try:
         writer = _WRITERS[fmt]
     except KeyError:
@@ -86,9 +93,22 @@ def _txt(transcript: Transcript) -> str:
     return "".join(f"{text}\n" for _, text in _cues(transcript))
 
 
+def _tsv(transcript: Transcript) -> str:
+    # Whisper's columns; a cue's text is one line, so it holds no tab (cue_text collapses whitespace).
+    lines = ["start\tend\ttext\n"]
+    for segment, text in _cues(transcript):
+        start = max(segment.start, 0.0) if math.isfinite(segment.start) else 0.0
+        end = segment.end if math.isfinite(segment.end) and segment.end >= start else start
+        lines.append(f"{round(start * 1000)}\t{round(end * 1000)}\t{text}\n")
+    return "".join(lines)
+
+
 def _json(transcript: Transcript) -> str:
     # Key order is the dataclass field order: stable, and readable top to bottom.
-    return json.dumps(_finite(transcript.to_dict()), ensure_ascii=False, indent=2, allow_nan=False) + "\n"
+    doc = transcript.to_dict()
+    doc["segments"] = [{"id": i, **segment} for i, segment in enumerate(doc["segments"])]
+    doc = {"schema_version": JSON_SCHEMA_VERSION, **doc}
+    return json.dumps(_finite(doc), ensure_ascii=False, indent=2, allow_nan=False) + "\n"
 
 
 def _finite(value):
@@ -102,6 +122,6 @@ def _finite(value):
     return value
 
 
-_WRITERS: dict[str, Callable[[Transcript], str]] = {"json": _json, "srt": _srt, "vtt": _vtt, "txt": _txt}
+_WRITERS: dict[str, Callable[[Transcript], str]] = {"json": _json, "srt": _srt, "vtt": _vtt, "txt": _txt, "tsv": _tsv}
 assert set(_WRITERS) == set(FORMATS), "every declared format needs a writer"
 

@@ -42,6 +42,7 @@ CONTENT_TYPES: dict[str, str] = {
     "srt": "application/x-subrip",
     "vtt": "text/vtt",
     "txt": "text/plain; charset=utf-8",
+    "tsv": "text/tab-separated-values; charset=utf-8",
 }
 
 # Credentials that are missing or could not be fetched right now (IMDS hiccup, SSO token expired,

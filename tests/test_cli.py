@@ -170,12 +170,24 @@ def test_submit_uris_with_output_prefix(cli, store):
         (["s3://bkt/x/..", "-o", "s3://out/x/"], "invalid input URI 's3://bkt/x/..': key 'x/..' has a '..' segment"),
         (["s3://bkt/./a.wav", "-o", "s3://out/x/"], "key './a.wav' has a '.' segment"),
         (["s3://bkt/a//b.wav", "-o", "s3://out/x/"], "key 'a//b.wav' has an empty segment"),
+        # Whisper's options, each named
+        (["s3://bkt/a.wav", "-o", "s3://out/x", "--task", "summarize"],
+         'task must be one of transcribe, translate, got "summarize"'),
+        (["s3://bkt/a.wav", "-o", "s3://out/x", "--task", "translate"],
+         "task translate needs a multilingual model: 'tiny.en' is English-only"),
+        (["s3://bkt/a.wav", "-o", "s3://out/x", "--task", "translate", "--model", "s3://m/models/base.en/"],
+         "'s3://m/models/base.en/' is English-only"),
+        (["s3://bkt/a.wav", "-o", "s3://out/x", "--beam-size", "0"], "beam_size must be an integer >= 1, got 0"),
+        (["s3://bkt/a.wav", "-o", "s3://out/x", "--temperature", "1.5"], "temperature must be a number from 0 to 1, got 1.5"),
+        (["s3://bkt/a.wav", "-o", "s3://out/x", "--temperature", "nan"], "temperature must be a number from 0 to 1, got NaN"),
+        (["s3://bkt/a.wav", "-o", "s3://out/x", "--initial-prompt", "x" * 2001],
+         "initial_prompt must be at most 2000 characters, got 2001"),
+        (["s3://bkt/a.wav", "-o", "s3://out/x", "--formats", "all,docx"], "unknown output format(s) ['docx']"),
     ],
 )
 def test_submit_rejects_bad_arguments(cli, store, args, message):
     result = cli("submit", *args)
-    assert result.exit_code == 2, result.output
-    assert message in result.stderr
+    assert message in _one_error_line(result, 2)
     assert store.stats().total == 0
 
 
@@ -196,6 +208,50 @@ def test_submit_manifest(cli, store, tmp_path):
     a = store.get(1)
     assert (a.engine, a.model, a.max_retries, a.backoff_factor, a.options.formats) == (
         "faster-whisper", "tiny.en", 3, 2.0, ("json", "srt", "vtt", "txt"))  # fmt: skip
+
+
+ALL_OPTIONS = {"task": "translate", "word_timestamps": True, "initial_prompt": "The MIT licence.", "beam_size": 2,
+               "temperature": 0.2, "vad": True}  # fmt: skip
+
+
+def test_whisper_options_from_flags_and_manifest_fields_are_stored_and_shown(cli, store, tmp_path):
+    flags = ("--model", "base", "--task", "translate", "--word-timestamps", "--initial-prompt", "Names: Kenobi.",
+             "--beam-size", "3", "--temperature", "0.4", "--no-vad", "--formats", "all")  # fmt: skip
+    assert cli("submit", "s3://bkt/in/a.wav", "-o", "s3://bkt/out/", *flags).exit_code == 0
+    a = store.get(1).options
+    assert (a.task, a.word_timestamps, a.initial_prompt, a.beam_size, a.temperature, a.vad_filter, a.formats) == (
+        "translate", True, "Names: Kenobi.", 3, 0.4, False, ("json", "srt", "vtt", "txt", "tsv"))  # fmt: skip
+    # A manifest: a line's fields win over the flags, a field left out takes the flag, a flag left out the default.
+    path = write_manifest(
+        tmp_path,
+        {"input_uri": "s3://bkt/in/b.wav", "output_uri": "s3://bkt/out/b", "model": "base", "formats": "all",
+         **ALL_OPTIONS},
+        {"input_uri": "s3://bkt/in/c.wav", "output_uri": "s3://bkt/out/c", "beam_size": 1, "initial_prompt": None},
+        {"input_uri": "s3://bkt/in/d.wav", "output_uri": "s3://bkt/out/d", "temperature": 0},
+    )  # fmt: skip
+    result = cli("submit", "--manifest", path, "--beam-size", "4", "--initial-prompt", "Hi.", "--json")
+    assert json.loads(result.stdout)["inserted"] == [2, 3, 4], result.output
+    b, c, d = (store.get(i).options for i in (2, 3, 4))
+    assert (b.task, b.word_timestamps, b.initial_prompt, b.beam_size, b.temperature, b.vad_filter, b.formats) == (
+        "translate", True, "The MIT licence.", 2, 0.2, True, ("json", "srt", "vtt", "txt", "tsv"))  # fmt: skip
+    default = store.get(4).options.__class__()
+    assert (c.beam_size, c.initial_prompt, c.task, c.vad_filter) == (1, None, "transcribe", default.vad_filter)
+    assert (d.beam_size, d.initial_prompt, d.temperature) == (4, "Hi.", 0.0)
+    # `show` says them, as a table and as JSON
+    shown = cli("show", "2")
+    assert shown.exit_code == 0 and '"task": "translate"' in shown.stdout and '"beam_size": 2' in shown.stdout
+    doc = json.loads(cli("show", "2", "--json").stdout)["options"]
+    assert {k: doc[k] for k in ("task", "word_timestamps", "initial_prompt", "beam_size", "temperature", "vad_filter")} == {
+        **{k: v for k, v in ALL_OPTIONS.items() if k != "vad"}, "vad_filter": True}  # fmt: skip
+    # 0 and 0.0, 1 and true are told apart: the second line is the same task as the first, the third is refused
+    again = write_manifest(tmp_path, {**GOOD, "temperature": 0.0, "beam_size": 1}, {**GOOD, "temperature": 0, "beam_size": 1},
+                           {"input_uri": "s3://bkt/in/e.wav", "output_uri": "s3://bkt/out/e", "beam_size": True})  # fmt: skip
+    refused = cli("submit", "--manifest", again)
+    assert _one_error_line(refused, 2) == "error: line 3: beam_size must be an integer >= 1, got true"
+    # backfill takes the same flags, checked before it lists, submits or starts anything
+    backfill = cli("backfill", "s3://bkt/in/", "-o", "s3://bkt/out/", "--temperature", "-0.1")
+    assert _one_error_line(backfill, 2) == "error: temperature must be a number from 0 to 1, got -0.1"
+    assert store.stats().total == 4
 
 
 BAD_LINES = [
@@ -225,7 +281,22 @@ BAD_LINES = [
     ({"input_uri": "s3://bkt/x.wav", "output_uri": "s3://bkt/out//x"}, "has an empty segment"),
     ({**GOOD, "priority": True}, "priority must be an integer, got true"),
     ({**GOOD, "formats": ["srt", "pdf"]}, "unknown output format(s) ['pdf']"),
-    ({**GOOD, "beam_size": 3}, "unknown field(s) ['beam_size']"),
+    ({**GOOD, "beam": 3}, "unknown field(s) ['beam']"),
+    # Whisper's options: each checked where every option is, named, on its line
+    ({**GOOD, "task": "summarize"}, 'task must be one of transcribe, translate, got "summarize"'),
+    ({**GOOD, "task": "translate"}, "task translate needs a multilingual model: 'tiny.en' is English-only"),
+    ({**GOOD, "model": "distil-small.en", "task": "translate"}, "'distil-small.en' is English-only"),
+    ({**GOOD, "beam_size": 0}, "beam_size must be an integer >= 1, got 0"),
+    ({**GOOD, "beam_size": True}, "beam_size must be an integer >= 1, got true"),
+    ({**GOOD, "beam_size": 2.0}, "beam_size must be an integer >= 1, got 2.0"),
+    ({**GOOD, "beam_size": None}, "beam_size must be an integer >= 1, got null"),
+    ({**GOOD, "temperature": 1.01}, "temperature must be a number from 0 to 1, got 1.01"),
+    ({**GOOD, "temperature": "0.2"}, 'temperature must be a number from 0 to 1, got "0.2"'),
+    ({**GOOD, "word_timestamps": "yes"}, 'word_timestamps must be true or false, got "yes"'),
+    ({**GOOD, "vad": 1}, "vad must be true or false, got 1"),
+    ({**GOOD, "initial_prompt": ["a"]}, 'initial_prompt must be a string, got ["a"]'),
+    ({**GOOD, "initial_prompt": "x" * 2001}, "initial_prompt must be at most 2000 characters, got 2001"),
+    ({**GOOD, "initial_prompt": "a\u0000b"}, "initial_prompt must not contain a NUL character"),
     ({"input_uri": "s3://bkt/a.wav"}, "missing required field(s) ['output_uri']"),
     ('{"input_uri": "s3://bkt/a.wav", "output_uri": ', "bad JSON: Expecting value (column 47)"),
     ("[1, 2]", "expected a JSON object, got list"),
@@ -236,9 +307,9 @@ BAD_LINES = [
 def test_bad_manifest_line_rejects_everything(cli, store, tmp_path, line, reason):
     path = write_manifest(tmp_path, GOOD, {"input_uri": "s3://bkt/in/c.wav", "output_uri": "s3://bkt/out/c"}, line)
     result = cli("submit", "--manifest", path)
-    assert result.exit_code == 2, result.output
-    assert result.stderr.startswith("error: line 3: ")
-    assert reason in result.stderr
+    line = _one_error_line(result, 2)
+    assert line.startswith("error: line 3: ")
+    assert reason in line
     assert store.stats().total == 0  # the two good lines were not inserted either
 
 
@@ -874,11 +945,11 @@ def test_every_command_a_script_calls_has_json():
 
 
 def test_names_the_help_spells_are_the_codes():
-    from raytranscribe.cli import ENGINE_NAMES, FORMAT_NAMES, StatusChoice
-    from raytranscribe.engines.base import ENGINES, FORMATS
+    from raytranscribe.cli import DEFAULT_FORMAT_NAMES, ENGINE_NAMES, FORMAT_NAMES, StatusChoice
+    from raytranscribe.engines.base import DEFAULT_FORMATS, ENGINES, FORMATS
 
     assert [s.value for s in StatusChoice] == [s.value for s in TaskStatus]
-    assert (ENGINE_NAMES, FORMAT_NAMES) == (tuple(ENGINES), tuple(FORMATS))
+    assert (ENGINE_NAMES, FORMAT_NAMES, DEFAULT_FORMAT_NAMES) == (tuple(ENGINES), tuple(FORMATS), tuple(DEFAULT_FORMATS))
 
 
 def test_help_and_the_module_import_nothing_heavy():
@@ -939,3 +1010,52 @@ def test_run_and_backfill_print_their_summary_as_json(system, ray_address):
     assert (doc["submitted"], doc["duplicates"], doc["skipped"], doc["run"]["completed"]) == (0, 0, 0, 0)
     assert doc["counts"] == {s.value: 0 for s in TaskStatus}
     assert "submitted 0 task(s); 0 duplicate(s) skipped" in filled.stderr
+
+
+# --- Whisper's options through the whole system --------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_a_manifest_line_with_every_option_reaches_the_engine(cli, system, tmp_path):
+    """Issue 24: a line with every field, through a real run (Ray, the multilingual base, moto): the
+    task's JSON output says the options the engine ran with, and they did what they say (German
+    translated to English, words timed), in a batch shared with a file that asked for none of them."""
+    from raytranscribe.engines.base import TranscribeOptions
+    from tests.engines.test_options import REAL, _english
+
+    german = system.put("in/de/licence.flac", (REAL / "multilingual_de.flac").read_bytes())
+    ((fox, sentence),) = system.upload_samples(["fox.wav"], prefix="in/en/")
+    fields = {**ALL_OPTIONS, "vad": not TranscribeOptions().vad_filter}  # not the default, whichever it is
+    path = write_manifest(
+        tmp_path,
+        {"input_uri": german, "output_uri": f"s3://{system.bucket}/out/", "model": "base", "formats": "all", **fields},
+        {"input_uri": fox, "output_uri": f"s3://{system.bucket}/out/", "model": "base"},
+    )  # fmt: skip
+    assert cli("submit", "--manifest", path).exit_code == 0
+    one_actor = system.settings.with_(worker={"min_actors": 1, "max_actors": 1},  # both files on one batcher
+                                      health={"task_deadline_base_s": 300.0})  # fmt: skip
+    summary = system.run(one_actor, timeout=400)
+    assert (summary.completed, summary.dead) == (2, 0)
+    system.check_invariants()
+
+    out = f"s3://{system.bucket}/out/licence"
+    doc = json.loads(system.object_text(f"{out}.json"))
+    public = {"vad_filter": "vad"}
+    ran = {public.get(k, k): v for k, v in doc["options"].items() if public.get(k, k) in fields}
+    assert ran == fields and doc["options"]["formats"] == ["json", "srt", "vtt", "txt", "tsv"]
+    assert doc["schema_version"] == 1 and [s["id"] for s in doc["segments"]] == list(range(len(doc["segments"])))
+    assert _english(doc["text"]), doc["text"]
+    for s in doc["segments"]:
+        starts = [w["start"] for w in s["words"]]
+        assert s["words"] and starts == sorted(starts), s
+        assert all(s["start"] <= w["start"] <= w["end"] <= s["end"] for w in s["words"]), s
+    tsv = system.object_text(f"{out}.tsv").splitlines()
+    assert tsv[0] == "start\tend\ttext" and len(tsv) == len(doc["segments"]) + 1
+    assert [int(x) for x in tsv[1].split("\t")[:2]] == [round(doc["segments"][0]["start"] * 1000),
+                                                        round(doc["segments"][0]["end"] * 1000)]  # fmt: skip
+    neighbour = json.loads(system.object_text(f"s3://{system.bucket}/out/fox.json"))
+    assert neighbour["options"] == TranscribeOptions().to_dict()
+    assert all(s["words"] is None for s in neighbour["segments"]) and neighbour["text"].strip()
+    shown = json.loads(cli("show", "1", "--json").stdout)
+    assert shown["options"] == doc["options"] and shown["status"] == "completed"

@@ -1,4 +1,4 @@
-"""Golden tests for json / srt / vtt / txt."""
+"""Golden tests for json / srt / vtt / txt / tsv."""
 
 from __future__ import annotations
 
@@ -48,6 +48,23 @@ def test_txt_golden():
     assert render(BASIC, "txt") == b"Hello there.\nGeneral Kenobi!\n"
 
 
+def test_tsv_golden():
+    """Whisper's columns: integer milliseconds, one line a segment, no tab inside a text."""
+    t = _transcript(
+        Segment(start=0.0004, end=1.2346, text=" Hello\tthere,\n friend."),
+        Segment(start=2.0, end=3.0, text="   "),  # no text: no line
+        Segment(start=-0.5, end=float("nan"), text="Odd times."),
+    )
+    assert render(BASIC, "tsv") == b"start\tend\ttext\n1000\t2500\tHello there.\n2500\t3000\tGeneral Kenobi!\n"
+    assert render(t, "tsv").decode() == "start\tend\ttext\n0\t1235\tHello there, friend.\n0\t0\tOdd times.\n"
+
+
+def test_json_numbers_segments_from_0():
+    doc = json.loads(render(BASIC, "json"))
+    assert [s["id"] for s in doc["segments"]] == [0, 1] and doc["schema_version"] == 1
+    assert list(doc)[0] == "schema_version"
+
+
 def test_json_golden():
     t = _transcript(
         Segment(start=0.0, end=1.25, text="Grüße -- ünïcode ✓", words=(Word(0.0, 1.25, " Grüße", 0.5),),
@@ -55,8 +72,10 @@ def test_json_golden():
         duration=1.5,
     )
     expected = """{
+  "schema_version": 1,
   "segments": [
     {
+      "id": 0,
       "start": 0.0,
       "end": 1.25,
       "text": "Grüße -- ünïcode ✓",
@@ -185,7 +204,8 @@ def test_awkward_text_txt():
 
 def test_empty_transcript():
     t = _transcript(duration=2.0)
-    assert render_all(t, ("srt", "vtt", "txt")) == {"srt": b"", "vtt": b"WEBVTT\n\n", "txt": b""}
+    assert render_all(t, ("srt", "vtt", "txt", "tsv")) == {
+        "srt": b"", "vtt": b"WEBVTT\n\n", "txt": b"", "tsv": b"start\tend\ttext\n"}  # fmt: skip
     assert json.loads(render(t, "json"))["segments"] == []
     assert json.loads(render(t, "json"))["text"] == ""
 
@@ -196,5 +216,5 @@ def test_render_all_and_unknown_format():
     assert out["txt"] == b"Hello there.\nGeneral Kenobi!\n"
     with pytest.raises(InvalidInput) as info:
         render(BASIC, "docx")
-    assert info.value.message == "unknown output format 'docx'; choose from ['json', 'srt', 'vtt', 'txt']"
+    assert info.value.message == "unknown output format 'docx'; choose from ['json', 'srt', 'vtt', 'txt', 'tsv']"
     assert info.value.stage is Stage.RENDER and info.value.transient is False

@@ -23,6 +23,7 @@ def test_content_types():
         "srt": "application/x-subrip",
         "vtt": "text/vtt",
         "txt": "text/plain; charset=utf-8",
+        "tsv": "text/tab-separated-values; charset=utf-8",
     }
 
 

@@ -244,6 +244,16 @@ def prepare_audio(audio: np.ndarray, engine: str) -> np.ndarray:
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
+def check_task(options: TranscribeOptions, multilingual: bool, spec: EngineSpec) -> None:
+    """Refuse to translate with an English-only model (submit refuses models named ``*.en``; this
+    catches one named otherwise): Whisper's tokenizer would drop the task and transcribe instead."""
+    if options.task == "translate" and not multilingual:
+        raise TranscriptionError(
+            f"task translate needs a multilingual model: {spec.engine} model {spec.model!r} is English-only",
+            transient=False,
+        )
+
+
 def is_silence(audio: np.ndarray) -> bool:
     import numpy as np
 

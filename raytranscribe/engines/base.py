@@ -6,8 +6,8 @@ mono float32 audio plus :class:`TranscribeOptions` into a :class:`Transcript`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from raytranscribe.config import EngineSettings
@@ -21,7 +21,14 @@ DEFAULT_ENGINE: str = _ENGINE_DEFAULTS.engine  # what a task or spec that names 
 DEFAULT_MODEL: str = _ENGINE_DEFAULTS.model
 
 SAMPLE_RATE = 16_000
-FORMATS: tuple[str, ...] = ("json", "srt", "vtt", "txt")
+# Every output format, in the one order a task's formats are kept in. New ones go at the end and
+# stay out of DEFAULT_FORMATS: the dedupe key of every task already stored spells the default.
+FORMATS: tuple[str, ...] = ("json", "srt", "vtt", "txt", "tsv")
+DEFAULT_FORMATS: tuple[str, ...] = ("json", "srt", "vtt", "txt")  # what a task that names none writes
+TASKS: tuple[str, ...] = ("transcribe", "translate")  # Whisper's tasks: translate writes English
+# Whisper reads at most 223 prompt tokens (half its text context) and drops the rest; a few
+# thousand characters is more than that in any language, and more than that is a mistake.
+MAX_INITIAL_PROMPT_CHARS = 2000
 ENGINES: tuple[str, ...] = ("faster-whisper", "openai-whisper")
 
 
@@ -67,16 +74,39 @@ class TranscribeOptions:
     word_timestamps: bool = False
     initial_prompt: str | None = None
     temperature: float = 0.0
-    formats: tuple[str, ...] = FORMATS
+    formats: tuple[str, ...] = DEFAULT_FORMATS
 
     def __post_init__(self) -> None:
+        """The one check of every option, whoever builds them (flags, manifest lines, the Python API):
+        a ValueError naming the field and what it must be."""
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
             raise ValueError(f"unknown output format(s) {unknown}; choose from {list(FORMATS)}")
         if not self.formats:
             raise ValueError("at least one output format is required")
-        if self.beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {_shown(self.task)}")
+        if isinstance(self.beam_size, bool) or not isinstance(self.beam_size, int) or self.beam_size < 1:
+            raise ValueError(f"beam_size must be an integer >= 1, got {_shown(self.beam_size)}")
+        if (
+            isinstance(self.temperature, bool)
+            or not isinstance(self.temperature, (int, float))
+            or not 0.0 <= self.temperature <= 1.0  # also refuses NaN
+        ):
+            raise ValueError(f"temperature must be a number from 0 to 1, got {_shown(self.temperature)}")
+        # 0 and 0.0 are one temperature: one spelling, so one dedupe key
+        object.__setattr__(self, "temperature", float(self.temperature))
+        for name, public in (("word_timestamps", "word_timestamps"), ("vad_filter", "vad")):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{public} must be true or false, got {_shown(getattr(self, name))}")
+        prompt = self.initial_prompt
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise ValueError(f"initial_prompt must be a string, got {_shown(prompt)}")
+            if len(prompt) > MAX_INITIAL_PROMPT_CHARS:
+                raise ValueError(f"initial_prompt must be at most {MAX_INITIAL_PROMPT_CHARS} characters, got {len(prompt)}")
+            if "\x00" in prompt:  # PostgreSQL's jsonb cannot hold it
+                raise ValueError("initial_prompt must not contain a NUL character")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -93,6 +123,44 @@ class TranscribeOptions:
         if extra:
             raise ValueError(f"unknown transcription option(s): {sorted(extra)}")
         return cls(**{k: v for k, v in d.items() if v is not None or k in ("language", "initial_prompt")})
+
+
+# The options a user sets by name (flags --task ... --vad, manifest fields): the name -> the
+# TranscribeOptions field it sets. ``vad`` is vad_filter's public name.
+OPTION_FIELDS: dict[str, str] = {
+    "task": "task",
+    "word_timestamps": "word_timestamps",
+    "initial_prompt": "initial_prompt",
+    "beam_size": "beam_size",
+    "temperature": "temperature",
+    "vad": "vad_filter",
+}
+
+
+def _shown(value: object) -> str:
+    """A refused value as the user wrote it: JSON where it is JSON (true, null, "x"), else repr."""
+    import json
+
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def options_with(base: TranscribeOptions, changes: Mapping[str, object], *, none_is_unset: bool = True) -> TranscribeOptions:
+    """``base`` with the options ``changes`` names (public names: ``vad``, not ``vad_filter``), checked.
+
+    With ``none_is_unset`` a change of None leaves the option as ``base`` has it (a flag left unset:
+    the default stays where it lives), except ``initial_prompt`` and ``language``, whose None is a
+    value ("no prompt", "detect"); without it, None is the value given (a manifest's null), refused
+    where it is none."""
+    fields = {}
+    for name, value in changes.items():
+        field_name = OPTION_FIELDS.get(name, name)
+        if value is None and none_is_unset and field_name not in ("initial_prompt", "language"):
+            continue
+        fields[field_name] = value
+    return replace(base, **fields) if fields else base
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from raytranscribe.engines import (
+    check_task,
     empty_transcript,
     install_hint,
     is_silence,
@@ -103,6 +105,7 @@ class FasterWhisperEngine:
 
     def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
         audio = prepare_audio(audio, ENGINE_NAME)
+        check_task(options, self.multilingual, self.spec)
         default_language = None if self.multilingual else "en"
         if is_silence(audio):
             return empty_transcript(audio, self.spec, options, options.language or default_language)
@@ -130,6 +133,7 @@ class FasterWhisperEngine:
     def prepare(self, audio: np.ndarray, options: TranscribeOptions) -> PreparedAudio:
         """Cut ``audio`` into windows and settle its language (see BatchEngine.prepare)."""
         audio = prepare_audio(audio, ENGINE_NAME)
+        check_task(options, self.multilingual, self.spec)
         duration = audio.size / SAMPLE_RATE
         forced = options.language if self.multilingual else "en"
         if is_silence(audio):
@@ -205,15 +209,29 @@ class FasterWhisperEngine:
     def decode_windows(self, batch: Sequence[WindowJob]) -> list[list[Segment]]:
         """One batched CTranslate2 decode over windows of any files and languages.
 
-        Windows whose decoding parameters differ (beam size, temperature, word timestamps) go in
-        separate generate calls, since CTranslate2 takes those per call; prompts (language, task,
-        initial prompt) are per item. So do windows of different fitted lengths: each window is
-        encoded at its own length, so its transcript never depends on what it was batched with.
+        Windows whose decoding parameters differ (beam size, temperature) go in separate generate
+        calls, since CTranslate2 takes those per call; prompts (language, task, initial prompt) are
+        per item, and words are aligned window by window, each with its own tokenizer, so files that
+        translate, ask for word timestamps or carry a prompt share a call with files that do not.
+        Windows of different fitted lengths go in separate calls too: each window is encoded at its
+        own length, so its transcript never depends on what it was batched with.
         """
         return decode_in_groups(
-            batch, lambda job: (_group_key(job), self._frames(job.window.duration_s)), self._decode_group,
+            batch,
+            lambda job: (_group_key(job), self._frames(job.window.duration_s), self._prompt_position(job)),
+            self._decode_group,
             "faster-whisper",
         )
+
+    def _prompt_position(self, job: WindowJob) -> int:
+        """Where <|startoftranscript|> sits in the window's prompt (after its initial prompt's tokens).
+        CTranslate2 needs it at one position in every item of a generate call, so windows whose
+        initial prompts differ in length go in separate calls; windows without one share theirs."""
+        initial = job.options.initial_prompt
+        if not initial:
+            return 0
+        tokens = _prompt_tokens(self._tokenizer("transcribe", None), initial)
+        return 1 + min(tokens, self.model.max_length // 2 - 1)  # sot_prev, then what get_prompt keeps
 
     def _tokenizer(self, task: str, language: str | None) -> Tokenizer:
         from faster_whisper.tokenizer import Tokenizer
@@ -265,8 +283,7 @@ class FasterWhisperEngine:
         out: list[list[dict]] = []
         for job, tokenizer, d in zip(jobs, tokenizers, best, strict=True):
             out.append(self._split(job, tokenizer, d))
-        if options.word_timestamps:
-            self._add_words(jobs, tokenizers[0], features, first_pass, out)
+        self._add_words(jobs, tokenizers, features, first_pass, out)
         return [[_window_segment(s, d) for s in segs] for segs, d in zip(out, best, strict=True)]
 
     def _generate(
@@ -321,7 +338,7 @@ class FasterWhisperEngine:
             out.append(dict(seek=0, start=p["start"], end=p["end"], tokens=p["tokens"], text=text))
         return out
 
-    def _add_words(self, jobs, tokenizer, features, encoded, segments: list[list[dict]]) -> None:
+    def _add_words(self, jobs, tokenizers, features, encoded, segments: list[list[dict]]) -> None:
         """faster-whisper's own word alignment, one window at a time: its pass carries the last
         speech time from one segment list to the next, which across files would stop it trimming a
         first word that swallowed a leading silence.
@@ -331,10 +348,12 @@ class FasterWhisperEngine:
         device's output cannot be sliced without a round trip through the host."""
         import ctranslate2
 
+        if not any(job.options.word_timestamps for job in jobs):
+            return
         fe = self.model.feature_extractor
         rows = np.asarray(encoded) if self.device == "cpu" else None
         for i, window_segments in enumerate(segments):
-            if not window_segments:
+            if not window_segments or not jobs[i].options.word_timestamps:
                 continue
             if rows is not None:
                 encoder_output = ctranslate2.StorageView.from_array(np.ascontiguousarray(rows[i : i + 1]))
@@ -342,7 +361,7 @@ class FasterWhisperEngine:
                 encoder_output = self.model.encode(features[i : i + 1])
             size = min(jobs[i].window.samples.size // fe.hop_length, fe.nb_max_frames)
             self.model.add_word_timestamps(
-                [window_segments], tokenizer, encoder_output, [size], PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS, 0.0
+                [window_segments], tokenizers[i], encoder_output, [size], PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS, 0.0
             )
 
 
@@ -385,12 +404,17 @@ class _Decoded(WindowQuality):
     temperature: float
 
 
+@functools.lru_cache(maxsize=1024)  # a batch asks once per window; a backfill has few distinct prompts
+def _prompt_tokens(tokenizer: Tokenizer, initial: str) -> int:
+    """Tokens of an initial prompt, encoded as _decode_group encodes it (text tokens are the same
+    whatever the task and language)."""
+    return len(tokenizer.encode(" " + initial.strip()))
+
+
 def _group_key(job: WindowJob) -> tuple:
+    """What one generate call shares: everything else is per window."""
     o = job.options
-    key = (o.beam_size, o.temperature, o.word_timestamps)
-    if o.word_timestamps:  # alignment takes one tokenizer per call
-        key += (o.task, job.language)
-    return key
+    return (o.beam_size, o.temperature)
 
 
 def _window_segment(s: dict, d: _Decoded) -> Segment:

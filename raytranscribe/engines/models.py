@@ -96,6 +96,17 @@ def bundled_base_model_path(download_root: str | None = None) -> Path | None:
     return final
 
 
+def english_only(model: str) -> bool:
+    """Whether ``model``'s name says it is English-only: Whisper's ``*.en`` models (tiny.en,
+    distil-small.en, Systran/faster-whisper-base.en, a folder or checkpoint so named). Such a model
+    knows no other language and cannot translate. A name that does not say is not judged here; the
+    engine checks the model it loaded (``engines.check_task``)."""
+    name = model.rstrip("/").rsplit("/", 1)[-1].lower()
+    for suffix in (".pt", ".bin"):
+        name = name.removesuffix(suffix)
+    return name.endswith(".en")
+
+
 def looks_like_path(name: str) -> bool:
     """True for things only a filesystem could mean; ``org/repo`` stays a Hub id."""
     return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists() or name.endswith(".pt")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from raytranscribe.engines import (
+    check_task,
     empty_transcript,
     install_hint,
     is_silence,
@@ -75,6 +76,7 @@ class OpenAIWhisperEngine:
 
     def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
         audio = prepare_audio(audio, ENGINE_NAME)
+        check_task(options, self.multilingual, self.spec)
         default_language = None if self.multilingual else "en"
         if is_silence(audio):
             return empty_transcript(audio, self.spec, options, options.language or default_language)
@@ -113,6 +115,7 @@ class OpenAIWhisperEngine:
     def prepare(self, audio: np.ndarray, options: TranscribeOptions) -> PreparedAudio:
         """Fixed 30 s windows cut at quiet moments (openai-whisper has no VAD), language settled."""
         audio = prepare_audio(audio, ENGINE_NAME)
+        check_task(options, self.multilingual, self.spec)
         duration = audio.size / SAMPLE_RATE
         forced = options.language if self.multilingual else "en"
         if is_silence(audio):
@@ -143,8 +146,9 @@ class OpenAIWhisperEngine:
         return language, float(probs[language])
 
     def decode_windows(self, batch: Sequence[WindowJob]) -> list[list[Segment]]:
-        """``whisper.decode`` over a stacked mel batch, one call per language and prompt
-        (openai-whisper takes those per call, not per item)."""
+        """``whisper.decode`` over a stacked mel batch, one call per language, task and prompt
+        (openai-whisper takes those per call, not per item); words are aligned window by window,
+        so files with and without word timestamps share a call."""
         return decode_in_groups(batch, _group_key, self._decode_group, "openai-whisper")
 
     def _decode_group(self, jobs: Sequence[WindowJob]) -> list[list[Segment]]:
@@ -190,7 +194,7 @@ class OpenAIWhisperEngine:
             for k, (job, r) in enumerate(zip(jobs, best, strict=True)):
                 silent = _quality(r, tokenizer).no_speech
                 segments = [] if silent else _split_tokens(r, tokenizer, job.window.duration_s)
-                if o.word_timestamps and segments:
+                if job.options.word_timestamps and segments:
                     frames = min(job.window.samples.size // w.audio.HOP_LENGTH, w.audio.N_FRAMES)
                     w.timing.add_word_timestamps(
                         segments=segments, model=self.model, tokenizer=tokenizer, mel=mel[k],
@@ -246,4 +250,4 @@ def _split_tokens(r, tokenizer, duration_s: float) -> list[dict]:
 
 def _group_key(job: WindowJob) -> tuple:
     o = job.options
-    return (job.language, o.task, o.beam_size, o.temperature, o.initial_prompt, o.word_timestamps)
+    return (job.language, o.task, o.beam_size, o.temperature, o.initial_prompt)

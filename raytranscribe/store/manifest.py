@@ -5,7 +5,10 @@
 many batches were copied, leaves nothing written.
 
 Fields: ``input_uri`` and ``output_uri`` (required); ``engine``, ``model``, ``language``, ``formats``,
-``priority``, ``max_retries``, ``backoff_factor`` (optional; the caller's defaults fill the gaps).
+``priority``, ``max_retries``, ``backoff_factor`` and Whisper's options ``task``, ``word_timestamps``,
+``initial_prompt``, ``beam_size``, ``temperature``, ``vad`` (optional; the caller's defaults fill the
+gaps). ``formats`` may be ``"all"``. The options are checked where every option is
+(``TranscribeOptions``), so a bad one refuses the manifest naming its line and field.
 ``output_uri`` is the output stem (files ``<stem>.<fmt>``), or, ending in ``/``, a prefix: the outputs
 go under it named after the input file, as ``submit --output PREFIX`` does.
 
@@ -20,13 +23,24 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from raytranscribe.engines.base import DEFAULT_ENGINE, DEFAULT_MODEL, FORMATS, TranscribeOptions
+from raytranscribe.engines.base import (
+    DEFAULT_ENGINE,
+    DEFAULT_FORMATS,
+    DEFAULT_MODEL,
+    FORMATS,
+    OPTION_FIELDS,
+    TranscribeOptions,
+    options_with,
+)
 from raytranscribe.errors import InvalidInput, ManifestError
 from raytranscribe.store.newtask import NewTask, check_task_numbers
 from raytranscribe.uris import output_stem, parse_s3_uri
 
 REQUIRED_FIELDS = ("input_uri", "output_uri")
-OPTIONAL_FIELDS = ("engine", "model", "language", "formats", "priority", "max_retries", "backoff_factor")
+OPTIONAL_FIELDS = (
+    "engine", "model", "language", "formats", "priority", "max_retries", "backoff_factor", *OPTION_FIELDS,
+)  # fmt: skip
+ALL_FORMATS = "all"  # --formats all, "formats": "all": every format there is
 MANIFEST_FIELDS = REQUIRED_FIELDS + OPTIONAL_FIELDS
 
 
@@ -37,7 +51,7 @@ class ManifestDefaults:
     engine: str = DEFAULT_ENGINE
     model: str = DEFAULT_MODEL
     language: str | None = None
-    formats: tuple[str, ...] = FORMATS
+    formats: tuple[str, ...] = DEFAULT_FORMATS
     priority: int = 0
     max_retries: int | None = None
     backoff_factor: float | None = None
@@ -49,11 +63,14 @@ class ManifestDefaults:
 
 
 def parse_formats(value: str | list | tuple) -> tuple[str, ...]:
-    """``"srt,txt"`` or ``["srt", "txt"]`` -> ``("srt", "txt")``; unknown formats are refused."""
+    """``"srt,txt"`` or ``["srt", "txt"]`` -> ``("srt", "txt")``; ``"all"`` -> every format; unknown
+    formats are refused."""
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(f, str) for f in items):
         raise InvalidInput(f"formats must be a list of strings or a comma-separated string, got {value!r}")
     out = tuple(f.strip().lower() for f in items if f.strip())
+    if ALL_FORMATS in out:
+        out = FORMATS + tuple(f for f in out if f != ALL_FORMATS and f not in FORMATS)  # unknown ones still refused
     if not out:
         raise InvalidInput("at least one output format is required")
     unknown = [f for f in out if f not in FORMATS]
@@ -121,7 +138,8 @@ def parse_line(text: str, defaults: ManifestDefaults) -> NewTask:
     if "language" in obj:
         language = obj["language"] if obj["language"] is None else _typed(obj, "language", (str,), "a string or null")
     formats = parse_formats(obj["formats"]) if "formats" in obj else defaults.formats
-    options = _line_options(defaults.options, language, formats)
+    changes = tuple((name, type(obj[name]).__name__, obj[name]) for name in OPTION_FIELDS if name in obj)
+    options = _line_options(defaults.options, language, formats, changes)
     return NewTask(
         input_uri=obj["input_uri"],
         output_uri=stem,
@@ -138,10 +156,26 @@ def parse_line(text: str, defaults: ManifestDefaults) -> NewTask:
     )
 
 
-@functools.lru_cache(maxsize=256)  # a manifest's lines mostly share a few: one object for each
-def _line_options(base: TranscribeOptions, language: str | None, formats: tuple[str, ...]) -> TranscribeOptions:
+def _line_options(
+    base: TranscribeOptions, language: str | None, formats: tuple[str, ...], changes: tuple[tuple[str, str, object], ...]
+) -> TranscribeOptions:
+    """The line's options: ``base`` (the caller's) with the line's language, formats and option fields.
+    ``changes`` are (field, its JSON type, value): the type keeps ``true`` and ``1`` apart in the cache."""
     try:
-        return TranscribeOptions(**{**base.to_dict(), "language": language, "formats": formats})
+        hash(changes)
+    except TypeError:  # a list or object where a value belongs: refused below, naming the field
+        return _line_options_checked.__wrapped__(base, language, formats, changes)
+    return _line_options_checked(base, language, formats, changes)
+
+
+@functools.lru_cache(maxsize=256)  # a manifest's lines mostly share a few: one object for each
+def _line_options_checked(
+    base: TranscribeOptions, language: str | None, formats: tuple[str, ...], changes: tuple[tuple[str, str, object], ...]
+) -> TranscribeOptions:
+    try:
+        options = TranscribeOptions(**{**base.to_dict(), "language": language, "formats": formats})
+        # A field given is the line's value, null included (null is "no prompt", or refused where it is no value).
+        return options_with(options, {name: value for name, _, value in changes}, none_is_unset=False)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from exc
 

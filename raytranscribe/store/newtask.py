@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from raytranscribe.engines.base import DEFAULT_ENGINE, DEFAULT_MODEL, ENGINES, FORMATS, TranscribeOptions
+from raytranscribe.engines.models import english_only
 from raytranscribe.errors import InvalidInput
 from raytranscribe.uris import parse_s3_uri
 
@@ -84,6 +85,11 @@ class NewTask:
         if not isinstance(self.options, TranscribeOptions):
             raise InvalidInput(f"options must be TranscribeOptions, got {type(self.options).__name__}")
         check_task_numbers(self.priority, self.max_retries, self.backoff_factor)
+        if self.options.task == "translate" and english_only(self.model):
+            raise InvalidInput(
+                f"task translate needs a multilingual model: {self.model!r} is English-only "
+                "(it transcribes English and cannot translate); choose one such as base or small"
+            )
         formats = _canonical_formats(self.options.formats)
         if formats != self.options.formats:
             object.__setattr__(self, "options", replace(self.options, formats=formats))
