@@ -13,7 +13,6 @@ import time
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from raytranscribe.breakers import BreakerState
@@ -29,6 +28,9 @@ log = logging.getLogger("raytranscribe.progress")
 
 class RichProgress:
     def __init__(self, console: Console | None = None, total: int | None = None) -> None:
+        # Here, not at import: `raytranscribe status` formats ages with this module, and draws no bar.
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         self.console = console or Console(stderr=True)
         self.progress = Progress(
             TextColumn("[bold]transcribing"),

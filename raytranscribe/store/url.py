@@ -95,7 +95,7 @@ def psycopg2_args(url: str) -> dict[str, str | int] | None:
     """``psycopg2.connect`` keyword arguments for ``url``, as SQLAlchemy's psycopg2 dialect makes them
     (user, password, host, port, dbname, then the query's options), without importing SQLAlchemy: the
     one-shot reads of ``store.reader``. :class:`ConfigError` as :func:`sqlalchemy_url` for a wrong
-    scheme or driver; None for a URL that is not plainly one host (a bad port, several hosts, an
+    scheme or driver; None for a URL that is not plain (a bad port, hosts and ports in the query, an
     option given twice): the full store then connects, and reports, as it always has."""
     normalized = _normalized(url)
     m = _URL.match(normalized)
@@ -105,12 +105,18 @@ def psycopg2_args(url: str) -> dict[str, str | int] | None:
     port = parts["port"]
     if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         return None
-    query = parse_qsl(parts["query"] or "")
-    if len({k for k, _ in query}) != len(query) or any(k in ("host", "port") for k, _ in query):
+    pairs = parse_qsl(parts["query"] or "")
+    query = dict(pairs)
+    host = parts["ipv4host"] or parts["ipv6host"]
+    if len(query) != len(pairs) or "port" in query:  # an option given twice, or ports apart from hosts
         return None
+    if "host" in query:  # a socket folder (?host=/run/postgresql) is one host; anything more is not plain
+        if host or any(c in query["host"] for c in ",:"):
+            return None
+        host = query.pop("host")
     args: dict[str, str | int] = {}
     for key, value in (
-        ("host", parts["ipv4host"] or parts["ipv6host"]),
+        ("host", host),
         ("dbname", unquote(parts["database"]) if parts["database"] is not None else None),
         ("user", unquote(parts["username"]) if parts["username"] is not None else None),
         ("password", unquote(parts["password"]) if parts["password"] is not None else None),
