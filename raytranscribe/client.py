@@ -28,8 +28,6 @@ from typing import TYPE_CHECKING, Any
 from raytranscribe.config import Settings
 from raytranscribe.engines.base import FORMATS, TranscribeOptions
 from raytranscribe.errors import InvalidInput, TaskNotFound
-from raytranscribe.store.manifest import ManifestDefaults, iter_manifest, parse_formats
-from raytranscribe.store.newtask import NewTask
 from raytranscribe.store.states import TaskStatus
 from raytranscribe.store.url import resolve_database_url
 from raytranscribe.store.views import OrchestratorView, StatusChange, StoreStats, TaskView
@@ -38,6 +36,8 @@ if TYPE_CHECKING:
     from raytranscribe.orchestrator import Observer, RunSummary
     from raytranscribe.storage import S3Storage
     from raytranscribe.store import Store
+    from raytranscribe.store.manifest import ManifestDefaults
+    from raytranscribe.store.newtask import NewTask
     from raytranscribe.store.reader import Reader
 
 __all__ = ["BackfillResult", "Client", "Status", "SubmitResult"]
@@ -193,6 +193,8 @@ class Client:
         self, engine: str | None, model: str | None, language: str | None, formats: str | Sequence[str],
         priority: int, max_retries: int | None, backoff_factor: float | None,
     ) -> ManifestDefaults:  # fmt: skip
+        from raytranscribe.store.manifest import ManifestDefaults, parse_formats  # a submit's: not for `status`
+
         return ManifestDefaults(
             engine=engine or self.settings.engine.engine,
             model=model or self.settings.engine.model,
@@ -451,6 +453,7 @@ def _uri_tasks(
     the whole submission, naming it: its transfers would reach another object, and skipping it quietly
     would lose an input. With ``skip_invalid`` it is left out instead, named in ``notes``, and counted
     in ``skipped[0]``."""
+    from raytranscribe.store.newtask import NewTask
     from raytranscribe.uris import abbrev, key_problem, output_stem, parse_s3_uri
 
     # Every URI is checked before anything is listed.
@@ -503,6 +506,8 @@ def _uri_tasks(
 
 
 def _manifest_tasks(path: Path, defaults: ManifestDefaults) -> Iterator[NewTask]:
+    from raytranscribe.store.manifest import iter_manifest
+
     try:
         with path.open(encoding="utf-8") as fh:
             yield from iter_manifest(fh, defaults)
