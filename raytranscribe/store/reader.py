@@ -100,7 +100,8 @@ class Reader:
 
                 def query(sql: str, params: Mapping[str, Any]) -> Sequence[Any]:
                     cursor.execute(pyformat(sql), params)
-                    return [_row_type(tuple(d[0] for d in cursor.description))._make(r) for r in cursor.fetchall()]
+                    row = _row_type(tuple(d[0] for d in cursor.description))
+                    return [row._make(r) for r in cursor.fetchall()]
 
                 result = fn(query)
             conn.commit()
