@@ -10,6 +10,7 @@ after the same back-off, up to ``store.op_retries`` times, then :class:`StoreUna
 
 from __future__ import annotations
 
+import threading
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -27,7 +28,7 @@ T = TypeVar("T")
 
 
 class Reader:
-    """Read-only access to the store for one command. Not thread-safe: one per command."""
+    """Read-only access to the store for one command; threads sharing one read one at a time."""
 
     def __init__(self, connect_args: Mapping[str, Any], settings: StoreSettings, *,
                  application_name: str = "raytranscribe") -> None:  # fmt: skip
@@ -36,11 +37,13 @@ class Reader:
         self._args = {**connect_args, "connect_timeout": settings.connect_timeout_s,
                       "application_name": application_name}  # fmt: skip
         self._conn: Any = None  # psycopg2's connection, once opened
+        self._lock = threading.Lock()  # one transaction at a time on it
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     def __enter__(self) -> Reader:
         return self
@@ -73,7 +76,8 @@ class Reader:
         last: BaseException | None = None
         for n in range(retries + 1):
             try:
-                return self._once(fn)
+                with self._lock:
+                    return self._once(fn)
             except psycopg2.Error as exc:
                 gone = self._conn is None or bool(self._conn.closed)  # never opened, or lost
                 lost = isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
