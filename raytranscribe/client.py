@@ -150,7 +150,7 @@ class Client:
     def _reads(self) -> Store | Reader:
         """What ``status``, ``tasks`` and ``show`` read through: the Store when it is open, else a
         psycopg2-only Reader on the same URL (a command answers without importing SQLAlchemy), else,
-        for a URL the Reader does not take plainly (several hosts, say), the Store."""
+        for a URL the Reader does not take plainly (hosts and ports in its query, say), the Store."""
         if self._store is not None:
             return self._store
         if self._reader is None:
