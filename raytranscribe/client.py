@@ -8,7 +8,9 @@ A notebook or a script does what a command does, and gets typed results back::
 
 Results are frozen dataclasses (the store's views where one exists: :class:`TaskView`,
 :class:`StoreStats`, :class:`StatusChange`); errors are the :class:`RayTranscribeError` tree.
-Ray, boto3 and the orchestrator are imported by the methods that use them, not by this module.
+Ray, boto3 and the orchestrator are imported by the methods that use them, not by this module;
+SQLAlchemy by the first method that needs the :class:`Store` (``status``, ``tasks`` and ``show``
+read through psycopg2 alone, ``store.reader``, unless the Store is open already).
 """
 
 from __future__ import annotations
@@ -27,14 +29,18 @@ from raytranscribe.config import Settings
 from raytranscribe.engines.base import DEFAULT_FORMATS, TranscribeOptions, options_with
 from raytranscribe.errors import InvalidInput, TaskNotFound
 from raytranscribe.export import ExportFormat, ExportResult
-from raytranscribe.store import NewTask, OrchestratorView, StatusChange, Store, StoreStats, TaskStatus, TaskView
-from raytranscribe.store.manifest import ManifestDefaults, iter_manifest, parse_formats
 from raytranscribe.store.reads import EXPORT_PAGE
+from raytranscribe.store.states import TaskStatus
 from raytranscribe.store.url import resolve_database_url
+from raytranscribe.store.views import OrchestratorView, StatusChange, StoreStats, TaskView
 
 if TYPE_CHECKING:
     from raytranscribe.orchestrator import Observer, RunSummary
     from raytranscribe.storage import S3Storage
+    from raytranscribe.store import Store
+    from raytranscribe.store.manifest import ManifestDefaults
+    from raytranscribe.store.newtask import NewTask
+    from raytranscribe.store.reader import Reader
 
 __all__ = ["BackfillResult", "Client", "ExportResult", "Status", "SubmitResult"]
 
@@ -156,15 +162,37 @@ class Client:
         # The one place the URL is resolved (RAYTRANSCRIBE_DATABASE_URL_FILE read, noted as a secret).
         self.settings: Settings = resolve_database_url(settings)
         self._store: Store | None = None
+        self._reader: Reader | None = None
 
     @property
     def store(self) -> Store:
         """The :class:`Store` underneath (made on first use)."""
         if self._store is None:
+            from raytranscribe.store import Store
+
             self._store = Store.from_settings(self.settings)
         return self._store
 
+    def _reads(self) -> Store | Reader:
+        """What ``status``, ``tasks`` and ``show`` read through: the Store when it is open, else a
+        psycopg2-only Reader on the same URL (a command answers without importing SQLAlchemy), else,
+        for a URL the Reader does not take plainly (hosts and ports in its query, say), the Store."""
+        if self._store is not None:
+            return self._store
+        if self._reader is None:
+            from raytranscribe.store.reader import Reader
+            from raytranscribe.store.url import psycopg2_args, resolved_url
+
+            args = psycopg2_args(resolved_url(self.settings))
+            if args is None:
+                return self.store
+            self._reader = Reader(args, self.settings.store)
+        return self._reader
+
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -191,6 +219,8 @@ class Client:
         self, engine: str | None, model: str | None, language: str | None, formats: str | Sequence[str],
         priority: int, max_retries: int | None, backoff_factor: float | None, whisper: WhisperOptions,
     ) -> ManifestDefaults:  # fmt: skip
+        from raytranscribe.store.manifest import ManifestDefaults, parse_formats  # a submit's: not for `status`
+
         return ManifestDefaults(
             options=whisper.options(),
             engine=engine or self.settings.engine.engine,
@@ -292,15 +322,16 @@ class Client:
 
     def status(self) -> Status:
         """Counts per status, oldest pending age, retries scheduled, top failure reasons, orchestrators."""
-        return Status(stats=self.store.stats(), orchestrators=tuple(self.store.orchestrators()))
+        reads = self._reads()
+        return Status(stats=reads.stats(), orchestrators=tuple(reads.orchestrators()))
 
     def tasks(self, status: TaskStatus | str | None = None, *, limit: int = 100) -> list[TaskView]:
         """Tasks, oldest first (``status``: only those in it). Attempts are left out: :meth:`show` has them."""
-        return self.store.list_tasks(status=_status(status), limit=limit)
+        return self._reads().list_tasks(status=_status(status), limit=limit)
 
     def show(self, task_id: int) -> TaskView:
         """One task with its attempt history; :class:`TaskNotFound` if there is none."""
-        task = self.store.get(task_id)
+        task = self._reads().get(task_id)
         if task is None:
             raise TaskNotFound(f"task {task_id} not found")
         return task
@@ -501,6 +532,7 @@ def _uri_tasks(
     the whole submission, naming it: its transfers would reach another object, and skipping it quietly
     would lose an input. With ``skip_invalid`` it is left out instead, named in ``notes``, and counted
     in ``skipped[0]``."""
+    from raytranscribe.store.newtask import NewTask
     from raytranscribe.uris import abbrev, key_problem, output_stem, parse_s3_uri
 
     # Every URI is checked before anything is listed.
@@ -553,6 +585,8 @@ def _uri_tasks(
 
 
 def _manifest_tasks(path: Path, defaults: ManifestDefaults) -> Iterator[NewTask]:
+    from raytranscribe.store.manifest import iter_manifest
+
     try:
         with path.open(encoding="utf-8") as fh:
             yield from iter_manifest(fh, defaults)

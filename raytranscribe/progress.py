@@ -10,21 +10,27 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from raytranscribe.breakers import BreakerState
-from raytranscribe.contracts import Outcome
-from raytranscribe.orchestrator import Orchestrator, RunSummary
-from raytranscribe.store import RecordResult, TaskStatus
+from raytranscribe.store.states import TaskStatus
+
+if TYPE_CHECKING:  # annotations only: `raytranscribe status` formats an age with this module, without Ray
+    from raytranscribe.contracts import Outcome
+    from raytranscribe.orchestrator import Orchestrator, RunSummary
+    from raytranscribe.store import RecordResult
 
 log = logging.getLogger("raytranscribe.progress")
 
 
 class RichProgress:
     def __init__(self, console: Console | None = None, total: int | None = None) -> None:
+        # Here, not at import: `raytranscribe status` formats ages with this module, and draws no bar.
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         self.console = console or Console(stderr=True)
         self.progress = Progress(
             TextColumn("[bold]transcribing"),

@@ -37,9 +37,14 @@ FORBIDDEN = {
     "raytranscribe.modelcache": ("requests", "boto3", "botocore", "sqlalchemy", "ray", "raytranscribe.store"),
     # `import raytranscribe` stays cheap: the Client loads on first use
     "raytranscribe": ("sqlalchemy", "pydantic", "ray", "boto3", "raytranscribe.client"),
-    # the Client reads the store; Ray, S3 and the orchestrator load when it runs or lists
+    # the Client reads the store; Ray, S3 and the orchestrator load when it runs or lists, SQLAlchemy when it
+    # opens the Store (status, tasks and show read without it: store.reader)
     "raytranscribe.client": ("ray", "boto3", "botocore", "requests", "raytranscribe.orchestrator", "raytranscribe.pool",
-                             "raytranscribe.worker"),
+                             "raytranscribe.worker", "sqlalchemy", "alembic", "raytranscribe.store.store"),
+    "raytranscribe.store.reader": ("sqlalchemy", "alembic", "ray", "numpy", "boto3", "raytranscribe.store.store",
+                                   "raytranscribe.store.connection"),
+    # the command line formats ages with it: no orchestrator, Ray or numpy on the way
+    "raytranscribe.progress": ("ray", "numpy", "sqlalchemy", "raytranscribe.orchestrator"),
     # the export writes on the driver: pyarrow and boto3 load when a Parquet or s3:// export runs
     "raytranscribe.export": ("ray", "boto3", "botocore", "pyarrow", "raytranscribe.storage"),
     # the command line answers --help at once: each command imports what it uses when it runs

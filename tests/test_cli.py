@@ -19,7 +19,7 @@ from raytranscribe.cli import app
 from raytranscribe.contracts import TaskResult
 from raytranscribe.errors import Failure, Stage
 from raytranscribe.pool import ActorView
-from raytranscribe.store import TaskStatus
+from raytranscribe.store import NewTask, TaskStatus
 from tests.store.test_schema import HEAD
 from tests.support.db import create_database, drop_database
 
@@ -961,6 +961,26 @@ def test_help_and_the_module_import_nothing_heavy():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0 and "Commands:" in proc.stdout, proc.stderr
+    assert proc.stderr.strip() == ""
+
+
+def test_reading_commands_import_no_sqlalchemy_alembic_ray_or_numpy(store, database_url):
+    """status, tasks and show read through psycopg2 alone (store.reader): what a command imports is most
+    of what it costs (bench/cli_startup.py times them)."""
+    (task_id,) = store.submit([NewTask("s3://bkt/in/seen.wav", "s3://bkt/out/seen")]).inserted
+    store.claim(1, "orch", lease_s=60)
+    heavy = ("sqlalchemy", "alembic", "ray", "numpy", "boto3", "raytranscribe.store.store", "raytranscribe.orchestrator")
+    code = (
+        "import sys; from raytranscribe.cli import app\n"
+        f"for args in (['status'], ['status', '--json'], ['tasks'], ['show', '{task_id}']):\n"
+        "    try:\n        app(args, prog_name='raytranscribe')\n"
+        "    except SystemExit as exc:\n        assert exc.code == 0, (args, exc.code)\n"
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)"
+    )
+    env = {**os.environ, "RAYTRANSCRIBE_DATABASE_URL": database_url, "RAYTRANSCRIBE_LOG_LEVEL": "WARNING"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("s3://bkt/in/seen.wav") == 2 and '"in_progress": 1' in proc.stdout  # tasks, show, status
     assert proc.stderr.strip() == ""
 
 

@@ -7,37 +7,52 @@ statement, named), ``newtask`` (validation, dedupe keys), ``submit``, ``record``
 
 from typing import TYPE_CHECKING
 
-from raytranscribe.store.newtask import NewTask
-from raytranscribe.store.record import LEASE_EXPIRED
-from raytranscribe.store.states import AttemptOutcome, TaskStatus
-from raytranscribe.store.store import Store
-from raytranscribe.store.views import (
-    AttemptView,
-    ClaimedTask,
-    OrchestratorView,
-    RecordResult,
-    ResultRow,
-    StatusChange,
-    StoreStats,
-    StreamedSubmit,
-    SubmitReport,
-    TaskView,
-)
-
 if TYPE_CHECKING:
     from raytranscribe.store.models import OrchestratorState, Task, TaskAttempt, TaskLease, TaskQueue
+    from raytranscribe.store.newtask import NewTask
+    from raytranscribe.store.record import LEASE_EXPIRED
+    from raytranscribe.store.states import AttemptOutcome, TaskStatus
+    from raytranscribe.store.store import Store
+    from raytranscribe.store.views import (
+        AttemptView,
+        ClaimedTask,
+        OrchestratorView,
+        RecordResult,
+        ResultRow,
+        StatusChange,
+        StoreStats,
+        StreamedSubmit,
+        SubmitReport,
+        TaskView,
+    )
 
-_MODELS = ("OrchestratorState", "Task", "TaskAttempt", "TaskLease", "TaskQueue")
+# Each name loads its module on first use: `raytranscribe status` reads through store.reader with
+# psycopg2 alone, and must not pay for SQLAlchemy (Store) or the ORM models (the schema's, for
+# migrations and schema tests) on the way to the views and states it shows.
+_HOMES = {
+    "NewTask": "newtask",
+    "LEASE_EXPIRED": "record",
+    "AttemptOutcome": "states",
+    "TaskStatus": "states",
+    "Store": "store",
+    **dict.fromkeys(("OrchestratorState", "Task", "TaskAttempt", "TaskLease", "TaskQueue"), "models"),
+    **dict.fromkeys(
+        ("AttemptView", "ClaimedTask", "OrchestratorView", "RecordResult", "ResultRow", "StatusChange", "StoreStats",
+         "StreamedSubmit", "SubmitReport", "TaskView"),
+        "views",
+    ),
+}  # fmt: skip
 
 
 def __getattr__(name: str) -> object:
-    # The ORM models are the schema's (migrations, schema tests); the store's own work is plain SQL,
-    # so `raytranscribe status` does not pay for building them.
-    if name in _MODELS:
-        from raytranscribe.store import models
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        return getattr(models, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # found once
+    return value
 
 
 __all__ = [
@@ -49,7 +64,6 @@ __all__ = [
     "OrchestratorState",
     "OrchestratorView",
     "RecordResult",
-    "ResultRow",
     "StatusChange",
     "Store",
     "StoreStats",

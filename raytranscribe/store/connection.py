@@ -1,6 +1,6 @@
 """Connections to PostgreSQL: the engines, each thread's hot-path connection, the retry loop around
-every transaction, the SQLSTATEs that tell a transient error from a refusal, and the prepared
-statements of the hot path.
+every transaction (``sqlstate`` tells a transient error from a refusal), and the prepared statements
+of the hot path.
 
 Transient database errors (lost connection, admin shutdown, serialization failure, deadlock) re-run
 the whole transaction up to ``settings.store.op_retries`` times with exponential backoff, then raise
@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
-import random
-import re
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -24,16 +21,10 @@ from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor
 from sqlalchemy.pool import PoolProxiedConnection
 
 from raytranscribe.config import StoreSettings
-from raytranscribe.errors import (
-    ConfigError,
-    IllegalTransition,
-    SchemaOutOfDate,
-    Stage,
-    StoreError,
-    StoreMisconfigured,
-    StoreUnavailable,
-)
+from raytranscribe.errors import ConfigError, StoreUnavailable
+from raytranscribe.store import sqlstate
 from raytranscribe.store.sql import load
+from raytranscribe.store.sqlstate import pg_message
 from raytranscribe.store.url import redact_url, sqlalchemy_url
 
 log = logging.getLogger(__name__)
@@ -42,38 +33,6 @@ SESSION = load("session")
 
 T = TypeVar("T")
 
-# SQLSTATE raised by the transition trigger (migrations 0002 and 0004).
-ILLEGAL_TRANSITION_SQLSTATE = "RT001"
-# Errors worth re-running a transaction for: the transaction surely rolled back, the data is fine.
-TRANSIENT_SQLSTATES = frozenset(
-    {
-        "40001",  # serialization_failure
-        "40P01",  # deadlock_detected
-        "55P03",  # lock_not_available
-        "57P01",  # admin_shutdown (pg_terminate_backend, fast shutdown)
-        "57P02",  # crash_shutdown
-        "57P03",  # cannot_connect_now (starting up / shutting down)
-        "53300",  # too_many_connections
-    }
-)
-# Errors no retry changes: the operator must fix the URL, the role, its grants or the server's rules.
-# Class 28: invalid_authorization_specification (28000: role unknown or not allowed to log in,
-# no pg_hba.conf entry; 28P01: invalid_password); 3D000: invalid_catalog_name (no such database);
-# 42501: insufficient_privilege (no CONNECT on the database, no grant on a table).
-MISCONFIGURED_SQLSTATES = frozenset({"3D000", "42501"})
-MISCONFIGURED_SQLSTATE_CLASSES = ("28",)
-# psycopg2 gives failures to connect no SQLSTATE: libpq's own words tell them apart from an outage.
-MISCONFIGURED_MESSAGES = re.compile(
-    r"password authentication failed|authentication failed for user|no password supplied"
-    r"|role \".*\" does not exist|is not permitted to log in|database \".*\" does not exist"
-    r"|no pg_hba\.conf entry|pg_hba\.conf rejects|permission denied for database"
-    r"|invalid sslmode value|server does not support SSL|SSL was required|certificate verify failed"
-    r"|invalid dsn|invalid connection option|invalid URI query parameter|invalid port number|invalid integer value",
-    re.IGNORECASE,
-)
-# Statements that name what an older (or no) schema lacks: undefined_table, undefined_column,
-# undefined_object (a type), undefined_function.
-SCHEMA_MISSING_SQLSTATES = frozenset({"42P01", "42703", "42704", "42883"})
 # Session settings of the hot-path (autocommit) connections; see Database.__init__.
 HOT_PATH_OPTIONS = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off"
 
@@ -164,15 +123,12 @@ class Database:
             f"store {op}: database unavailable after {retries + 1} tries: {pg_message(last)}"
         ) from last
 
+    def read(self, op: str, fn: Callable[[Callable[[str, Mapping[str, Any]], Sequence[Any]]], T]) -> T:
+        """``fn(query)`` in one transaction, ``query(sql, params)`` giving every row: how ``reads`` runs."""
+        return self.run(op, lambda conn: fn(lambda sql, params: conn.execute(sa.text(sql), params).all()))
+
     def _back_off(self, op: str, n: int, error: BaseException | None) -> None:
-        retries = self.settings.op_retries
-        delay = self.settings.op_retry_base_s * (2**n) * (0.5 + random.random() / 2)
-        log.warning(
-            "store %s: transient database error (try %d of %d), retrying in %.2fs: %s",
-            op, n + 1, retries + 1, delay, pg_message(error),
-            extra={"stage": Stage.STORE.value},
-        )  # fmt: skip
-        time.sleep(delay)
+        sqlstate.back_off(op, n, self.settings, error)
 
     def run_raw(self, fn: Callable[[PoolProxiedConnection], T]) -> T:
         """``fn`` on this thread's hot-path connection; its errors come out as SQLAlchemy's."""
@@ -237,54 +193,20 @@ class Database:
             raw.close()
 
 
-# --- what an error means ------------------------------------------------------------------------
+# --- what an error means (the SQLSTATEs themselves: sqlstate) ------------------------------------
 
 
 def raise_permanent(op: str, exc: sa.exc.DBAPIError) -> None:
     """Raise the store's error for ``exc`` unless it is transient (then return: the caller retries)."""
-    code = getattr(exc.orig, "pgcode", None)
-    if code == ILLEGAL_TRANSITION_SQLSTATE:
-        raise IllegalTransition(f"{op}: {pg_message(exc)}") from exc
-    refused = refusal(op, exc)
-    if refused is not None:  # before the transient check: a refused connection is "invalidated" too
-        raise refused from exc
-    if not is_transient(exc):
-        raise StoreError(f"{op} failed: {pg_message(exc)}") from exc
-
-
-def refusal(op: str, exc: sa.exc.DBAPIError) -> StoreMisconfigured | None:
-    """The permanent error for a database that refuses us (credentials, options, grants, schema), else None."""
-    code = getattr(exc.orig, "pgcode", None) or ""
-    message = pg_message(exc)
-    if code in SCHEMA_MISSING_SQLSTATES and op != "upgrade":
-        return SchemaOutOfDate(
-            f"store {op}: the database has no raytranscribe schema, or an older one ({message}): "
-            "run `raytranscribe db upgrade`"
-        )
-    if code in MISCONFIGURED_SQLSTATES or code.startswith(MISCONFIGURED_SQLSTATE_CLASSES) or (
-        not code and MISCONFIGURED_MESSAGES.search(message)
-    ):
-        return StoreMisconfigured(f"store {op}: {message} (check the database URL, role and grants; not retried)")
-    return None
+    error = sqlstate.permanent_error(op, exc, transient=is_transient(exc))
+    if error is not None:
+        raise error from exc
 
 
 def is_transient(exc: sa.exc.DBAPIError) -> bool:
-    if exc.connection_invalidated:
-        return True
-    code = getattr(exc.orig, "pgcode", None)
-    if code in TRANSIENT_SQLSTATES or (code or "").startswith("08"):  # class 08: connection exception
-        return True
     # Lost sockets arrive without a SQLSTATE, as OperationalError/InterfaceError.
-    return code is None and isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))
-
-
-def pg_message(exc: BaseException | None) -> str:
-    if exc is None:
-        return "unknown error"
-    orig = getattr(exc, "orig", None)
-    msg = str(orig if orig is not None else exc).strip()
-    # libpq pads "FATAL:  role ..." with two spaces; one line, single-spaced, reads better.
-    return re.sub(r"\s+", " ", msg.splitlines()[0]) if msg else type(exc).__name__
+    lost = isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))
+    return sqlstate.is_transient(exc, invalidated=exc.connection_invalidated, lost=lost)
 
 
 # --- the hot path's statements --------------------------------------------------------------------

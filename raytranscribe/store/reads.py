@@ -1,37 +1,56 @@
-"""Reads: one task with its attempts, lists, the counts. None grows with the table's history (the
-side tables and counts of migrations 0005 and 0006; see reads.sql)."""
+"""Reads: one task with its attempts, lists, the counts, the running orchestrators. None grows with
+the table's history (the side tables and counts of migrations 0005 and 0006; see reads.sql).
+
+Each read is one transaction run by ``db.read(op, fn)``, where ``fn`` gets ``query(sql, params)``
+returning every row (columns by name and by position). Two kinds of ``db`` run them:
+``connection.Database`` (SQLAlchemy's pools, the Store's) and ``reader.Reader`` (psycopg2 alone, for
+a one-shot command): the same statements, views and errors either way.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy import text
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from raytranscribe.errors import InvalidInput
-from raytranscribe.store.connection import Database
 from raytranscribe.store.sql import load
 from raytranscribe.store.states import UNFINISHED, TaskStatus
-from raytranscribe.store.views import ResultRow, StoreStats, TaskView, attempt_view, result_row, task_view
+from raytranscribe.store.views import (
+    OrchestratorView,
+    ResultRow,
+    StoreStats,
+    TaskView,
+    attempt_view,
+    orchestrator_view,
+    result_row,
+    task_view,
+)
 
 SQL = load("reads")
+ORCHESTRATORS = load("orchestrators")
+
+T = TypeVar("T")
+Query = Callable[[str, Mapping[str, Any]], Sequence[Any]]  # (statement, bind parameters) -> all rows
 
 EXPORT_PAGE = 10_000  # tasks an export reads per query: a few MB of rows, one round trip per page
 
 
-def get(db: Database, task_id: int) -> TaskView | None:
-    def tx(conn: sa.Connection) -> TaskView | None:
-        row = conn.execute(text(SQL.task), {"id": task_id}).first()
-        if row is None:
+class Reads(Protocol):
+    def read(self, op: str, fn: Callable[[Query], T]) -> T: ...
+
+
+def get(db: Reads, task_id: int) -> TaskView | None:
+    def tx(query: Query) -> TaskView | None:
+        rows = query(SQL.task, {"id": task_id})
+        if not rows:
             return None
-        attempts = conn.execute(text(SQL.attempts), {"id": task_id})
-        return task_view(row, tuple(attempt_view(a) for a in attempts))
+        attempts = query(SQL.attempts, {"id": task_id})
+        return task_view(rows[0], tuple(attempt_view(a) for a in attempts))
 
-    return db.run("get", tx)
+    return db.read("get", tx)
 
 
-def list_tasks(db: Database, status: TaskStatus | None, limit: int) -> list[TaskView]:
+def list_tasks(db: Reads, status: TaskStatus | None, limit: int) -> list[TaskView]:
     params: dict[str, Any] = {"limit": limit}
     where = ""
     if status is not None:
@@ -41,15 +60,15 @@ def list_tasks(db: Database, status: TaskStatus | None, limit: int) -> list[Task
         ids = getattr(SQL, f"ids_{status.value}", None)
         if ids is not None:  # the side rows name the tasks; tasks is read by primary key only
             where += " " + SQL.list_where_ids.format(ids=ids)
-    sql = text(SQL.list_tasks.format(where=where))
-    return db.run("list_tasks", lambda conn: [task_view(r) for r in conn.execute(sql, params)])
+    sql = SQL.list_tasks.format(where=where)
+    return db.read("list_tasks", lambda query: [task_view(r) for r in query(sql, params)])
 
 
-def stats(db: Database, top: int) -> StoreStats:
-    def tx(conn: sa.Connection) -> StoreStats:
-        rows = {TaskStatus(r.status): r for r in conn.execute(text(SQL.counts))}
-        age = conn.execute(text(SQL.oldest_pending)).scalar()
-        reasons = conn.execute(text(SQL.top_reasons), {"k": top}).all() if top > 0 else []
+def stats(db: Reads, top: int) -> StoreStats:
+    def tx(query: Query) -> StoreStats:
+        rows = {TaskStatus(r.status): r for r in query(SQL.counts, {})}
+        age = query(SQL.oldest_pending, {})[0][0]
+        reasons = query(SQL.top_reasons, {"k": top}) if top > 0 else []
         counts = {s: int(rows[s].n) if s in rows else 0 for s in TaskStatus}
         completed = rows.get(TaskStatus.COMPLETED)
         return StoreStats(
@@ -60,34 +79,37 @@ def stats(db: Database, top: int) -> StoreStats:
             audio_seconds_completed=float(completed.audio_s) if completed is not None else 0.0,
         )
 
-    return db.run("stats", tx)
+    return db.read("stats", tx)
 
 
-def claimable_pairs(db: Database) -> list[tuple[str, str]]:
-    sql = text(SQL.claimable_pairs)
-    return db.run("claimable_pairs", lambda conn: [(r.engine, r.model) for r in conn.execute(sql)])
+def orchestrators(db: Reads) -> list[OrchestratorView]:
+    """Orchestrators whose last heartbeat has not expired."""
+    return db.read("orchestrators", lambda query: [orchestrator_view(r) for r in query(ORCHESTRATORS.running, {})])
 
 
-def outstanding(db: Database, pairs: Sequence[tuple[str, str]] | None) -> int:
+def claimable_pairs(db: Reads) -> list[tuple[str, str]]:
+    return db.read("claimable_pairs", lambda query: [(r.engine, r.model) for r in query(SQL.claimable_pairs, {})])
+
+
+def outstanding(db: Reads, pairs: Sequence[tuple[str, str]] | None) -> int:
     params: dict[str, Any] = {"s": [s.value for s in UNFINISHED]}
     pairs_filter = ""
     if pairs is not None:
         pairs_filter = SQL.outstanding_pairs_filter
         params |= {"e": [e for e, _ in pairs], "m": [m for _, m in pairs]}
-    sql = text(SQL.outstanding.format(pairs=pairs_filter))
-    return db.run("outstanding", lambda conn: int(conn.execute(sql, params).scalar_one()))
+    sql = SQL.outstanding.format(pairs=pairs_filter)
+    return db.read("outstanding", lambda query: int(query(sql, params)[0][0]))
 
 
-def count_by_status(db: Database, ids: Sequence[int]) -> dict[TaskStatus, int]:
-    sql = text(SQL.count_by_status)
-    rows = db.run("count_by_status", lambda conn: conn.execute(sql, {"ids": list(ids)}).all())
+def count_by_status(db: Reads, ids: Sequence[int]) -> dict[TaskStatus, int]:
+    rows = db.read("count_by_status", lambda query: query(SQL.count_by_status, {"ids": list(ids)}))
     counts = {s: 0 for s in TaskStatus}
     counts.update({TaskStatus(r.status): int(r.n) for r in rows})
     return counts
 
 
 def result_pages(
-    db: Database, statuses: Sequence[TaskStatus], suspect: bool | None, page_size: int
+    db: Reads, statuses: Sequence[TaskStatus], suspect: bool | None, page_size: int
 ) -> Iterator[list[ResultRow]]:
     """The tasks of ``statuses`` (and of that verdict, unless ``suspect`` is None) by id, ``page_size``
     at a time: each page is its own short read after the last id of the one before (keyset), so memory
@@ -102,12 +124,12 @@ def result_pages(
     if suspect is not None:
         params["suspect"] = suspect
         where = SQL.export_where_suspect
-    return _pages(db, text(SQL.export_page.format(suspect=where)), params, page_size)
+    return _pages(db, SQL.export_page.format(suspect=where), params, page_size)
 
 
-def _pages(db: Database, sql: sa.TextClause, params: dict[str, Any], page_size: int) -> Iterator[list[ResultRow]]:
+def _pages(db: Reads, sql: str, params: dict[str, Any], page_size: int) -> Iterator[list[ResultRow]]:
     while True:
-        page = db.run("export_page", lambda conn: [result_row(r) for r in conn.execute(sql, params).fetchall()])
+        page = db.read("export_page", lambda query: [result_row(r) for r in query(sql, params)])
         if page:
             yield page
         if len(page) < page_size:

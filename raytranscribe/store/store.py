@@ -48,7 +48,6 @@ from raytranscribe.store.views import (
     SubmitReport,
     TaskView,
     claimed_task,
-    orchestrator_view,
 )
 
 log = logging.getLogger(__name__)
@@ -386,5 +385,4 @@ class Store:
 
     def orchestrators(self) -> list[OrchestratorView]:
         """Orchestrators whose last heartbeat has not expired."""
-        sql = text(ORCHESTRATORS.running)
-        return self.db.run("orchestrators", lambda conn: [orchestrator_view(r) for r in conn.execute(sql)])
+        return reads.orchestrators(self.db)

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, unquote
 
-import sqlalchemy as sa
-
-from raytranscribe.config import Settings
 from raytranscribe.errors import ConfigError
 from raytranscribe.isolation import note_database_url, read_database_url_file
 
-__all__ = ["DRIVER_SCHEME", "connect_url", "redact_url", "resolve_database_url", "sqlalchemy_url"]
+if TYPE_CHECKING:
+    from raytranscribe.config import Settings
+
+__all__ = ["DRIVER_SCHEME", "connect_url", "psycopg2_args", "redact_url", "resolve_database_url", "resolved_url",
+           "sqlalchemy_url"]
 
 DRIVER_SCHEME = "postgresql+psycopg2"
 # What an operator may write before "://"; everything maps to DRIVER_SCHEME.
@@ -37,10 +40,8 @@ def redact_url(url: str) -> str:
     return _KEYWORD_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", url))
 
 
-def sqlalchemy_url(url: str) -> str:
-    """The psycopg2 URL SQLAlchemy connects with, for ``postgresql://``, ``postgres://`` or
-    ``postgresql+psycopg2://`` URLs. Raises :class:`ConfigError`, one line naming what is wrong
-    (never the password), for anything else: another driver, another database, not a URL."""
+def _normalized(url: str) -> str:
+    """``url`` as ``postgresql+psycopg2://...``; :class:`ConfigError` for another scheme or driver, or not a URL."""
     text = url.strip()
     scheme, sep, rest = text.partition("://")
     shown = redact_url(text)
@@ -55,7 +56,17 @@ def sqlalchemy_url(url: str) -> str:
                 f"write {_FORM}"
             )
         raise ConfigError(f"database URL {shown!r} is not PostgreSQL ({scheme}://): expected {_FORM}")
-    normalized = f"{DRIVER_SCHEME}://{rest}"
+    return f"{DRIVER_SCHEME}://{rest}"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The psycopg2 URL SQLAlchemy connects with, for ``postgresql://``, ``postgres://`` or
+    ``postgresql+psycopg2://`` URLs. Raises :class:`ConfigError`, one line naming what is wrong
+    (never the password), for anything else: another driver, another database, not a URL."""
+    import sqlalchemy as sa  # here, not at import: `raytranscribe status` reads without SQLAlchemy
+
+    normalized = _normalized(url)
+    shown = redact_url(url.strip())
     try:
         parsed = sa.engine.make_url(normalized)
         port = parsed.port  # parsed lazily: "host:abc" fails here
@@ -64,6 +75,57 @@ def sqlalchemy_url(url: str) -> str:
     if port is not None and not 0 < port < 65536:
         raise ConfigError(f"invalid database URL {shown!r}: port {port} is not between 1 and 65535")
     return normalized
+
+
+# SQLAlchemy's own URL pattern (sqlalchemy.engine.url._parse_url, 2.x), so that psycopg2_args reads a
+# URL exactly as the store's engines do.
+_URL = re.compile(
+    r"""
+    (?P<name>[\w+]+)://
+    (?:(?P<username>[^:/]*)(?::(?P<password>[^@]*))?@)?
+    (?:(?:\[(?P<ipv6host>[^/?]+)\]|(?P<ipv4host>[^/:?]+))?(?::(?P<port>[^/?]*))?)?
+    (?:/(?P<database>[^?]*))?
+    (?:\?(?P<query>.*))?
+    """,
+    re.X,
+)
+
+
+def psycopg2_args(url: str) -> dict[str, str | int] | None:
+    """``psycopg2.connect`` keyword arguments for ``url``, as SQLAlchemy's psycopg2 dialect makes them
+    (user, password, host, port, dbname, then the query's options), without importing SQLAlchemy: the
+    one-shot reads of ``store.reader``. :class:`ConfigError` as :func:`sqlalchemy_url` for a wrong
+    scheme or driver; None for a URL that is not plain (a bad port, hosts and ports in the query, an
+    option given twice): the full store then connects, and reports, as it always has."""
+    normalized = _normalized(url)
+    m = _URL.match(normalized)
+    if m is None:
+        return None
+    parts = m.groupdict()
+    port = parts["port"]
+    if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        return None
+    pairs = parse_qsl(parts["query"] or "")
+    query = dict(pairs)
+    host = parts["ipv4host"] or parts["ipv6host"]
+    if len(query) != len(pairs) or "port" in query:  # an option given twice, or ports apart from hosts
+        return None
+    if "host" in query:  # a socket folder (?host=/run/postgresql) is one host; anything more is not plain
+        if host or any(c in query["host"] for c in ",:"):
+            return None
+        host = query.pop("host")
+    args: dict[str, str | int] = {}
+    for key, value in (
+        ("host", host),
+        ("dbname", unquote(parts["database"]) if parts["database"] is not None else None),
+        ("user", unquote(parts["username"]) if parts["username"] is not None else None),
+        ("password", unquote(parts["password"]) if parts["password"] is not None else None),
+        ("port", int(port) if port else None),
+    ):
+        if value:  # SQLAlchemy leaves out what is unset or empty
+            args[key] = value
+    args.update(query)
+    return args
 
 
 def resolve_database_url(settings: Settings) -> Settings:
@@ -78,12 +140,17 @@ def resolve_database_url(settings: Settings) -> Settings:
     return settings
 
 
-def connect_url(settings: Settings) -> str:
-    """The URL a store built from ``settings`` connects with: the resolved one, else that of embedded
-    PostgreSQL in ``settings.data_dir`` (started if it is not running)."""
+def resolved_url(settings: Settings) -> str:
+    """The URL ``settings`` name, as given: the resolved one, else that of embedded PostgreSQL in
+    ``settings.data_dir`` (started if it is not running)."""
     url = resolve_database_url(settings).database_url
     if url is None:
         from raytranscribe.local import embedded_postgres_url
 
         url = embedded_postgres_url(Path(settings.data_dir))
-    return sqlalchemy_url(url)
+    return url
+
+
+def connect_url(settings: Settings) -> str:
+    """The URL a store built from ``settings`` connects with (:func:`resolved_url`, driver named)."""
+    return sqlalchemy_url(resolved_url(settings))

@@ -40,3 +40,14 @@ def load(concern: str) -> Statements:
     if len(statements) != len(parts) // 2:
         raise RuntimeError(f"{concern}.sql names a statement twice")
     return Statements(concern, statements)
+
+
+# A bind parameter as SQLAlchemy's text() finds one: ``:name``, not ``::type`` nor ``\:``.
+_BIND = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")
+
+
+@functools.cache
+def pyformat(statement: str) -> str:
+    """``statement`` with its ``:name`` parameters as psycopg2 takes them (``%(name)s``, a ``%`` doubled),
+    as SQLAlchemy's text() sends it: for ``store.reader``, which runs the statements without SQLAlchemy."""
+    return _BIND.sub(r"%(\1)s", statement.replace("%", "%%")).replace("\\:", ":")
