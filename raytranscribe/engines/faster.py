@@ -202,6 +202,17 @@ class FasterWhisperEngine:
         parts = [np.asarray(self.model.encode(features[i : i + 1])) for i in range(len(features))]
         return ctranslate2.StorageView.from_array(np.concatenate(parts))
 
+    def _again(self, encoded, features: np.ndarray, todo: list[int]):
+        """The encoder's output for windows ``todo`` of a batch, for their fallback decode: on a CPU
+        their rows of the batch's output (what encoding them again would give, since the CPU encodes
+        one window at a time); elsewhere encoded again, since a device's output cannot be sliced
+        without a round trip through the host."""
+        if self.device != "cpu":
+            return self._encode(features[todo])
+        import ctranslate2
+
+        return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.asarray(encoded)[todo]))
+
     def decode_windows(self, batch: Sequence[WindowJob]) -> list[list[Segment]]:
         """One batched CTranslate2 decode over windows of any files and languages.
 
@@ -249,7 +260,7 @@ class FasterWhisperEngine:
         schedule = temperature_schedule(options.temperature)
         for step, temperature in enumerate(schedule):
             if step > 0:
-                encoder_output = self._encode(features[todo])
+                encoder_output = self._again(first_pass, features, todo)
             decoded = self._generate(encoder_output, [prompts[i] for i in todo], [tokenizers[i] for i in todo],
                                      options, temperature, suppress)
             again = []
