@@ -140,9 +140,10 @@ class FasterWhisperEngine:
 
                 # faster-whisper's batched pipeline's settings: pauses of 160 ms split speech, so
                 # windows carry speech and little silence; chunks capped at one window.
-                vad = VadOptions(max_speech_duration_s=WINDOW_S, min_silence_duration_ms=160)
+                most = self._window_s()
+                vad = VadOptions(max_speech_duration_s=most, min_silence_duration_ms=160)
                 chunks = get_speech_timestamps(audio, vad)
-                windows = speech_windows(audio, [(c["start"], c["end"]) for c in chunks])
+                windows = speech_windows(audio, [(c["start"], c["end"]) for c in chunks], most)
             else:
                 windows = fixed_windows(audio)
             language, probability = forced, (1.0 if forced else None)
@@ -155,6 +156,10 @@ class FasterWhisperEngine:
                 f"faster-whisper could not prepare {duration:.2f} s of audio: {type(exc).__name__}: {exc}"
             ) from exc
         return PreparedAudio(windows=windows, language=language, duration_s=duration, language_probability=probability)
+
+    def _window_s(self) -> float:
+        """The most speech a VAD window holds: 30 s, or on a CPU with fitted windows CPU_VAD_WINDOW_S."""
+        return CPU_VAD_WINDOW_S if self.device == "cpu" and self.spec.fit_windows else WINDOW_S
 
     def _detect_language(self, windows) -> tuple[str, float]:
         """The file's language from its first 30 s of speech, as sequential faster-whisper decides it
@@ -380,6 +385,13 @@ def _segment(s) -> Segment:
 # of silence kept every run within 0.015 of the sequential path's WER).
 FIT_PAD_S = 4.0
 FIT_STEP_S = 2.0
+# On a CPU, VAD windows hold at most 24 s of speech (28 s of input with FIT_PAD_S), not 30 s: the
+# CPU encoder's cost per second of input climbs steeply past about 20 s (tiny.en int8: 15 ms a
+# second of speech at 12-20 s of input, 21 at 24 s, 26 at 30 s), so more, shorter windows cost less
+# in all (bench/experiments/README.md: the long file against faster-whisper's pipeline; shorter
+# still lost words). Devices keep 30 s: not measured there, and there windows of one length share
+# one generate call, which 30 s windows of speech do.
+CPU_VAD_WINDOW_S = 24.0
 
 # faster-whisper's defaults for what batched decoding does per window (WhisperModel.transcribe).
 BEST_OF = 5  # sampled candidates per window once the fallback runs hot
