@@ -353,6 +353,27 @@ def test_word_timestamps_in_a_batch_are_each_windows_own(faster_engine, samples)
     assert all(words(s) for s in together)
 
 
+def test_a_fallback_decode_reuses_each_windows_own_encoder_rows(faster_engine, samples, monkeypatch):
+    """On a CPU the hotter decodes of the temperature fallback take the windows' rows of the batch's
+    encoder output instead of encoding them again: each window is encoded once, and hears its own audio."""
+    from raytranscribe.engines.quality import WindowQuality
+    from tests.support.spy import record_calls
+
+    names = ("children.ogg", "lights.webm", "doctor.flac")
+    jobs = []
+    for name in names:
+        prepared = faster_engine.prepare(samples[name], OPTS)
+        jobs += [WindowJob(w, prepared.language, OPTS) for w in prepared.windows]
+    # Every greedy decode fails Whisper's checks: each window is decoded again, sampled at 0.2.
+    monkeypatch.setattr(WindowQuality, "needs_fallback", property(lambda d: d.temperature == 0.0))
+    encoded = record_calls(monkeypatch, faster_engine.model, "encode")
+    generated = record_calls(monkeypatch, faster_engine, "_generate")  # its first argument: the encoder output
+    results = faster_engine.decode_windows(jobs)
+    assert len(encoded) == len(jobs) and [g.shape[0] for g in generated] == [len(jobs), len(jobs)]
+    for name, segments in zip(names, results, strict=True):
+        assert wer(expected_text(name), " ".join(s.text for s in segments)) <= 0.5
+
+
 def test_silence_short_clips_and_empty_vad_give_empty_transcripts(faster_engine, samples):
     rng = np.random.default_rng(0)
     hiss = (0.002 * rng.standard_normal(3 * SAMPLE_RATE)).astype(np.float32)

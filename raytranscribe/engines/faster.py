@@ -144,9 +144,10 @@ class FasterWhisperEngine:
 
                 # faster-whisper's batched pipeline's settings: pauses of 160 ms split speech, so
                 # windows carry speech and little silence; chunks capped at one window.
-                vad = VadOptions(max_speech_duration_s=WINDOW_S, min_silence_duration_ms=160)
+                most = self._window_s()
+                vad = VadOptions(max_speech_duration_s=most, min_silence_duration_ms=160)
                 chunks = get_speech_timestamps(audio, vad)
-                windows = speech_windows(audio, [(c["start"], c["end"]) for c in chunks])
+                windows = speech_windows(audio, [(c["start"], c["end"]) for c in chunks], most)
             else:
                 windows = fixed_windows(audio)
             language, probability = forced, (1.0 if forced else None)
@@ -159,6 +160,10 @@ class FasterWhisperEngine:
                 f"faster-whisper could not prepare {duration:.2f} s of audio: {type(exc).__name__}: {exc}"
             ) from exc
         return PreparedAudio(windows=windows, language=language, duration_s=duration, language_probability=probability)
+
+    def _window_s(self) -> float:
+        """The most speech a VAD window holds: 30 s, or on a CPU with fitted windows CPU_VAD_WINDOW_S."""
+        return CPU_VAD_WINDOW_S if self.device == "cpu" and self.spec.fit_windows else WINDOW_S
 
     def _detect_language(self, windows) -> tuple[str, float]:
         """The file's language from its first 30 s of speech, as sequential faster-whisper decides it
@@ -205,6 +210,17 @@ class FasterWhisperEngine:
 
         parts = [np.asarray(self.model.encode(features[i : i + 1])) for i in range(len(features))]
         return ctranslate2.StorageView.from_array(np.concatenate(parts))
+
+    def _again(self, encoded, features: np.ndarray, todo: list[int]):
+        """The encoder's output for windows ``todo`` of a batch, for their fallback decode: on a CPU
+        their rows of the batch's output (what encoding them again would give, since the CPU encodes
+        one window at a time); elsewhere encoded again, since a device's output cannot be sliced
+        without a round trip through the host."""
+        if self.device != "cpu":
+            return self._encode(features[todo])
+        import ctranslate2
+
+        return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.asarray(encoded)[todo]))
 
     def decode_windows(self, batch: Sequence[WindowJob]) -> list[list[Segment]]:
         """One batched CTranslate2 decode over windows of any files and languages.
@@ -267,7 +283,7 @@ class FasterWhisperEngine:
         schedule = temperature_schedule(options.temperature)
         for step, temperature in enumerate(schedule):
             if step > 0:
-                encoder_output = self._encode(features[todo])
+                encoder_output = self._again(first_pass, features, todo)
             decoded = self._generate(encoder_output, [prompts[i] for i in todo], [tokenizers[i] for i in todo],
                                      options, temperature, suppress)
             again = []
@@ -388,6 +404,13 @@ def _segment(s) -> Segment:
 # of silence kept every run within 0.015 of the sequential path's WER).
 FIT_PAD_S = 4.0
 FIT_STEP_S = 2.0
+# On a CPU, VAD windows hold at most 24 s of speech (28 s of input with FIT_PAD_S), not 30 s: the
+# CPU encoder's cost per second of input climbs steeply past about 20 s (tiny.en int8: 15 ms a
+# second of speech at 12-20 s of input, 21 at 24 s, 26 at 30 s), so more, shorter windows cost less
+# in all (bench/experiments/README.md: the long file against faster-whisper's pipeline; shorter
+# still lost words). Devices keep 30 s: not measured there, and there windows of one length share
+# one generate call, which 30 s windows of speech do.
+CPU_VAD_WINDOW_S = 24.0
 
 # faster-whisper's defaults for what batched decoding does per window (WhisperModel.transcribe).
 BEST_OF = 5  # sampled candidates per window once the fallback runs hot

@@ -49,16 +49,19 @@ def quietest_cut(window: np.ndarray) -> int:
     return lo + quietest * _FRAME + _FRAME // 2
 
 
-def speech_windows(audio: np.ndarray, spans: Sequence[tuple[int, int]]) -> tuple[Window, ...]:
-    """Windows of the VAD's speech ``spans`` (sample ranges, each at most 30 s, in order).
+def speech_windows(
+    audio: np.ndarray, spans: Sequence[tuple[int, int]], max_s: float = WINDOW_SAMPLES / SAMPLE_RATE
+) -> tuple[Window, ...]:
+    """Windows of the VAD's speech ``spans`` (sample ranges, each at most ``max_s``, in order).
 
     As faster-whisper's VAD filter does, the spans are laid end to end and the silence between
-    them is left out, so a window holds up to 30 s of speech; ``Window.breaks`` maps its time back
-    to file time.
+    them is left out, so a window holds up to ``max_s`` (at most 30 s) of speech; ``Window.breaks``
+    maps its time back to file time.
     """
     windows: list[Window] = []
     group: list[tuple[int, int]] = []
     length = 0
+    most = min(WINDOW_SAMPLES, int(max_s * SAMPLE_RATE))
 
     def flush() -> None:
         nonlocal length
@@ -75,14 +78,14 @@ def speech_windows(audio: np.ndarray, spans: Sequence[tuple[int, int]]) -> tuple
 
     for a, b in spans:
         a, b = max(0, int(a)), min(audio.size, int(b))
-        while b - a > WINDOW_SAMPLES:  # a VAD told to cap chunks at 30 s never does this; be safe
+        while b - a > most:  # a VAD told to cap chunks at max_s never does this; be safe
             flush()
-            group.append((a, a + WINDOW_SAMPLES))
+            group.append((a, a + most))
             flush()
-            a += WINDOW_SAMPLES
+            a += most
         if b <= a:
             continue
-        if length + (b - a) > WINDOW_SAMPLES:
+        if length + (b - a) > most:
             flush()
         group.append((a, b))
         length += b - a
