@@ -6,6 +6,7 @@
     .venv/bin/python bench/engines.py --device cuda       # GPU: tiny.en and base at batch 1/8/16/32
     .venv/bin/python bench/engines.py --sweep --quick --sizes 1,8 --gpu-models tiny.en   # the sweep, on a CPU
     .venv/bin/python bench/engines.py --load              # cold load vs resident model
+    .venv/bin/python bench/engines.py --vad               # what the VAD costs and saves (tiny.en, CPU)
 
 Batching (the default) runs three ways over the same audio, side by side, in one run:
 
@@ -39,6 +40,11 @@ pipeline at the largest size; it ends with one line per model, set and window sh
 * cold: build the engine (load the model) and transcribe, per file: what a worker that loaded
   the model per task would pay;
 * resident: one engine, loaded once and warmed up, transcribing every file: what our actors do.
+
+``--vad`` runs the default way (cross-file) with the VAD on and off over the short clips, the long
+file, and the real recordings without speech (tests/fixtures/real), and times the Silero VAD alone
+(its cost per audio hour). The no-speech gate behind the VAD compares two numbers each decode
+already returns (no model call); its cost is inside the "VAD on" figures.
 
 openai-whisper runs only where real weights are on disk (``--openai-model`` path, or the name in
 the whisper cache); otherwise its row says "skipped: no real weights".
@@ -398,6 +404,38 @@ def _per_file_batched(engine, audios: list, options: TranscribeOptions, batch_si
     return out
 
 
+NON_SPEECH = ("humpback_whale.ogg", "robin.ogg", "string_orchestra.ogg", "vibraphone_jazz.ogg",
+              "doing_the_dishes.ogg", "running_tap.ogg")
+
+
+def bench_vad(spec: EngineSpec, options: TranscribeOptions, batch_size: int, sets: dict) -> None:
+    """The default way with the VAD on and off, per set; the VAD alone; words written over non-speech."""
+    from raytranscribe.batching import transcribe_batch
+    from raytranscribe.engines import vad
+
+    real = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "real"
+    sets = dict(sets) | {f"non-speech {len(NON_SPEECH)} clips": [("", decode(real / n).samples) for n in NON_SPEECH]}
+    engine = load_engine(spec)
+    engine.transcribe(next(iter(sets.values()))[0][1], options)  # warm-up
+    head = f"{'set':24s} {'VAD':4s} {'wall s':>8s} {'x RT':>7s} {'WER':>6s} {'words':>6s} {'VAD alone s':>11s}"
+    print(f"faster-whisper {spec.model} {spec.device}, batch {batch_size}, cross-file; x RT = audio s per wall s")
+    print(head)
+    print("-" * len(head))
+    for name, clips in sets.items():
+        refs, audios = [r for r, _ in clips], [a for _, a in clips]
+        audio_s = sum(a.size for a in audios) / SR
+        _, vad_s = _timed(lambda: [vad.speech_spans(a) for a in audios])
+        for on in (True, False):
+            opts = replace(options, vad_filter=on)
+            out, wall = _timed(lambda: transcribe_batch(engine, audios, opts, batch_size))
+            texts = [t.text for t in out]
+            words = sum(len(t.split()) for t in texts)
+            err = _mean_wer(refs, texts) if any(refs) else float("nan")
+            print(f"{name:24s} {'on' if on else 'off':4s} {wall:8.2f} {audio_s / wall:7.1f} {err:6.3f} {words:6d} "
+                  f"{vad_s if on else 0.0:11.2f}")
+        print(f"VAD alone {name}: {vad_s / audio_s * 3600:.0f} s per audio hour")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
@@ -409,6 +447,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--load", action="store_true", help="cold load vs resident model instead of batching")
+    parser.add_argument("--vad", action="store_true", help="the default way with the VAD on and off")
     parser.add_argument("--batch-size", type=int, default=8, help="slots per batch for the batched ways (CPU)")
     parser.add_argument("--quick", action="store_true", help="12 clips and a 2-minute file: checks that it runs")
     parser.add_argument("--long-only", action="store_true", help="batching on the long file only")
@@ -425,6 +464,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.long_only:
             sets = dict(list(sets.items())[1:])
         options = TranscribeOptions(beam_size=args.beam_size, vad_filter=True)
+        if args.vad:
+            spec = EngineSpec(engine="faster-whisper", model=args.model, device=args.device,
+                              compute_type=args.compute_type, cpu_threads=args.threads,
+                              download_root=args.download_root)
+            bench_vad(spec, options, args.batch_size, sets)
+            return
         if args.sweep or args.device == "cuda":
             sizes = [int(x) for x in args.sizes.split(",")]
             ratios = bench_sweep(args.device, args.gpu_models.split(","), sizes, sets, source, options, args.threads)

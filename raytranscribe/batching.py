@@ -112,7 +112,8 @@ class BatchItem:
 def _pack_key(job: WindowJob) -> tuple:
     """Windows that may share a slot: the same prompt and decoding parameters."""
     o = job.options
-    return (job.language, o.task, o.beam_size, o.temperature, o.word_timestamps, o.initial_prompt)
+    # vad_filter: the engine judges a slot's silence by its first window's options
+    return (job.language, o.task, o.beam_size, o.temperature, o.word_timestamps, o.initial_prompt, o.vad_filter)
 
 
 @dataclass(eq=False)
@@ -556,4 +557,5 @@ def _transcript(
         model=spec.model,
         options=options,
         language_probability=prepared.language_probability,
+        speech_s=prepared.speech_s,
     )

@@ -985,11 +985,13 @@ def _joined(parts: Sequence[Transcript], options: TranscribeOptions, duration_s:
     if len(parts) == 1:
         return parts[0]
     first = next((p for p in parts if p.language), parts[0])
+    speech = [p.speech_s for p in parts if p.speech_s is not None]
     return replace(
         first,
         segments=tuple(s for p in parts for s in p.segments),
         duration_s=duration_s,
         options=options,
+        speech_s=round(sum(speech), 3) if speech else None,  # the VAD's seconds over every piece
     )
 
 

@@ -101,7 +101,7 @@ def test_json_golden():
     "language": null,
     "task": "transcribe",
     "beam_size": 1,
-    "vad_filter": false,
+    "vad_filter": true,
     "word_timestamps": false,
     "initial_prompt": null,
     "temperature": 0.0,

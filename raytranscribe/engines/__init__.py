@@ -268,4 +268,5 @@ def empty_transcript(audio: np.ndarray, spec: EngineSpec, options: TranscribeOpt
         engine=spec.engine,
         model=spec.model,
         options=options,
+        speech_s=0.0 if options.vad_filter else None,  # digital silence: nothing for a VAD to keep
     )

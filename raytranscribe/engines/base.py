@@ -70,7 +70,9 @@ class TranscribeOptions:
     language: str | None = None  # None: detect (multilingual models) or the model's only language
     task: str = "transcribe"  # or "translate"
     beam_size: int = 5
-    vad_filter: bool = False
+    # Silero VAD in front of Whisper (engines/vad.py): audio without speech (noise, music, an animal)
+    # is never decoded, where Whisper alone writes sentences nobody said over it.
+    vad_filter: bool = True
     word_timestamps: bool = False
     initial_prompt: str | None = None
     temperature: float = 0.0
@@ -264,6 +266,7 @@ class PreparedAudio:
     language: str | None  # forced (options.language), detected from the first speech windows, or the model's only one
     duration_s: float
     language_probability: float | None = None
+    speech_s: float | None = None  # seconds the VAD kept as speech; None when no VAD ran
 
 
 @dataclass(frozen=True, eq=False)

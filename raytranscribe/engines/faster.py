@@ -21,10 +21,10 @@ from raytranscribe.engines import (
     resolve_batch_size,
     resolve_device,
     temperature_schedule,
+    vad,
 )
 from raytranscribe.engines.base import (
     SAMPLE_RATE,
-    WINDOW_S,
     EngineSpec,
     PreparedAudio,
     Segment,
@@ -36,7 +36,7 @@ from raytranscribe.engines.base import (
     segment_from_dict,
 )
 from raytranscribe.engines.models import resolve_faster_whisper_model
-from raytranscribe.engines.quality import WindowQuality, loop_ratio
+from raytranscribe.engines.quality import WindowQuality, loop_ratio, no_speech_behind_vad
 from raytranscribe.engines.windows import fixed_windows, speech_windows
 from raytranscribe.errors import ModelLoadError, RayTranscribeError, Stage, TranscriptionError
 
@@ -114,6 +114,8 @@ class FasterWhisperEngine:
             segments_iter, info = self.model.transcribe(audio, **kwargs)
             # The generator does the decoding: consume it here so its errors are ours to wrap.
             segments = tuple(_segment(s) for s in segments_iter)
+            if options.vad_filter:  # the batched path's gate behind a VAD (faster-whisper applies Whisper's)
+                segments = tuple(s for s in segments if not no_speech_behind_vad(s.no_speech_prob, s.avg_logprob))
         except Exception as exc:
             raise TranscriptionError(
                 f"faster-whisper failed on {audio.size / SAMPLE_RATE:.2f} s of audio: {type(exc).__name__}: {exc}"
@@ -126,6 +128,7 @@ class FasterWhisperEngine:
             model=self.spec.model,
             options=options,
             language_probability=info.language_probability,
+            speech_s=round(info.duration_after_vad, 3) if options.vad_filter else None,
         )
 
     # --- batched decoding (raytranscribe.batching) ----------------------------------------------
@@ -137,17 +140,16 @@ class FasterWhisperEngine:
         duration = audio.size / SAMPLE_RATE
         forced = options.language if self.multilingual else "en"
         if is_silence(audio):
-            return PreparedAudio(windows=(), language=forced, duration_s=duration)
+            return PreparedAudio(
+                windows=(), language=forced, duration_s=duration, speech_s=0.0 if options.vad_filter else None
+            )
+        speech_s = None
         try:
             if options.vad_filter:
-                from faster_whisper.vad import VadOptions, get_speech_timestamps
-
-                # faster-whisper's batched pipeline's settings: pauses of 160 ms split speech, so
-                # windows carry speech and little silence; chunks capped at one window.
-                most = self._window_s()
-                vad = VadOptions(max_speech_duration_s=most, min_silence_duration_ms=160)
-                chunks = get_speech_timestamps(audio, vad)
-                windows = speech_windows(audio, [(c["start"], c["end"]) for c in chunks], most)
+                most = self._window_s()  # VAD chunks capped at one window
+                spans = vad.speech_spans(audio, max_chunk_s=most)
+                windows = speech_windows(audio, spans, most)
+                speech_s = vad.speech_seconds(spans)
             else:
                 windows = fixed_windows(audio)
             language, probability = forced, (1.0 if forced else None)
@@ -159,7 +161,10 @@ class FasterWhisperEngine:
             raise TranscriptionError(
                 f"faster-whisper could not prepare {duration:.2f} s of audio: {type(exc).__name__}: {exc}"
             ) from exc
-        return PreparedAudio(windows=windows, language=language, duration_s=duration, language_probability=probability)
+        return PreparedAudio(
+            windows=windows, language=language, duration_s=duration, language_probability=probability,
+            speech_s=speech_s,
+        )
 
     def _window_s(self) -> float:
         """The most speech a VAD window holds: 30 s, or on a CPU with fitted windows CPU_VAD_WINDOW_S."""
@@ -338,7 +343,7 @@ class FasterWhisperEngine:
 
     def _split(self, job: WindowJob, tokenizer: Tokenizer, d: _Decoded) -> list[dict]:
         """Timestamp tokens -> segments (window time), skipping a window Whisper judges silent."""
-        if d.no_speech:
+        if d.silent(job.options.vad_filter):
             return []
         model = self.model
         frames = min(int(job.window.samples.size // model.feature_extractor.hop_length), model.feature_extractor.nb_max_frames)

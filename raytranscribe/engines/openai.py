@@ -1,14 +1,16 @@
 """openai-whisper engine: ``whisper.load_model`` once in ``__init__``, the model kept resident.
 
 Audio arrives as a numpy array, so openai-whisper never shells out to an ``ffmpeg`` binary.
-openai-whisper has no VAD: ``TranscribeOptions.vad_filter`` has no effect here, and its batched
-windows are fixed 30 s steps cut at quiet moments.
+openai-whisper has no VAD of its own: with ``TranscribeOptions.vad_filter`` (the default) this engine
+runs the same Silero VAD as faster-whisper (engines/vad.py) and decodes only the speech, its times
+mapped back to file time; without it, its batched windows are fixed 30 s steps cut at quiet moments.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -21,6 +23,7 @@ from raytranscribe.engines import (
     resolve_batch_size,
     resolve_device,
     temperature_schedule,
+    vad,
 )
 from raytranscribe.engines.base import (
     SAMPLE_RATE,
@@ -29,13 +32,14 @@ from raytranscribe.engines.base import (
     Segment,
     Transcript,
     TranscribeOptions,
+    Window,
     WindowJob,
     decode_in_groups,
     segment_from_dict,
 )
 from raytranscribe.engines.models import looks_like_path, resolve_openai_whisper_model
-from raytranscribe.engines.quality import WindowQuality, loop_ratio
-from raytranscribe.engines.windows import fixed_windows
+from raytranscribe.engines.quality import WindowQuality, loop_ratio, no_speech_behind_vad
+from raytranscribe.engines.windows import fixed_windows, speech_windows
 from raytranscribe.errors import ModelLoadError, Stage, TranscriptionError
 
 log = logging.getLogger(__name__)
@@ -80,10 +84,17 @@ class OpenAIWhisperEngine:
         default_language = None if self.multilingual else "en"
         if is_silence(audio):
             return empty_transcript(audio, self.spec, options, options.language or default_language)
+        speech: Window | None = None
+        if options.vad_filter:
+            spans = vad.speech_spans(audio, max_chunk_s=float("inf"))
+            speech = vad.joined(audio, spans)
+            if speech is None:
+                return replace(empty_transcript(audio, self.spec, options, options.language or default_language),
+                               speech_s=0.0)  # fmt: skip
         try:
             result = self._whisper.transcribe(
                 self.model,
-                audio,
+                audio if speech is None else speech.samples,
                 verbose=None,  # no printing from a worker
                 temperature=temperature_schedule(options.temperature),
                 initial_prompt=options.initial_prompt,
@@ -97,13 +108,19 @@ class OpenAIWhisperEngine:
             raise TranscriptionError(
                 f"openai-whisper failed on {audio.size / SAMPLE_RATE:.2f} s of audio: {type(exc).__name__}: {exc}"
             ) from exc
+        segments = tuple(_segment(s) for s in result["segments"])
+        if speech is not None:  # the batched path's gate behind a VAD (whisper.transcribe applies Whisper's)
+            segments = tuple(
+                _in_file_time(s, speech) for s in segments if not no_speech_behind_vad(s.no_speech_prob, s.avg_logprob)
+            )
         return Transcript(
-            segments=tuple(_segment(s) for s in result["segments"]),
+            segments=segments,
             language=result.get("language"),
             duration_s=audio.size / SAMPLE_RATE,
             engine=self.spec.engine,
             model=self.spec.model,
             options=options,
+            speech_s=None if speech is None else round(speech.duration_s, 3),
         )
 
     # --- batched decoding (raytranscribe.batching) ----------------------------------------------
@@ -113,14 +130,23 @@ class OpenAIWhisperEngine:
         return resolve_batch_size(self.spec, self.device)
 
     def prepare(self, audio: np.ndarray, options: TranscribeOptions) -> PreparedAudio:
-        """Fixed 30 s windows cut at quiet moments (openai-whisper has no VAD), language settled."""
+        """Windows of the VAD's speech (``vad_filter``) or fixed 30 s steps cut at quiet moments,
+        language settled (see BatchEngine.prepare)."""
         audio = prepare_audio(audio, ENGINE_NAME)
         check_task(options, self.multilingual, self.spec)
         duration = audio.size / SAMPLE_RATE
         forced = options.language if self.multilingual else "en"
         if is_silence(audio):
-            return PreparedAudio(windows=(), language=forced, duration_s=duration)
-        windows = fixed_windows(audio)
+            return PreparedAudio(
+                windows=(), language=forced, duration_s=duration, speech_s=0.0 if options.vad_filter else None
+            )
+        speech_s = None
+        if options.vad_filter:
+            spans = vad.speech_spans(audio)
+            windows = speech_windows(audio, spans)
+            speech_s = vad.speech_seconds(spans)
+        else:
+            windows = fixed_windows(audio)
         language, probability = forced, (1.0 if forced else None)
         if windows and forced is None:
             try:
@@ -130,7 +156,10 @@ class OpenAIWhisperEngine:
                     f"openai-whisper could not detect the language of {duration:.2f} s of audio: "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
-        return PreparedAudio(windows=windows, language=language, duration_s=duration, language_probability=probability)
+        return PreparedAudio(
+            windows=windows, language=language, duration_s=duration, language_probability=probability,
+            speech_s=speech_s,
+        )
 
     def _mel(self, samples: np.ndarray):
         w = self._whisper
@@ -192,7 +221,7 @@ class OpenAIWhisperEngine:
                     break
             out = []
             for k, (job, r) in enumerate(zip(jobs, best, strict=True)):
-                silent = _quality(r, tokenizer).no_speech
+                silent = _quality(r, tokenizer).silent(o.vad_filter)
                 segments = [] if silent else _split_tokens(r, tokenizer, job.window.duration_s)
                 if job.options.word_timestamps and segments:
                     frames = min(job.window.samples.size // w.audio.HOP_LENGTH, w.audio.N_FRAMES)
@@ -207,6 +236,16 @@ class OpenAIWhisperEngine:
 
 def _segment(s: dict) -> Segment:
     return segment_from_dict(s, s["avg_logprob"], s["no_speech_prob"])
+
+
+def _in_file_time(s: Segment, speech: Window) -> Segment:
+    """A segment of the VAD's joined speech, in the time of the file it was cut from."""
+    words = None
+    if s.words is not None:
+        words = tuple(
+            replace(w, start=speech.file_time(w.start), end=speech.file_time(w.end, end=True)) for w in s.words
+        )
+    return replace(s, start=speech.file_time(s.start), end=speech.file_time(s.end, end=True), words=words)
 
 
 TIME_PRECISION = 0.02  # seconds per timestamp token

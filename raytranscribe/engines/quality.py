@@ -17,6 +17,16 @@ COMPRESSION_RATIO_THRESHOLD = 2.4
 LOG_PROB_THRESHOLD = -1.0
 NO_SPEECH_THRESHOLD = 0.6
 
+# Behind the VAD (options.vad_filter) a window holds only what the VAD heard as speech, and starts
+# where that speech does, so Whisper's no-speech probability (read at the window's start) speaks of
+# the audio itself, not of a leading pause: a lower bar. What still gets through to Whisper there is a
+# blip the VAD half believed (a whale's moan, a note of a vibraphone), which Whisper turns into "Oh"
+# or "You" at no-speech 0.57-0.92 and log-probability -0.9 to -1.05 (tiny.en and base); the real
+# speech windows measured (tests/fixtures/real, the samples, the espeak clips) stay under 0.47 and
+# above -0.8 unless they are a language the model does not speak (docs/benchmarks.md, "No invented text").
+VAD_NO_SPEECH_THRESHOLD = 0.5
+VAD_LOG_PROB_THRESHOLD = -0.8
+
 
 @dataclass(frozen=True, slots=True)
 class WindowQuality:
@@ -30,6 +40,10 @@ class WindowQuality:
     def no_speech(self) -> bool:
         """Whisper's silence verdict: probably no speech, and what it decoded is unlikely too."""
         return self.no_speech_prob > NO_SPEECH_THRESHOLD and self.avg_logprob < LOG_PROB_THRESHOLD
+
+    def silent(self, vad: bool) -> bool:
+        """Whether the window gives no text: Whisper's verdict, or behind a VAD (``vad``) the lower bar."""
+        return self.no_speech or (vad and no_speech_behind_vad(self.no_speech_prob, self.avg_logprob))
 
     @property
     def needs_fallback(self) -> bool:
@@ -63,3 +77,10 @@ def loop_ratio(tokens: Sequence[int], timestamp_begin: int, decode: Callable[[li
         else:
             piece.append(token)
     return worst
+
+
+def no_speech_behind_vad(no_speech_prob: float | None, avg_logprob: float | None) -> bool:
+    """The no-speech gate for a decode of audio the VAD kept (see VAD_NO_SPEECH_THRESHOLD)."""
+    if no_speech_prob is None or avg_logprob is None:
+        return False
+    return no_speech_prob > VAD_NO_SPEECH_THRESHOLD and avg_logprob < VAD_LOG_PROB_THRESHOLD

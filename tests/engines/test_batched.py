@@ -88,8 +88,11 @@ def test_30_s_windows_batched_are_word_for_word_the_sequential_path(faster_engin
     padded = load_engine(replace(faster_engine.spec, fit_windows=False))
     assert _encoded_frames(padded, monkeypatch, 4.0) == {3000}  # a short window is encoded padded to 30 s
     _, audios = _english_clips()
-    batched = transcribe_batch(padded, audios, TranscribeOptions(), batch_size=8)
-    sequential = transcribe_batch(padded, audios, TranscribeOptions(), batch_size=1)
+    # without the VAD: faster-whisper's sequential VAD cuts differently (2 s pauses, not 160 ms), so
+    # only the fixed windows can be held to word-for-word sameness
+    options = TranscribeOptions(vad_filter=False)
+    batched = transcribe_batch(padded, audios, options, batch_size=8)
+    sequential = transcribe_batch(padded, audios, options, batch_size=1)
     assert [t.text for t in batched] == [t.text for t in sequential]
 
 
