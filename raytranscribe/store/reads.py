@@ -28,10 +28,14 @@ def get(db: Database, task_id: int) -> TaskView | None:
     return db.run("get", tx)
 
 
-def list_tasks(db: Database, status: TaskStatus | None, limit: int) -> list[TaskView]:
+def list_tasks(db: Database, status: TaskStatus | None, limit: int, suspect: bool = False) -> list[TaskView]:
     params: dict[str, Any] = {"limit": limit}
     where = ""
-    if status is not None:
+    if suspect:  # completed, by definition: a status given besides it changes nothing or finds none
+        if status is not None and TaskStatus(status) is not TaskStatus.COMPLETED:
+            return []
+        where = SQL.list_where_suspect
+    elif status is not None:
         status = TaskStatus(status)
         params["status"] = status.value
         where = SQL.list_where_status
@@ -47,6 +51,7 @@ def stats(db: Database, top: int) -> StoreStats:
         rows = {TaskStatus(r.status): r for r in conn.execute(text(SQL.counts))}
         age = conn.execute(text(SQL.oldest_pending)).scalar()
         reasons = conn.execute(text(SQL.top_reasons), {"k": top}).all() if top > 0 else []
+        suspects = conn.execute(text(SQL.suspects)).scalar_one()
         counts = {s: int(rows[s].n) if s in rows else 0 for s in TaskStatus}
         completed = rows.get(TaskStatus.COMPLETED)
         return StoreStats(
@@ -55,6 +60,7 @@ def stats(db: Database, top: int) -> StoreStats:
             retries_scheduled=counts[TaskStatus.FAILED],  # a failed task always has its retry_at
             top_failure_reasons=tuple((r.failure_reason, int(r.n)) for r in reasons),
             audio_seconds_completed=float(completed.audio_s) if completed is not None else 0.0,
+            suspects=int(suspects),
         )
 
     return db.run("stats", tx)
