@@ -251,9 +251,12 @@ class Client:
         """Counts per status, oldest pending age, retries scheduled, top failure reasons, orchestrators."""
         return Status(stats=self.store.stats(), orchestrators=tuple(self.store.orchestrators()))
 
-    def tasks(self, status: TaskStatus | str | None = None, *, limit: int = 100) -> list[TaskView]:
-        """Tasks, oldest first (``status``: only those in it). Attempts are left out: :meth:`show` has them."""
-        return self.store.list_tasks(status=_status(status), limit=limit)
+    def tasks(
+        self, status: TaskStatus | str | None = None, *, limit: int = 100, suspect: bool = False
+    ) -> list[TaskView]:
+        """Tasks, oldest first (``status``: only those in it; ``suspect``: only completed tasks whose
+        transcript is suspect). Attempts are left out: :meth:`show` has them."""
+        return self.store.list_tasks(status=_status(status), limit=limit, suspect=suspect)
 
     def show(self, task_id: int) -> TaskView:
         """One task with its attempt history; :class:`TaskNotFound` if there is none."""
@@ -264,10 +267,22 @@ class Client:
 
     # --- operator actions ----------------------------------------------------------------------
 
-    def retry(self, ids: Iterable[int] = (), *, status: TaskStatus | str | None = None) -> StatusChange:
+    def retry(
+        self, ids: Iterable[int] = (), *, status: TaskStatus | str | None = None, suspect: bool = False,
+        model: str | None = None,
+    ) -> StatusChange:  # fmt: skip
         """Requeue failed, dead or cancelled tasks (by id, or every task in ``status``): retries reset,
-        history kept. The result names the ids it changed, and why each other one was left alone."""
+        history kept. The result names the ids it changed, and why each other one was left alone.
+
+        ``suspect``: re-transcribe every completed task whose transcript is suspect instead, with
+        ``model`` when given (a bigger one), into the same outputs; each is judged again when it completes."""
         ids = list(ids)
+        if suspect:
+            if ids or status is not None:
+                raise InvalidInput("--suspect requeues every suspect task: give no task ids or --status with it")
+            return self.store.requeue_suspects(model=model)
+        if model is not None:
+            raise InvalidInput("--model goes with --suspect (it re-transcribes suspect tasks with that model)")
         wanted = _status(status)
         if not ids and wanted is None:
             raise InvalidInput("give task ids or a status")
