@@ -349,7 +349,7 @@ def status(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> Non
     console.print(f"oldest pending: {_age(stats.oldest_pending_age_s)}")
     console.print(f"retries scheduled: {stats.retries_scheduled}")
     console.print(f"audio completed: {stats.audio_seconds_completed / 3600:.2f} h ({stats.audio_seconds_completed:.1f} s)")
-    console.print(f"suspect transcripts: {stats.suspects}" + (" (tasks --suspect lists them)" if stats.suspects else ""))
+    console.print(f"suspect transcripts: {now.suspects}" + (" (tasks --suspect lists them)" if now.suspects else ""))
     if stats.top_failure_reasons:
         reasons = Table(title="top failure reasons")
         reasons.add_column("count", justify="right")

@@ -71,9 +71,11 @@ class Status:
 
     stats: StoreStats
     orchestrators: tuple[OrchestratorView, ...]
+    suspects: int = 0  # completed tasks whose transcript is suspect (`tasks --suspect` lists them)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.stats.to_dict(), "orchestrators": [o.to_dict() for o in self.orchestrators]}
+        return {**self.stats.to_dict(), "suspects": self.suspects,
+                "orchestrators": [o.to_dict() for o in self.orchestrators]}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -248,8 +250,11 @@ class Client:
     # --- reading -------------------------------------------------------------------------------
 
     def status(self) -> Status:
-        """Counts per status, oldest pending age, retries scheduled, top failure reasons, orchestrators."""
-        return Status(stats=self.store.stats(), orchestrators=tuple(self.store.orchestrators()))
+        """Counts per status, oldest pending age, retries scheduled, top failure reasons, suspect
+        transcripts, orchestrators."""
+        return Status(
+            stats=self.store.stats(), orchestrators=tuple(self.store.orchestrators()), suspects=self.store.suspects()
+        )
 
     def tasks(
         self, status: TaskStatus | str | None = None, *, limit: int = 100, suspect: bool = False

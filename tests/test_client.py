@@ -173,7 +173,7 @@ def test_tasks_suspect_and_retry_suspect_through_the_client(store, database_url)
                               (Reason.LOW_CONFIDENCE,) if suspect else ())  # fmt: skip
         complete(store, i, claimed[i].attempt, TaskResult(5.0, "en", (f"s3://bkt/out/{i}.json",), "hi", quality=q))
     with Client(database_url) as rt:
-        assert rt.status().stats.suspects == 1 and rt.status().to_dict()["suspects"] == 1
+        assert rt.status().suspects == 1 and rt.status().to_dict()["suspects"] == 1
         assert [t.id for t in rt.tasks(suspect=True)] == [2]
         assert rt.tasks(suspect=True)[0].quality["reasons"] == ["low-confidence"]
         with pytest.raises(InvalidInput, match="give no task ids or --status with it"):

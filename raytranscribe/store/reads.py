@@ -51,7 +51,6 @@ def stats(db: Database, top: int) -> StoreStats:
         rows = {TaskStatus(r.status): r for r in conn.execute(text(SQL.counts))}
         age = conn.execute(text(SQL.oldest_pending)).scalar()
         reasons = conn.execute(text(SQL.top_reasons), {"k": top}).all() if top > 0 else []
-        suspects = conn.execute(text(SQL.suspects)).scalar_one()
         counts = {s: int(rows[s].n) if s in rows else 0 for s in TaskStatus}
         completed = rows.get(TaskStatus.COMPLETED)
         return StoreStats(
@@ -60,10 +59,14 @@ def stats(db: Database, top: int) -> StoreStats:
             retries_scheduled=counts[TaskStatus.FAILED],  # a failed task always has its retry_at
             top_failure_reasons=tuple((r.failure_reason, int(r.n)) for r in reasons),
             audio_seconds_completed=float(completed.audio_s) if completed is not None else 0.0,
-            suspects=int(suspects),
         )
 
     return db.run("stats", tx)
+
+
+def suspects(db: Database) -> int:
+    sql = text(SQL.suspects)
+    return db.run("suspects", lambda conn: int(conn.execute(sql).scalar_one()))
 
 
 def claimable_pairs(db: Database) -> list[tuple[str, str]]:

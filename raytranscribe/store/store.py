@@ -355,6 +355,11 @@ class Store:
         """
         return reads.stats(self.db, top)
 
+    def suspects(self) -> int:
+        """Completed tasks whose transcript is suspect: a count of their side rows (migration 0010),
+        not a scan of ``tasks``."""
+        return reads.suspects(self.db)
+
     def claimable_pairs(self) -> list[tuple[str, str]]:
         """Distinct (engine, model) with work now or in flight: the worker pools worth keeping."""
         return reads.claimable_pairs(self.db)

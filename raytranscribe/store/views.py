@@ -150,7 +150,6 @@ class StoreStats:
     retries_scheduled: int  # failed tasks waiting for retry_at
     top_failure_reasons: tuple[tuple[str, int], ...]  # among failed and dead tasks, most frequent first
     audio_seconds_completed: float
-    suspects: int = 0  # completed tasks whose transcript is suspect
 
     @property
     def total(self) -> int:
@@ -164,7 +163,6 @@ class StoreStats:
             "retries_scheduled": self.retries_scheduled,
             "top_failure_reasons": [{"reason": r, "count": n} for r, n in self.top_failure_reasons],
             "audio_seconds_completed": self.audio_seconds_completed,
-            "suspects": self.suspects,
         }
 
 

@@ -54,7 +54,7 @@ def test_completion_records_the_verdict_and_status_counts_and_lists_suspects(sto
     assert two.quality["suspect"] is True and two.quality["reasons"] == ["low-confidence"]
     assert two.quality["fallback_windows"] == 2 and two.quality["mean_logprob"] == -1.4
     assert two.attempts[-1].quality == two.quality  # the attempt keeps its own verdict
-    assert store.stats().suspects == 1 and store.stats().to_dict()["suspects"] == 1
+    assert store.suspects() == 1
     assert [t.id for t in store.list_tasks(suspect=True)] == [2]
     assert [t.id for t in store.list_tasks(suspect=True, status=TaskStatus.COMPLETED)] == [2]
     assert store.list_tasks(suspect=True, status=TaskStatus.PENDING) == []
@@ -81,7 +81,7 @@ def test_requeue_suspects_with_a_bigger_model_keeps_history_and_rejudges(store):
     assert (two.status, two.model, two.retries, two.quality, two.suspect) == (TaskStatus.PENDING, "base", 0, None, None)
     assert two.output_uri == "s3://bkt/out/2"  # the same outputs are written again
     assert store.get(1).status is TaskStatus.COMPLETED and store.get(1).model == "tiny.en"
-    assert store.stats().suspects == 0 and store.list_tasks(suspect=True) == []
+    assert store.suspects() == 0 and store.list_tasks(suspect=True) == []
     assert side_table_violations(store) == [] and disagreements(store) == []
     # The queue serves the new model's pool; the re-run is judged afresh.
     assert store.claimable_pairs() == [("faster-whisper", "base")]
@@ -101,7 +101,7 @@ def test_the_database_refuses_to_requeue_a_completed_task_that_is_not_suspect(st
         store.db.run("raw", lambda conn: conn.execute(sql, {"id": 1}))
     store.db.run("raw", lambda conn: conn.execute(sql, {"id": 2}))  # suspect: allowed, even by hand
     assert store.get(2).status is TaskStatus.PENDING
-    assert disagreements(store) == [] and store.stats().suspects == 0
+    assert disagreements(store) == [] and store.suspects() == 0
 
 
 def test_the_side_table_follows_ad_hoc_sql(store):
@@ -120,7 +120,7 @@ def test_the_side_table_follows_ad_hoc_sql(store):
     for statement in statements:
         store.db.run("raw", lambda conn, s=statement: conn.execute(sa.text(s)))
         assert disagreements(store) == [], statement
-        counts.append(store.stats().suspects)
+        counts.append(store.suspects())
     assert counts == [2, 1, 2, 1, 2]
     store.db.run("raw", lambda conn: conn.execute(sa.text("TRUNCATE tasks CASCADE")))
-    assert store.stats().suspects == 0 and disagreements(store) == []
+    assert store.suspects() == 0 and disagreements(store) == []
