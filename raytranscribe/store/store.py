@@ -342,7 +342,9 @@ class Store:
     def get(self, task_id: int) -> TaskView | None:
         return reads.get(self.db, task_id)
 
-    def list_tasks(self, *, status: TaskStatus | None = None, limit: int = 100, suspect: bool = False) -> list[TaskView]:
+    def list_tasks(
+        self, *, status: TaskStatus | None = None, limit: int = 100, suspect: bool = False
+    ) -> list[TaskView]:
         """The first ``limit`` tasks by id, of one status or of all; ``suspect``: only completed tasks
         whose transcript is suspect."""
         return reads.list_tasks(self.db, status, limit, suspect)

@@ -66,7 +66,8 @@ def test_a_suspect_completed_through_the_apply_path_too(store):
     store.submit([NewTask(f"s3://bkt/in/{i}.wav", f"s3://bkt/out/{i}") for i in (1, 2)])
     claimed = {c.id: c for c in store.claim(2, "orch", lease_s=60)}
     failure = Failure(Stage.DOWNLOAD, "ServerError", "503", transient=True, http_status=503)
-    store.record([Outcome(1, claimed[1].attempt, result=result(1, True)), Outcome(2, claimed[2].attempt, failure=failure)])
+    store.record([Outcome(1, claimed[1].attempt, result=result(1, True)),
+                  Outcome(2, claimed[2].attempt, failure=failure)])  # fmt: skip
     assert store.get(1).suspect is True and store.get(1).attempts[-1].quality["suspect"] is True
     assert store.get(2).suspect is None and store.get(2).status is TaskStatus.FAILED
     assert [t.id for t in store.list_tasks(suspect=True)] == [1]
