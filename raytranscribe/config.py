@@ -230,6 +230,12 @@ class QualitySettings(_Group):
         description="A transcript with more words a second of speech (the VAD's speech seconds, else the audio's) "
         "than anyone says is suspect: an implausible speech rate",
     )  # fmt: skip
+    max_no_speech_prob: float = Field(
+        0.7, gt=0, le=1,
+        description="A transcript with text from a window the model itself judged probably silent (no-speech "
+        "probability above this; Whisper drops such a window only when its text is also unlikely) is suspect: "
+        "text over silence",
+    )  # fmt: skip
     min_speech_s: float = Field(
         0.5, ge=0,
         description="A transcript with text where the VAD kept less speech than this (seconds) is suspect: "

@@ -24,7 +24,7 @@ class Reason(enum.StrEnum):
     REPETITION = "repetition"  # a window loops even at the hottest temperature
     LOW_CONFIDENCE = "low-confidence"  # unlikely text, or most windows needed the fallback
     SPEECH_RATE = "speech-rate"  # more words a second than anyone says
-    TEXT_OVER_SILENCE = "text-over-silence"  # words where the VAD found (almost) no speech
+    TEXT_OVER_SILENCE = "text-over-silence"  # words where the VAD, or the model itself, found no speech
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +84,9 @@ def judge(transcript: Transcript, settings: QualitySettings) -> TranscriptQualit
         reasons.append(Reason.LOW_CONFIDENCE)
     if rate is not None and rate > settings.max_words_per_s:
         reasons.append(Reason.SPEECH_RATE)
-    if words and speech_s is not None and speech_s < settings.min_speech_s:
+    silent_vad = speech_s is not None and speech_s < settings.min_speech_s
+    silent_model = bool(no_speech) and max(no_speech) > settings.max_no_speech_prob
+    if words and (silent_vad or silent_model):
         reasons.append(Reason.TEXT_OVER_SILENCE)
     return TranscriptQuality(
         mean_logprob=mean_logprob,

@@ -81,6 +81,9 @@ def test_each_rule_gives_its_reason():
     assert judge(hotter, DEFAULTS).reasons == (Reason.LOW_CONFIDENCE,)
     silent = _transcript(_segment(0, 2, "thank you for watching"), speech_s=0.2)
     assert judge(silent, DEFAULTS).reasons == (Reason.SPEECH_RATE, Reason.TEXT_OVER_SILENCE)
+    unheard = _transcript(Segment(0, 3, "2,5kg 2,5kg", avg_logprob=-0.5, no_speech_prob=0.76, temperature=0.0,
+                                  compression_ratio=1.7))  # base on white noise  # fmt: skip
+    assert judge(unheard, DEFAULTS).reasons == (Reason.TEXT_OVER_SILENCE,)
     nothing = _transcript(speech_s=0.0)
     q = judge(nothing, DEFAULTS)
     assert (q.suspect, q.words, q.words_per_s, q.mean_logprob, q.windows) == (False, 0, 0.0, None, 0)
