@@ -119,6 +119,7 @@ def main() -> None:
     ap.add_argument("--models", default="tiny.en,base", help="comma-separated faster-whisper models")
     ap.add_argument("--quick", action="store_true", help="sequential without VAD only")
     args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # each line as it is judged, also into a file
     for model in args.models.split(","):
         run(model.strip(), args.quick)
 
