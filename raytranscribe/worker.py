@@ -69,7 +69,7 @@ from raytranscribe.batching import (
 )
 from raytranscribe.config import EngineSettings, QualitySettings, TransferSettings, WorkerSettings
 from raytranscribe.contracts import Computing, ModelLoadState, ModelManifest, Outcome, Release, TaskResult, TaskSpec
-from raytranscribe.engines import compute_type_of, gpu_name, load_engine, resolve_device
+from raytranscribe.engines import compute_type_of, gpu_name, load_engine, resolve_device, verdict
 from raytranscribe.engines.base import (
     ENGINES,
     SAMPLE_RATE,
@@ -82,7 +82,6 @@ from raytranscribe.engines.base import (
     Transcript,
     Window,
 )
-from raytranscribe.engines import verdict
 from raytranscribe.engines.windows import quietest_cut
 from raytranscribe.errors import (
     DispatchError,
