@@ -362,7 +362,7 @@ def _unpack(item: BatchItem, segments: Sequence[Segment]) -> list[list[Segment] 
                 groups.setdefault(owner(w.start, w.end), []).append(w)
             for k, words in groups.items():
                 piece = Segment(words[0].start, words[-1].end, "".join(w.word for w in words).strip(), tuple(words),
-                                s.avg_logprob, s.no_speech_prob)
+                                s.avg_logprob, s.no_speech_prob, s.temperature, s.compression_ratio)
                 out[k].append(_shift(piece, -spans[k][0]))  # type: ignore[union-attr]
             continue
         k = owner(s.start, s.end)
@@ -380,7 +380,8 @@ def _shift(s: Segment, by: float) -> Segment:
     words = None if s.words is None else tuple(
         Word(w.start + by, w.end + by, w.word, w.probability) for w in s.words
     )
-    return Segment(s.start + by, s.end + by, s.text, words, s.avg_logprob, s.no_speech_prob)
+    return Segment(s.start + by, s.end + by, s.text, words, s.avg_logprob, s.no_speech_prob, s.temperature,
+                   s.compression_ratio)
 
 
 def is_batch_engine(engine: Engine) -> bool:
@@ -536,6 +537,8 @@ def _file_segments(task: _Task) -> list[Segment]:
                     words=words,
                     avg_logprob=s.avg_logprob,
                     no_speech_prob=s.no_speech_prob,
+                    temperature=s.temperature,
+                    compression_ratio=s.compression_ratio,
                 )
             )
             last_end = end

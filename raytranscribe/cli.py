@@ -378,6 +378,7 @@ def status(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> Non
     console.print(f"oldest pending: {_age(stats.oldest_pending_age_s)}")
     console.print(f"retries scheduled: {stats.retries_scheduled}")
     console.print(f"audio completed: {stats.audio_seconds_completed / 3600:.2f} h ({stats.audio_seconds_completed:.1f} s)")
+    console.print(f"suspect transcripts: {now.suspects}" + (" (tasks --suspect lists them)" if now.suspects else ""))
     if stats.top_failure_reasons:
         reasons = Table(title="top failure reasons")
         reasons.add_column("count", justify="right")
@@ -438,23 +439,29 @@ def _batching(actor: dict) -> str:
 def tasks(
     status_filter: Optional[StatusChoice] = typer.Option(None, "--status", help="Only tasks in this status.", show_default=False),
     limit: int = typer.Option(100, "--limit", min=1, help="At most this many (oldest first)."),
+    suspect: bool = typer.Option(
+        False, "--suspect", help="Only completed tasks whose transcript is suspect (and why)."
+    ),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """List tasks."""
     with _client() as client:
-        rows = client.tasks(status_filter.value if status_filter else None, limit=limit)
+        rows = client.tasks(status_filter.value if status_filter else None, limit=limit, suspect=suspect)
     if as_json:
         _echo_json([t.to_dict() for t in rows])
         return
     from rich.table import Table
 
-    table = Table(title=f"tasks ({status_filter.value if status_filter else 'all'})")
-    for col in ("id", "status", "attempt", "retries", "engine/model", "input", "updated", "failure reason"):
+    title = "suspect" if suspect else status_filter.value if status_filter else "all"
+    table = Table(title=f"tasks ({title})")
+    last = "suspect because" if suspect else "failure reason"
+    for col in ("id", "status", "attempt", "retries", "engine/model", "input", "updated", last):
         table.add_column(col, overflow="fold")
     for t in rows:
+        why = ", ".join((t.quality or {}).get("reasons", [])) if suspect else t.failure_reason or ""
         table.add_row(
             str(t.id), t.status.value, str(t.attempt), f"{t.retries}/{t.max_retries}", f"{t.engine}/{t.model}",
-            t.input_uri, _when(t.updated_at), t.failure_reason or "",
+            t.input_uri, _when(t.updated_at), why,
         )  # fmt: skip
     _console().print(table)
 
@@ -486,6 +493,7 @@ def _show_task(t: TaskView) -> None:
         ("language", t.language or "-"),
         ("outputs", "\n".join(t.output_uris) or "-"),
         ("text", t.text_preview or "-"),
+        ("quality", _quality_text(t.quality)),
     ):
         info.add_row(name, value)
     console.print(info)
@@ -501,6 +509,15 @@ def _show_task(t: TaskView) -> None:
             a.outcome or "running", a.stage or "", error, a.decision or "",
         )  # fmt: skip
     console.print(attempts)
+
+
+def _quality_text(quality: dict | None) -> str:
+    """``suspect: low-confidence; mean log-prob -1.42, ...``: the verdict, then the measures."""
+    if not quality:
+        return "-"
+    verdict = "suspect: " + ", ".join(quality.get("reasons", [])) if quality.get("suspect") else "ok"
+    measures = ", ".join(f"{k} {v}" for k, v in quality.items() if k not in ("suspect", "reasons") and v is not None)
+    return f"{verdict}; {measures}"
 
 
 @app.command()
@@ -557,18 +574,29 @@ def retry(
     status_filter: Optional[StatusChoice] = typer.Option(
         None, "--status", help="Requeue every task in this status (failed, dead or cancelled).", show_default=False
     ),
+    suspect: bool = typer.Option(
+        False, "--suspect",
+        help="Re-transcribe every completed task whose transcript is suspect (same outputs, history kept).",
+    ),  # fmt: skip
+    model: Optional[str] = typer.Option(
+        None, "--model", help="With --suspect: the model to re-transcribe them with (a bigger one).", show_default=False
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: the ids requeued, refused (with their status) and missing."),
 ) -> None:
-    """Requeue failed, dead or cancelled tasks (retry count reset, history kept)."""
+    """Requeue failed, dead or cancelled tasks (retry count reset, history kept), or the suspect ones."""
     from raytranscribe.store import TaskStatus
     from raytranscribe.store.states import REQUEUEABLE
 
-    if not task_ids and status_filter is None:
-        raise InvalidInput("give task ids or --status")
+    if not task_ids and status_filter is None and not suspect:
+        raise InvalidInput("give task ids, --status or --suspect")
     with _client() as client:
-        report = client.retry(task_ids or (), status=status_filter.value if status_filter else None)
+        report = client.retry(
+            task_ids or (), status=status_filter.value if status_filter else None, suspect=suspect, model=model
+        )
     if as_json:
         _echo_json(_change_doc(report, "requeued"))
+    elif suspect:
+        typer.echo(f"requeued {report.count} suspect task(s)" + (f" with model {model}" if model else ""))
     else:
         typer.echo(f"requeued {report.count} task(s)")
         _left_alone(report, "requeued", (TaskStatus(status_filter.value),) if status_filter else REQUEUEABLE)

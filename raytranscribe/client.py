@@ -79,9 +79,11 @@ class Status:
 
     stats: StoreStats
     orchestrators: tuple[OrchestratorView, ...]
+    suspects: int = 0  # completed tasks whose transcript is suspect (`tasks --suspect` lists them)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.stats.to_dict(), "orchestrators": [o.to_dict() for o in self.orchestrators]}
+        return {**self.stats.to_dict(), "suspects": self.suspects,
+                "orchestrators": [o.to_dict() for o in self.orchestrators]}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -321,13 +323,17 @@ class Client:
     # --- reading -------------------------------------------------------------------------------
 
     def status(self) -> Status:
-        """Counts per status, oldest pending age, retries scheduled, top failure reasons, orchestrators."""
+        """Counts per status, oldest pending age, retries scheduled, top failure reasons, suspect
+        transcripts, orchestrators."""
         reads = self._reads()
-        return Status(stats=reads.stats(), orchestrators=tuple(reads.orchestrators()))
+        return Status(stats=reads.stats(), orchestrators=tuple(reads.orchestrators()), suspects=reads.suspects())
 
-    def tasks(self, status: TaskStatus | str | None = None, *, limit: int = 100) -> list[TaskView]:
-        """Tasks, oldest first (``status``: only those in it). Attempts are left out: :meth:`show` has them."""
-        return self._reads().list_tasks(status=_status(status), limit=limit)
+    def tasks(
+        self, status: TaskStatus | str | None = None, *, limit: int = 100, suspect: bool = False
+    ) -> list[TaskView]:
+        """Tasks, oldest first (``status``: only those in it; ``suspect``: only completed tasks whose
+        transcript is suspect). Attempts are left out: :meth:`show` has them."""
+        return self._reads().list_tasks(status=_status(status), limit=limit, suspect=suspect)
 
     def show(self, task_id: int) -> TaskView:
         """One task with its attempt history; :class:`TaskNotFound` if there is none."""
@@ -364,10 +370,22 @@ class Client:
 
     # --- operator actions ----------------------------------------------------------------------
 
-    def retry(self, ids: Iterable[int] = (), *, status: TaskStatus | str | None = None) -> StatusChange:
+    def retry(
+        self, ids: Iterable[int] = (), *, status: TaskStatus | str | None = None, suspect: bool = False,
+        model: str | None = None,
+    ) -> StatusChange:  # fmt: skip
         """Requeue failed, dead or cancelled tasks (by id, or every task in ``status``): retries reset,
-        history kept. The result names the ids it changed, and why each other one was left alone."""
+        history kept. The result names the ids it changed, and why each other one was left alone.
+
+        ``suspect``: re-transcribe every completed task whose transcript is suspect instead, with
+        ``model`` when given (a bigger one), into the same outputs; each is judged again when it completes."""
         ids = list(ids)
+        if suspect:
+            if ids or status is not None:
+                raise InvalidInput("--suspect requeues every suspect task: give no task ids or --status with it")
+            return self.store.requeue_suspects(model=model)
+        if model is not None:
+            raise InvalidInput("--model goes with --suspect (it re-transcribes suspect tasks with that model)")
         wanted = _status(status)
         if not ids and wanted is None:
             raise InvalidInput("give task ids or a status")

@@ -207,6 +207,42 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("raytranscribe"))
 
 
+class QualitySettings(_Group):
+    """When a transcript is suspect (raytranscribe.engines.verdict); calibrated by bench/quality_calibration.py."""
+
+    max_compression_ratio: float = Field(
+        2.4, gt=0,
+        description="A transcript whose most repetitive window still compresses more than this (gzip ratio of its "
+        "text, Whisper's loop check) after every temperature is suspect: a repetition loop",
+    )  # fmt: skip
+    min_mean_logprob: float = Field(
+        -1.0, le=0,
+        description="A transcript whose mean token log-probability (weighted by segment duration) is below this "
+        "is suspect: low confidence",
+    )  # fmt: skip
+    max_fallback_share: float = Field(
+        0.5, ge=0, le=1,
+        description="A transcript whose windows needed the temperature fallback (decoded again hotter) more often "
+        "than this share is suspect: low confidence",
+    )  # fmt: skip
+    max_words_per_s: float = Field(
+        6.0, gt=0,
+        description="A transcript with more words a second of speech (the VAD's speech seconds, else the audio's) "
+        "than anyone says is suspect: an implausible speech rate",
+    )  # fmt: skip
+    max_no_speech_prob: float = Field(
+        0.7, gt=0, le=1,
+        description="A transcript with text from a window the model itself judged probably silent (no-speech "
+        "probability above this; Whisper drops such a window only when its text is also unlikely) is suspect: "
+        "text over silence",
+    )  # fmt: skip
+    min_speech_s: float = Field(
+        0.5, ge=0,
+        description="A transcript with text where the VAD kept less speech than this (seconds) is suspect: "
+        "text over audio the VAD found silent",
+    )  # fmt: skip
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAYTRANSCRIBE_", env_nested_delimiter="__", frozen=True, extra="ignore"
@@ -241,6 +277,7 @@ class Settings(BaseSettings):
     health: HealthSettings = HealthSettings()
     breaker: BreakerSettings = BreakerSettings()
     alerts: AlertSettings = AlertSettings()
+    quality: QualitySettings = QualitySettings()
 
     def with_(self, **groups: dict) -> Settings:
         """A copy with some fields of some groups replaced: ``s.with_(retry={"max_retries": 1})``.

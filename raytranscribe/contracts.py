@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from raytranscribe.engines.base import EngineSpec, TranscribeOptions
+from raytranscribe.engines.verdict import TranscriptQuality
 from raytranscribe.errors import Failure, ModelNotFound, Stage
 
 
@@ -41,6 +42,7 @@ class TaskResult:
     language: str | None
     outputs: tuple[str, ...]  # URIs written
     text_preview: str = ""
+    quality: TranscriptQuality | None = None  # the transcript's measures and verdict (engines.verdict)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from raytranscribe.engines.base import FORMATS, Segment, Transcript
+from raytranscribe.engines.verdict import TranscriptQuality
 from raytranscribe.errors import InvalidInput, Stage
 
 __all__ = ["CONTENT_TYPES", "FORMATS", "JSON_SCHEMA_VERSION", "render", "render_all", "timestamp"]
@@ -36,17 +37,22 @@ CONTENT_TYPES: dict[str, str] = {
 JSON_SCHEMA_VERSION = 1
 
 
-def render(transcript: Transcript, fmt: str) -> bytes:
-    """``transcript`` in format ``fmt`` (json | srt | vtt | txt | tsv), UTF-8 encoded."""
+def render(transcript: Transcript, fmt: str, quality: TranscriptQuality | None = None) -> bytes:
+    """``transcript`` in format ``fmt`` (json | srt | vtt | txt | tsv), UTF-8 encoded; the JSON carries
+    ``quality`` (the transcript's measures and verdict) as its ``quality`` object when given."""
     try:
         writer = _WRITERS[fmt]
     except KeyError:
         raise InvalidInput(f"unknown output format {fmt!r}; choose from {list(FORMATS)}", stage=Stage.RENDER) from None
+    if fmt == "json" and quality is not None:
+        return _json(transcript, quality).encode("utf-8")
     return writer(transcript).encode("utf-8")
 
 
-def render_all(transcript: Transcript, formats: Sequence[str]) -> dict[str, bytes]:
-    return {fmt: render(transcript, fmt) for fmt in formats}
+def render_all(
+    transcript: Transcript, formats: Sequence[str], quality: TranscriptQuality | None = None
+) -> dict[str, bytes]:
+    return {fmt: render(transcript, fmt, quality) for fmt in formats}
 
 
 def timestamp(seconds: float, separator: str = ",") -> str:
@@ -103,11 +109,13 @@ def _tsv(transcript: Transcript) -> str:
     return "".join(lines)
 
 
-def _json(transcript: Transcript) -> str:
+def _json(transcript: Transcript, quality: TranscriptQuality | None = None) -> str:
     # Key order is the dataclass field order: stable, and readable top to bottom.
     doc = transcript.to_dict()
     doc["segments"] = [{"id": i, **segment} for i, segment in enumerate(doc["segments"])]
     doc = {"schema_version": JSON_SCHEMA_VERSION, **doc}
+    if quality is not None:
+        doc["quality"] = quality.to_dict()
     return json.dumps(_finite(doc), ensure_ascii=False, indent=2, allow_nan=False) + "\n"
 
 

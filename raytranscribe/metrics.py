@@ -27,6 +27,7 @@ class Metrics:
     breaker_open: m.Gauge
     database_up: m.Gauge
     store_transient_errors: m.Counter
+    suspect_transcripts: m.Counter
 
 
 _lock = threading.Lock()
@@ -73,6 +74,11 @@ def get() -> Metrics:
                     "raytranscribe_store_transient_errors",
                     "Transient database errors (dropped connections, failovers, deadlocks) the driver's store met: "
                     "it re-runs the operation a few times, then the driver waits the outage out",
+                ),
+                suspect_transcripts=m.Counter(
+                    "raytranscribe_suspect_transcripts",
+                    "Completed transcripts judged suspect (a repetition loop, low confidence, an implausible "
+                    "speech rate, text over audio the VAD found silent): `tasks --suspect` lists them",
                 ),
             )
         return _metrics

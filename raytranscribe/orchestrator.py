@@ -56,6 +56,7 @@ class RunSummary:
     dead: int = 0
     fenced: int = 0  # outcomes refused by fencing (a newer attempt owns the task)
     released: int = 0  # handed back uncharged: on stop, or by a dead actor or node the task did not kill
+    suspect: int = 0  # completed with a suspect transcript (engines.verdict)
     audio_s: float = 0.0
     stopped: bool = False  # a stop request (a signal) ended the run, not the work running out
     started: float = field(default_factory=time.monotonic)
@@ -407,6 +408,7 @@ class Orchestrator:
         metric call is driver time."""
         finished: collections.Counter[tuple[str, str]] = collections.Counter()
         audio = 0.0
+        suspect = 0
         for result, outcome in recorded:
             f = outcome.failure if outcome is not None else None
             stage = f.stage.value if f is not None else (Stage.LEASE.value if outcome is None else "")
@@ -417,6 +419,8 @@ class Orchestrator:
                 self.summary.completed += 1
                 audio += outcome.result.audio_duration_s if outcome and outcome.result else 0.0
                 finished["completed", ""] += 1
+                quality = outcome.result.quality if outcome and outcome.result else None
+                suspect += bool(quality and quality.suspect)
                 self.alerter.observe(ok=True)
             elif result.status is TaskStatus.DEAD:
                 self.summary.dead += 1
@@ -440,6 +444,9 @@ class Orchestrator:
             m.audio_seconds.inc(audio)
         if finished["completed", ""]:
             m.rtfx.set(self.summary.rtfx)
+        if suspect:
+            self.summary.suspect += suspect
+            m.suspect_transcripts.inc(suspect)
 
     def _db_ok(self) -> None:
         if self._db_failures:  # only on the way back up: this runs after every claim and record

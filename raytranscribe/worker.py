@@ -67,9 +67,9 @@ from raytranscribe.batching import (
     is_batch_engine,
     run_batch,
 )
-from raytranscribe.config import EngineSettings, TransferSettings, WorkerSettings
+from raytranscribe.config import EngineSettings, QualitySettings, TransferSettings, WorkerSettings
 from raytranscribe.contracts import Computing, ModelLoadState, ModelManifest, Outcome, Release, TaskResult, TaskSpec
-from raytranscribe.engines import compute_type_of, gpu_name, load_engine, resolve_device
+from raytranscribe.engines import compute_type_of, gpu_name, load_engine, resolve_device, verdict
 from raytranscribe.engines.base import (
     ENGINES,
     SAMPLE_RATE,
@@ -110,6 +110,7 @@ class WorkerConfig:
     batch_wait_ms: float = EngineSettings().batch_wait_ms  # the engine group's setting; the actor applies it
     model: ModelManifest | None = None  # an s3:// model's files, presigned by the driver for this actor
     model_cache_dir: str | None = EngineSettings().model_cache_dir  # None: the node's temp dir
+    quality: QualitySettings = QualitySettings()  # when a transcript is suspect (engines.verdict)
 
 
 # How long results() lets outcomes gather after the first before sending them: fewer, fuller items
@@ -737,12 +738,16 @@ class TranscriptionWorker:
             self._check_engine(spec)
             downloaded = self._download(run)
             transcript, duration_s = self._transcribe_file(run, downloaded)
-            self._deliver(run, transcript)
+            quality = verdict.judge(transcript, self.config.quality)
+            if quality.suspect:
+                log.info("transcript suspect: %s", ", ".join(quality.reasons), extra=run.extra(Stage.RENDER))
+            self._deliver(run, transcript, quality)
             result = TaskResult(
                 audio_duration_s=duration_s,
                 language=transcript.language,
                 outputs=tuple(t.uri for t in spec.outputs),
                 text_preview=transcript.text[:200],
+                quality=quality,
             )
             log.info("task done: %.1fs of audio in %.2fs", duration_s, time.monotonic() - run.progress.started,
                      extra=run.extra(Stage.UPLOAD))  # fmt: skip
@@ -855,10 +860,10 @@ class TranscriptionWorker:
         run.held_s = 0.0
         return _joined(parts, spec.options, chunks.total_s), chunks.total_s
 
-    def _deliver(self, run: _TaskRun, transcript: Transcript) -> None:
+    def _deliver(self, run: _TaskRun, transcript: Transcript, quality: verdict.TranscriptQuality) -> None:
         spec = run.spec
         with run.stage(Stage.RENDER):
-            bodies = formats.render_all(transcript, [t.format for t in spec.outputs])
+            bodies = formats.render_all(transcript, [t.format for t in spec.outputs], quality)
         with run.stage(Stage.UPLOAD):
             for target in spec.outputs:
                 self.transfer.upload(

@@ -18,6 +18,7 @@ FORBIDDEN = {
     "raytranscribe.worker": ("sqlalchemy", "psycopg2", "boto3", "botocore", "raytranscribe.store", "raytranscribe.storage"),
     "raytranscribe.engines.faster": ("ray", "sqlalchemy", "boto3", "requests"),
     "raytranscribe.engines.openai": ("ray", "sqlalchemy", "boto3", "requests"),
+    "raytranscribe.engines.verdict": ("ray", "sqlalchemy", "boto3", "requests"),
     "raytranscribe.audio": ("ray", "sqlalchemy", "boto3", "requests"),
     "raytranscribe.formats": ("ray", "sqlalchemy", "boto3", "requests"),
     "raytranscribe.transfer": ("ray", "sqlalchemy", "boto3", "raytranscribe.store"),

@@ -1079,3 +1079,46 @@ def test_a_manifest_line_with_every_option_reaches_the_engine(cli, system, tmp_p
     assert all(s["words"] is None for s in neighbour["segments"]) and neighbour["text"].strip()
     shown = json.loads(cli("show", "1", "--json").stdout)
     assert shown["options"] == doc["options"] and shown["status"] == "completed"
+
+
+def test_a_babbling_transcript_is_suspect_and_retry_suspect_reruns_only_it_with_base(cli, system, tmp_path):
+    """Issue 24 part 3 through a real run (Ray, moto over HTTP, tiny.en then base on the CPU): speech
+    played backwards makes the model babble; its task is recorded suspect with the reason in the
+    database and in its JSON, `status` counts it, `tasks --suspect` lists only it, and `retry --suspect
+    --model base` re-transcribes only it into the same outputs, its first verdict kept in its history."""
+    from raytranscribe.audio import decode
+    from tests.support.media import wav16
+
+    b = system.bucket
+    ((clean_uri, _),) = system.upload_samples(["fox.wav"], prefix="in/")
+    garden = decode(Path(__file__).parent / "fixtures" / "speech" / "en_garden.flac").samples
+    babble_uri = system.put("in/garden_reversed.wav", wav16(tmp_path / "r.wav", garden[::-1].copy()).read_bytes())
+    clean, babble = system.submit([clean_uri, babble_uri])
+    assert system.run().completed == 2
+
+    quality = system.store.get(babble).quality
+    assert system.store.get(babble).suspect is True and "low-confidence" in quality["reasons"], quality
+    assert system.store.get(clean).suspect is False, system.store.get(clean).quality
+    doc = json.loads(system.object_text(f"s3://{b}/out/garden_reversed.json"))
+    assert doc["quality"] == quality and doc["model"] == "tiny.en"
+    assert json.loads(system.object_text(f"s3://{b}/out/fox.json"))["quality"]["suspect"] is False
+
+    status = cli("status", "--json")
+    assert status.exit_code == 0 and json.loads(status.stdout)["suspects"] == 1
+    assert "suspect transcripts: 1" in cli("status").stdout
+    listed = cli("tasks", "--suspect", "--json")
+    assert [t["id"] for t in json.loads(listed.stdout)] == [babble]
+    assert "low-confidence" in cli("tasks", "--suspect").stdout
+    assert cli("retry", "--suspect", "--status", "dead").exit_code == 2
+    retried = cli("retry", "--suspect", "--model", "base")
+    assert retried.exit_code == 0 and "requeued 1 suspect task(s) with model base" in retried.stdout
+    assert json.loads(cli("status", "--json").stdout)["suspects"] == 0
+
+    assert system.run().completed == 1  # only the suspect one ran again
+    again = system.store.get(babble)
+    assert (again.status, again.model, again.attempt) == (TaskStatus.COMPLETED, "base", 2)
+    assert [a.quality["suspect"] for a in again.attempts] == [True, again.suspect]  # history kept, re-judged
+    doc = json.loads(system.object_text(f"s3://{b}/out/garden_reversed.json"))  # the same stem, overwritten
+    assert doc["model"] == "base" and doc["quality"] == again.quality
+    assert system.store.get(clean).attempt == 1
+    system.check_invariants()

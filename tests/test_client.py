@@ -171,3 +171,25 @@ def test_backfill_submits_a_prefix_runs_it_and_counts_its_own_tasks(system, tmp_
                             notes=notes.append)  # fmt: skip
         assert (again.submitted.inserted, again.run.completed, again.dead) == ((), 0, 0)
     system.check_invariants()
+
+
+def test_tasks_suspect_and_retry_suspect_through_the_client(store, database_url):
+    from raytranscribe.engines.verdict import Reason, TranscriptQuality
+
+    store.submit([NewTask(f"s3://bkt/in/{i}.wav", f"s3://bkt/out/{i}") for i in (1, 2)])
+    claimed = {c.id: c for c in store.claim(2, "orch-test", lease_s=60)}
+    for i, suspect in ((1, False), (2, True)):
+        q = TranscriptQuality(-1.5 if suspect else -0.2, 0.1, 1.2, 1, int(suspect), None, 5.0, 9, 1.8, suspect,
+                              (Reason.LOW_CONFIDENCE,) if suspect else ())  # fmt: skip
+        complete(store, i, claimed[i].attempt, TaskResult(5.0, "en", (f"s3://bkt/out/{i}.json",), "hi", quality=q))
+    with Client(database_url) as rt:
+        assert rt.status().suspects == 1 and rt.status().to_dict()["suspects"] == 1
+        assert [t.id for t in rt.tasks(suspect=True)] == [2]
+        assert rt.tasks(suspect=True)[0].quality["reasons"] == ["low-confidence"]
+        with pytest.raises(InvalidInput, match="give no task ids or --status with it"):
+            rt.retry([2], suspect=True)
+        with pytest.raises(InvalidInput, match="--model goes with --suspect"):
+            rt.retry([2], model="base")
+        assert rt.retry(suspect=True, model="base") == StatusChange((2,))
+        assert rt.show(2).model == "base" and rt.show(2).status is TaskStatus.PENDING
+        assert rt.show(1).status is TaskStatus.COMPLETED and rt.tasks(suspect=True) == []

@@ -218,3 +218,17 @@ def test_render_all_and_unknown_format():
         render(BASIC, "docx")
     assert info.value.message == "unknown output format 'docx'; choose from ['json', 'srt', 'vtt', 'txt', 'tsv']"
     assert info.value.stage is Stage.RENDER and info.value.transient is False
+
+
+def test_json_carries_the_quality_object_when_given():
+    from raytranscribe.config import QualitySettings
+    from raytranscribe.engines.verdict import judge
+
+    t = _transcript(Segment(0.0, 2.0, "Hello there.", avg_logprob=-0.2, no_speech_prob=0.1, temperature=0.0,
+                            compression_ratio=1.1))  # fmt: skip
+    quality = judge(t, QualitySettings())
+    doc = json.loads(render(t, "json", quality))
+    assert doc["quality"] == quality.to_dict() and doc["quality"]["suspect"] is False
+    assert doc["segments"][0]["temperature"] == 0.0 and doc["segments"][0]["compression_ratio"] == 1.1
+    assert "quality" not in json.loads(render(t, "json"))
+    assert render_all(t, ["srt", "txt"], quality) == render_all(t, ["srt", "txt"])  # only the JSON carries it

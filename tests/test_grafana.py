@@ -29,7 +29,7 @@ def _balanced(expr: str) -> bool:
 
 def test_the_exported_metrics_are_read_from_the_code():
     exported = grafana.exported()
-    assert len(exported) == 10
+    assert len(exported) == 11
     finished = exported["raytranscribe_tasks_finished"]
     assert finished == ({"ray_raytranscribe_tasks_finished_total"}, ("outcome", "stage"))
     assert exported["raytranscribe_rtfx"] == ({"ray_raytranscribe_rtfx"}, ())

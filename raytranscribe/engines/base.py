@@ -337,8 +337,15 @@ def decode_in_groups(
     return results  # type: ignore[return-value]
 
 
-def segment_from_dict(s: dict, avg_logprob: float, no_speech_prob: float) -> Segment:
-    """A Segment from the dict form both Whisper libraries produce (words under "words")."""
+def segment_from_dict(
+    s: dict,
+    avg_logprob: float,
+    no_speech_prob: float,
+    temperature: float | None = None,
+    compression_ratio: float | None = None,
+) -> Segment:
+    """A Segment from the dict form both Whisper libraries produce (words under "words"), with its
+    window's decode measures (what the transcript's quality verdict reads)."""
     words = None
     if "words" in s:
         words = tuple(
@@ -352,4 +359,6 @@ def segment_from_dict(s: dict, avg_logprob: float, no_speech_prob: float) -> Seg
         words=words,
         avg_logprob=float(avg_logprob),
         no_speech_prob=float(no_speech_prob),
+        temperature=None if temperature is None else float(temperature),
+        compression_ratio=None if compression_ratio is None else float(compression_ratio),
     )

@@ -397,6 +397,8 @@ def _segment(s) -> Segment:
         words=words,
         avg_logprob=s.avg_logprob,
         no_speech_prob=s.no_speech_prob,
+        temperature=s.temperature,
+        compression_ratio=s.compression_ratio,
     )
 
 
@@ -446,4 +448,4 @@ def _group_key(job: WindowJob) -> tuple:
 
 
 def _window_segment(s: dict, d: _Decoded) -> Segment:
-    return segment_from_dict(s, d.avg_logprob, d.no_speech_prob)
+    return segment_from_dict(s, d.avg_logprob, d.no_speech_prob, d.temperature, d.compression_ratio)

@@ -229,13 +229,15 @@ class OpenAIWhisperEngine:
                         segments=segments, model=self.model, tokenizer=tokenizer, mel=mel[k],
                         num_frames=frames, last_speech_timestamp=0.0,
                     )
-                out.append([_segment({**s, "avg_logprob": r.avg_logprob, "no_speech_prob": r.no_speech_prob})
+                q = _quality(r, tokenizer)
+                out.append([_segment({**s, "avg_logprob": r.avg_logprob, "no_speech_prob": r.no_speech_prob,
+                                      "temperature": r.temperature, "compression_ratio": q.compression_ratio})
                             for s in segments])
         return out
 
 
 def _segment(s: dict) -> Segment:
-    return segment_from_dict(s, s["avg_logprob"], s["no_speech_prob"])
+    return segment_from_dict(s, s["avg_logprob"], s["no_speech_prob"], s.get("temperature"), s.get("compression_ratio"))
 
 
 def _in_file_time(s: Segment, speech: Window) -> Segment:

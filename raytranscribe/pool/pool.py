@@ -272,6 +272,7 @@ class ActorPool:
             batch_wait_ms=s.engine.batch_wait_ms,
             model=model,
             model_cache_dir=s.engine.model_cache_dir,
+            quality=s.quality,
         )
         handle = env.actor_cls.options(**options).remote(config)
         actor = Actor(name=name, handle=handle, pool=self, created_at=now, idle_since=now)

@@ -57,6 +57,16 @@ def requeue(db: Database, ids: Sequence[int], status: TaskStatus | None) -> Stat
     return report
 
 
+def requeue_suspects(db: Database, model: str | None) -> StatusChange:
+    """See :meth:`Store.requeue_suspects`."""
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise InvalidInput(f"model must be a non-empty name, got {model!r}")
+    sql = text(SQL.requeue_suspects)
+    changed = db.run("requeue", lambda conn: sorted(conn.execute(sql, {"model": model}).scalars()))
+    log.info("requeued %d suspect task(s)%s", len(changed), f" with model {model}" if model else "")
+    return StatusChange(tuple(changed))
+
+
 def cancel(db: Database, ids: Sequence[int]) -> StatusChange:
     """See :meth:`Store.cancel`."""
     ids, out_of_range = _task_ids(ids)

@@ -159,6 +159,16 @@ class TaskStopped(Base):
     task_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
 
 
+class TaskSuspect(Base):
+    """One row per completed task whose transcript is suspect: what ``status`` counts and ``tasks
+    --suspect`` lists, so ``tasks`` needs no index on ``suspect`` (completion sets it; an indexed
+    column would make completions non-HOT). Kept by the database like TaskQueue (migration 0010)."""
+
+    __tablename__ = "task_suspects"
+
+    task_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+
+
 class TaskCount(Base):
     """Tasks and audio seconds per (engine, model, status), kept by the database (migration 0006).
 
@@ -208,6 +218,7 @@ class TaskAttempt(Base):
     http_status: Mapped[int | None] = mapped_column(sa.Integer)
     decision: Mapped[str | None] = mapped_column(sa.Text)  # what the retry policy decided, in words
     timings: Mapped[list[Any] | None] = mapped_column(JSONB)  # [[stage, seconds], ...] in order
+    quality: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # a completed attempt's verdict (migration 0010)
 
     __table_args__ = (
         sa.CheckConstraint(

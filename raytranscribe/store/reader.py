@@ -59,14 +59,17 @@ class Reader:
     def get(self, task_id: int) -> TaskView | None:
         return reads.get(self, task_id)
 
-    def list_tasks(self, *, status: TaskStatus | None = None, limit: int = 100) -> list[TaskView]:
-        return reads.list_tasks(self, status, limit)
+    def list_tasks(self, *, status: TaskStatus | None = None, limit: int = 100, suspect: bool = False) -> list[TaskView]:
+        return reads.list_tasks(self, status, limit, suspect)
 
     def stats(self, *, top: int = 5) -> StoreStats:
         return reads.stats(self, top)
 
     def orchestrators(self) -> list[OrchestratorView]:
         return reads.orchestrators(self)
+
+    def suspects(self) -> int:
+        return reads.suspects(self)
 
     # --- running a read ------------------------------------------------------------------------
 

@@ -50,10 +50,14 @@ def get(db: Reads, task_id: int) -> TaskView | None:
     return db.read("get", tx)
 
 
-def list_tasks(db: Reads, status: TaskStatus | None, limit: int) -> list[TaskView]:
+def list_tasks(db: Reads, status: TaskStatus | None, limit: int, suspect: bool = False) -> list[TaskView]:
     params: dict[str, Any] = {"limit": limit}
     where = ""
-    if status is not None:
+    if suspect:  # completed, by definition: a status given besides it changes nothing or finds none
+        if status is not None and TaskStatus(status) is not TaskStatus.COMPLETED:
+            return []
+        where = SQL.list_where_suspect
+    elif status is not None:
         status = TaskStatus(status)
         params["status"] = status.value
         where = SQL.list_where_status
@@ -85,6 +89,10 @@ def stats(db: Reads, top: int) -> StoreStats:
 def orchestrators(db: Reads) -> list[OrchestratorView]:
     """Orchestrators whose last heartbeat has not expired."""
     return db.read("orchestrators", lambda query: [orchestrator_view(r) for r in query(ORCHESTRATORS.running, {})])
+
+
+def suspects(db: Reads) -> int:
+    return db.read("suspects", lambda query: int(query(SQL.suspects, {})[0][0]))
 
 
 def claimable_pairs(db: Reads) -> list[tuple[str, str]]:

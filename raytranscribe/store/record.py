@@ -31,7 +31,7 @@ TEXT_PREVIEW_CHARS = 500
 # plan per call, which is most of a small batch's cost on the server.
 COMPLETE = Prepared(
     "raytranscribe_complete",
-    ("bigint[]", "int[]", "float8[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]"),
+    ("bigint[]", "int[]", "float8[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "bool[]"),
     SQL.complete,
 )
 
@@ -45,6 +45,8 @@ class Encoded(NamedTuple):
     output_uris: str | None  # a JSON array of URIs
     text_preview: str | None  # cut to TEXT_PREVIEW_CHARS; None for none
     timings: str | None  # a JSON array of [stage, seconds]
+    quality: str | None  # the transcript's measures and verdict, a JSON object (engines.verdict)
+    suspect: bool | None  # the verdict; None: no verdict came with the result
 
 
 def encode(o: Outcome) -> Encoded:
@@ -53,9 +55,14 @@ def encode(o: Outcome) -> Encoded:
     timings = json.dumps([[s, float(t)] for s, t in o.timings]) if o.timings else None
     r = o.result if o.failure is None else None
     if r is None:
-        return Encoded(None, None, None, None, timings)
+        return Encoded(None, None, None, None, timings, None, None)
     preview = r.text_preview[:TEXT_PREVIEW_CHARS] if r.text_preview else None
-    return Encoded(float(r.audio_duration_s), r.language, json.dumps(list(r.outputs)), preview, timings)
+    q = r.quality
+    quality = json.dumps(q.to_dict(), allow_nan=False) if q is not None else None
+    return Encoded(
+        float(r.audio_duration_s), r.language, json.dumps(list(r.outputs)), preview, timings, quality,
+        q.suspect if q is not None else None,
+    )  # fmt: skip
 
 
 def record(db: Database, policy: RetryPolicy, outcomes: Sequence[Outcome]) -> list[RecordResult]:
@@ -93,8 +100,8 @@ def _row(r: sa.Row[Any]) -> Row:
 def record_completions(db: Database, outcomes: list[Outcome]) -> list[RecordResult]:
     """Completions of distinct tasks: one fenced statement (no retry decision needs the rows)."""
     ordered = sorted(outcomes, key=lambda o: o.task_id)  # lock order, as in record()
-    columns: tuple[list[Any], ...] = tuple([] for _ in range(9))
-    ids, attempts, durations, languages, outputs, previews, actors, nodes, timings = columns
+    columns: tuple[list[Any], ...] = tuple([] for _ in range(11))
+    ids, attempts, durations, languages, outputs, previews, actors, nodes, timings, qualities, suspects = columns
     for o in ordered:  # one pass: this runs for every batch on the hot path
         e = encode(o)
         ids.append(o.task_id)
@@ -106,6 +113,8 @@ def record_completions(db: Database, outcomes: list[Outcome]) -> list[RecordResu
         actors.append(o.actor)
         nodes.append(o.node_id)
         timings.append(e.timings)
+        qualities.append(e.quality)
+        suspects.append(e.suspect)
     args = tuple(map(pg_array, columns))
 
     applied = db.run("record", lambda raw: {r[0] for r in COMPLETE.execute(raw, *args)}, raw=True)
@@ -164,7 +173,7 @@ def _write(conn: sa.Connection, writes: list[Write]) -> dict[int, Any]:
     columns: dict[str, list[Any]] = {k: [] for k in (
         "ids", "statuses", "retries", "delays", "reasons", "errors", "durations", "languages", "outputs",
         "previews", "crashes", "releases", "attempts", "outcomes", "stages", "classes", "messages", "https",
-        "actors", "nodes", "decisions", "timings")}  # fmt: skip
+        "actors", "nodes", "decisions", "timings", "qualities", "suspects")}  # fmt: skip
     for w in writes:
         o, f, e = w.outcome, w.outcome.failure, encode(w.outcome)
         row = {
@@ -176,7 +185,7 @@ def _write(conn: sa.Connection, writes: list[Write]) -> dict[int, Any]:
             "classes": f.error_class if f else None,
             "messages": f.message if f else o.release.cause if o.release else None,
             "https": f.http_status if f else None, "actors": o.actor, "nodes": o.node_id,
-            "decisions": w.decision, "timings": e.timings,
+            "decisions": w.decision, "timings": e.timings, "qualities": e.quality, "suspects": e.suspect,
         }  # fmt: skip
         for k, v in row.items():
             columns[k].append(v)

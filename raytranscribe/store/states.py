@@ -6,6 +6,7 @@ Statuses (the database enforces the transitions with a trigger, see migrations 0
                            -> failed (retry_at) -> in_progress ...
                            -> dead (permanent error, or retries exhausted)
     pending/in_progress/failed -> cancelled;  failed/dead/cancelled -> pending (requeue)
+    completed -> pending, only while its transcript is suspect (retry --suspect; migration 0010)
 """
 
 from __future__ import annotations

@@ -325,6 +325,12 @@ class Store:
         With ids, the report says which were in another status (or are no task)."""
         return actions.requeue(self.db, ids, status)
 
+    def requeue_suspects(self, *, model: str | None = None) -> StatusChange:
+        """completed tasks whose transcript is suspect -> pending, retries reset, with ``model`` instead
+        of their own when given; the attempt history (each attempt's verdict too) stays, and the same
+        output stem is written again."""
+        return actions.requeue_suspects(self.db, model)
+
     def cancel(self, ids: Sequence[int]) -> StatusChange:
         """Cancel pending, in-progress or failed tasks; a worker still running one is fenced out.
 
@@ -336,9 +342,12 @@ class Store:
     def get(self, task_id: int) -> TaskView | None:
         return reads.get(self.db, task_id)
 
-    def list_tasks(self, *, status: TaskStatus | None = None, limit: int = 100) -> list[TaskView]:
-        """The first ``limit`` tasks by id, of one status or of all."""
-        return reads.list_tasks(self.db, status, limit)
+    def list_tasks(
+        self, *, status: TaskStatus | None = None, limit: int = 100, suspect: bool = False
+    ) -> list[TaskView]:
+        """The first ``limit`` tasks by id, of one status or of all; ``suspect``: only completed tasks
+        whose transcript is suspect."""
+        return reads.list_tasks(self.db, status, limit, suspect)
 
     def result_pages(
         self,
@@ -359,6 +368,11 @@ class Store:
         orchestrator's heartbeat, skips the reasons.
         """
         return reads.stats(self.db, top)
+
+    def suspects(self) -> int:
+        """Completed tasks whose transcript is suspect: a count of their side rows (migration 0010),
+        not a scan of ``tasks``."""
+        return reads.suspects(self.db)
 
     def claimable_pairs(self) -> list[tuple[str, str]]:
         """Distinct (engine, model) with work now or in flight: the worker pools worth keeping."""

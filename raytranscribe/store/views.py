@@ -102,6 +102,7 @@ class AttemptView:
     http_status: int | None
     decision: str | None
     timings: tuple[tuple[str, float], ...]
+    quality: dict[str, Any] | None = None  # a completed attempt's measures and verdict (engines.verdict)
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,9 @@ class TaskView:
     output_uris: tuple[str, ...]
     text_preview: str | None
     attempts: tuple[AttemptView, ...] = ()  # filled by get(); list_tasks() leaves it empty
+    # The latest completion's measures and verdict (engines.verdict); None until completed.
+    quality: dict[str, Any] | None = None
+    suspect: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
@@ -233,7 +237,7 @@ def claimed_task(r: Sequence[Any]) -> ClaimedTask:
 
 def attempt_view(a: Any) -> AttemptView:
     """A row of reads.sql's attempts."""
-    return AttemptView(*a[:12], timings=tuple((str(s), float(t)) for s, t in (a.timings or [])))
+    return AttemptView(*a[:12], timings=tuple((str(s), float(t)) for s, t in (a.timings or [])), quality=a.quality)
 
 
 def task_view(r: Any, attempts: tuple[AttemptView, ...] = ()) -> TaskView:
@@ -267,6 +271,8 @@ def task_view(r: Any, attempts: tuple[AttemptView, ...] = ()) -> TaskView:
         output_uris=tuple(r.output_uris or ()),
         text_preview=r.text_preview,
         attempts=attempts,
+        quality=r.quality,
+        suspect=r.suspect,
     )
 
 

@@ -192,11 +192,14 @@ def test_index_methods_collation_and_fillfactor(store):
     }  # fmt: skip
     assert [name for name, _ in triggers] == [
         "tasks_guard_transition", "tasks_stamp_updated_at",  # row triggers, with WHEN: idle unless needed
+        # statement triggers keeping task_suspects (migration 0010)
+        "tasks_suspects_deleted", "tasks_suspects_inserted", "tasks_suspects_truncated", "tasks_suspects_updated",
         "tasks_sync_deleted", "tasks_sync_inserted", "tasks_sync_truncated", "tasks_sync_updated",
     ]  # fmt: skip
     definitions = dict(triggers)
     assert "WHEN (" in definitions["tasks_guard_transition"] and "WHEN (" in definitions["tasks_stamp_updated_at"]
-    for name in ("tasks_sync_inserted", "tasks_sync_updated", "tasks_sync_deleted"):
+    for name in ("tasks_sync_inserted", "tasks_sync_updated", "tasks_sync_deleted", "tasks_suspects_inserted",
+                 "tasks_suspects_updated", "tasks_suspects_deleted"):
         assert "FOR EACH STATEMENT" in definitions[name] and "REFERENCING" in definitions[name]
     assert sync_config == ["enable_seqscan=off"]  # its plans, made once per session, stay index probes
 

@@ -227,7 +227,9 @@ class System:
             view = self.store.get(t.id)
             completed_attempts = [a for a in view.attempts if a.outcome == "completed"]
             if t.status is TaskStatus.COMPLETED:
-                assert len(completed_attempts) == 1, (t.id, view.attempts)
+                # Completed once, or also before with a transcript judged suspect and re-run (retry --suspect).
+                assert completed_attempts and completed_attempts[-1] == view.attempts[-1], (t.id, view.attempts)
+                assert all((a.quality or {}).get("suspect") for a in completed_attempts[:-1]), (t.id, view.attempts)
                 self._check_outputs(view)
             else:
                 assert not completed_attempts, (t.id, view.attempts)

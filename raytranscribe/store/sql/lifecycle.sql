@@ -13,17 +13,19 @@ WITH u AS (
         audio_duration_s = COALESCE(v.audio_duration_s, t.audio_duration_s),
         language = COALESCE(v.language, t.language),
         output_uris = COALESCE(CAST(v.output_uris AS jsonb), t.output_uris),
-        text_preview = COALESCE(v.text_preview, t.text_preview)
-    FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         AS v(id, attempt, audio_duration_s, language, output_uris, text_preview, actor, node, timings)
+        text_preview = COALESCE(v.text_preview, t.text_preview),
+        -- This attempt's verdict (a completion is the only writer of both; a requeue clears them).
+        quality = CAST(v.quality AS jsonb), suspect = v.suspect
+    FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         AS v(id, attempt, audio_duration_s, language, output_uris, text_preview, actor, node, timings, quality, suspect)
     WHERE t.id = v.id AND t.status = 'in_progress' AND t.attempt = v.attempt
     -- The attempt row's fields ride along, so closing it needs no second pass over the arrays.
-    RETURNING t.id, t.attempt, v.actor, v.node, v.timings
+    RETURNING t.id, t.attempt, v.actor, v.node, v.timings, v.quality
 ), a AS (
     UPDATE task_attempts a SET
         finished_at = now(), outcome = 'completed', stage = NULL, error_class = NULL, error_message = NULL,
         http_status = NULL, actor = COALESCE(u.actor, a.actor), node = COALESCE(u.node, a.node), decision = NULL,
-        timings = CAST(u.timings AS jsonb)
+        timings = CAST(u.timings AS jsonb), quality = CAST(u.quality AS jsonb)
     FROM u WHERE a.task_id = u.id AND a.attempt = u.attempt
 )
 SELECT id FROM u
@@ -52,10 +54,10 @@ WITH v AS (
         CAST(:languages AS text[]), CAST(:outputs AS text[]), CAST(:previews AS text[]), CAST(:outcomes AS text[]),
         CAST(:stages AS text[]), CAST(:classes AS text[]), CAST(:messages AS text[]), CAST(:https AS int[]),
         CAST(:actors AS text[]), CAST(:nodes AS text[]), CAST(:decisions AS text[]), CAST(:timings AS text[]),
-        CAST(:crashes AS int[]), CAST(:releases AS int[]))
+        CAST(:crashes AS int[]), CAST(:releases AS int[]), CAST(:qualities AS text[]), CAST(:suspects AS bool[]))
     AS v(id, attempt, status, retries, delay_s, failure_reason, last_error, audio_duration_s, language, output_uris,
          text_preview, outcome, stage, error_class, error_message, http_status, actor, node, decision, timings,
-         crashes, releases)
+         crashes, releases, quality, suspect)
 ), u AS (
     UPDATE tasks t SET
         status = CAST(v.status AS task_status),
@@ -72,14 +74,17 @@ WITH v AS (
         audio_duration_s = COALESCE(v.audio_duration_s, t.audio_duration_s),
         language = COALESCE(v.language, t.language),
         output_uris = COALESCE(CAST(v.output_uris AS jsonb), t.output_uris),
-        text_preview = COALESCE(v.text_preview, t.text_preview)
+        text_preview = COALESCE(v.text_preview, t.text_preview),
+        quality = CASE WHEN v.status = 'completed' THEN CAST(v.quality AS jsonb) ELSE t.quality END,
+        suspect = CASE WHEN v.status = 'completed' THEN v.suspect ELSE t.suspect END
     FROM v WHERE t.id = v.id
     RETURNING t.id, t.retry_at
 ), a AS (
     UPDATE task_attempts a SET
         finished_at = now(), outcome = v.outcome, stage = v.stage, error_class = v.error_class,
         error_message = v.error_message, http_status = v.http_status, actor = COALESCE(v.actor, a.actor),
-        node = COALESCE(v.node, a.node), decision = v.decision, timings = CAST(v.timings AS jsonb)
+        node = COALESCE(v.node, a.node), decision = v.decision, timings = CAST(v.timings AS jsonb),
+        quality = CAST(v.quality AS jsonb)
     FROM v WHERE a.task_id = v.id AND a.attempt = v.attempt
 )
 SELECT id, retry_at FROM u
@@ -105,6 +110,17 @@ t.status = CAST(:status AS task_status)
 UPDATE tasks t SET status = 'pending', retries = 0, retry_at = NULL, completed_at = NULL,
     lease_owner = NULL, lease_expires_at = NULL
 WHERE {where} RETURNING t.id
+
+-- name: requeue_suspects
+-- Completed tasks whose transcript is suspect (their side rows, migration 0010) go back to pending,
+-- with another model when :model is not NULL; the transition guard allows completed -> pending for
+-- a suspect task only. The verdict is cleared (each attempt row keeps its own); the dedupe key stays
+-- the submission's. No queue rows to lock first: completed tasks have none.
+UPDATE tasks t SET status = 'pending', retries = 0, retry_at = NULL, completed_at = NULL,
+    lease_owner = NULL, lease_expires_at = NULL, quality = NULL, suspect = NULL,
+    model = COALESCE(CAST(:model AS text), t.model)
+WHERE t.id = ANY(ARRAY(SELECT task_id FROM task_suspects)) AND t.status = 'completed' AND t.suspect
+RETURNING t.id
 
 -- name: cancel
 WITH old AS (

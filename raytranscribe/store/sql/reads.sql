@@ -5,19 +5,21 @@
 -- name: task
 SELECT id, input_uri, output_uri, engine, model, options, priority, status, attempt, retries, max_retries,
        backoff_factor, retry_at, crashes, releases, lease_owner, lease_expires_at, failure_reason, last_error,
-       created_at, updated_at, started_at, completed_at, audio_duration_s, language, output_uris, text_preview
+       created_at, updated_at, started_at, completed_at, audio_duration_s, language, output_uris, text_preview,
+       quality, suspect
 FROM tasks WHERE id = :id
 
 -- name: attempts
 SELECT attempt, worker, actor, node, started_at, finished_at, outcome, stage, error_class, error_message,
-       http_status, decision, timings
+       http_status, decision, timings, quality
 FROM task_attempts WHERE task_id = :id ORDER BY attempt
 
 -- name: list_tasks
--- The where placeholder is empty, or list_where_status, or that and list_where_ids.
+-- The where placeholder is empty, or list_where_status, or that and list_where_ids, or list_where_suspect.
 SELECT id, input_uri, output_uri, engine, model, options, priority, status, attempt, retries, max_retries,
        backoff_factor, retry_at, crashes, releases, lease_owner, lease_expires_at, failure_reason, last_error,
-       created_at, updated_at, started_at, completed_at, audio_duration_s, language, output_uris, text_preview
+       created_at, updated_at, started_at, completed_at, audio_duration_s, language, output_uris, text_preview,
+       quality, suspect
 FROM tasks {where} ORDER BY id LIMIT :limit
 
 -- name: list_where_status
@@ -46,6 +48,15 @@ SELECT task_id FROM task_stopped WHERE status = 'dead' ORDER BY task_id LIMIT :l
 
 -- name: ids_cancelled
 SELECT task_id FROM task_stopped WHERE status = 'cancelled' ORDER BY task_id LIMIT :limit
+
+-- name: list_where_suspect
+-- Completed tasks with a suspect transcript: their side rows (migration 0010) name them.
+WHERE id = ANY(ARRAY(SELECT task_id FROM task_suspects ORDER BY task_id LIMIT :limit))
+    AND status = 'completed' AND suspect
+
+-- name: suspects
+-- A side table of the suspects alone (migration 0010): counted without reading tasks.
+SELECT count(*) FROM task_suspects
 
 -- name: counts
 SELECT CAST(status AS text) AS status, CAST(sum(tasks) AS bigint) AS n, sum(audio_s) AS audio_s
