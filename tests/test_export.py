@@ -7,7 +7,6 @@ import io
 import json
 import sys
 from datetime import UTC
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -25,6 +25,7 @@ from raytranscribe.engines import (
 )
 from raytranscribe.engines.base import (
     SAMPLE_RATE,
+    WINDOW_S,
     EngineSpec,
     PreparedAudio,
     Segment,

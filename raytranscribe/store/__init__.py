@@ -64,6 +64,7 @@ __all__ = [
     "OrchestratorState",
     "OrchestratorView",
     "RecordResult",
+    "ResultRow",
     "StatusChange",
     "Store",
     "StoreStats",
