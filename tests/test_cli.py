@@ -1091,15 +1091,15 @@ def test_a_babbling_transcript_is_suspect_and_retry_suspect_reruns_only_it_with_
 
     b = system.bucket
     ((clean_uri, _),) = system.upload_samples(["fox.wav"], prefix="in/")
-    garden = decode(Path(__file__).parent / "fixtures" / "speech" / "en_garden.flac").samples
-    babble_uri = system.put("in/garden_reversed.wav", wav16(tmp_path / "r.wav", garden[::-1].copy()).read_bytes())
+    station = decode(Path(__file__).parent / "fixtures" / "speech" / "en_station.flac").samples
+    babble_uri = system.put("in/station_reversed.wav", wav16(tmp_path / "r.wav", station[::-1].copy()).read_bytes())
     clean, babble = system.submit([clean_uri, babble_uri])
     assert system.run().completed == 2
 
     quality = system.store.get(babble).quality
     assert system.store.get(babble).suspect is True and "low-confidence" in quality["reasons"], quality
     assert system.store.get(clean).suspect is False, system.store.get(clean).quality
-    doc = json.loads(system.object_text(f"s3://{b}/out/garden_reversed.json"))
+    doc = json.loads(system.object_text(f"s3://{b}/out/station_reversed.json"))
     assert doc["quality"] == quality and doc["model"] == "tiny.en"
     assert json.loads(system.object_text(f"s3://{b}/out/fox.json"))["quality"]["suspect"] is False
 
@@ -1118,7 +1118,7 @@ def test_a_babbling_transcript_is_suspect_and_retry_suspect_reruns_only_it_with_
     again = system.store.get(babble)
     assert (again.status, again.model, again.attempt) == (TaskStatus.COMPLETED, "base", 2)
     assert [a.quality["suspect"] for a in again.attempts] == [True, again.suspect]  # history kept, re-judged
-    doc = json.loads(system.object_text(f"s3://{b}/out/garden_reversed.json"))  # the same stem, overwritten
+    doc = json.loads(system.object_text(f"s3://{b}/out/station_reversed.json"))  # the same stem, overwritten
     assert doc["model"] == "base" and doc["quality"] == again.quality
     assert system.store.get(clean).attempt == 1
     system.check_invariants()

@@ -29,7 +29,7 @@ def clips() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def babble() -> np.ndarray:
     """An espeak sentence played backwards: speech's sound, no words; tiny.en hears some anyway."""
-    return np.ascontiguousarray(decode(FIXTURES / "speech" / "en_garden.flac").samples[::-1])
+    return np.ascontiguousarray(decode(FIXTURES / "speech" / "en_station.flac").samples[::-1])
 
 
 @pytest.mark.parametrize("batch_size", [1, 8], ids=["sequential", "batched"])
