@@ -36,7 +36,7 @@ def speech_spans(audio: np.ndarray, *, max_chunk_s: float = WINDOW_S) -> list[Sp
         from faster_whisper.vad import VadOptions, get_speech_timestamps
     except ImportError as exc:
         raise TranscriptionError(
-            "voice-activity detection needs faster-whisper's Silero VAD: pip install faster-whisper "
+            "voice-activity detection needs faster-whisper's Silero VAD: pip install 'raytranscribe[vad]' "
             "(or transcribe with vad_filter off)",
             transient=False,
         ) from exc
