@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 
@@ -111,10 +111,33 @@ BEAM_SIZE_HELP = "Beams of the beam search, an integer >= 1 (1: greedy) (default
 TEMPERATURE_HELP = (
     "Decoding temperature from 0 to 1, where Whisper's fallback (hotter after a failed decode) starts (default: 0)."
 )
-VAD_HELP = "Voice-activity detection: decode only the speech Silero VAD finds; --no-vad decodes all the audio (default: off)."
+VAD_HELP = "Voice-activity detection: decode only the speech Silero VAD finds; --no-vad decodes all the audio (default: on)."
 SKIP_INVALID_HELP = (
     "Leave out listed keys that cannot be transcribed safely, naming each, instead of refusing the whole prefix."
 )
+
+# The options submit and backfill share, declared once.
+EngineOption = Annotated[Optional[str], typer.Option("--engine", help=ENGINE_HELP, show_default=False)]
+ModelOption = Annotated[Optional[str], typer.Option("--model", help=MODEL_HELP, show_default=False)]
+LanguageOption = Annotated[
+    Optional[str], typer.Option("--language", help="Language code; default: detect.", show_default=False)
+]
+FormatsOption = Annotated[str, typer.Option("--formats", help=FORMATS_HELP)]
+TaskOption = Annotated[Optional[str], typer.Option("--task", help=TASK_HELP, show_default=False)]
+WordTimestampsOption = Annotated[
+    Optional[bool],
+    typer.Option("--word-timestamps/--no-word-timestamps", help=WORD_TIMESTAMPS_HELP, show_default=False),
+]
+InitialPromptOption = Annotated[
+    Optional[str], typer.Option("--initial-prompt", help=INITIAL_PROMPT_HELP, show_default=False)
+]
+BeamSizeOption = Annotated[Optional[int], typer.Option("--beam-size", help=BEAM_SIZE_HELP, show_default=False)]
+TemperatureOption = Annotated[Optional[float], typer.Option("--temperature", help=TEMPERATURE_HELP, show_default=False)]
+VadOption = Annotated[Optional[bool], typer.Option("--vad/--no-vad", help=VAD_HELP, show_default=False)]
+MaxRetriesOption = Annotated[
+    Optional[int],
+    typer.Option("--max-retries", help="Retries before a task is dead (default from settings).", show_default=False),
+]
 
 
 # --- plumbing ----------------------------------------------------------------------------------
@@ -291,22 +314,18 @@ def submit(
     manifest: Optional[Path] = typer.Option(
         None, "--manifest", "-m", help="JSON-lines file, one task a line.", show_default=False
     ),
-    engine: Optional[str] = typer.Option(None, "--engine", help=ENGINE_HELP, show_default=False),
-    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP, show_default=False),
-    language: Optional[str] = typer.Option(None, "--language", help="Language code; default: detect.", show_default=False),
-    formats: str = typer.Option(",".join(DEFAULT_FORMAT_NAMES), "--formats", help=FORMATS_HELP),
-    task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP, show_default=False),
-    word_timestamps: Optional[bool] = typer.Option(
-        None, "--word-timestamps/--no-word-timestamps", help=WORD_TIMESTAMPS_HELP, show_default=False
-    ),
-    initial_prompt: Optional[str] = typer.Option(None, "--initial-prompt", help=INITIAL_PROMPT_HELP, show_default=False),
-    beam_size: Optional[int] = typer.Option(None, "--beam-size", help=BEAM_SIZE_HELP, show_default=False),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help=TEMPERATURE_HELP, show_default=False),
-    vad: Optional[bool] = typer.Option(None, "--vad/--no-vad", help=VAD_HELP, show_default=False),
+    engine: EngineOption = None,
+    model: ModelOption = None,
+    language: LanguageOption = None,
+    formats: FormatsOption = ",".join(DEFAULT_FORMAT_NAMES),
+    task: TaskOption = None,
+    word_timestamps: WordTimestampsOption = None,
+    initial_prompt: InitialPromptOption = None,
+    beam_size: BeamSizeOption = None,
+    temperature: TemperatureOption = None,
+    vad: VadOption = None,
     priority: int = typer.Option(0, "--priority", help="Higher runs first."),
-    max_retries: Optional[int] = typer.Option(
-        None, "--max-retries", help="Retries before a task is dead (default from settings).", show_default=False
-    ),
+    max_retries: MaxRetriesOption = None,
     backoff_factor: Optional[float] = typer.Option(
         None, "--backoff-factor", help="Growth of the retry delay (default from settings).", show_default=False
     ),
@@ -716,21 +735,17 @@ def run(
 def backfill(
     prefix: str = typer.Argument(..., help="Input prefix s3://bucket/prefix/ (or object URIs)."),
     output: str = typer.Option(..., "--output", "-o", help="Output prefix s3://bucket/prefix/."),
-    engine: Optional[str] = typer.Option(None, "--engine", help=ENGINE_HELP, show_default=False),
-    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP, show_default=False),
-    language: Optional[str] = typer.Option(None, "--language", help="Language code; default: detect.", show_default=False),
-    formats: str = typer.Option(",".join(DEFAULT_FORMAT_NAMES), "--formats", help=FORMATS_HELP),
-    task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP, show_default=False),
-    word_timestamps: Optional[bool] = typer.Option(
-        None, "--word-timestamps/--no-word-timestamps", help=WORD_TIMESTAMPS_HELP, show_default=False
-    ),
-    initial_prompt: Optional[str] = typer.Option(None, "--initial-prompt", help=INITIAL_PROMPT_HELP, show_default=False),
-    beam_size: Optional[int] = typer.Option(None, "--beam-size", help=BEAM_SIZE_HELP, show_default=False),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help=TEMPERATURE_HELP, show_default=False),
-    vad: Optional[bool] = typer.Option(None, "--vad/--no-vad", help=VAD_HELP, show_default=False),
-    max_retries: Optional[int] = typer.Option(
-        None, "--max-retries", help="Retries before a task is dead (default from settings).", show_default=False
-    ),
+    engine: EngineOption = None,
+    model: ModelOption = None,
+    language: LanguageOption = None,
+    formats: FormatsOption = ",".join(DEFAULT_FORMAT_NAMES),
+    task: TaskOption = None,
+    word_timestamps: WordTimestampsOption = None,
+    initial_prompt: InitialPromptOption = None,
+    beam_size: BeamSizeOption = None,
+    temperature: TemperatureOption = None,
+    vad: VadOption = None,
+    max_retries: MaxRetriesOption = None,
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address; default: RAY_ADDRESS or a local Ray.", show_default=False),
     actors: Optional[int] = typer.Option(None, "--actors", min=1, help="Most worker actors per (engine, model) pool; it grows to this while work waits.", show_default=False),
     gpus_per_actor: Optional[float] = typer.Option(None, "--gpus-per-actor", min=0, help="GPUs each actor reserves.", show_default=False),

@@ -1122,3 +1122,17 @@ def test_a_babbling_transcript_is_suspect_and_retry_suspect_reruns_only_it_with_
     assert doc["model"] == "base" and doc["quality"] == again.quality
     assert system.store.get(clean).attempt == 1
     system.check_invariants()
+
+
+def test_whisper_option_help_states_the_real_defaults():
+    """The help texts spell the defaults out (the command line imports no engine to ask); they must
+    say what TranscribeOptions does."""
+    from raytranscribe import cli as cli_module
+    from raytranscribe.engines.base import TranscribeOptions
+
+    d = TranscribeOptions()
+    assert cli_module.VAD_HELP.endswith(f"(default: {'on' if d.vad_filter else 'off'}).")
+    assert cli_module.WORD_TIMESTAMPS_HELP.endswith(f"(default: {'on' if d.word_timestamps else 'off'}).")
+    assert cli_module.TASK_HELP.endswith(f"(default: {d.task}).")
+    assert cli_module.BEAM_SIZE_HELP.endswith(f"(default: {d.beam_size}).")
+    assert cli_module.TEMPERATURE_HELP.endswith(f"(default: {d.temperature:g}).")
