@@ -9,6 +9,7 @@ its stage.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -308,12 +309,15 @@ def test_spot_churn_charges_only_what_each_crash_was_computing(system, tmp_path)
         health={"replace_backoff_s": 0.2},
     )
     kills: list[tuple[int, float]] = []
+    rng = random.Random(8)
 
     def churn(orch):
         for _ in range(8):
+            # Any busy actor, as a spot reclaim picks its node: not always the first in the list,
+            # which would hit the task running alone there again and again.
             victim = wait_for(
-                lambda: orch.outstanding == 0 or next(
-                    (a for a in orch.pools.views() if a.state == "alive" and a.in_flight and a.pid), None),
+                lambda: orch.outstanding == 0 or (rng.choice(busy) if (busy := [
+                    a for a in orch.pools.views() if a.state == "alive" and a.in_flight and a.pid]) else None),
                 timeout=120, what="a busy actor to kill",
             )  # fmt: skip
             if victim is True:

@@ -122,7 +122,7 @@ def test_credential_provider_failure_is_transient_and_recovers(s3_settings, tmp_
         (lambda s: s.presign_get(S3Uri("bkt", "a.wav"), expires_s=0), "presign expiry must be between 1 and 604800 seconds, got 0"),
         (
             lambda s: s.presign_task("s3://in-bkt/a.wav", "s3://out-bkt/a", ["docx"]),
-            "unknown output formats ['docx'] (known: ['json', 'srt', 'txt', 'vtt'])",
+            "unknown output formats ['docx'] (known: ['json', 'srt', 'tsv', 'txt', 'vtt'])",
         ),
         (lambda s: s.presign_task("s3://in-bkt/a.wav", "s3://out-bkt/a", []), "no output formats requested"),
         (

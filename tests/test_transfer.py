@@ -77,12 +77,13 @@ def test_presign_download_and_upload_all_formats_through_moto(storage, s3_client
     assert got.path.parent == dest
     got.path.unlink()
 
-    bodies = {"json": b'{"text": "hi"}', "srt": b"1\n00:00:00,000 --> 00:00:01,000\nhi\n", "vtt": b"WEBVTT\n", "txt": b"hi\n"}
+    bodies = {"json": b'{"text": "hi"}', "srt": b"1\n00:00:00,000 --> 00:00:01,000\nhi\n", "vtt": b"WEBVTT\n", "txt": b"hi\n",
+              "tsv": b"start\tend\ttext\n0\t1000\thi\n"}
     for target in targets:
         etag = transfer.upload(target.put_url, bodies[target.format], target.content_type)
         assert etag == hashlib.md5(bodies[target.format]).hexdigest()
 
-    assert [t.uri for t in targets] == [f"s3://{bucket}/out/sub folder/réunion.{f}" for f in ("json", "srt", "vtt", "txt")]
+    assert [t.uri for t in targets] == [f"s3://{bucket}/out/sub folder/réunion.{f}" for f in CONTENT_TYPES]
     for fmt, body in bodies.items():
         obj = s3_client.get_object(Bucket=bucket, Key=f"out/sub folder/réunion.{fmt}")
         assert obj["Body"].read() == body

@@ -471,9 +471,11 @@ def test_a_long_file_is_transcribed_in_pieces_into_one_transcript_in_file_time(r
     assert starts == sorted(starts) and all(0.0 <= s["start"] <= s["end"] <= 150.0 for s in segments)
     # Each sentence is in the segments that overlap where it was put (Whisper stretches a segment over
     # the quiet before it, so its start says little; a piece's offset lost or doubled moves it out).
+    # The bound is about place, not accuracy (tiny.en greedy on one espeak sentence the VAD cut out
+    # alone misses a word or three): a sentence whose offset is lost or doubled scores 1.0 there.
     for name, (start, end) in spans.items():
         near = " ".join(s["text"] for s in segments if s["start"] < end and s["end"] > start)
-        assert wer(samples.expected_text(name), near) <= 0.25, (name, start, segments)
+        assert wer(samples.expected_text(name), near) <= 0.4, (name, start, segments)
     said = " ".join(samples.expected_text(n) for n in placed)
     assert wer(said, fault_server.get_object("/b/out/pieces.txt").body.decode()) <= 0.25
     # never more than a piece (and the quiet carried over a cut) held at once
