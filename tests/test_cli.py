@@ -1093,8 +1093,15 @@ def test_a_babbling_transcript_is_suspect_and_retry_suspect_reruns_only_it_with_
     ((clean_uri, _),) = system.upload_samples(["fox.wav"], prefix="in/")
     station = decode(Path(__file__).parent / "fixtures" / "speech" / "en_station.flac").samples
     babble_uri = system.put("in/station_reversed.wav", wav16(tmp_path / "r.wav", station[::-1].copy()).read_bytes())
-    clean, babble = system.submit([clean_uri, babble_uri])
-    assert system.run().completed == 2
+    whale = Path(__file__).parent / "fixtures" / "real" / "humpback_whale.ogg"  # a real recording, no speech
+    whale_uri = system.put("in/whale.ogg", whale.read_bytes())
+    clean, babble, song = system.submit([clean_uri, babble_uri, whale_uri])
+    assert system.run().completed == 3
+    # No invented text (issue 24 part 2) through the whole system with the defaults: nothing written
+    # over the whale's song, and nothing to distrust in an empty transcript.
+    sung = json.loads(system.object_text(f"s3://{b}/out/whale.json"))
+    assert (sung["text"], sung["segments"], sung["quality"]["suspect"]) == ("", [], False), sung
+    assert system.store.get(song).suspect is False
 
     quality = system.store.get(babble).quality
     assert system.store.get(babble).suspect is True and "low-confidence" in quality["reasons"], quality
@@ -1120,7 +1127,7 @@ def test_a_babbling_transcript_is_suspect_and_retry_suspect_reruns_only_it_with_
     assert [a.quality["suspect"] for a in again.attempts] == [True, again.suspect]  # history kept, re-judged
     doc = json.loads(system.object_text(f"s3://{b}/out/station_reversed.json"))  # the same stem, overwritten
     assert doc["model"] == "base" and doc["quality"] == again.quality
-    assert system.store.get(clean).attempt == 1
+    assert system.store.get(clean).attempt == 1 and system.store.get(song).attempt == 1
     system.check_invariants()
 
 
