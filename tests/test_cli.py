@@ -24,18 +24,6 @@ from tests.store.test_schema import HEAD
 from tests.support.db import create_database, drop_database
 
 
-@pytest.fixture
-def cli(store, database_url):
-    """Run a command with RAYTRANSCRIBE_DATABASE_URL pointing at the (emptied) test database."""
-    runner = CliRunner()
-
-    def run(*args: str, env: dict[str, str] | None = None):
-        base = {"RAYTRANSCRIBE_DATABASE_URL": database_url, "RAYTRANSCRIBE_LOG_LEVEL": "WARNING"}
-        return runner.invoke(app, list(args), env={**base, **(env or {})})
-
-    return run
-
-
 def write_manifest(tmp_path: Path, *lines: str | dict) -> str:
     path = tmp_path / "tasks.jsonl"
     path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")

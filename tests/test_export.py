@@ -12,25 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from typer.testing import CliRunner
 
 from raytranscribe import Client, ExportResult
-from raytranscribe.cli import app
 from raytranscribe.errors import ConfigError, InvalidInput
 from raytranscribe.export import COLUMNS, ExportFormat, destination, write
 from raytranscribe.store import TaskStatus
 from tests.store.test_result_pages import judge, settle
-
-
-@pytest.fixture
-def cli(store, database_url):
-    runner = CliRunner()
-
-    def run(*args: str, env: dict[str, str] | None = None):
-        base = {"RAYTRANSCRIBE_DATABASE_URL": database_url, "RAYTRANSCRIBE_LOG_LEVEL": "WARNING"}
-        return runner.invoke(app, list(args), env={**base, **(env or {})})
-
-    return run
 
 
 def tasks_table(store, statuses=("completed",)) -> list[dict]:
