@@ -361,8 +361,8 @@ def _unpack(item: BatchItem, segments: Sequence[Segment]) -> list[list[Segment] 
             for w in s.words:
                 groups.setdefault(owner(w.start, w.end), []).append(w)
             for k, words in groups.items():
-                piece = Segment(words[0].start, words[-1].end, "".join(w.word for w in words).strip(), tuple(words),
-                                s.avg_logprob, s.no_speech_prob, s.temperature, s.compression_ratio)
+                piece = replace(s, start=words[0].start, end=words[-1].end,
+                                text="".join(w.word for w in words).strip(), words=tuple(words))  # fmt: skip
                 out[k].append(_shift(piece, -spans[k][0]))  # type: ignore[union-attr]
             continue
         k = owner(s.start, s.end)
@@ -380,8 +380,7 @@ def _shift(s: Segment, by: float) -> Segment:
     words = None if s.words is None else tuple(
         Word(w.start + by, w.end + by, w.word, w.probability) for w in s.words
     )
-    return Segment(s.start + by, s.end + by, s.text, words, s.avg_logprob, s.no_speech_prob, s.temperature,
-                   s.compression_ratio)
+    return replace(s, start=s.start + by, end=s.end + by, words=words)  # the decode's measures travel along
 
 
 def is_batch_engine(engine: Engine) -> bool:
@@ -529,18 +528,7 @@ def _file_segments(task: _Task) -> list[Segment]:
                     )
                     for w in s.words
                 )
-            segments.append(
-                Segment(
-                    start=round(start, 3),
-                    end=round(end, 3),
-                    text=s.text,
-                    words=words,
-                    avg_logprob=s.avg_logprob,
-                    no_speech_prob=s.no_speech_prob,
-                    temperature=s.temperature,
-                    compression_ratio=s.compression_ratio,
-                )
-            )
+            segments.append(replace(s, start=round(start, 3), end=round(end, 3), words=words))
             last_end = end
     return segments
 
