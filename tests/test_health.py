@@ -333,13 +333,19 @@ def test_spot_churn_charges_only_what_each_crash_was_computing(system, tmp_path)
     views = {tag: system.store.get(i) for tag, i in tags.items()}
     unfinished = {t: (v.status, v.failure_reason, v.attempts) for t, v in views.items() if v.status is not TaskStatus.COMPLETED}
     assert not unfinished, unfinished
-    released = 0
+    released = beyond = 0
     for tag, v in views.items():
         charged = [a for a in v.attempts if a.stage == "worker-death" and a.outcome != "released"]
         released += sum(a.outcome == "released" for a in v.attempts)
         inside = sum(tag in computing_at_death(trace, pid, at, slack_s=0.5) for pid, at in kills)
-        assert len(charged) <= inside, (tag, inside, v.attempts)
+        # The driver is told before the engine is entered (a crash inside must find it told), so a
+        # kill in the moment between the note and the call charges a task the trace never saw
+        # inside: once for a task at most, and rarely. Charging the tasks an actor merely held would
+        # go far beyond this (each kill hits an actor holding up to eight).
+        assert len(charged) <= inside + 1, (tag, inside, v.attempts)
+        beyond += max(0, len(charged) - inside)
         assert v.crashes == len(charged), (tag, v.crashes, v.attempts)
+    assert beyond <= 2, f"{beyond} charges of tasks that were not computing"
     assert released, "no task was handed back uncharged"
 
 
