@@ -12,19 +12,24 @@ __version__ = "0.1.0"
 
 __all__ = ["BackfillResult", "Client", "ExportResult", "Status", "SubmitResult", "__version__"]
 
-_LAZY = {"BackfillResult", "Client", "ExportResult", "Status", "SubmitResult"}
+# Each public name and the module it lives in.
+_LAZY = {
+    "BackfillResult": "raytranscribe.client", "Client": "raytranscribe.client", "Status": "raytranscribe.client",
+    "SubmitResult": "raytranscribe.client", "ExportResult": "raytranscribe.export",
+}  # fmt: skip
 
 if TYPE_CHECKING:
-    from raytranscribe.client import BackfillResult, Client, ExportResult, Status, SubmitResult
+    from raytranscribe.client import BackfillResult, Client, Status, SubmitResult
+    from raytranscribe.export import ExportResult
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from raytranscribe import client
+        import importlib
 
-        return getattr(client, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'raytranscribe' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _LAZY)
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,15 +1,15 @@
 """``raytranscribe``: the command line, a thin layer over :class:`raytranscribe.Client`.
 
 Every command builds its :class:`Settings` from ``RAYTRANSCRIBE_*`` variables and the root options,
-calls the Client, and prints a rich table (or JSON with ``--json``). Exit codes: 0 ok; 1 not
+calls the Client, and prints a table (or JSON with ``--json``). Exit codes: 0 ok; 1 not
 found, nothing changed (``retry``/``cancel`` of ids none of which allowed it), other error; 2 invalid
 input or configuration (bad URI, manifest, option, setting, database URL, a database that refuses
 the role or its options, a schema that needs ``raytranscribe db upgrade``); 3 database unreachable
 after the store's retries; 130 stopped by a signal before a backfill was done.
 
 This module imports only typer and the standard library at load: ``--help`` and completion answer at
-once, and each command imports what it uses (the Client and its store, pydantic settings, rich, Ray)
-when it runs.
+once, and each command imports what it uses when it runs (the Client and its store, pydantic settings,
+Ray, and rich for the progress of ``run`` and ``backfill``).
 """
 
 from __future__ import annotations
@@ -36,10 +36,9 @@ from raytranscribe.errors import (
     StoreUnavailable,
     TaskNotFound,
 )
+from raytranscribe.names import DEFAULT_FORMATS, ENGINES, FORMATS
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from raytranscribe.client import Client
     from raytranscribe.config import Settings
     from raytranscribe.orchestrator import RunSummary
@@ -68,15 +67,11 @@ EXIT_ERROR, EXIT_INVALID, EXIT_UNAVAILABLE = 1, 2, 3
 EXIT_STOPPED = 130  # stopped by a signal before the work was done (the shell's code for an interrupt)
 DUPLICATES_SHOWN = 10  # submit's text output names this many duplicates, then counts
 
-# What --engine names and --formats defaults to, spelled here so that --help imports no engine code
-# (tests/test_cli.py checks them against engines.base.ENGINES, FORMATS and DEFAULT_FORMATS).
-ENGINE_NAMES = ("faster-whisper", "openai-whisper")
-FORMAT_NAMES = ("json", "srt", "vtt", "txt", "tsv")
-DEFAULT_FORMAT_NAMES = ("json", "srt", "vtt", "txt")
 
 
 class StatusChoice(str, enum.Enum):
-    """``--status`` values: the store's TaskStatus, spelled here for the same reason (and checked)."""
+    """``--status`` values: the store's TaskStatus, spelled here so that --help imports no store code
+    (tests/test_cli.py checks them)."""
 
     PENDING = "pending"
     IN_PROGRESS = "in_progress"
@@ -90,12 +85,12 @@ class StatusChoice(str, enum.Enum):
 _SETTINGS: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("raytranscribe_settings", default=None)
 
 JSON_HELP = "Print JSON."
-ENGINE_HELP = f"One of {', '.join(ENGINE_NAMES)}, or a plugin 'package.module:Class' (default: RAYTRANSCRIBE_ENGINE__ENGINE)."
+ENGINE_HELP = f"One of {', '.join(ENGINES)}, or a plugin 'package.module:Class' (default: RAYTRANSCRIBE_ENGINE__ENGINE)."
 MODEL_HELP = (
     "Model name, local path, Hugging Face id, or s3://bucket/prefix/ (a CTranslate2 folder or one .pt; "
     "checked at submit) (default: RAYTRANSCRIBE_ENGINE__MODEL)."
 )
-FORMATS_HELP = f"Comma-separated output formats ({', '.join(FORMAT_NAMES)}), or all."
+FORMATS_HELP = f"Comma-separated output formats ({', '.join(FORMATS)}), or all."
 # Whisper's options: a flag left out keeps the default (engines.base.TranscribeOptions), so a
 # default has one home; each is checked there, and a bad one is refused naming it.
 TASK_HELP = (
@@ -168,8 +163,7 @@ def main(
 ) -> None:
     from pydantic import ValidationError
 
-    from raytranscribe.config import Settings
-
+    Settings = _settings_type()
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -215,10 +209,29 @@ def _settings() -> Settings:
     """This invocation's settings; outside a command (a job calling in), the environment's."""
     settings = _SETTINGS.get()
     if settings is None:
-        from raytranscribe.config import Settings
-
-        settings = _resolved(Settings())
+        settings = _resolved(_settings_type()())
     return settings
+
+
+def _settings_type() -> type[Settings]:
+    """:class:`Settings`, its models built without pydantic's plugin discovery, which reads the
+    metadata of every installed package (a tenth of ``status``'s start) for plugins that settings
+    validated once per command have no use for. Typer builds its parameters' adapters the same way."""
+    if "raytranscribe.config" not in sys.modules:
+        import os
+
+        previous = os.environ.get("PYDANTIC_DISABLE_PLUGINS")
+        os.environ["PYDANTIC_DISABLE_PLUGINS"] = "1"
+        try:
+            pass
+        finally:
+            if previous is None:
+                del os.environ["PYDANTIC_DISABLE_PLUGINS"]
+            else:
+                os.environ["PYDANTIC_DISABLE_PLUGINS"] = previous
+    from raytranscribe.config import Settings
+
+    return Settings
 
 
 def _resolved(settings: Settings) -> Settings:
@@ -262,13 +275,6 @@ def _handles_errors(fn: F) -> F:
             _fail(str(exc), EXIT_ERROR)
 
     return wrapper  # type: ignore[return-value]
-
-
-def _console() -> Console:
-    from rich.console import Console
-
-    # A fresh console per command so output goes to the current stdout (CliRunner swaps it).
-    return Console(file=sys.stdout, width=160)
 
 
 def _echo_json(doc: Any) -> None:
@@ -317,7 +323,7 @@ def submit(
     engine: EngineOption = None,
     model: ModelOption = None,
     language: LanguageOption = None,
-    formats: FormatsOption = ",".join(DEFAULT_FORMAT_NAMES),
+    formats: FormatsOption = ",".join(DEFAULT_FORMATS),
     task: TaskOption = None,
     word_timestamps: WordTimestampsOption = None,
     initial_prompt: InitialPromptOption = None,
@@ -383,36 +389,35 @@ def status(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> Non
     if as_json:
         _echo_json(now.to_dict())
         return
-    from rich.table import Table
+    from raytranscribe.texttable import Table
 
     stats = now.stats
-    console = _console()
-    table = Table(title="tasks")
-    table.add_column("status")
-    table.add_column("count", justify="right")
+    table = Table("tasks")
+    table.column("status")
+    table.column("count", right=True)
     for s, n in stats.counts.items():
-        table.add_row(s.value, str(n))
-    table.add_row("total", str(stats.total), style="bold")
-    console.print(table)
-    console.print(f"oldest pending: {_age(stats.oldest_pending_age_s)}")
-    console.print(f"retries scheduled: {stats.retries_scheduled}")
-    console.print(f"audio completed: {stats.audio_seconds_completed / 3600:.2f} h ({stats.audio_seconds_completed:.1f} s)")
-    console.print(f"suspect transcripts: {now.suspects}" + (" (tasks --suspect lists them)" if now.suspects else ""))
+        table.row(s.value, str(n))
+    table.row("total", str(stats.total))
+    typer.echo(table)
+    typer.echo(f"oldest pending: {_age(stats.oldest_pending_age_s)}")
+    typer.echo(f"retries scheduled: {stats.retries_scheduled}")
+    typer.echo(f"audio completed: {stats.audio_seconds_completed / 3600:.2f} h ({stats.audio_seconds_completed:.1f} s)")
+    typer.echo(f"suspect transcripts: {now.suspects}" + (" (tasks --suspect lists them)" if now.suspects else ""))
     if stats.top_failure_reasons:
-        reasons = Table(title="top failure reasons")
-        reasons.add_column("count", justify="right")
-        reasons.add_column("reason", overflow="fold")
+        reasons = Table("top failure reasons")
+        reasons.column("count", right=True)
+        reasons.column("reason")
         for reason, n in stats.top_failure_reasons:
-            reasons.add_row(str(n), reason)
-        console.print(reasons)
-    _print_orchestrators(console, now.orchestrators)
+            reasons.row(str(n), reason)
+        typer.echo(reasons)
+    _print_orchestrators(now.orchestrators)
 
 
-def _print_orchestrators(console: Console, orchestrators: Sequence[OrchestratorView]) -> None:
-    from rich.table import Table
+def _print_orchestrators(orchestrators: Sequence[OrchestratorView]) -> None:
+    from raytranscribe.texttable import Table
 
     if not orchestrators:
-        console.print("orchestrators: none running")
+        typer.echo("orchestrators: none running")
         return
     for o in orchestrators:
         trips = o.state.get("breaker_trips") or {}
@@ -421,20 +426,20 @@ def _print_orchestrators(console: Console, orchestrators: Sequence[OrchestratorV
             for k, v in sorted((o.state.get("breakers") or {}).items())
         )
         starts = ", ".join(f"{pool} {n}" for pool, n in sorted((o.state.get("actor_starts") or {}).items()))
-        console.print(
+        typer.echo(
             f"orchestrator {o.owner}: {o.state.get('in_flight', 0)} in flight, breakers: {breakers or '-'}, "
             f"actors started: {starts or '-'}, last heartbeat {_when(o.heartbeat_at)}"
         )
-        actors = Table(title="actors")
+        actors = Table("actors")
         for col in ("name", "pool", "state", "node", "gpus", "device", "in flight", "done", "batch", "audio held"):
-            actors.add_column(col)
+            actors.column(col)
         for a in o.state.get("actors", []):
-            actors.add_row(
+            actors.row(
                 a["name"], a["pool"], f"{a['state']}: {a['loading']}" if a.get("loading") else a["state"],
                 (a.get("node_id") or "-")[:12], ",".join(a.get("gpu_ids") or []) or "-", _device(a),
                 str(a["in_flight"]), str(a["tasks_done"]), _batching(a), f"{a.get('buffered_audio_s', 0.0):.0f} s",
             )  # fmt: skip
-        console.print(actors)
+        typer.echo(actors)
 
 
 def _device(actor: dict) -> str:
@@ -469,29 +474,28 @@ def tasks(
     if as_json:
         _echo_json([t.to_dict() for t in rows])
         return
-    from rich.table import Table
+    from raytranscribe.texttable import Table
 
     title = "suspect" if suspect else status_filter.value if status_filter else "all"
-    table = Table(title=f"tasks ({title})")
+    table = Table(f"tasks ({title})")
     last = "suspect because" if suspect else "failure reason"
     for col in ("id", "status", "attempt", "retries", "engine/model", "input", "updated", last):
-        table.add_column(col, overflow="fold")
+        table.column(col, right=col == "id")
     for t in rows:
         why = ", ".join((t.quality or {}).get("reasons", [])) if suspect else t.failure_reason or ""
-        table.add_row(
+        table.row(
             str(t.id), t.status.value, str(t.attempt), f"{t.retries}/{t.max_retries}", f"{t.engine}/{t.model}",
             t.input_uri, _when(t.updated_at), why,
         )  # fmt: skip
-    _console().print(table)
+    typer.echo(table)
 
 
 def _show_task(t: TaskView) -> None:
-    from rich.table import Table
+    from raytranscribe.texttable import Table
 
-    console = _console()
-    info = Table(title=f"task {t.id}", show_header=False)
-    info.add_column("field", style="bold")
-    info.add_column("value", overflow="fold")
+    info = Table(f"task {t.id}", show_header=False)
+    info.column("field", fold=False)
+    info.column("value")
     for name, value in (
         ("status", t.status.value),
         ("input", t.input_uri),
@@ -514,20 +518,20 @@ def _show_task(t: TaskView) -> None:
         ("text", t.text_preview or "-"),
         ("quality", _quality_text(t.quality)),
     ):
-        info.add_row(name, value)
-    console.print(info)
-    attempts = Table(title="attempts")
+        info.row(name, value)
+    typer.echo(info)
+    attempts = Table("attempts")
     for col in ("#", "worker", "actor", "node", "started", "finished", "outcome", "stage", "error", "decision"):
-        attempts.add_column(col, overflow="fold")
+        attempts.column(col, right=col == "#")
     for a in t.attempts:
         error = f"{a.error_class}: {a.error_message}" if a.error_class else ""
         if a.http_status:
             error += f" (HTTP {a.http_status})"
-        attempts.add_row(
+        attempts.row(
             str(a.attempt), a.worker, a.actor or "", a.node or "", _when(a.started_at), _when(a.finished_at),
             a.outcome or "running", a.stage or "", error, a.decision or "",
         )  # fmt: skip
-    console.print(attempts)
+    typer.echo(attempts)
 
 
 def _quality_text(quality: dict | None) -> str:
@@ -738,7 +742,7 @@ def backfill(
     engine: EngineOption = None,
     model: ModelOption = None,
     language: LanguageOption = None,
-    formats: FormatsOption = ",".join(DEFAULT_FORMAT_NAMES),
+    formats: FormatsOption = ",".join(DEFAULT_FORMATS),
     task: TaskOption = None,
     word_timestamps: WordTimestampsOption = None,
     initial_prompt: InitialPromptOption = None,

@@ -26,15 +26,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raytranscribe.config import Settings
-from raytranscribe.engines.base import DEFAULT_FORMATS, TranscribeOptions, options_with
 from raytranscribe.errors import InvalidInput, TaskNotFound
-from raytranscribe.export import ExportFormat, ExportResult
+from raytranscribe.names import DEFAULT_FORMATS
 from raytranscribe.store.reads import EXPORT_PAGE
 from raytranscribe.store.states import TaskStatus
 from raytranscribe.store.url import resolve_database_url
 from raytranscribe.store.views import OrchestratorView, StatusChange, StoreStats, TaskView
 
 if TYPE_CHECKING:
+    from raytranscribe.engines.base import TranscribeOptions
+    from raytranscribe.export import ExportFormat, ExportResult
     from raytranscribe.orchestrator import Observer, RunSummary
     from raytranscribe.storage import S3Storage
     from raytranscribe.store import Store
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from raytranscribe.store.newtask import NewTask
     from raytranscribe.store.reader import Reader
 
-__all__ = ["BackfillResult", "Client", "ExportResult", "Status", "SubmitResult"]
+__all__ = ["BackfillResult", "Client", "Status", "SubmitResult"]
 
 log = logging.getLogger("raytranscribe.client")
 
@@ -139,6 +140,8 @@ class WhisperOptions:
     def options(self) -> TranscribeOptions:
         """The defaults with these options, checked where every option is (InvalidInput naming the
         field): before any listing or database work."""
+        from raytranscribe.engines.base import TranscribeOptions, options_with
+
         try:
             return options_with(TranscribeOptions(), self.changes())
         except ValueError as exc:

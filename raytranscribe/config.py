@@ -1,18 +1,21 @@
 """Every setting, with its default, in one place.
 
-Read from ``RAYTRANSCRIBE_*`` environment variables; nested groups use ``__``
-(``RAYTRANSCRIBE_RETRY__MAX_RETRIES=5``). CLI flags override individual fields through
-:meth:`Settings.model_copy`. Nothing here does I/O.
+Read from ``RAYTRANSCRIBE_*`` environment variables when :class:`Settings` is made; nested groups
+use ``__`` (``RAYTRANSCRIBE_RETRY__MAX_RETRIES=5``), or take a whole group as a JSON object
+(``RAYTRANSCRIBE_RETRY='{"max_retries": 5}'``). CLI flags override individual fields through
+:meth:`Settings.model_copy`. Nothing here does I/O but reading the environment.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class _Group(BaseModel):
@@ -243,10 +246,19 @@ class QualitySettings(_Group):
     )  # fmt: skip
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="RAYTRANSCRIBE_", env_nested_delimiter="__", frozen=True, extra="ignore"
-    )
+ENV_PREFIX = "RAYTRANSCRIBE_"
+ENV_NESTED = "__"
+
+
+class Settings(BaseModel):
+    """Every setting. ``Settings()`` reads the ``RAYTRANSCRIBE_*`` variables; keyword arguments win
+    over them (a dict for a group is merged into the group's variables, a group object replaces them).
+    Copies (``model_copy``, :meth:`with_`) read no environment."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**_merged(environment_values(os.environ), values))
 
     database_url: str | None = Field(None, description="PostgreSQL URL; None starts embedded Postgres in data_dir")
     database_url_file: Path | None = Field(
@@ -295,3 +307,48 @@ class Settings(BaseSettings):
                 update[name] = fields
         return self.model_copy(update=update)
 
+
+
+def environment_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ``RAYTRANSCRIBE_*`` variables as :class:`Settings` input, unvalidated. Names in any case. A
+    group's field by ``__`` (an unknown field is kept, for validation to name it), or the whole group
+    as a JSON object, its fields' own variables winning; a variable naming no setting is ignored."""
+    fields = Settings.model_fields
+    groups = {name for name, f in fields.items() if isinstance(f.default, BaseModel)}
+    whole: dict[str, Any] = {}
+    nested: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        head, *path = name[len(ENV_PREFIX) :].lower().split(ENV_NESTED)
+        if head not in fields:
+            continue
+        if not path:
+            whole[head] = _json_object(value) if head in groups else value
+        elif head in groups:
+            node = nested.setdefault(head, {})
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            if isinstance(node, dict):
+                node[path[-1]] = value
+    return _merged(whole, nested)
+
+
+def _json_object(value: str) -> Any:
+    """A group's variable as a JSON object; anything else as given, for validation to refuse."""
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return value
+    return parsed if isinstance(parsed, dict) else value
+
+
+def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, dicts merged key by key (anything else in ``over`` replaces)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -20,9 +20,10 @@ import json
 import math
 from collections.abc import Callable, Sequence
 
-from raytranscribe.engines.base import FORMATS, Segment, Transcript
+from raytranscribe.engines.base import Segment, Transcript
 from raytranscribe.engines.verdict import TranscriptQuality
 from raytranscribe.errors import InvalidInput, Stage
+from raytranscribe.names import FORMATS
 
 __all__ = ["CONTENT_TYPES", "FORMATS", "JSON_SCHEMA_VERSION", "render", "render_all", "timestamp"]
 

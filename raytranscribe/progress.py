@@ -12,13 +12,13 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-
 from raytranscribe.breakers import BreakerState
 from raytranscribe.store.states import TaskStatus
 
-if TYPE_CHECKING:  # annotations only: `raytranscribe status` formats an age with this module, without Ray
+if TYPE_CHECKING:  # annotations only: `raytranscribe status` formats an age with this module, without Ray or rich
+    from rich.console import Console
+    from rich.table import Table
+
     from raytranscribe.contracts import Outcome
     from raytranscribe.orchestrator import Orchestrator, RunSummary
     from raytranscribe.store import RecordResult
@@ -29,6 +29,7 @@ log = logging.getLogger("raytranscribe.progress")
 class RichProgress:
     def __init__(self, console: Console | None = None, total: int | None = None) -> None:
         # Here, not at import: `raytranscribe status` formats ages with this module, and draws no bar.
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.console = console or Console(stderr=True)
@@ -127,6 +128,8 @@ def duration_text(seconds: float) -> str:
 
 
 def summary_table(s: RunSummary) -> Table:
+    from rich.table import Table
+
     t = Table(title="run summary")
     t.add_column("completed", justify="right")
     t.add_column("retries scheduled", justify="right")

@@ -71,7 +71,6 @@ from raytranscribe.config import EngineSettings, QualitySettings, TransferSettin
 from raytranscribe.contracts import Computing, ModelLoadState, ModelManifest, Outcome, Release, TaskResult, TaskSpec
 from raytranscribe.engines import compute_type_of, gpu_name, load_engine, resolve_device, verdict
 from raytranscribe.engines.base import (
-    ENGINES,
     SAMPLE_RATE,
     WINDOW_SAMPLES,
     BatchEngine,
@@ -94,6 +93,7 @@ from raytranscribe.errors import (
 )
 from raytranscribe.logs import task_extra
 from raytranscribe.modelcache import LoadProgress, ModelCache, engine_spec_on_node
+from raytranscribe.names import ENGINES
 from raytranscribe.transfer import Downloaded, Transfer
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class RunningTask:
     # In the current stage; Waiting.BATCHED: since the later of entering it and the batcher's last progress.
     stage_s: float
     audio_duration_s: float | None
-    windows_done: int = 0  # windows decoded so far (batched path); 0/0 before prepare
+    windows_done: int = 0  # windows decoded so far (batched path); 0/0 until its windows are queued
     windows_total: int = 0
 
 

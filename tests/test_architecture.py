@@ -45,7 +45,9 @@ FORBIDDEN = {
     "raytranscribe.store.reader": ("sqlalchemy", "alembic", "ray", "numpy", "boto3", "raytranscribe.store.store",
                                    "raytranscribe.store.connection"),
     # the command line formats ages with it: no orchestrator, Ray or numpy on the way
-    "raytranscribe.progress": ("ray", "numpy", "sqlalchemy", "raytranscribe.orchestrator"),
+    "raytranscribe.progress": ("ray", "numpy", "sqlalchemy", "raytranscribe.orchestrator", "rich"),
+    # the reading commands' tables: plain text, no rich
+    "raytranscribe.texttable": ("rich",),
     # the export writes on the driver: pyarrow and boto3 load when a Parquet or s3:// export runs
     "raytranscribe.export": ("ray", "boto3", "botocore", "pyarrow", "raytranscribe.storage"),
     # the command line answers --help at once: each command imports what it uses when it runs

@@ -198,7 +198,8 @@ def test_submit_manifest(cli, store, tmp_path):
         "faster-whisper", "tiny.en", 3, 2.0, ("json", "srt", "vtt", "txt"))  # fmt: skip
 
 
-ALL_OPTIONS = {"task": "translate", "word_timestamps": True, "initial_prompt": "The MIT licence.", "beam_size": 2,
+# The prompt shares no word with tests.engines.test_options's German markers: Whisper may echo it.
+ALL_OPTIONS = {"task": "translate", "word_timestamps": True, "initial_prompt": "A software licence.", "beam_size": 2,
                "temperature": 0.2, "vad": True}  # fmt: skip
 
 
@@ -221,7 +222,7 @@ def test_whisper_options_from_flags_and_manifest_fields_are_stored_and_shown(cli
     assert json.loads(result.stdout)["inserted"] == [2, 3, 4], result.output
     b, c, d = (store.get(i).options for i in (2, 3, 4))
     assert (b.task, b.word_timestamps, b.initial_prompt, b.beam_size, b.temperature, b.vad_filter, b.formats) == (
-        "translate", True, "The MIT licence.", 2, 0.2, True, ("json", "srt", "vtt", "txt", "tsv"))  # fmt: skip
+        "translate", True, "A software licence.", 2, 0.2, True, ("json", "srt", "vtt", "txt", "tsv"))  # fmt: skip
     default = store.get(4).options.__class__()
     assert (c.beam_size, c.initial_prompt, c.task, c.vad_filter) == (1, None, "transcribe", default.vad_filter)
     assert (d.beam_size, d.initial_prompt, d.temperature) == (4, "Hi.", 0.0)
@@ -723,8 +724,10 @@ def _one_error_line(result, code: int) -> str:
         (["status"], {"RAYTRANSCRIBE_STORE__OP_RETRIES": "many"},
          "error: invalid setting RAYTRANSCRIBE_STORE__OP_RETRIES: Input should be a valid integer, unable to parse "
          "string as an integer"),
+        (["status"], {"RAYTRANSCRIBE_RETRY": "{max_retries: 5}"},
+         "error: invalid setting RAYTRANSCRIBE_RETRY: Input should be a valid dictionary or instance of RetrySettings"),
     ],
-    ids=["not-a-url", "asyncpg", "log-level-option", "log-level-env", "setting"],
+    ids=["not-a-url", "asyncpg", "log-level-option", "log-level-env", "setting", "group-not-json"],
 )
 def test_bad_url_log_level_or_setting_is_one_line_and_exit_2(cli, args, env, message):
     result = cli(*args, env=env)
@@ -933,11 +936,9 @@ def test_every_command_a_script_calls_has_json():
 
 
 def test_names_the_help_spells_are_the_codes():
-    from raytranscribe.cli import DEFAULT_FORMAT_NAMES, ENGINE_NAMES, FORMAT_NAMES, StatusChoice
-    from raytranscribe.engines.base import DEFAULT_FORMATS, ENGINES, FORMATS
+    from raytranscribe.cli import StatusChoice
 
     assert [s.value for s in StatusChoice] == [s.value for s in TaskStatus]
-    assert (ENGINE_NAMES, FORMAT_NAMES, DEFAULT_FORMAT_NAMES) == (tuple(ENGINES), tuple(FORMATS), tuple(DEFAULT_FORMATS))
 
 
 def test_help_and_the_module_import_nothing_heavy():
@@ -952,12 +953,12 @@ def test_help_and_the_module_import_nothing_heavy():
     assert proc.stderr.strip() == ""
 
 
-def test_reading_commands_import_no_sqlalchemy_alembic_ray_or_numpy(store, database_url):
-    """status, tasks and show read through psycopg2 alone (store.reader): what a command imports is most
-    of what it costs (bench/cli_startup.py times them)."""
+def test_reading_commands_import_no_sqlalchemy_alembic_ray_numpy_or_rich(store, database_url):
+    """status, tasks and show read through psycopg2 alone (store.reader) and print plain tables
+    (texttable): what a command imports is most of what it costs (bench/cli_startup.py times them)."""
     (task_id,) = store.submit([NewTask("s3://bkt/in/seen.wav", "s3://bkt/out/seen")]).inserted
     store.claim(1, "orch", lease_s=60)
-    heavy = ("sqlalchemy", "alembic", "ray", "numpy", "boto3", "raytranscribe.store.store", "raytranscribe.orchestrator")
+    heavy = ("sqlalchemy", "alembic", "ray", "numpy", "boto3", "rich", "raytranscribe.store.store", "raytranscribe.orchestrator")
     code = (
         "import sys; from raytranscribe.cli import app\n"
         f"for args in (['status'], ['status', '--json'], ['tasks'], ['show', '{task_id}']):\n"
@@ -1092,7 +1093,9 @@ def test_a_babbling_transcript_is_suspect_and_retry_suspect_reruns_only_it_with_
     assert system.store.get(song).suspect is False
 
     quality = system.store.get(babble).quality
-    assert system.store.get(babble).suspect is True and "low-confidence" in quality["reasons"], quality
+    # Which measures give babble away varies with the windows it shares a batch with: low confidence,
+    # or more words than anyone speaks in the time (or both).
+    assert system.store.get(babble).suspect is True and {"low-confidence", "speech-rate"} & set(quality["reasons"]), quality
     assert system.store.get(clean).suspect is False, system.store.get(clean).quality
     doc = json.loads(system.object_text(f"s3://{b}/out/station_reversed.json"))
     assert doc["quality"] == quality and doc["model"] == "tiny.en"
@@ -1103,7 +1106,7 @@ def test_a_babbling_transcript_is_suspect_and_retry_suspect_reruns_only_it_with_
     assert "suspect transcripts: 1" in cli("status").stdout
     listed = cli("tasks", "--suspect", "--json")
     assert [t["id"] for t in json.loads(listed.stdout)] == [babble]
-    assert "low-confidence" in cli("tasks", "--suspect").stdout
+    assert all(reason in cli("tasks", "--suspect").stdout for reason in quality["reasons"])
     assert cli("retry", "--suspect", "--status", "dead").exit_code == 2
     retried = cli("retry", "--suspect", "--model", "base")
     assert retried.exit_code == 0 and "requeued 1 suspect task(s) with model base" in retried.stdout

@@ -16,7 +16,7 @@ ENV = {
 
 
 def test_defaults():
-    s = Settings(_env_file=None)
+    s = Settings()
     assert (s.retry.max_retries, s.retry.base_delay_s, s.retry.backoff_factor, s.retry.max_delay_s) == (3, 5.0, 2.0, 900.0)
     assert (s.lease.lease_s, s.lease.heartbeat_s) == (120.0, 10.0)
     assert (s.store.op_retries, s.store.op_retry_base_s) == (5, 0.2)
@@ -31,7 +31,7 @@ def test_environment_variables(monkeypatch_env):
 
 @pytest.fixture
 def monkeypatch_env(monkeypatch):
-    # Environment variables only (no code is patched): the real pydantic-settings reads them.
+    # Environment variables only (no code is patched): Settings() reads them.
     for k, v in ENV.items():
         monkeypatch.setenv(k, v)
 
@@ -63,3 +63,40 @@ def test_validation_rejects_bad_values(monkeypatch):
 def test_settings_are_frozen():
     with pytest.raises(ValidationError):
         Settings().log_level = "DEBUG"  # type: ignore[misc]
+
+
+def test_names_in_any_case_and_a_group_as_json(monkeypatch):
+    """A group may come whole as a JSON object; its fields' own variables win over it."""
+    monkeypatch.setenv("raytranscribe_log_level", "DEBUG")
+    monkeypatch.setenv("RAYTRANSCRIBE_RETRY", '{"max_retries": 9, "base_delay_s": 1}')
+    monkeypatch.setenv("RAYTRANSCRIBE_RETRY__MAX_RETRIES", "2")
+    s = Settings()
+    assert (s.log_level, s.retry.max_retries, s.retry.base_delay_s) == ("DEBUG", 2, 1.0)
+
+
+def test_keyword_arguments_win_over_the_environment(monkeypatch_env):
+    s = Settings(database_url="postgresql://other/db", retry={"base_delay_s": 1.0})
+    assert s.database_url == "postgresql://other/db"
+    assert (s.retry.max_retries, s.retry.base_delay_s) == (7, 1.0)  # a group's dict merges with its variables
+    assert s.with_(retry={"base_delay_s": 2.0}).retry.max_retries == 7  # a copy keeps what it was made with
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "loc"),
+    [
+        ("RAYTRANSCRIBE_WORKER__NUM_GPU", "1", ("worker", "num_gpu")),  # a misspelt field is named, not dropped
+        ("RAYTRANSCRIBE_RETRY", "five", ("retry",)),  # a group that is not a JSON object
+        ("RAYTRANSCRIBE_ENGINE__BATCH_SIZE", "many", ("engine", "batch_size")),
+    ],
+)
+def test_a_bad_variable_is_named(monkeypatch, name, value, loc):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert [tuple(e["loc"]) for e in caught.value.errors()] == [loc]
+
+
+def test_variables_naming_no_setting_are_ignored(monkeypatch):
+    monkeypatch.setenv("RAYTRANSCRIBE_NO_SUCH_THING", "1")
+    monkeypatch.setenv("RAYTRANSCRIBE_NO_SUCH__GROUP", "1")
+    assert Settings() == Settings(database_url=None)

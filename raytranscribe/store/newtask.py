@@ -10,9 +10,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from raytranscribe.engines.base import DEFAULT_ENGINE, DEFAULT_MODEL, ENGINES, FORMATS, TranscribeOptions
+from raytranscribe.engines.base import DEFAULT_ENGINE, DEFAULT_MODEL, TranscribeOptions
 from raytranscribe.engines.models import english_only
 from raytranscribe.errors import InvalidInput
+from raytranscribe.names import ENGINES, FORMATS
 from raytranscribe.uris import parse_s3_uri
 
 # The tasks table's integer columns (priority, max_retries) are PostgreSQL int4.

@@ -8,10 +8,12 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from raytranscribe.engines.base import TranscribeOptions
 from raytranscribe.store.states import TaskStatus
+
+if TYPE_CHECKING:
+    from raytranscribe.engines.base import TranscribeOptions
 
 
 @dataclass(frozen=True)
@@ -209,10 +211,17 @@ def _jsonable(value: Any) -> Any:
 # --- row mappers ----------------------------------------------------------------------------------
 
 
+def _options(document: dict[str, Any]) -> TranscribeOptions:
+    # The engines' module loads with the first task read, not for `raytranscribe status`.
+    from raytranscribe.engines.base import TranscribeOptions
+
+    return TranscribeOptions.from_dict(document)
+
+
 @functools.lru_cache(maxsize=256)
 def options_of(raw: str) -> TranscribeOptions:
     """Options of claimed tasks; a batch mostly shares one document, and the result is frozen."""
-    return TranscribeOptions.from_dict(json.loads(raw))
+    return _options(json.loads(raw))
 
 
 def claimed_task(r: Sequence[Any]) -> ClaimedTask:
@@ -248,7 +257,7 @@ def task_view(r: Any, attempts: tuple[AttemptView, ...] = ()) -> TaskView:
         output_uri=r.output_uri,
         engine=r.engine,
         model=r.model,
-        options=TranscribeOptions.from_dict(r.options),
+        options=_options(r.options),
         priority=r.priority,
         status=TaskStatus(r.status),
         attempt=r.attempt,
