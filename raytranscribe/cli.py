@@ -218,12 +218,13 @@ def _settings_type() -> type[Settings]:
     metadata of every installed package (a tenth of ``status``'s start) for plugins that settings
     validated once per command have no use for. Typer builds its parameters' adapters the same way."""
     if "raytranscribe.config" not in sys.modules:
+        import importlib
         import os
 
         previous = os.environ.get("PYDANTIC_DISABLE_PLUGINS")
         os.environ["PYDANTIC_DISABLE_PLUGINS"] = "1"
         try:
-            pass
+            importlib.import_module("raytranscribe.config")  # its models are built as it loads
         finally:
             if previous is None:
                 del os.environ["PYDANTIC_DISABLE_PLUGINS"]

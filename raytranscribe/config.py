@@ -257,9 +257,6 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    def __init__(self, **values: Any) -> None:
-        super().__init__(**_merged(environment_values(os.environ), values))
-
     database_url: str | None = Field(None, description="PostgreSQL URL; None starts embedded Postgres in data_dir")
     database_url_file: Path | None = Field(
         None,
@@ -291,6 +288,9 @@ class Settings(BaseModel):
     alerts: AlertSettings = AlertSettings()
     quality: QualitySettings = QualitySettings()
 
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**_merged(environment_values(os.environ), values))
+
     def with_(self, **groups: dict) -> Settings:
         """A copy with some fields of some groups replaced: ``s.with_(retry={"max_retries": 1})``.
 
@@ -306,7 +306,6 @@ class Settings(BaseModel):
             else:
                 update[name] = fields
         return self.model_copy(update=update)
-
 
 
 def environment_values(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -328,9 +327,10 @@ def environment_values(environ: Mapping[str, str]) -> dict[str, Any]:
         elif head in groups:
             node = nested.setdefault(head, {})
             for key in path[:-1]:
-                node = node.setdefault(key, {})
-            if isinstance(node, dict):
-                node[path[-1]] = value
+                if not isinstance(node.get(key), dict):
+                    node[key] = {}
+                node = node[key]
+            node[path[-1]] = value
     return _merged(whole, nested)
 
 

@@ -87,6 +87,7 @@ def test_keyword_arguments_win_over_the_environment(monkeypatch_env):
         ("RAYTRANSCRIBE_WORKER__NUM_GPU", "1", ("worker", "num_gpu")),  # a misspelt field is named, not dropped
         ("RAYTRANSCRIBE_RETRY", "five", ("retry",)),  # a group that is not a JSON object
         ("RAYTRANSCRIBE_ENGINE__BATCH_SIZE", "many", ("engine", "batch_size")),
+        ("RAYTRANSCRIBE_RETRY__MAX_RETRIES__X", "1", ("retry", "max_retries")),  # a field is no group
     ],
 )
 def test_a_bad_variable_is_named(monkeypatch, name, value, loc):
