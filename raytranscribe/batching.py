@@ -13,6 +13,7 @@ needs no special path, its windows fill batches by themselves.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -510,6 +511,11 @@ def _file_segments(task: _Task) -> list[Segment]:
     segments: list[Segment] = []
     last_end = 0.0
     duration = task.prepared.duration_s
+    last_ms = math.floor(duration * 1000) / 1000
+
+    def ms(t: float) -> float:  # to the millisecond, never past the audio's end (8.3858 s is not 8.386)
+        return min(round(t, 3), last_ms)
+
     for window, window_segments in sorted(zip(task.windows, task.results, strict=True), key=lambda p: p[0].start_s):
         lo = window.start_s
         hi = min(window.file_time(window.duration_s, end=True), duration)
@@ -521,14 +527,14 @@ def _file_segments(task: _Task) -> list[Segment]:
                 # rounded as the segment's times are (rounding keeps order), so no word ends after its segment
                 words = tuple(
                     Word(
-                        start=round(ws := _clamp(window.file_time(w.start), start, end), 3),
-                        end=round(_clamp(window.file_time(w.end, end=True), ws, end), 3),
+                        start=ms(ws := _clamp(window.file_time(w.start), start, end)),
+                        end=ms(_clamp(window.file_time(w.end, end=True), ws, end)),
                         word=w.word,
                         probability=w.probability,
                     )
                     for w in s.words
                 )
-            segments.append(replace(s, start=round(start, 3), end=round(end, 3), words=words))
+            segments.append(replace(s, start=ms(start), end=ms(end), words=words))
             last_end = end
     return segments
 

@@ -464,6 +464,7 @@ class TranscriptionWorker:
         self._computing: set[Lease] = set()  # inside the engine now: the suspects should this process die
         self._withdrawn: set[Lease] = set()  # taken back by the driver; dropped at their next step
         self._alone: set[Lease] = set()  # tasks that run alone: they crashed a worker before
+        self._alone_waiting = 0  # of them, how many wait to enter the engine
         self._streaming = False  # results() has a reader: Computing notes have somewhere to go
         # Untrusted media decode in helper processes (a crash inside FFmpeg fails one file, not this
         # actor), streamed back in pieces of at most stream_chunk_s: what a task holds is bounded.
@@ -587,9 +588,11 @@ class TranscriptionWorker:
         way in, wait until it has left: a crash in the engine must find the driver told."""
         with self._state:
             if on:
+                self._enter_engine_locked(keys)
                 self._computing |= keys  # type: ignore[arg-type]
             else:
                 self._computing -= keys  # type: ignore[arg-type]
+                self._state.notify_all()
             if not self._streaming:  # driven by process() calls (gpu_check): no driver to tell
                 return
             sent = threading.Event() if on else None
@@ -598,6 +601,18 @@ class TranscriptionWorker:
         if sent is not None:
             sent.wait(_NOTE_SENT_WAIT_S)
             time.sleep(flush)
+
+    def _enter_engine_locked(self, keys: frozenset[Hashable] | set[Lease]) -> None:
+        """A task that runs alone (it crashed a worker before) enters the engine only when nothing
+        else is inside, and nothing enters beside it: one preparing while another's batch decodes
+        would share its suspicion should the process die. Those waiting for it hold others back."""
+        alone = bool(self._alone & keys)  # type: ignore[operator]
+        self._alone_waiting += alone
+        try:
+            while (self._computing & self._alone) or (self._computing if alone else self._alone_waiting):
+                self._state.wait()
+        finally:
+            self._alone_waiting -= alone
 
     @contextmanager
     def _computing_on(self, key: Lease) -> Iterator[None]:

@@ -188,6 +188,37 @@ def test_one_take_call_streams_each_outcome_back_as_its_task_ends(ray_session, f
     ray.kill(actor)
 
 
+def test_a_task_that_runs_alone_shares_the_engine_with_nobody(ray_session, fault_server):
+    """Two tasks that crashed a worker before, among six that did not: whenever either is inside the
+    engine (preparing or in a model call), the Computing note says it alone is, so a crash there
+    charges nobody else. Without the exclusion, one prepares while another's batch decodes."""
+    spec = replace(TINY, batch_size=8)
+    actor = start_actor(spec, batch_wait_ms=300)
+    specs = [replace(t, alone=i in (1, 4)) for i, (t, _) in enumerate(sample_specs(fault_server, spec, 8))]
+    alone = {(s.task_id, s.attempt) for s in specs if s.alone}
+
+    stream = actor.results.remote()
+    ray.get(actor.take.remote(specs), timeout=30)
+    notes: list[frozenset[tuple[int, int]]] = []
+    outcomes: list[Outcome] = []
+    deadline = time.monotonic() + 180
+    while len(outcomes) < len(specs):
+        assert time.monotonic() < deadline, f"{len(outcomes)} of {len(specs)} outcomes"
+        if ray.wait([stream], timeout=1.0)[0]:
+            for item in ray.get(next(stream)):
+                if isinstance(item, Outcome):
+                    outcomes.append(item)
+                else:
+                    notes.append(item.leases)
+
+    assert all(o.ok for o in outcomes), [o.failure for o in outcomes]
+    with_alone = [n for n in notes if n & alone]
+    assert {lease for n in with_alone for lease in n} >= alone  # both were seen inside
+    assert all(len(n) == 1 for n in with_alone), with_alone
+    assert any(len(n) > 1 for n in notes), notes  # the others still shared the engine
+    ray.kill(actor)
+
+
 def test_a_partial_batch_runs_after_batch_wait(ray_session, fault_server):
     spec = replace(TINY, batch_size=8)
     actor = start_actor(spec, batch_wait_ms=1500)

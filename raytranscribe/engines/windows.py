@@ -14,10 +14,14 @@ import numpy as np
 
 from raytranscribe.engines.base import SAMPLE_RATE, WINDOW_SAMPLES, Window
 
-# Without a VAD a window ends at the quietest 20 ms frame of its last CUT_SEARCH_S seconds: long
-# enough to hold a pause between words in ordinary speech, short enough to keep windows near 30 s.
+# Without a VAD a window ends in the longest quiet stretch of its last CUT_SEARCH_S seconds: long
+# enough to hold a pause between sentences in ordinary speech, short enough to keep windows near 30 s.
 CUT_SEARCH_S = 6.0
 _FRAME = SAMPLE_RATE // 50  # 20 ms: Whisper's timestamp resolution
+# A frame is quiet when its energy is within this factor of the quietest frame's (plus a floor for
+# digital silence, whose energy is zero).
+_QUIET_FACTOR = 2.0
+_QUIET_FLOOR = 1e-8
 
 # Windows whose peak is at or below this are digital silence: not decoded (Whisper hallucinates on
 # zeros); engines.SILENCE_PEAK, repeated here to keep this module free of the package's imports.
@@ -39,14 +43,26 @@ def fixed_windows(audio: np.ndarray) -> tuple[Window, ...]:
 
 
 def quietest_cut(window: np.ndarray) -> int:
-    """Sample offset (a frame boundary in the last CUT_SEARCH_S of ``window``) where energy is lowest."""
+    """Sample offset in the last CUT_SEARCH_S of ``window`` where to end it: the middle of its longest
+    run of quiet 20 ms frames (the latest of equally long ones, to keep windows long). The longest,
+    not merely the quietest frame: the gap between two words can be as silent as the pause between
+    sentences, and a cut there leaves the first word alone at the end of a window, where Whisper
+    drops it."""
     search = int(CUT_SEARCH_S * SAMPLE_RATE)
     lo = window.size - search
     frames = window[lo:].reshape(-1, _FRAME)
     energy = np.einsum("ij,ij->i", frames, frames)
-    # Latest of the quietest frames: keeps windows as long as possible; the cut is the frame's middle.
-    quietest = int(len(energy) - 1 - np.argmin(energy[::-1]))
-    return lo + quietest * _FRAME + _FRAME // 2
+    quiet = energy <= float(energy.min()) * _QUIET_FACTOR + _QUIET_FLOOR
+    best_start, best_len, run_start = 0, 0, None
+    for i, q in enumerate([*quiet.tolist(), False]):
+        if q and run_start is None:
+            run_start = i
+        elif not q and run_start is not None:
+            if i - run_start >= best_len:
+                best_start, best_len = run_start, i - run_start
+            run_start = None
+    middle = best_start + best_len // 2
+    return lo + middle * _FRAME + _FRAME // 2
 
 
 def speech_windows(

@@ -188,12 +188,14 @@ def _straddling_file() -> tuple[np.ndarray, list[str], str]:
 
 @pytest.mark.parametrize("vad_filter", [False, True])
 def test_a_sentence_across_the_30_s_mark_is_transcribed_whole(base_engine, vad_filter):
-    """On the multilingual base: tiny.en int8 mishears a sentence of this file in some window
-    contexts on some CPUs (30 s windows too), which says nothing about the edges."""
+    """On the multilingual base in float32: tiny.en int8 mishears a sentence of this file in some
+    window contexts on some CPUs, and int8 base's "jumps" or "jump" depends on the batch's shape on
+    AVX-512 CPUs (5 errors batched, 2 alone; 5 and 5 in float32), which says nothing about the edges."""
+    engine = load_engine(replace(base_engine.spec, compute_type="float32"))
     audio, texts, straddler = _straddling_file()
     options = TranscribeOptions(vad_filter=vad_filter, language="en")
-    (batched,) = transcribe_batch(base_engine, [audio], options, batch_size=8)
-    (sequential,) = transcribe_batch(base_engine, [audio], options, batch_size=1)
+    (batched,) = transcribe_batch(engine, [audio], options, batch_size=8)
+    (sequential,) = transcribe_batch(engine, [audio], options, batch_size=1)
     reference = " ".join(texts)
     assert_hears_as_well([reference], [batched.text], [sequential.text])
     # the sentence at the window edge: present once, every word of it

@@ -44,7 +44,10 @@ def test_clean_speech_is_not_suspect_and_babble_is(faster_engine, clips, babble,
         assert q.mean_logprob is not None and q.windows >= 1 and q.fallback_windows == 0
         assert 0.5 < q.words_per_s < 5.0 and q.audio_s == t.duration_s
     q = judge(babbled, DEFAULTS)
-    assert babbled.text.strip() and q.suspect and Reason.LOW_CONFIDENCE in q.reasons, (babbled.text, q)
+    # Low confidence, or more words than anyone says in the time: which gives it away depends on the
+    # CPU's arithmetic (on AVX-512, batched, tiny.en is surer of its babble, and faster).
+    assert babbled.text.strip() and q.suspect, (babbled.text, q)
+    assert {Reason.LOW_CONFIDENCE, Reason.SPEECH_RATE} & set(q.reasons), (babbled.text, q)
     assert q.to_dict()["reasons"] == [r.value for r in q.reasons] and q.to_dict()["suspect"] is True
 
 
