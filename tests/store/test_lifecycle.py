@@ -207,11 +207,13 @@ def test_transient_failure_schedules_retry_within_jitter_bounds(make_store, stor
     slow = make_store(TEST_SETTINGS.with_(retry={"base_delay_s": 10.0, "max_delay_s": 100.0}))
     slow.submit([new(i) for i in range(20)] + [new(100, backoff_factor=3.0)])
     claimed = slow.claim(21, "o", lease_s=60)
+    # The delay counts from the record's transaction, somewhere between these two clock readings.
+    before = db_now(slow)
     results = slow.record([Outcome(c.id, c.attempt, failure=UNAVAILABLE) for c in claimed])
-    now = db_now(slow)
-    delays = [(r.retry_at - now).total_seconds() for r in results]
+    took = (db_now(slow) - before).total_seconds()
+    delays = [(r.retry_at - before).total_seconds() for r in results]
     assert all(r.applied and r.status is TaskStatus.FAILED for r in results)
-    assert all(0 <= d <= 10.0 for d in delays), delays  # ceiling(0) = base_delay = 10 s
+    assert all(0 <= d <= 10.0 + took for d in delays), delays  # ceiling(0) = base_delay = 10 s
     assert len({round(d, 3) for d in delays}) > 5  # full jitter: not one fixed delay
     t = slow.get(1)
     assert (t.status, t.retries, t.failure_reason, t.last_error) == (
@@ -230,8 +232,10 @@ def test_transient_failure_schedules_retry_within_jitter_bounds(make_store, stor
         conn.execute(sa.text("UPDATE tasks SET retry_at = now() WHERE id = 21"))
     (c,) = slow.claim(1, "o", lease_s=60)
     assert (c.id, c.attempt, c.retries) == (21, 2, 1)
+    before = db_now(slow)
     r = fail(slow, c.id, c.attempt, UNAVAILABLE)
-    assert 0 <= (r.retry_at - db_now(slow)).total_seconds() <= 30.0
+    took = (db_now(slow) - before).total_seconds()
+    assert 0 <= (r.retry_at - before).total_seconds() <= 30.0 + took
     assert slow.get(21).retries == 2
 
 
