@@ -145,7 +145,9 @@ class _Note:
 class Waiting(enum.StrEnum):
     """What a ping reports of a task that waits instead of working in one of its Stages."""
 
-    QUEUED = "queued"  # sequential path: waiting for the compute lock behind another task (not judged)
+    # Waiting for the device behind another task (not judged: the one in front is). Sequential path:
+    # for the compute lock; batched: one that runs alone, for the engine to empty before it prepares.
+    QUEUED = "queued"
     # Batched path: waiting for room to decode (memory bound), for a batch, or inside one. Its stage_s
     # counts from the batcher's last progress, not from when the task started waiting, so a long queue
     # on a healthy actor never looks hung while a batcher stuck in one model call does.
@@ -915,9 +917,13 @@ class TranscriptionWorker:
                             return _shifted(engine.transcribe(samples, options), offset_s)
                     finally:
                         timings.append((Stage.TRANSCRIBE.value, round(time.monotonic() - t, 4)))
-            progress.enter(Stage.TRANSCRIBE)
+            progress.enter(Waiting.QUEUED)
             t = time.monotonic()
             with self._computing_on(key):
+                if spec.alone:
+                    timings.append((Waiting.QUEUED.value, round(time.monotonic() - t, 4)))
+                progress.enter(Stage.TRANSCRIBE)
+                t = time.monotonic()
                 prepared = _prepared_at(engine.prepare(samples, options), offset_s)  # type: ignore[attr-defined]
             timings.append(("prepare", round(time.monotonic() - t, 4)))
             self._check_withdrawn(key)
