@@ -29,8 +29,8 @@ class RetrySettings(_Group):
     max_delay_s: float = Field(900.0, ge=0, description="Cap on a single retry delay")
     alone_after_crashes: int = Field(
         1, ge=1,
-        description="A task charged for this many worker crashes runs alone next (a batch of its own), so a file "
-        "that kills the process costs no neighbour another retry",
+        description="A task charged for this many worker crashes runs alone next (a batch of its own, nothing "
+        "else in the engine meanwhile), so a file that kills the process costs no neighbour another retry",
     )  # fmt: skip
     alone_after_releases: int = Field(
         5, ge=1,
