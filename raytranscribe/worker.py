@@ -146,7 +146,7 @@ class Waiting(enum.StrEnum):
     """What a ping reports of a task that waits instead of working in one of its Stages."""
 
     # Waiting for the device behind another task (not judged: the one in front is). Sequential path:
-    # for the compute lock; batched: one that runs alone, for the engine to empty before it prepares.
+    # for the compute lock; batched: before preparing, while a task that runs alone has the engine.
     QUEUED = "queued"
     # Batched path: waiting for room to decode (memory bound), for a batch, or inside one. Its stage_s
     # counts from the batcher's last progress, not from when the task started waiting, so a long queue
@@ -920,8 +920,7 @@ class TranscriptionWorker:
             progress.enter(Waiting.QUEUED)
             t = time.monotonic()
             with self._computing_on(key):
-                if spec.alone:
-                    timings.append((Waiting.QUEUED.value, round(time.monotonic() - t, 4)))
+                timings.append((Waiting.QUEUED.value, round(time.monotonic() - t, 4)))
                 progress.enter(Stage.TRANSCRIBE)
                 t = time.monotonic()
                 prepared = _prepared_at(engine.prepare(samples, options), offset_s)  # type: ignore[attr-defined]

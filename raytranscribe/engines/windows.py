@@ -52,16 +52,11 @@ def quietest_cut(window: np.ndarray) -> int:
     lo = window.size - search
     frames = window[lo:].reshape(-1, _FRAME)
     energy = np.einsum("ij,ij->i", frames, frames)
-    quiet = energy <= float(energy.min()) * _QUIET_FACTOR + _QUIET_FLOOR
-    best_start, best_len, run_start = 0, 0, None
-    for i, q in enumerate([*quiet.tolist(), False]):
-        if q and run_start is None:
-            run_start = i
-        elif not q and run_start is not None:
-            if i - run_start >= best_len:
-                best_start, best_len = run_start, i - run_start
-            run_start = None
-    middle = best_start + best_len // 2
+    quiet = (energy <= float(energy.min()) * _QUIET_FACTOR + _QUIET_FLOOR).astype(np.int8)
+    edges = np.diff(quiet, prepend=0, append=0)  # +1 where a quiet run starts, -1 after it ends
+    starts, lengths = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+    longest = len(lengths) - 1 - int(np.argmax(lengths[::-1]))  # the latest of the longest
+    middle = int(starts[longest] + lengths[longest] // 2)
     return lo + middle * _FRAME + _FRAME // 2
 
 
